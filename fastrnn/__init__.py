@@ -1,0 +1,17 @@
+"""fastrnn: fast recurrent networks (RNN, LSTM, GRU) on NumPy and CuPy arrays.
+
+Layers mirror ``torch.nn``; one flag picks the backend (``numpy`` reference, ``cpu`` Numba
+kernels, ``gpu`` CUDA kernels). See README.md and DESIGN.md.
+"""
+
+__version__ = "0.1.0"
+
+from .cell_layers import GRUCell, LSTMCell, RNNCell
+from .dispatch import BackendUnavailableError, backends, get_backend, set_backend
+from .layers import GRU, LSTM, RNN
+from .module import Module, Parameter
+
+__all__ = [
+    "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "Module", "Parameter",
+    "backends", "set_backend", "get_backend", "BackendUnavailableError", "__version__",
+]

@@ -1,0 +1,118 @@
+"""``RNNCell``, ``LSTMCell``, ``GRUCell``: one time step at a time, as in PyTorch.
+
+Each training-mode call saves what its backward needs on a stack; ``backward`` takes the
+newest, so BPTT by hand calls ``backward`` once per step in reverse order. Generation that
+needs no gradients should run in ``eval()`` mode, which saves nothing.
+"""
+
+import numpy as np
+
+from . import functional
+from ._checks import check_array
+from .layers import _Recurrent, _rnn_cell_name, _split_pair
+
+
+class _StepCell(_Recurrent):
+    def __init__(self, cell, input_size, hidden_size, bias, dtype, backend, seed):
+        self._setup(cell, input_size, hidden_size, 1, bias, False, 0.0, False, dtype, backend,
+                    seed, layer_suffix=False)
+        self._stack = []
+        self._last_eval = False
+
+    def _state(self, name, s, x):
+        if s is None:
+            return None
+        shape = (self.hidden_size,) if x.ndim == 1 else (x.shape[0], self.hidden_size)
+        check_array(name, s, x.ndim, self.dtype, shape)
+        return s.reshape(1, 1, -1) if x.ndim == 1 else s[None]
+
+    def _step(self, x, h, c, names):
+        xp = self._param_module()
+        self._check_input(x, xp, ranks=(1, 2))
+        h0, c0 = self._state(names[0], h, x), self._state(names[1], c, x)
+        x3 = x.reshape(1, 1, -1) if x.ndim == 1 else x[None]
+        _, h_n, c_n, ctx = functional.rnn(self.cell, x3, self._weights(), h0, c0,
+                                          training=self.training, backend=self.backend)
+        self._last_eval = not self.training
+        if self.training:
+            self._stack.append((ctx, x.ndim))
+        shape = (self.hidden_size,) if x.ndim == 1 else h_n.shape[1:]
+        return h_n.reshape(shape), None if c_n is None else c_n.reshape(shape)
+
+    def _step_backward(self, grad_h, grad_c):
+        who = type(self).__name__
+        if not self._stack:
+            if self._last_eval:
+                raise RuntimeError(f"{who}.backward(): the last call ran in eval mode, which "
+                                   "saves nothing; call .train() and run the step again")
+            raise RuntimeError(f"{who}.backward() called more times than the cell was called "
+                               "in training mode")
+        ctx, ndim = self._stack.pop()
+        _, B, _ = ctx["shape"]
+        shape = (self.hidden_size,) if ndim == 1 else (B, self.hidden_size)
+        xp = self._param_module()
+        lifted = []
+        for name, g in (("grad_h", grad_h), ("grad_c", grad_c)):
+            if g is not None:
+                check_array(name, g, ndim, self.dtype, shape)
+                g = g.reshape(1, B, self.hidden_size)
+            lifted.append(g)
+        dy = xp.zeros((1, B, self.hidden_size), self.dtype)
+        dx, dh0, dc0, dws = functional.rnn_backward(ctx, dy, *lifted)
+        for p, g in zip(self._parameters.values(), dws[0]):
+            p.accumulate(g)
+        in_shape = (self.input_size,) if ndim == 1 else (B, self.input_size)
+        return dx.reshape(in_shape), dh0.reshape(shape), None if dc0 is None else dc0.reshape(
+            shape)
+
+
+class RNNCell(_StepCell):
+    """One step of an Elman RNN: ``h' = cell(x, h=None)`` with ``x [B,I]`` or ``[I]``.
+
+    ``backward(grad_h)`` returns ``(grad_x, grad_h_prev)``. Parameters ``weight_ih``,
+    ``weight_hh``, ``bias_ih``, ``bias_hh`` as in ``torch.nn.RNNCell``.
+    """
+
+    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh",
+                 dtype=np.float32, backend=None, seed=None):
+        self.nonlinearity = nonlinearity
+        super().__init__(_rnn_cell_name(nonlinearity), input_size, hidden_size, bias, dtype,
+                         backend, seed)
+
+    def forward(self, x, hx=None):
+        return self._step(x, hx, None, ("hx", None))[0]
+
+    def backward(self, grad_h):
+        dx, dh, _ = self._step_backward(grad_h, None)
+        return dx, dh
+
+
+class GRUCell(RNNCell):
+    """One step of a GRU: ``h' = cell(x, h=None)``; as ``torch.nn.GRUCell``."""
+
+    def __init__(self, input_size, hidden_size, bias=True, dtype=np.float32, backend=None,
+                 seed=None):
+        _StepCell.__init__(self, "gru", input_size, hidden_size, bias, dtype, backend, seed)
+
+
+class LSTMCell(_StepCell):
+    """One step of an LSTM: ``h', c' = cell(x, (h, c)=None)``; as ``torch.nn.LSTMCell``.
+
+    ``backward((grad_h, grad_c))`` (either may be None) returns
+    ``(grad_x, (grad_h_prev, grad_c_prev))``.
+    """
+
+    def __init__(self, input_size, hidden_size, bias=True, dtype=np.float32, backend=None,
+                 seed=None):
+        super().__init__("lstm", input_size, hidden_size, bias, dtype, backend, seed)
+
+    def forward(self, x, hx=None):
+        h, c = _split_pair("hx", hx)
+        if (h is None) != (c is None):
+            raise TypeError("hx: expected both h and c, or hx=None")
+        return self._step(x, h, c, ("hx[0]", "hx[1]"))
+
+    def backward(self, grad_hx):
+        gh, gc = _split_pair("grad_hx", grad_hx)
+        dx, dh, dc = self._step_backward(gh, gc)
+        return dx, (dh, dc)

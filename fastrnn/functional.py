@@ -1,0 +1,179 @@
+"""Stacked, bidirectional recurrent networks over the one-layer kernel contract.
+
+Time-major throughout: ``x [T,B,I]``, ``output [T,B,D*H]``, ``h0, h_n [L*D,B,H]``.
+Layer ``l`` and direction ``d`` live at index ``l*D + d`` of ``weights``, ``h0`` and
+``h_n``, as in PyTorch. Dropout (inverted, training only) acts on the outputs of every layer
+but the last.
+"""
+
+from . import dispatch
+from ._checks import check_array, check_lengths
+from .kernels.cells import get_cell
+
+
+def _check_weights(weights, spec, L, D, I, H, dtype):
+    if len(weights) != L * D:
+        raise ValueError(
+            f"weights: expected {L * D} (w_ih, w_hh, b_ih, b_hh) tuples for {L} layer(s) x "
+            f"{D} direction(s), got {len(weights)}")
+    GH = spec.gates * H
+    for k, group in enumerate(weights):
+        if len(group) != 4:
+            raise ValueError(f"weights[{k}]: expected (w_ih, w_hh, b_ih, b_hh), got "
+                             f"{len(group)} entries")
+        w_ih, w_hh, b_ih, b_hh = group
+        in_size = I if k < D else D * H
+        check_array(f"weights[{k}].w_ih", w_ih, 2, dtype, (GH, in_size))
+        check_array(f"weights[{k}].w_hh", w_hh, 2, dtype, (GH, H))
+        if (b_ih is None) != (b_hh is None):
+            raise ValueError(f"weights[{k}]: b_ih and b_hh must both be arrays or both None")
+        if b_ih is not None:
+            check_array(f"weights[{k}].b_ih", b_ih, 1, dtype, (GH,))
+            check_array(f"weights[{k}].b_hh", b_hh, 1, dtype, (GH,))
+
+
+def rnn(cell, x, weights, h0=None, c0=None, *, num_layers=1, bidirectional=False,
+        lengths=None, dropout=0.0, training=True, rng=None, backend=None):
+    """Run a stacked, optionally bidirectional recurrent network.
+
+    Parameters
+    ----------
+    cell : str
+        ``"rnn_tanh"``, ``"rnn_relu"``, ``"rnn_sigmoid"``, ``"lstm"`` or ``"gru"``.
+    x : array [T,B,I]
+    weights : sequence of (w_ih [G*H,in], w_hh [G*H,H], b_ih [G*H] | None, b_hh | None)
+        One tuple per layer and direction, index ``l*D + d``; ``in`` is ``I`` for the
+        first layer and ``D*H`` above it.
+    h0, c0 : array [L*D,B,H] or None
+        Initial states (zeros when None); ``c0`` only for the LSTM.
+    lengths : int array [B] or sequence, optional
+        Valid steps per sequence (packed-sequence semantics).
+    dropout : float
+        Probability of zeroing an element between layers (training only).
+    training : bool
+        Keep what :func:`rnn_backward` needs, and apply dropout.
+    rng : numpy.random.Generator or cupy.random.Generator, optional
+        Source of the dropout masks.
+    backend : str, optional
+        ``"numpy"``, ``"cpu"``, ``"gpu"`` or ``"auto"``; see :mod:`fastrnn.dispatch`.
+
+    Returns
+    -------
+    output [T,B,D*H], h_n [L*D,B,H], c_n [L*D,B,H] or None, ctx (None unless training)
+    """
+    spec = get_cell(cell)
+    xp = dispatch.array_module(x, h0, c0, *[w for g in weights for w in g],
+                               names=["x", "h0", "c0"] + [
+                                   f"weights[{k}][{j}]" for k in range(len(weights))
+                                   for j in range(len(weights[k]))])
+    name, kernel = dispatch.resolve(backend, xp)
+    check_array("x", x, 3)
+    T, B, I = x.shape
+    dtype = x.dtype
+    L, D = int(num_layers), 2 if bidirectional else 1
+    if L < 1:
+        raise ValueError(f"num_layers: expected an integer >= 1, got {num_layers}")
+    if not weights:
+        raise ValueError("weights: expected at least one (w_ih, w_hh, b_ih, b_hh) tuple")
+    H = weights[0][1].shape[-1]
+    _check_weights(weights, spec, L, D, I, H, dtype)
+    if h0 is not None:
+        check_array("h0", h0, 3, dtype, (L * D, B, H))
+    if spec.has_cell_state:
+        if c0 is not None:
+            check_array("c0", c0, 3, dtype, (L * D, B, H))
+    elif c0 is not None:
+        raise ValueError(f"c0: only the LSTM has a cell state, got an array for {cell!r}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout: expected a probability in [0, 1), got {dropout}")
+    lengths = check_lengths(lengths, B, T)
+    if h0 is None:
+        h0 = xp.zeros((L * D, B, H), dtype)
+    if spec.has_cell_state and c0 is None:
+        c0 = xp.zeros((L * D, B, H), dtype)
+
+    h_n = xp.empty((L * D, B, H), dtype)
+    c_n = xp.empty((L * D, B, H), dtype) if spec.has_cell_state else None
+    saved, masks = [], []
+    inp = xp.ascontiguousarray(x)
+    for layer in range(L):
+        outs = []
+        for d in range(D):
+            k = layer * D + d
+            w_ih, w_hh, b_ih, b_hh = weights[k]
+            y, h_last, c_last, s = kernel.forward(
+                spec.name, inp, h0[k], c0[k] if c0 is not None else None,
+                w_ih, w_hh, b_ih, b_hh, lengths=lengths, reverse=d == 1, training=training)
+            outs.append(y)
+            saved.append(s)
+            h_n[k] = h_last
+            if c_n is not None:
+                c_n[k] = c_last
+        out = outs[0] if D == 1 else xp.concatenate(outs, axis=2)
+        if training and dropout > 0 and layer < L - 1:
+            if rng is None:
+                rng = xp.random.default_rng()
+            keep = (rng.random(out.shape) >= dropout).astype(dtype) / dtype.type(1 - dropout)
+            out = out * keep
+            masks.append(keep)
+        inp = out
+    ctx = None
+    if training:
+        ctx = dict(cell=spec.name, kernel=kernel, backend=name, saved=saved, masks=masks,
+                   L=L, D=D, H=H, shape=(T, B, I), dtype=dtype,
+                   has_bias=weights[0][2] is not None, out_shape=out.shape)
+    return out, h_n, c_n, ctx
+
+
+def rnn_backward(ctx, grad_output, grad_h_n=None, grad_c_n=None):
+    """Backpropagation through time for one :func:`rnn` call made with ``training=True``.
+
+    Parameters
+    ----------
+    ctx : dict
+        The fourth value :func:`rnn` returned.
+    grad_output : array [T,B,D*H]
+    grad_h_n, grad_c_n : array [L*D,B,H] or None (zero)
+
+    Returns
+    -------
+    grad_x [T,B,I], grad_h0 [L*D,B,H], grad_c0 [L*D,B,H] or None,
+    grad_weights : list of (dw_ih, dw_hh, db_ih | None, db_hh | None), index ``l*D + d``
+    """
+    if ctx is None:
+        raise RuntimeError("rnn_backward: ctx is None; run rnn(..., training=True) first")
+    spec = get_cell(ctx["cell"])
+    L, D, H, dtype = ctx["L"], ctx["D"], ctx["H"], ctx["dtype"]
+    T, B, _ = ctx["shape"]
+    xp = dispatch.array_module(grad_output, grad_h_n, grad_c_n,
+                               names=["grad_output", "grad_h_n", "grad_c_n"])
+    check_array("grad_output", grad_output, 3, dtype, ctx["out_shape"])
+    for name, g in (("grad_h_n", grad_h_n), ("grad_c_n", grad_c_n)):
+        if g is not None:
+            check_array(name, g, 3, dtype, (L * D, B, H))
+    if grad_c_n is not None and not spec.has_cell_state:
+        raise ValueError(f"grad_c_n: only the LSTM has a cell state, got an array for "
+                         f"{spec.name!r}")
+    kernel = ctx["kernel"]
+    grad_h0 = xp.empty((L * D, B, H), dtype)
+    grad_c0 = xp.empty((L * D, B, H), dtype) if spec.has_cell_state else None
+    grad_weights = [None] * (L * D)
+    dy = grad_output
+    for layer in range(L - 1, -1, -1):
+        if layer < L - 1 and ctx["masks"]:
+            dy = dy * ctx["masks"][layer]
+        dx = None
+        for d in range(D):
+            k = layer * D + d
+            dy_d = xp.ascontiguousarray(dy[:, :, d * H:(d + 1) * H])
+            dx_d, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh = kernel.backward(
+                spec.name, ctx["saved"][k], dy_d,
+                None if grad_h_n is None else xp.ascontiguousarray(grad_h_n[k]),
+                None if grad_c_n is None else xp.ascontiguousarray(grad_c_n[k]))
+            dx = dx_d if dx is None else dx + dx_d
+            grad_h0[k] = dh0
+            if grad_c0 is not None:
+                grad_c0[k] = dc0
+            grad_weights[k] = (dw_ih, dw_hh, db_ih, db_hh)
+        dy = dx
+    return dy, grad_h0, grad_c0, grad_weights

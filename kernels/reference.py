@@ -1,0 +1,221 @@
+"""NumPy reference of the kernel contract: the ground truth, and the ``numpy`` backend.
+
+One layer, one direction, every cell of :mod:`.cells`. A plain loop over time with no
+tricks: readability over speed. Every other backend is tested against this module, and this
+module is tested against finite differences and against PyTorch.
+
+Shapes (DESIGN.md legend): ``x [T,B,I]``, ``h0, c0 [B,H]``, ``w_ih [G*H,I]``,
+``w_hh [G*H,H]``, ``b_ih, b_hh [G*H]`` (or None for ``bias=False``), ``lengths [B]``.
+"""
+
+import numpy as np
+
+from .cells import get_cell
+
+
+def sigmoid(z):
+    """Logistic function without overflow: ``exp`` only ever sees non-positive arguments."""
+    e = np.exp(-np.abs(z))
+    return np.where(z >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def _activate(name, z):
+    if name == "tanh":
+        return np.tanh(z)
+    if name == "relu":
+        return np.maximum(z, 0)
+    return sigmoid(z)
+
+
+def _activation_grad(name, y):
+    """Derivative of the activation written in terms of its output ``y``."""
+    if name == "tanh":
+        return 1 - y * y
+    if name == "relu":
+        return (y > 0).astype(y.dtype)
+    return y * (1 - y)
+
+
+def _valid_mask(lengths, T, B):
+    """Boolean ``[T,B,1]`` mask of valid steps (``t < lengths[b]``), or None."""
+    if lengths is None:
+        return None
+    steps = np.arange(T).reshape(T, 1, 1)
+    return steps < np.asarray(lengths).reshape(1, B, 1)
+
+
+def _time_order(T, reverse):
+    return range(T - 1, -1, -1) if reverse else range(T)
+
+
+def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None, reverse=False,
+            training=True):
+    """Run one layer in one direction over the whole sequence.
+
+    Parameters
+    ----------
+    cell : str
+        A name from :data:`.cells.CELLS`.
+    x : ndarray [T,B,I]
+    h0 : ndarray [B,H]
+    c0 : ndarray [B,H] or None
+        Initial cell state (LSTM only; None for the other cells).
+    w_ih : ndarray [G*H,I]
+    w_hh : ndarray [G*H,H]
+    b_ih, b_hh : ndarray [G*H] or None
+    lengths : int ndarray [B] or None
+        Valid steps of each sequence; outputs past them are zero and the state stops there.
+    reverse : bool
+        Walk time backwards; with ``lengths``, each sequence starts at its own last step.
+    training : bool
+        Keep what :func:`backward` needs.
+
+    Returns
+    -------
+    y : ndarray [T,B,H]
+    h_n : ndarray [B,H]
+    c_n : ndarray [B,H] or None
+    saved : dict or None
+    """
+    spec = get_cell(cell)
+    T, B, _ = x.shape
+    H = w_hh.shape[1]
+    mask = _valid_mask(lengths, T, B)
+
+    # Input projection for all steps at once; the recurrent part stays in the loop.
+    xg = x @ w_ih.T
+    if b_ih is not None:
+        xg = xg + b_ih
+    y = np.zeros((T, B, H), dtype=x.dtype)
+    h_prev = np.empty((T, B, H), dtype=x.dtype)
+    acts = np.empty((T, B, spec.gates * H), dtype=x.dtype)
+    c_prev = np.empty((T, B, H), dtype=x.dtype) if spec.has_cell_state else None
+    c_out = np.empty((T, B, H), dtype=x.dtype) if spec.has_cell_state else None
+    hn = np.empty((T, B, H), dtype=x.dtype) if spec.name == "gru" else None
+
+    h, c = h0, c0
+    for t in _time_order(T, reverse):
+        hg = h @ w_hh.T
+        if b_hh is not None:
+            hg = hg + b_hh
+        h_prev[t] = h
+        if spec.name == "lstm":
+            i = sigmoid(xg[t, :, 0:H] + hg[:, 0:H])
+            f = sigmoid(xg[t, :, H:2 * H] + hg[:, H:2 * H])
+            g = np.tanh(xg[t, :, 2 * H:3 * H] + hg[:, 2 * H:3 * H])
+            o = sigmoid(xg[t, :, 3 * H:] + hg[:, 3 * H:])
+            c_new = f * c + i * g
+            h_new = o * np.tanh(c_new)
+            acts[t] = np.concatenate([i, f, g, o], axis=1)
+            c_prev[t] = c
+        elif spec.name == "gru":
+            r = sigmoid(xg[t, :, 0:H] + hg[:, 0:H])
+            z = sigmoid(xg[t, :, H:2 * H] + hg[:, H:2 * H])
+            n = np.tanh(xg[t, :, 2 * H:] + r * hg[:, 2 * H:])
+            h_new = (1 - z) * n + z * h
+            acts[t] = np.concatenate([r, z, n], axis=1)
+            hn[t] = hg[:, 2 * H:]
+        else:
+            h_new = _activate(spec.activation, xg[t] + hg)
+            acts[t] = h_new
+        if mask is not None:
+            # Finished (or not yet started, in reverse) sequences keep their state.
+            h_new = np.where(mask[t], h_new, h)
+            if spec.has_cell_state:
+                c_new = np.where(mask[t], c_new, c)
+            y[t] = np.where(mask[t], h_new, 0)
+        else:
+            y[t] = h_new
+        h = h_new
+        if spec.has_cell_state:
+            c = c_new
+            c_out[t] = c_new
+
+    saved = None
+    if training:
+        saved = dict(cell=spec.name, x=x, w_ih=w_ih, w_hh=w_hh, has_bias=b_ih is not None,
+                     mask=mask, reverse=reverse, h_prev=h_prev, acts=acts, c_prev=c_prev,
+                     c_out=c_out, hn=hn)
+    return y, h, (c if spec.has_cell_state else None), saved
+
+
+def backward(cell, saved, dy, dh_n, dc_n):
+    """Backpropagation through time for one :func:`forward` call.
+
+    Parameters
+    ----------
+    cell : str
+    saved : dict
+        What :func:`forward` returned with ``training=True``.
+    dy : ndarray [T,B,H]
+        Gradient of the loss with respect to ``y``.
+    dh_n, dc_n : ndarray [B,H] or None
+        Gradients with respect to the final states (None means zero).
+
+    Returns
+    -------
+    dx [T,B,I], dh0 [B,H], dc0 [B,H] or None, dw_ih [G*H,I], dw_hh [G*H,H],
+    db_ih [G*H] or None, db_hh [G*H] or None
+    """
+    spec = get_cell(cell)
+    x, w_ih, w_hh, mask = saved["x"], saved["w_ih"], saved["w_hh"], saved["mask"]
+    acts, h_prev = saved["acts"], saved["h_prev"]
+    T, B, _ = x.shape
+    H = w_hh.shape[1]
+    dh = np.zeros((B, H), x.dtype) if dh_n is None else dh_n
+    dc = None
+    if spec.has_cell_state:
+        dc = np.zeros((B, H), x.dtype) if dc_n is None else dc_n
+    dgx = np.zeros((T, B, spec.gates * H), dtype=x.dtype)
+    dgh = np.zeros((T, B, spec.gates * H), dtype=x.dtype)
+
+    # Walk the steps in the opposite order to the forward pass.
+    for t in _time_order(T, not saved["reverse"]):
+        m = None if mask is None else mask[t]
+        dh_t = dh + (dy[t] if m is None else np.where(m, dy[t], 0))
+        a = acts[t]
+        if spec.name == "lstm":
+            i, f, g, o = a[:, 0:H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
+            tc = np.tanh(saved["c_out"][t])
+            dc_t = dc + dh_t * o * (1 - tc * tc)
+            gates = np.concatenate([
+                dc_t * g * i * (1 - i),
+                dc_t * saved["c_prev"][t] * f * (1 - f),
+                dc_t * i * (1 - g * g),
+                dh_t * tc * o * (1 - o),
+            ], axis=1)
+            dc_prev = dc_t * f
+            gates_h = gates
+            direct = 0
+        elif spec.name == "gru":
+            r, z, n = a[:, 0:H], a[:, H:2 * H], a[:, 2 * H:]
+            dn = dh_t * (1 - z) * (1 - n * n)
+            dr = dn * saved["hn"][t] * r * (1 - r)
+            dz = dh_t * (h_prev[t] - n) * z * (1 - z)
+            gates = np.concatenate([dr, dz, dn], axis=1)
+            gates_h = np.concatenate([dr, dz, dn * r], axis=1)
+            direct = dh_t * z
+        else:
+            gates = dh_t * _activation_grad(spec.activation, a)
+            gates_h = gates
+            direct = 0
+        if m is not None:
+            gates, gates_h = np.where(m, gates, 0), np.where(m, gates_h, 0)
+        dgx[t], dgh[t] = gates, gates_h
+        dh_prev = gates_h @ w_hh + direct
+        if m is not None:
+            # A step past the sequence's end passed the state through unchanged.
+            dh_prev = np.where(m, dh_prev, dh_t)
+            if spec.has_cell_state:
+                dc_prev = np.where(m, dc_prev, dc)
+        dh = dh_prev
+        if spec.has_cell_state:
+            dc = dc_prev
+
+    G_H = spec.gates * H
+    dx = dgx @ w_ih
+    dw_ih = dgx.reshape(T * B, G_H).T @ x.reshape(T * B, -1)
+    dw_hh = dgh.reshape(T * B, G_H).T @ h_prev.reshape(T * B, H)
+    db_ih = dgx.sum(axis=(0, 1)) if saved["has_bias"] else None
+    db_hh = dgh.sum(axis=(0, 1)) if saved["has_bias"] else None
+    return dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh
