@@ -19,13 +19,21 @@ def float_dtype(dtype, what="dtype"):
     return dt
 
 
+def _fmt(shape):
+    return "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+
+
 def check_array(name, a, ndim, dtype=None, shape=None):
     """Check rank, floating dtype (and equality with ``dtype``) and shape of one array.
 
     ``shape`` may hold None for dimensions that are free.
     """
-    if a.ndim not in ((ndim,) if isinstance(ndim, int) else ndim):
-        raise ValueError(f"{name}: expected a {ndim}-D array, got shape {tuple(a.shape)}")
+    ranks = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+    if a.ndim not in ranks:
+        if shape is not None:
+            raise ValueError(f"{name}: expected shape {_fmt(shape)}, got {tuple(a.shape)}")
+        want = " or ".join(f"{r}-D" for r in ranks)
+        raise ValueError(f"{name}: expected a {want} array, got shape {tuple(a.shape)}")
     if a.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name}: expected a float32 or float64 array, got dtype {a.dtype}")
     if dtype is not None and a.dtype != dtype:
@@ -33,8 +41,7 @@ def check_array(name, a, ndim, dtype=None, shape=None):
     if shape is not None:
         if len(shape) != a.ndim or any(
                 want is not None and want != got for want, got in zip(shape, a.shape)):
-            expected = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
-            raise ValueError(f"{name}: expected shape {expected}, got {tuple(a.shape)}")
+            raise ValueError(f"{name}: expected shape {_fmt(shape)}, got {tuple(a.shape)}")
 
 
 def check_lengths(lengths, B, T):

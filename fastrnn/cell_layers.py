@@ -47,7 +47,7 @@ class _StepCell(_Recurrent):
                                    "saves nothing; call .train() and run the step again")
             raise RuntimeError(f"{who}.backward() called more times than the cell was called "
                                "in training mode")
-        ctx, ndim = self._stack.pop()
+        ctx, ndim = self._stack[-1]  # popped only once the gradients pass their checks
         _, B, _ = ctx["shape"]
         shape = (self.hidden_size,) if ndim == 1 else (B, self.hidden_size)
         xp = self._param_module()
@@ -59,6 +59,7 @@ class _StepCell(_Recurrent):
             lifted.append(g)
         dy = xp.zeros((1, B, self.hidden_size), self.dtype)
         dx, dh0, dc0, dws = functional.rnn_backward(ctx, dy, *lifted)
+        self._stack.pop()
         for p, g in zip(self._parameters.values(), dws[0]):
             p.accumulate(g)
         in_shape = (self.input_size,) if ndim == 1 else (B, self.input_size)

@@ -41,7 +41,9 @@ class _BackwardGuard:
     def record(self, ctx, training):
         self.ctx, self.state = (ctx, "train") if training else (None, "eval")
 
-    def take(self, who):
+    def peek(self, who):
+        """The saved context, or a clear error; a failed check of the gradients that
+        follows leaves it in place, so a corrected call can still run."""
         if self.state == "none":
             raise RuntimeError(f"{who}.backward() called before any forward call")
         if self.state == "eval":
@@ -51,8 +53,10 @@ class _BackwardGuard:
         if self.state == "used":
             raise RuntimeError(
                 f"{who}.backward() called twice for one forward; run forward again first")
-        ctx, self.ctx, self.state = self.ctx, None, "used"
-        return ctx
+        return self.ctx
+
+    def consume(self):
+        self.ctx, self.state = None, "used"
 
 
 class _Recurrent(Module):
@@ -161,7 +165,7 @@ class _Recurrent(Module):
         return out, h_n, c_n
 
     def _run_backward(self, grad_output, grad_h_n, grad_c_n):
-        saved = self._guard.take(type(self).__name__)
+        saved = self._guard.peek(type(self).__name__)
         unbatched = saved["unbatched"]
         check_array("grad_output", grad_output, len(saved["shape"]), self.dtype,
                     saved["shape"])
@@ -170,6 +174,7 @@ class _Recurrent(Module):
         grad_c_n = self._state_in("grad_c_n", grad_c_n, B, unbatched)
         dx, dh0, dc0, dws = functional.rnn_backward(
             saved["ctx"], self._to_time_major(grad_output), grad_h_n, grad_c_n)
+        self._guard.consume()
         params = list(self._parameters.values())
         per = 4 if self.bias else 2
         for k, group in enumerate(dws):

@@ -1,0 +1,60 @@
+"""Shared helpers: tolerances per dtype, random problems, the backends under test."""
+
+import numpy as np
+import pytest
+
+import fastrnn
+from fastrnn.kernels.cells import CELLS
+
+# One tolerance table per dtype (relative to the largest magnitude of the reference).
+TOL = {np.float64: 1e-10, np.float32: 2e-4}
+ALL_CELLS = sorted(CELLS)
+# Every backend other than the reference is compared with it; unavailable ones skip with
+# the reason fastrnn.backends() gives, so a missing backend is visible in the test report.
+FAST_BACKENDS = ["cpu", "gpu"]
+
+
+def backend_param(name):
+    rep = fastrnn.backends()[name]
+    marks = [] if rep["available"] else [pytest.mark.skip(reason=f"{name}: {rep['reason']}")]
+    return pytest.param(name, marks=marks, id=name)
+
+
+def numpy_backends():
+    """Backends that run on NumPy arrays: the reference and, when available, cpu."""
+    return [backend_param("numpy"), backend_param("cpu")]
+
+
+def rel_err(a, b):
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    assert a.shape == b.shape, (a.shape, b.shape)
+    scale = max(np.abs(b).max(initial=0.0), 1e-30)
+    return np.abs(a - b).max(initial=0.0) / scale
+
+
+def assert_close(got, want, dtype, what=""):
+    """Assert shape, then dtype, then values, within the dtype's tolerance."""
+    assert got.shape == want.shape, f"{what}: shape {got.shape} != {want.shape}"
+    assert got.dtype == want.dtype, f"{what}: dtype {got.dtype} != {want.dtype}"
+    err = rel_err(got, want)
+    assert err <= TOL[np.dtype(dtype).type], f"{what}: relative error {err:.3g}"
+
+
+def random_problem(cell, T, B, I, H, L=1, D=1, dtype=np.float64, bias=True, seed=0,
+                   scale=0.5):
+    """Random (never zero) input, states and weights for ``fastrnn.functional.rnn``."""
+    rng = np.random.default_rng(seed)
+    G = CELLS[cell].gates
+    weights = []
+    for k in range(L * D):
+        in_size = I if k < D else D * H
+        w = [rng.uniform(-scale, scale, (G * H, in_size)),
+             rng.uniform(-scale, scale, (G * H, H))]
+        w += [rng.uniform(-scale, scale, G * H), rng.uniform(-scale, scale, G * H)] if bias \
+            else [None, None]
+        weights.append(tuple(None if a is None else a.astype(dtype) for a in w))
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    h0 = (0.5 * rng.standard_normal((L * D, B, H))).astype(dtype)
+    c0 = (0.5 * rng.standard_normal((L * D, B, H))).astype(dtype) \
+        if CELLS[cell].has_cell_state else None
+    return x, weights, h0, c0
