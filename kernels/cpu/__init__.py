@@ -1,0 +1,89 @@
+"""The ``cpu`` backend: Numba-compiled fused kernels behind the kernel contract.
+
+Per layer and direction: the input projection of all ``T*B`` rows is one BLAS GEMM; the
+whole time loop runs in compiled code (:mod:`._loops`), threads split the batch; backward
+walks time in reverse in compiled code, then ``dx``, ``dw_ih``, ``dw_hh`` and the bias
+gradients are single GEMMs / reductions over all ``T*B`` rows.
+"""
+
+import numpy as np
+
+from ..cells import get_cell
+from ._jit import cache_dir, num_threads
+from ._loops import CELL_IDS, backward_loop, forward_loop
+
+__all__ = ["forward", "backward", "cache_dir", "num_threads"]
+
+# Below this many multiply-adds per row block and step, a second thread costs more in
+# start-up than it saves; measured with the C-suite shapes (see BENCHMARKS.md).
+_MIN_WORK_PER_THREAD = 20_000
+
+
+def _chunks(T, B, GH, H):
+    """Row-block boundaries for the threads: blocks of whole fours where possible."""
+    threads = max(1, min(num_threads(), B))
+    if threads > 1 and (B // threads) * GH * H * T < _MIN_WORK_PER_THREAD * T:
+        threads = 1
+    quads = -(-B // 4)
+    bounds = [min(B, 4 * round(k * quads / threads)) for k in range(threads + 1)]
+    bounds[-1] = B
+    return np.unique(np.asarray(bounds, dtype=np.int64))
+
+
+def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None, reverse=False,
+            training=True):
+    """Kernel contract forward (see DESIGN.md); arrays are NumPy, of ``x``'s dtype."""
+    spec = get_cell(cell)
+    T, B, I = x.shape
+    GH, H = w_hh.shape
+    dt = x.dtype
+    xg = (x.reshape(T * B, I) @ w_ih.T).reshape(T, B, GH)
+    if b_ih is not None:
+        xg += b_ih
+    b_hh_ = b_hh if b_hh is not None else np.zeros(GH, dt)
+    lens = np.full(B, T, np.int64) if lengths is None else np.asarray(lengths, np.int64)
+    c0_ = c0 if spec.has_cell_state else np.zeros((B, H), dt)
+    steps = T if training else 1
+    y = np.empty((T, B, H), dt)
+    h_n = np.empty((B, H), dt)
+    c_n = np.empty((B, H), dt)
+    acts = np.empty((steps, B, GH), dt)
+    h_prev = np.empty((steps, B, H), dt)
+    c_all = np.empty((steps if spec.has_cell_state else 1, B, H), dt)
+    hn_all = np.empty((steps if spec.name == "gru" else 1, B, H), dt)
+    forward_loop(CELL_IDS[spec.name], xg, np.ascontiguousarray(w_hh), b_hh_,
+                 np.ascontiguousarray(h0), np.ascontiguousarray(c0_), lens, reverse,
+                 _chunks(T, B, GH, H), y, h_n, c_n, acts, h_prev, c_all, hn_all)
+    saved = None
+    if training:
+        saved = dict(x=x, w_ih=w_ih, w_hh=w_hh, has_bias=b_ih is not None, lens=lens,
+                     reverse=reverse, acts=acts, h_prev=h_prev, c_all=c_all, hn_all=hn_all,
+                     c0=c0_)
+    return y, h_n, (c_n if spec.has_cell_state else None), saved
+
+
+def backward(cell, saved, dy, dh_n, dc_n):
+    """Kernel contract backward (see DESIGN.md)."""
+    spec = get_cell(cell)
+    x, w_ih, w_hh = saved["x"], saved["w_ih"], saved["w_hh"]
+    T, B, I = x.shape
+    GH, H = w_hh.shape
+    dt = x.dtype
+    dh_n = np.zeros((B, H), dt) if dh_n is None else np.ascontiguousarray(dh_n)
+    dc_n = np.zeros((B, H), dt) if dc_n is None else np.ascontiguousarray(dc_n)
+    dgh = np.zeros((T, B, GH), dt)
+    dgx = np.zeros((T, B, GH), dt) if spec.name == "gru" else dgh
+    dh0 = np.empty((B, H), dt)
+    dc0 = np.empty((B, H), dt)
+    backward_loop(CELL_IDS[spec.name], np.ascontiguousarray(w_hh.T), np.ascontiguousarray(dy),
+                  dh_n, dc_n, saved["c0"], saved["lens"], saved["reverse"],
+                  _chunks(T, B, GH, H), saved["acts"], saved["h_prev"], saved["c_all"],
+                  saved["hn_all"], dgx, dgh, dh0, dc0)
+    gx2 = dgx.reshape(T * B, GH)
+    gh2 = dgh.reshape(T * B, GH)
+    dx = (gx2 @ w_ih).reshape(T, B, I)
+    dw_ih = gx2.T @ x.reshape(T * B, I)
+    dw_hh = gh2.T @ saved["h_prev"].reshape(T * B, H)
+    db_ih = gx2.sum(axis=0) if saved["has_bias"] else None
+    db_hh = gh2.sum(axis=0) if saved["has_bias"] else None
+    return dx, dh0, (dc0 if spec.has_cell_state else None), dw_ih, dw_hh, db_ih, db_hh

@@ -1,0 +1,52 @@
+"""Numba settings in one place: fastmath flags, caching, threads.
+
+``FASTMATH`` allows reassociation (so reductions vectorise) and contraction into FMAs, but
+not ``nnan``/``ninf``: NaN and inf keep their meaning.
+"""
+
+import os
+import warnings
+
+import numba
+
+FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
+# NumPy's error model: float division by zero gives inf instead of a Python exception,
+# which would put a branch in every loop with a division and stop it vectorising.
+OPTIONS = {"fastmath": FASTMATH, "error_model": "numpy"}
+
+
+def _cache_works():
+    """Numba caches next to the sources or in NUMBA_CACHE_DIR; test that one is writable."""
+    try:
+        @numba.njit(cache=True)
+        def _probe():  # pragma: no cover - compiled only to test the cache locator
+            return 0
+        return True
+    except RuntimeError:
+        return False
+
+
+CACHE = _cache_works()
+if not CACHE:
+    warnings.warn("fastrnn: no writable Numba cache directory; the CPU kernels will compile "
+                  "in every new process (set NUMBA_CACHE_DIR to a writable folder)",
+                  RuntimeWarning, stacklevel=2)
+
+
+def jit(parallel=False):
+    """``numba.njit`` with the project's flags (cached when a cache directory is writable)."""
+    return numba.njit(cache=CACHE, parallel=parallel, nogil=True, **OPTIONS)
+
+
+def cache_dir():
+    """Where compiled kernels are cached, for ``fastrnn info``."""
+    if not CACHE:
+        return None
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return os.environ["NUMBA_CACHE_DIR"]
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "__pycache__")
+
+
+def num_threads():
+    """Threads the kernels may use: Numba's setting, which follows NUMBA_NUM_THREADS."""
+    return numba.get_num_threads()
