@@ -9,6 +9,7 @@ gradients are single GEMMs / reductions over all ``T*B`` rows.
 import numpy as np
 
 from ..cells import get_cell
+from ._blas import matmul, single_threaded_blas
 from ._jit import cache_dir, num_threads
 from ._loops import CELL_IDS, backward_loop, forward_loop
 
@@ -33,11 +34,23 @@ def _chunks(T, B, GH, H):
 def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None, reverse=False,
             training=True):
     """Kernel contract forward (see DESIGN.md); arrays are NumPy, of ``x``'s dtype."""
+    with single_threaded_blas():
+        return _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training)
+
+
+def backward(cell, saved, dy, dh_n, dc_n):
+    """Kernel contract backward (see DESIGN.md)."""
+    with single_threaded_blas():
+        return _backward(cell, saved, dy, dh_n, dc_n)
+
+
+def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training):
     spec = get_cell(cell)
     T, B, I = x.shape
     GH, H = w_hh.shape
     dt = x.dtype
-    xg = (x.reshape(T * B, I) @ w_ih.T).reshape(T, B, GH)
+    xg = np.empty((T, B, GH), dt)
+    matmul(x.reshape(T * B, I), w_ih.T, xg.reshape(T * B, GH))
     if b_ih is not None:
         xg += b_ih
     b_hh_ = b_hh if b_hh is not None else np.zeros(GH, dt)
@@ -62,8 +75,7 @@ def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None, reverse=False
     return y, h_n, (c_n if spec.has_cell_state else None), saved
 
 
-def backward(cell, saved, dy, dh_n, dc_n):
-    """Kernel contract backward (see DESIGN.md)."""
+def _backward(cell, saved, dy, dh_n, dc_n):
     spec = get_cell(cell)
     x, w_ih, w_hh = saved["x"], saved["w_ih"], saved["w_hh"]
     T, B, I = x.shape
@@ -81,9 +93,10 @@ def backward(cell, saved, dy, dh_n, dc_n):
                   saved["hn_all"], dgx, dgh, dh0, dc0)
     gx2 = dgx.reshape(T * B, GH)
     gh2 = dgh.reshape(T * B, GH)
-    dx = (gx2 @ w_ih).reshape(T, B, I)
-    dw_ih = gx2.T @ x.reshape(T * B, I)
-    dw_hh = gh2.T @ saved["h_prev"].reshape(T * B, H)
+    dx = np.empty((T, B, I), dt)
+    matmul(gx2, w_ih, dx.reshape(T * B, I))
+    dw_ih = matmul(gx2.T, x.reshape(T * B, I), np.empty((GH, I), dt))
+    dw_hh = matmul(gh2.T, saved["h_prev"].reshape(T * B, H), np.empty((GH, H), dt))
     db_ih = gx2.sum(axis=0) if saved["has_bias"] else None
     db_hh = gh2.sum(axis=0) if saved["has_bias"] else None
     return dx, dh0, (dc0 if spec.has_cell_state else None), dw_ih, dw_hh, db_ih, db_hh

@@ -7,7 +7,12 @@ not ``nnan``/``ninf``: NaN and inf keep their meaning.
 import os
 import warnings
 
-import numba
+# Idle OpenMP workers spin for milliseconds after each parallel region by default and take
+# the core from the BLAS work that follows; sleeping costs a few microseconds per region.
+# Applies only if set before Numba starts its OpenMP pool; the user's choice wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numba  # noqa: E402
 
 FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 # NumPy's error model: float division by zero gives inf instead of a Python exception,
