@@ -28,14 +28,73 @@ def info_lines():
     return lines
 
 
+def _writable(option, path):
+    """Fail before any timing if an output path cannot be written."""
+    if path is None:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise SystemExit(f"fastrnn bench: {option} {path}: cannot write there (the folder "
+                         "must exist and be writable, and the path must not be a folder)")
+
+
+def bench_main(args):
+    from . import _bench_report as report
+    from . import bench
+
+    for option in ("json", "markdown", "plot"):
+        _writable("--" + option, getattr(args, option))
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise SystemExit("fastrnn bench: --plot needs matplotlib "
+                             "(pip install fastrnn[bench])") from None
+    try:
+        configs = bench.select(args.suite, args.only.split(",") if args.only else None)
+        names = bench.contenders(args.suite, args.backend.split(",") if args.backend else None,
+                                 peer=not args.no_peer)
+        results = bench.run(configs, names, rounds=args.rounds, reps=args.reps,
+                            reference_reps=args.reference_reps, threads=args.threads,
+                            quick=args.quick)
+    except bench.BenchmarkError as exc:
+        raise SystemExit(f"fastrnn bench: {exc}") from None
+    print(report.table(results))
+    if args.json:
+        with open(args.json, "w") as f:
+            f.write(report.to_json(results))
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(report.markdown(results))
+    if args.plot:
+        report.plot(results, args.plot)
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="fastrnn", description=__doc__)
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("info", help="versions, backends and why any is unavailable")
+    b = sub.add_parser("bench", help="time every backend against the reference and the peer")
+    b.add_argument("--suite", default="cpu", help="cpu (default) or gpu")
+    b.add_argument("--only", help="comma-separated configuration names, e.g. C1,C3")
+    b.add_argument("--backend", help="comma-separated fastrnn backends to time (default: "
+                   "every available one for the suite; the reference always runs)")
+    b.add_argument("--quick", action="store_true",
+                   help="a smoke run: every configuration with a tenth of its steps")
+    b.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
+    b.add_argument("--reps", type=int, default=3, help="timed calls per turn (default 3)")
+    b.add_argument("--reference-reps", type=int, default=1,
+                   help="timed calls per turn of the slow NumPy reference (default 1)")
+    b.add_argument("--threads", type=int, help="threads for every contender (default: all)")
+    b.add_argument("--no-peer", action="store_true", help="do not time PyTorch")
+    b.add_argument("--json", help="write the results as JSON here")
+    b.add_argument("--markdown", help="write a markdown table here")
+    b.add_argument("--plot", help="write a PNG chart of speedups here (needs matplotlib)")
     args = parser.parse_args(argv)
-    if args.command in (None, "info"):
-        print("\n".join(info_lines()))
-        return 0
+    if args.command == "bench":
+        return bench_main(args)
+    print("\n".join(info_lines()))
     return 0
 
 

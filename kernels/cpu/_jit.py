@@ -7,12 +7,30 @@ not ``nnan``/``ninf``: NaN and inf keep their meaning.
 import os
 import warnings
 
-# Idle OpenMP workers spin for milliseconds after each parallel region by default and take
-# the core from the BLAS work that follows; sleeping costs a few microseconds per region.
-# Applies only if set before Numba starts its OpenMP pool; the user's choice wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import numba
+from numba.np.ufunc import parallel as _parallel
 
-import numba  # noqa: E402
+
+def _start_threads_passive():
+    """Start Numba's thread pool with idle workers that sleep rather than spin.
+
+    Idle OpenMP workers spin for milliseconds after each parallel region by default and take
+    the core from the BLAS work that follows; sleeping costs microseconds per region. The
+    policy is read once, when the pool's OpenMP runtime loads, so it is set only around that
+    moment: other libraries (and child processes) keep the user's environment. A user's own
+    OMP_WAIT_POLICY wins; a pool that is already running is left as it is.
+    """
+    user = os.environ.get("OMP_WAIT_POLICY")
+    if user is None:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    try:
+        _parallel._launch_threads()
+    finally:
+        if user is None:
+            del os.environ["OMP_WAIT_POLICY"]
+
+
+_start_threads_passive()
 
 FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 # NumPy's error model: float division by zero gives inf instead of a Python exception,

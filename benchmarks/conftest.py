@@ -1,0 +1,67 @@
+"""pytest-benchmark over fastrnn.bench's suites: ``pytest benchmarks/ --benchmark-json=F``.
+
+Unlike ``fastrnn bench`` (one worker process per contender), these run in-process, one
+contender after another, so a peer's idle threads may tax the next contender; use
+``fastrnn bench`` for the numbers in BENCHMARKS.md. ``FASTRNN_BENCH_QUICK=1`` shrinks every
+configuration for a smoke run.
+"""
+
+import dataclasses
+import os
+
+import pytest
+
+import fastrnn
+from fastrnn import bench
+from fastrnn._bench_worker import build_contender
+
+QUICK = os.environ.get("FASTRNN_BENCH_QUICK") == "1"
+
+
+def configs(suite):
+    cs = bench.select(suite)
+    return [c.shrunk() for c in cs] if QUICK else cs
+
+
+def contender_params(suite):
+    out = []
+    for name in ["fastrnn-numpy", "fastrnn-cpu", "fastrnn-gpu", "torch-cpu", "torch-cudnn"]:
+        reason = None
+        if name.startswith("fastrnn-"):
+            rep = fastrnn.backends()[name.split("-", 1)[1]]
+            if not rep["available"]:
+                reason = rep["reason"]
+            elif name != "fastrnn-numpy" and rep["array_module"] != (
+                    "cupy" if suite == "gpu" else "numpy"):
+                reason = f"not a {suite} contender"
+        else:
+            try:
+                import torch
+                if name == "torch-cudnn" and not torch.cuda.is_available():
+                    reason = "no CUDA device for PyTorch"
+                if (name == "torch-cpu") != (suite == "cpu"):
+                    reason = f"not a {suite} contender"
+            except ImportError:
+                reason = "PyTorch is not installed"
+        marks = [pytest.mark.skip(reason=reason)] if reason else []
+        out.append(pytest.param(name, marks=marks, id=name))
+    return out
+
+
+def run_benchmark(benchmark, suite, config, name):
+    if name == "torch-cpu" and config.cell == "rnn_sigmoid":
+        pytest.skip("PyTorch has no sigmoid RNN")
+    weights = bench._weights(config)
+    run, _, sync = build_contender(name, dataclasses.asdict(config), weights,
+                                   os.cpu_count())
+    run()  # compilation and first-touch costs stay out of the timed calls
+    sync()
+    benchmark.group = f"{suite}:{config.name}"
+    benchmark.extra_info.update(flops=config.flops(), **dataclasses.asdict(config))
+
+    def timed():
+        run()
+        sync()  # a GPU contender is synchronised inside the timed region
+
+    rounds = 1 if name == "fastrnn-numpy" and not QUICK else 3
+    benchmark.pedantic(timed, rounds=rounds, iterations=1, warmup_rounds=0)

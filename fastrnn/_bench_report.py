@@ -1,0 +1,115 @@
+"""Reports of a benchmark run: a readable table, markdown, JSON and a PNG chart."""
+
+import json
+import os
+import platform
+
+import numpy as np
+
+
+def environment(results):
+    """Machine and versions, for the reports."""
+    import fastrnn
+    env = {"fastrnn": fastrnn.__version__, "python": platform.python_version(),
+           "numpy": np.__version__, "machine": platform.machine(),
+           "processor": _cpu_name(), "cpus": os.cpu_count()}
+    for mod in ("numba", "torch", "cupy"):
+        try:
+            env[mod] = __import__(mod).__version__
+        except ImportError:
+            pass
+    if results:
+        env["gemm_rate"] = results[0]["gemm_rate"]
+        env["threads"] = results[0]["threads"]
+    return env
+
+
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _fmt_ratio(r):
+    return "-" if r is None else f"{r:.2f}x"
+
+
+def rows(results):
+    """One flat row per configuration and contender."""
+    out = []
+    for res in results:
+        c = res["config"]
+        shape = (f"{c['cell']} I={c['I']} H={c['H']} L={c['L']} D={c['D']} B={c['B']} "
+                 f"T={c['T']} {c['mode']}")
+        for name, r in res["contenders"].items():
+            out.append({"config": c["name"], "shape": shape, "contender": name,
+                        "median_ms": r["median_s"] * 1e3, "min_ms": r["min_s"] * 1e3,
+                        "max_ms": r["max_s"] * 1e3, "runs": r["runs"],
+                        "vs_reference": r["speedup_vs_reference"],
+                        "vs_peer": r["speedup_vs_peer"], "times_floor": r["times_floor"],
+                        "floor_ms": res["floor_s"] * 1e3})
+    return out
+
+
+def table(results):
+    """A plain-text table for the terminal."""
+    head = (f"{'config':<6} {'contender':<15} {'median ms':>10} {'min':>9} {'max':>9} "
+            f"{'vs ref':>8} {'vs peer':>8} {'x floor':>8}")
+    lines = [head, "-" * len(head)]
+    for r in rows(results):
+        lines.append(f"{r['config']:<6} {r['contender']:<15} {r['median_ms']:>10.3f} "
+                     f"{r['min_ms']:>9.3f} {r['max_ms']:>9.3f} {_fmt_ratio(r['vs_reference']):>8}"
+                     f" {_fmt_ratio(r['vs_peer']):>8} {r['times_floor']:>7.1f}x")
+    return "\n".join(lines)
+
+
+def markdown(results):
+    """A markdown table for BENCHMARKS.md, with the machine and versions above it."""
+    env = environment(results)
+    lines = ["Machine: " + ", ".join(f"{k} {v}" for k, v in env.items() if k != "gemm_rate")]
+    if "gemm_rate" in env:
+        g = env["gemm_rate"]
+        lines.append(f"GEMM rate for the floor: {g['flops_per_s'] / 1e9:.0f} GFLOP/s "
+                     f"({g['what']})")
+    lines += ["", "| config | shape | contender | median ms | min | max | runs | vs reference "
+              "| vs peer | floor ms | x floor |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows(results):
+        lines.append(f"| {r['config']} | {r['shape']} | {r['contender']} | "
+                     f"{r['median_ms']:.3f} | {r['min_ms']:.3f} | {r['max_ms']:.3f} | "
+                     f"{r['runs']} | {_fmt_ratio(r['vs_reference'])} | "
+                     f"{_fmt_ratio(r['vs_peer'])} | {r['floor_ms']:.3f} | "
+                     f"{r['times_floor']:.2f}x |")
+    return "\n".join(lines) + "\n"
+
+
+def to_json(results):
+    return json.dumps({"environment": environment(results), "results": results}, indent=2)
+
+
+def plot(results, path):
+    """A PNG bar chart of each contender's speedup over the NumPy reference (log scale)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    configs = [r["config"]["name"] for r in results]
+    names = sorted({n for r in results for n in r["contenders"]} - {"fastrnn-numpy"})
+    fig, ax = plt.subplots(figsize=(1.2 * len(configs) + 3, 4))
+    width = 0.8 / max(len(names), 1)
+    for k, name in enumerate(names):
+        vals = [r["contenders"].get(name, {}).get("speedup_vs_reference") or 0
+                for r in results]
+        ax.bar(np.arange(len(configs)) + k * width, vals, width, label=name)
+    ax.set_xticks(np.arange(len(configs)) + width * (len(names) - 1) / 2, configs)
+    ax.set_yscale("log")
+    ax.axhline(1, color="grey", lw=0.8)
+    ax.set_ylabel("speedup over the NumPy reference")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

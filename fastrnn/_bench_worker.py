@@ -1,0 +1,259 @@
+"""Worker processes of the benchmark runner: one per contender and configuration.
+
+A worker builds its contender (fastrnn on some backend, or PyTorch) with the weights it is
+sent, runs it twice so that compilation and first-touch costs stay out of the timings,
+returns its outputs for the agreement check, then times as many calls as it is asked to.
+Running each contender in a process of its own keeps one library's spinning threads from
+slowing the next (PyTorch's OpenMP pool and OpenBLAS's both spin after a call).
+"""
+
+import multiprocessing as mp
+import os
+import time
+
+import numpy as np
+
+_SEED_X, _SEED_GRAD = 1, 2
+
+
+def _inputs(cfg):
+    rng = np.random.default_rng(_SEED_X)
+    x = rng.standard_normal((cfg["T"], cfg["B"], cfg["I"])).astype(np.float32)
+    gout = np.random.default_rng(_SEED_GRAD).standard_normal(
+        (cfg["T"], cfg["B"], cfg["D"] * cfg["H"])).astype(np.float32)
+    return x, gout
+
+
+def _build_fastrnn(backend, cfg, weights):
+    import fastrnn
+    kw = dict(num_layers=cfg["L"], bidirectional=cfg["D"] == 2, backend=backend)
+    if cfg["cell"] == "lstm":
+        layer = fastrnn.LSTM(cfg["I"], cfg["H"], **kw)
+    elif cfg["cell"] == "gru":
+        layer = fastrnn.GRU(cfg["I"], cfg["H"], **kw)
+    else:
+        layer = fastrnn.RNN(cfg["I"], cfg["H"], nonlinearity=cfg["cell"].split("_")[1], **kw)
+    x, gout = _inputs(cfg)
+    sync = lambda: None  # noqa: E731
+    if backend == "gpu":
+        import cupy
+        x, gout = cupy.asarray(x), cupy.asarray(gout)
+        sync = cupy.cuda.get_current_stream().synchronize
+    layer.load_state_dict(weights)
+    train = cfg["mode"] == "train"
+    layer.train(train)
+
+    def run():
+        out, hn = layer(x)
+        if train:
+            layer.zero_grad()
+            layer.backward(gout)
+        return out, hn
+
+    def outputs():
+        host = (lambda a: a.get()) if backend == "gpu" else (lambda a: a)
+        out, hn = layer(x)
+        res = {"output": host(out)}
+        if cfg["cell"] == "lstm":
+            res["h_n"], res["c_n"] = host(hn[0]), host(hn[1])
+        else:
+            res["h_n"] = host(hn)
+        if train:
+            layer.zero_grad()
+            res["grad_x"] = host(layer.backward(gout)[0])
+            for name, p in layer.named_parameters():
+                res["grad:" + name] = host(p.grad)
+        return res
+
+    return run, outputs, sync
+
+
+def _build_torch(device, cfg, weights, threads):
+    import torch
+    torch.set_num_threads(threads)
+    if device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    kw = dict(num_layers=cfg["L"], bidirectional=cfg["D"] == 2)
+    if cfg["cell"] == "lstm":
+        model = torch.nn.LSTM(cfg["I"], cfg["H"], **kw)
+    elif cfg["cell"] == "gru":
+        model = torch.nn.GRU(cfg["I"], cfg["H"], **kw)
+    else:
+        model = torch.nn.RNN(cfg["I"], cfg["H"], nonlinearity=cfg["cell"].split("_")[1], **kw)
+    model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in weights.items()})
+    model = model.to(device)
+    x, gout = (torch.from_numpy(a).to(device) for a in _inputs(cfg))
+    train = cfg["mode"] == "train"
+    x.requires_grad_(train)  # fastrnn always returns grad_x: PyTorch does the same work
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    def run():
+        if not train:
+            with torch.inference_mode():
+                return model(x)
+        model.zero_grad(set_to_none=True)
+        x.grad = None
+        out, hn = model(x)
+        out.backward(gout)
+        return out, hn
+
+    def outputs():
+        out, hn = run()
+        sync()
+        res = {"output": out.detach().cpu().numpy()}
+        if cfg["cell"] == "lstm":
+            res["h_n"], res["c_n"] = (t.detach().cpu().numpy() for t in hn)
+        else:
+            res["h_n"] = hn.detach().cpu().numpy()
+        if train:
+            res["grad_x"] = x.grad.cpu().numpy()
+            for name, p in model.named_parameters():
+                res["grad:" + name] = p.grad.cpu().numpy()
+        return res
+
+    return run, outputs, sync
+
+
+def build_contender(name, cfg, weights, threads):
+    """``(run, outputs, sync)`` for a contender name (``fastrnn-<backend>``, ``torch-cpu``,
+    ``torch-cudnn``) on configuration ``cfg`` (a dict of :class:`fastrnn.bench.Config`)."""
+    if name.startswith("fastrnn-"):
+        return _build_fastrnn(name.split("-", 1)[1], cfg, weights)
+    return _build_torch("cuda" if name == "torch-cudnn" else "cpu", cfg, weights, threads)
+
+
+def _worker_main(conn, name, cfg, weights, threads):
+    run, outputs, sync = build_contender(name, cfg, weights, threads)
+    events = None
+    if name in ("fastrnn-gpu", "torch-cudnn"):
+        import cupy
+        events = (cupy.cuda.Event(), cupy.cuda.Event())
+    for _ in range(2):  # warm-up: compilation, caches, first-touch page faults
+        run()
+    sync()
+    conn.send(("ready", outputs()))
+    while True:
+        msg = conn.recv()
+        if msg[0] == "stop":
+            return
+        times = []
+        for _ in range(msg[1]):
+            if events is not None:
+                events[0].record()
+                run()
+                events[1].record()
+                events[1].synchronize()
+                times.append(cupy.cuda.get_elapsed_time(*events) / 1e3)
+            else:
+                t0 = time.perf_counter()
+                run()
+                sync()
+                times.append(time.perf_counter() - t0)
+        conn.send(("times", times))
+
+
+def _env_for(name, threads):
+    env = {}
+    if name.startswith("fastrnn-"):
+        env["NUMBA_NUM_THREADS"] = str(threads)
+    return env
+
+
+class WorkerHandle:
+    """A contender's worker process; built on creation, ready after :meth:`wait_ready`."""
+
+    def __init__(self, name, config, weights, threads):
+        import dataclasses
+        self.name = name
+        ctx = mp.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        saved = {k: os.environ.get(k) for k in _env_for(name, threads)}
+        os.environ.update(_env_for(name, threads))
+        try:
+            self._proc = ctx.Process(target=_worker_main, daemon=True, args=(
+                child, name, dataclasses.asdict(config), dict(weights), threads))
+            self._proc.start()
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        child.close()
+
+    def _recv(self):
+        try:
+            return self._conn.recv()
+        except EOFError:
+            self._proc.join(5)
+            raise RuntimeError(f"benchmark worker {self.name} died (exit code "
+                               f"{self._proc.exitcode})") from None
+
+    def wait_ready(self):
+        kind, payload = self._recv()
+        assert kind == "ready"
+        return payload
+
+    def time(self, reps):
+        self._conn.send(("time", reps))
+        return self._recv()[1]
+
+    def close(self):
+        try:
+            self._conn.send(("stop",))
+        except (BrokenPipeError, OSError):
+            pass
+        self._proc.join(10)
+        if self._proc.is_alive():
+            self._proc.kill()
+
+
+def _gemm_rate_main(conn, gpu, threads):
+    n = 2048
+    if gpu:
+        import cupy
+        a = cupy.random.random((n, n), dtype=cupy.float32)
+        b = cupy.random.random((n, n), dtype=cupy.float32)
+        c = a @ b
+        start, end = cupy.cuda.Event(), cupy.cuda.Event()
+        start.record()
+        for _ in range(10):
+            cupy.matmul(a, b, out=c)
+        end.record()
+        end.synchronize()
+        secs = cupy.cuda.get_elapsed_time(start, end) / 1e3 / 10
+        what = f"cupy sgemm {n}^3 (cuBLAS)"
+    else:
+        a = np.random.default_rng(0).random((n, n), dtype=np.float32)
+        b = np.random.default_rng(1).random((n, n), dtype=np.float32)
+        c = a @ b
+        runs = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            np.matmul(a, b, out=c)
+            runs.append(time.perf_counter() - t0)
+        secs = float(np.median(runs))
+        what = f"numpy sgemm {n}^3 (its BLAS, {threads} threads)"
+    conn.send({"flops_per_s": 2 * n ** 3 / secs, "what": what})
+
+
+def gemm_rate_worker(gpu=False, threads=None):
+    """The sgemm rate of this machine (CPU, or GPU when ``gpu``), measured in a worker."""
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    env = {"OPENBLAS_NUM_THREADS": str(threads)} if threads else {}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        proc = ctx.Process(target=_gemm_rate_main, args=(child, gpu, threads), daemon=True)
+        proc.start()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    rate = parent.recv()
+    proc.join(10)
+    return rate

@@ -1,0 +1,244 @@
+"""The standard benchmark suites, as data, and the runner behind ``fastrnn bench``.
+
+For each configuration the runner builds one set of weights, has every contender compute the
+same outputs (and, for training, the same gradients) and checks them against the NumPy
+reference before timing anything; then it times the contenders interleaved, each in its own
+worker process so that one's idle threads cannot tax another, and reports the median, min
+and max, the speedup over the reference and over the peer, and the distance to the floor
+(the configuration's FLOPs over the GEMM rate measured in the same run).
+"""
+
+import dataclasses
+import os
+import sys
+import time
+
+import numpy as np
+
+from . import dispatch
+from ._bench_worker import WorkerHandle, gemm_rate_worker
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """One benchmark configuration; shapes follow DESIGN.md's legend."""
+
+    name: str
+    cell: str
+    I: int
+    H: int
+    L: int
+    D: int
+    B: int
+    T: int
+    mode: str  # "train" (forward + backward) or "infer" (forward, training=False)
+
+    def shrunk(self):
+        """The ``--quick`` variant: fewer steps, same shapes otherwise."""
+        return dataclasses.replace(self, T=max(4, self.T // 10))
+
+    def flops(self):
+        """Multiply-add FLOPs of the GEMM work: forward, and twice that again for backward
+        (input and weight gradients of both the input and the recurrent products)."""
+        G = {"lstm": 4, "gru": 3}.get(self.cell, 1)
+        fwd = 0
+        for layer in range(self.L):
+            in_size = self.I if layer == 0 else self.D * self.H
+            fwd += self.D * 2 * self.T * self.B * G * self.H * (in_size + self.H)
+        return fwd * (3 if self.mode == "train" else 1)
+
+
+def _suite(rows):
+    return {r[0]: Config(*r) for r in rows}
+
+
+SUITES = {
+    "cpu": _suite([
+        ("C1", "lstm", 256, 256, 1, 1, 1, 150, "infer"),
+        ("C2", "lstm", 256, 256, 1, 1, 16, 150, "train"),
+        ("C3", "lstm", 512, 512, 1, 1, 64, 100, "train"),
+        ("C4", "gru", 512, 512, 1, 1, 32, 100, "train"),
+        ("C5", "rnn_tanh", 1024, 1024, 1, 1, 16, 50, "train"),
+        ("C6", "lstm", 123, 320, 2, 2, 32, 100, "train"),
+        ("C7", "lstm", 344, 32, 3, 1, 20, 1000, "train"),
+        ("C8", "gru", 128, 128, 1, 1, 8, 500, "infer"),
+    ]),
+    "gpu": _suite([
+        ("G1", "lstm", 512, 512, 1, 1, 64, 100, "train"),
+        ("G2", "lstm", 1024, 1024, 1, 1, 128, 25, "train"),
+        ("G3", "lstm", 256, 256, 1, 1, 16, 150, "train"),
+        ("G3i", "lstm", 256, 256, 1, 1, 1, 150, "infer"),
+        ("G4", "gru", 1024, 1024, 1, 1, 32, 1500, "train"),
+        ("G5", "gru", 2816, 2816, 1, 1, 4, 375, "infer"),
+        ("G6", "rnn_relu", 1760, 1760, 1, 1, 16, 50, "train"),
+        ("G7", "lstm", 344, 32, 3, 1, 20, 1314, "train"),
+        ("G8", "lstm", 123, 320, 2, 2, 32, 1000, "train"),
+    ]),
+}
+REFERENCE = "fastrnn-numpy"
+# Agreement with the reference before timing: float32 sums over long sequences drift, so
+# this checks wiring, not last-bit precision (the test suite does that).
+CHECK_TOL = 5e-3
+
+
+class BenchmarkError(RuntimeError):
+    """A benchmark cannot start (bad arguments) or contenders disagree."""
+
+
+def select(suite="cpu", only=None):
+    """The configurations of ``suite`` (all, or those named in ``only``), in suite order."""
+    if suite not in SUITES:
+        raise BenchmarkError(f"--suite: expected one of {sorted(SUITES)}, got {suite!r}")
+    configs = SUITES[suite]
+    if not only:
+        return list(configs.values())
+    unknown = [n for n in only if n not in configs]
+    if unknown:
+        raise BenchmarkError(f"--only: unknown configuration(s) {unknown} for suite "
+                             f"{suite!r}; expected names from {list(configs)}")
+    return [configs[n] for n in configs if n in only]
+
+
+def contenders(suite="cpu", backends=None, peer=True):
+    """Contender names for a suite: fastrnn backends (the reference always), and the peer.
+
+    ``backends`` limits the fastrnn backends timed besides the reference; each must be
+    available, or this raises with the reason.
+    """
+    report = dispatch.backends()
+    xp = "cupy" if suite == "gpu" else "numpy"
+    if backends:
+        for name in backends:
+            if name not in report:
+                raise BenchmarkError(f"--backend: expected names from {sorted(report)}, "
+                                     f"got {name!r}")
+            if not report[name]["available"]:
+                raise BenchmarkError(f"--backend {name}: not available: "
+                                     f"{report[name]['reason']}")
+            if report[name]["array_module"] != xp and name != "numpy":
+                raise BenchmarkError(f"--backend {name}: runs on {report[name]['array_module']}"
+                                     f" arrays, not on the {suite} suite")
+        chosen = [b for b in backends if b != "numpy"]
+    else:
+        chosen = [n for n, r in report.items()
+                  if r["available"] and r["array_module"] == xp and n != "numpy"]
+    names = [REFERENCE] + [f"fastrnn-{b}" for b in chosen]
+    if peer:
+        try:
+            import torch
+        except ImportError:
+            torch = None
+        if torch is not None and suite == "cpu":
+            names.append("torch-cpu")
+        elif torch is not None and suite == "gpu" and torch.cuda.is_available():
+            names.append("torch-cudnn")
+    return names
+
+
+def _rel_err(a, b):
+    scale = max(float(np.abs(b).max(initial=0.0)), 1e-30)
+    return float(np.abs(a.astype(np.float64) - b).max(initial=0.0)) / scale
+
+
+def check_agreement(config, results):
+    """Compare every contender's outputs with the reference's; raise on a disagreement."""
+    want = results[REFERENCE]
+    for name, got in results.items():
+        if name == REFERENCE:
+            continue
+        for key, ref in want.items():
+            if key not in got:
+                continue  # e.g. a peer without the quantity
+            err = _rel_err(got[key], ref)
+            if not np.isfinite(err) or err > CHECK_TOL:
+                raise BenchmarkError(
+                    f"{config.name}: {name} disagrees with the NumPy reference on {key}: "
+                    f"relative error {err:.3g} > {CHECK_TOL}; no timing was done")
+
+
+def _progress(done, total, label, stream):
+    width = 30
+    filled = int(width * done / max(total, 1))
+    stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {label:<40}")
+    stream.flush()
+
+
+def run(configs, names, rounds=5, reps=3, reference_reps=1, threads=None, quick=False,
+        stream=sys.stderr, gap_s=0.05):
+    """Check and time every configuration; returns a list of result dicts.
+
+    Each round gives every contender one turn of ``reps`` timed calls (the reference
+    ``reference_reps``), in an order that rotates from round to round; ``gap_s`` of quiet
+    between turns lets the last contender's threads go idle.
+    """
+    if quick:
+        configs = [c.shrunk() for c in configs]
+        rounds, reps = min(rounds, 2), min(reps, 2)
+    threads = threads or os.cpu_count()
+    gpu = any(n in ("fastrnn-gpu", "torch-cudnn") for n in names)
+    rate = gemm_rate_worker(gpu=gpu, threads=threads)
+    results = []
+    total = len(configs) * (1 + rounds)
+    step = 0
+    for config in configs:
+        _progress(step, total, f"{config.name}: building and checking", stream)
+        weights = _weights(config)
+        workers = {}
+        try:
+            outs = {}
+            for name in names:
+                if name == "torch-cpu" and config.cell == "rnn_sigmoid":
+                    continue  # PyTorch has no sigmoid RNN
+                w = WorkerHandle(name, config, weights, threads)
+                workers[name] = w
+            for name, w in workers.items():
+                outs[name] = w.wait_ready()
+            check_agreement(config, outs)
+            step += 1
+            times = {name: [] for name in workers}
+            order = list(workers)
+            for r in range(rounds):
+                _progress(step, total, f"{config.name}: round {r + 1}/{rounds}", stream)
+                for name in order[r % len(order):] + order[:r % len(order)]:
+                    n = reference_reps if name == REFERENCE else reps
+                    times[name] += workers[name].time(n)
+                    time.sleep(gap_s)
+                step += 1
+        finally:
+            for w in workers.values():
+                w.close()
+        results.append(_summarise(config, times, rate, threads))
+    _progress(total, total, "done", stream)
+    stream.write("\n")
+    return results
+
+
+def _weights(config):
+    from .layers import GRU, LSTM, RNN
+    kw = dict(num_layers=config.L, bidirectional=config.D == 2, seed=0, backend="numpy")
+    if config.cell == "lstm":
+        layer = LSTM(config.I, config.H, **kw)
+    elif config.cell == "gru":
+        layer = GRU(config.I, config.H, **kw)
+    else:
+        layer = RNN(config.I, config.H, nonlinearity=config.cell.split("_")[1], **kw)
+    return layer.state_dict()
+
+
+def _summarise(config, times, rate, threads):
+    floor = config.flops() / rate["flops_per_s"]
+    ref = float(np.median(times[REFERENCE])) if times.get(REFERENCE) else None
+    peer_name = next((n for n in times if n.startswith("torch")), None)
+    peer = float(np.median(times[peer_name])) if peer_name else None
+    rows = {}
+    for name, ts in times.items():
+        med = float(np.median(ts))
+        rows[name] = {
+            "median_s": med, "min_s": float(np.min(ts)), "max_s": float(np.max(ts)),
+            "runs": len(ts),
+            "speedup_vs_reference": ref / med if ref else None,
+            "speedup_vs_peer": peer / med if peer else None,
+            "times_floor": med / floor,
+        }
+    return {"config": dataclasses.asdict(config), "flops": config.flops(), "floor_s": floor,
+            "gemm_rate": rate, "threads": threads, "peer": peer_name, "contenders": rows}

@@ -1,0 +1,89 @@
+"""The benchmark runner: suites as data, argument errors, the agreement check, reports."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from fastrnn import _bench_report as report
+from fastrnn import bench, cli
+
+
+def test_suites_hold_the_issue_configurations():
+    cpu, gpu = bench.SUITES["cpu"], bench.SUITES["gpu"]
+    assert list(cpu) == [f"C{k}" for k in range(1, 9)]
+    assert cpu["C6"] == bench.Config("C6", "lstm", 123, 320, 2, 2, 32, 100, "train")
+    assert cpu["C8"] == bench.Config("C8", "gru", 128, 128, 1, 1, 8, 500, "infer")
+    assert list(gpu) == ["G1", "G2", "G3", "G3i", "G4", "G5", "G6", "G7", "G8"]
+    assert gpu["G6"] == bench.Config("G6", "rnn_relu", 1760, 1760, 1, 1, 16, 50, "train")
+
+
+def test_flops_count_both_products_and_backward():
+    c = bench.Config("x", "gru", 10, 20, 2, 2, 3, 7, "infer")
+    layer0 = 2 * 2 * 7 * 3 * 60 * (10 + 20)
+    layer1 = 2 * 2 * 7 * 3 * 60 * (40 + 20)
+    assert c.flops() == layer0 + layer1
+    assert bench.Config("x", "gru", 10, 20, 2, 2, 3, 7, "train").flops() == 3 * c.flops()
+    assert c.shrunk().T == 4 and bench.SUITES["cpu"]["C7"].shrunk().T == 100
+
+
+def test_bad_names_fail_before_timing():
+    with pytest.raises(bench.BenchmarkError, match="--suite: expected one of"):
+        bench.select("tpu")
+    with pytest.raises(bench.BenchmarkError, match=r"unknown configuration\(s\) \['C9'\]"):
+        bench.select("cpu", ["C1", "C9"])
+    assert [c.name for c in bench.select("cpu", ["C3", "C1"])] == ["C1", "C3"]
+    with pytest.raises(bench.BenchmarkError, match="--backend: expected names"):
+        bench.contenders("cpu", ["fast"])
+
+
+def test_unavailable_backend_is_refused_with_its_reason():
+    import fastrnn
+    rep = fastrnn.backends()["gpu"]
+    if rep["available"]:
+        pytest.skip("a GPU is available here")
+    with pytest.raises(bench.BenchmarkError, match="--backend gpu: not available"):
+        bench.contenders("gpu", ["gpu"])
+
+
+def test_agreement_check_names_configuration_contender_and_quantity():
+    cfg = bench.SUITES["cpu"]["C2"]
+    ref = {"output": np.ones((3, 2)), "grad:weight_hh_l0": np.ones(4)}
+    good = {"output": np.ones((3, 2)) + 1e-5, "grad:weight_hh_l0": np.ones(4)}
+    bench.check_agreement(cfg, {bench.REFERENCE: ref, "fastrnn-cpu": good})
+    bad = {"output": np.ones((3, 2)), "grad:weight_hh_l0": np.ones(4) * 1.1}
+    with pytest.raises(bench.BenchmarkError,
+                       match="C2: fastrnn-cpu disagrees .* on grad:weight_hh_l0"):
+        bench.check_agreement(cfg, {bench.REFERENCE: ref, "fastrnn-cpu": bad})
+    nan = {"output": np.full((3, 2), np.nan)}
+    with pytest.raises(bench.BenchmarkError, match="on output"):
+        bench.check_agreement(cfg, {bench.REFERENCE: ref, "torch-cpu": nan})
+
+
+def test_cli_refuses_unwritable_outputs_before_timing(tmp_path):
+    with pytest.raises(SystemExit, match="--json .*cannot write there"):
+        cli.main(["bench", "--json", str(tmp_path / "missing" / "x.json")])
+    with pytest.raises(SystemExit, match="--markdown .*cannot write there"):
+        cli.main(["bench", "--markdown", str(tmp_path)])
+    with pytest.raises(SystemExit, match="unknown configuration"):
+        cli.main(["bench", "--only", "C42"])
+
+
+def test_a_tiny_run_checks_times_and_reports(tmp_path):
+    cfg = bench.Config("tiny", "gru", 5, 6, 2, 2, 3, 4, "train")
+    names = bench.contenders("cpu")
+    results = bench.run([cfg], names, rounds=2, reps=2, stream=open(os.devnull, "w"),
+                        gap_s=0)
+    (res,) = results
+    assert set(res["contenders"]) == set(names)
+    for name, r in res["contenders"].items():
+        assert r["runs"] == (2 if name == bench.REFERENCE else 4)
+        assert 0 < r["min_s"] <= r["median_s"] <= r["max_s"]
+    assert res["contenders"][bench.REFERENCE]["speedup_vs_reference"] == 1.0
+    assert res["floor_s"] == cfg.flops() / res["gemm_rate"]["flops_per_s"]
+    md = report.markdown(results)
+    assert "| tiny |" in md and "GEMM rate for the floor" in md
+    data = json.loads(report.to_json(results))
+    assert data["results"][0]["config"]["name"] == "tiny"
+    assert "tiny" in report.table(results)
