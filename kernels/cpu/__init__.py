@@ -83,8 +83,8 @@ def _backward(cell, saved, dy, dh_n, dc_n):
     dt = x.dtype
     dh_n = np.zeros((B, H), dt) if dh_n is None else np.ascontiguousarray(dh_n)
     dc_n = np.zeros((B, H), dt) if dc_n is None else np.ascontiguousarray(dc_n)
-    dgh = np.zeros((T, B, GH), dt)
-    dgx = np.zeros((T, B, GH), dt) if spec.name == "gru" else dgh
+    dgh = np.empty((T, B, GH), dt)  # the loop writes every step, padding included
+    dgx = np.empty((T, B, GH), dt) if spec.name == "gru" else dgh
     dh0 = np.empty((B, H), dt)
     dc0 = np.empty((B, H), dt)
     backward_loop(CELL_IDS[spec.name], np.ascontiguousarray(w_hh.T), np.ascontiguousarray(dy),
@@ -97,6 +97,10 @@ def _backward(cell, saved, dy, dh_n, dc_n):
     matmul(gx2, w_ih, dx.reshape(T * B, I))
     dw_ih = matmul(gx2.T, x.reshape(T * B, I), np.empty((GH, I), dt))
     dw_hh = matmul(gh2.T, saved["h_prev"].reshape(T * B, H), np.empty((GH, H), dt))
-    db_ih = gx2.sum(axis=0) if saved["has_bias"] else None
-    db_hh = gh2.sum(axis=0) if saved["has_bias"] else None
+    db_ih = db_hh = None
+    if saved["has_bias"]:
+        db_ih = gx2.sum(axis=0)
+        db_hh = db_ih.copy()  # the gates' pre-activations take both biases alike ...
+        if spec.name == "gru":  # ... but for the GRU's n, where b_hn sits inside r * (.)
+            db_hh[2 * H:] = gh2[:, 2 * H:].sum(axis=0)
     return dx, dh0, (dc0 if spec.has_cell_state else None), dw_ih, dw_hh, db_ih, db_hh

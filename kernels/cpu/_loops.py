@@ -49,7 +49,8 @@ def forward_loop(cell, xg, w_hh, b_hh, h0, c0, lengths, reverse, chunks,
             matmul_nt(h, r0, r1, w_hh, hg)
             for b in range(r0, r1):
                 if t >= lengths[b]:
-                    y[t, b, :] = 0
+                    for j in range(H):  # (explicit loops: a slice fill inside prange
+                        y[t, b, j] = ZERO  # was seen to go missing in backward_loop)
                     if cell == LSTM:
                         c_all[ts, b, :] = c[b, :]
                     continue
@@ -119,9 +120,12 @@ def backward_loop(cell, w_hh_t, dy, dh_n, dc_n, c0, lengths, reverse, chunks,
             first = t == (T - 1 if reverse else 0)
             tp = t + 1 if reverse else t - 1
             for b in range(r0, r1):
-                if t >= lengths[b]:
-                    continue  # padding: state and its gradient pass through unchanged
                 ar, gx, gh, dhb = acts[t, b], dgx[t, b], dgh[t, b], dh[b]
+                if t >= lengths[b]:
+                    for j in range(GH):  # padding: no gate gradient; the state's
+                        gx[j] = ZERO     # passes through unchanged
+                        gh[j] = ZERO
+                    continue
                 dhb += dy[t, b]  # now the total gradient reaching this step's h
                 if cell == LSTM:
                     dcb, cr = dc[b], c_all[t, b]

@@ -60,8 +60,10 @@ def _sigmoid_impl(x):
         return lambda x: F32_HALF + F32_HALF * tanh(F32_HALF * x)
 
     def impl(x):
+        # exp only sees -|x|; branch-free: r = sigmoid(-|x|), and sigmoid(|x|) = 1 - r.
         e = np.exp(-abs(x))
-        return 1.0 / (1.0 + e) if x >= 0 else e / (1.0 + e)
+        r = e / (1.0 + e)
+        return r + (x >= 0) * (1.0 - 2.0 * r)
     return impl
 
 
