@@ -15,20 +15,17 @@ from ._loops import CELL_IDS, backward_loop, forward_loop
 
 __all__ = ["forward", "backward", "cache_dir", "num_threads"]
 
-# Below this many multiply-adds per row block and step, a second thread costs more in
-# start-up than it saves; measured with the C-suite shapes (see BENCHMARKS.md).
-_MIN_WORK_PER_THREAD = 20_000
+# Below this many multiply-adds per thread over a whole call, waking a second (sleeping)
+# thread costs more than it saves: a one-step cell call stays on one thread.
+_MIN_WORK_PER_THREAD = 1_000_000
 
 
 def _chunks(T, B, GH, H):
-    """Row-block boundaries for the threads: blocks of whole fours where possible."""
+    """Balanced row-block boundaries ``[threads+1]`` for the batch-split loops."""
     threads = max(1, min(num_threads(), B))
-    if threads > 1 and (B // threads) * GH * H * T < _MIN_WORK_PER_THREAD * T:
-        threads = 1
-    quads = -(-B // 4)
-    bounds = [min(B, 4 * round(k * quads / threads)) for k in range(threads + 1)]
-    bounds[-1] = B
-    return np.unique(np.asarray(bounds, dtype=np.int64))
+    while threads > 1 and (B // threads) * GH * H * T < _MIN_WORK_PER_THREAD:
+        threads -= 1
+    return np.asarray([B * k // threads for k in range(threads + 1)], dtype=np.int64)
 
 
 def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None, reverse=False,
