@@ -23,6 +23,10 @@ def info_lines():
     for name, rep in backends().items():
         state = "available" if rep["available"] else f"unavailable: {rep['reason']}"
         lines.append(f"  {name:6s} ({rep['array_module']} arrays) {state}")
+    if backends()["cpu"]["available"]:
+        from .kernels import cpu
+        lines.append(f"cpu backend: {cpu.num_threads()} threads (NUMBA_NUM_THREADS), "
+                     f"compiled-kernel cache: {cpu.cache_dir() or 'none (not writable)'}")
     for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "FASTRNN_BACKEND"):
         lines.append(f"{var}={os.environ.get(var, '(unset)')}")
     return lines

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..cells import get_cell
 from ._blas import matmul, single_threaded_blas
+from ._fpu import flush_denormals, restore
 from ._jit import cache_dir, num_threads
 from ._loops import CELL_IDS, backward_loop, forward_loop
 
@@ -31,14 +32,23 @@ def _chunks(T, B, GH, H):
 def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None, reverse=False,
             training=True):
     """Kernel contract forward (see DESIGN.md); arrays are NumPy, of ``x``'s dtype."""
-    with single_threaded_blas():
-        return _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training)
+    fpu = flush_denormals()
+    try:
+        with single_threaded_blas():
+            return _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse,
+                            training)
+    finally:
+        restore(fpu)
 
 
 def backward(cell, saved, dy, dh_n, dc_n):
     """Kernel contract backward (see DESIGN.md)."""
-    with single_threaded_blas():
-        return _backward(cell, saved, dy, dh_n, dc_n)
+    fpu = flush_denormals()
+    try:
+        with single_threaded_blas():
+            return _backward(cell, saved, dy, dh_n, dc_n)
+    finally:
+        restore(fpu)
 
 
 def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training):

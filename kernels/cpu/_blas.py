@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from ._fpu import flush_denormals
 from ._jit import num_threads
 
 _SET_NAMES = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
@@ -86,7 +87,9 @@ def _get_pool(n):
     if _pool is None or _pool_size != n:
         if _pool is not None:
             _pool.shutdown(wait=True)
-        _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="fastrnn-gemm")
+        # These threads work only for the kernels, which run with denormals flushed.
+        _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="fastrnn-gemm",
+                                   initializer=flush_denormals)
         _pool_size = n
     return _pool
 

@@ -62,12 +62,15 @@ def jit(parallel=False):
 
 
 def cache_dir():
-    """Where compiled kernels are cached, for ``fastrnn info``."""
+    """Where Numba caches the compiled kernels (for ``fastrnn info``), or None."""
     if not CACHE:
         return None
-    if os.environ.get("NUMBA_CACHE_DIR"):
-        return os.environ["NUMBA_CACHE_DIR"]
-    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "__pycache__")
+    from . import _loops
+    try:  # Numba's own answer: it may fall back from NUMBA_CACHE_DIR to another place
+        return _loops.forward_loop._cache._impl.locator.get_cache_path()
+    except AttributeError:  # a Numba without that internal: the documented default
+        return os.environ.get("NUMBA_CACHE_DIR") or os.path.join(
+            os.path.dirname(os.path.abspath(__file__)), "__pycache__")
 
 
 def num_threads():

@@ -14,6 +14,7 @@ Shapes (DESIGN.md legend): ``xg [T,B,G*H]`` (input projection plus ``b_ih``), ``
 import numpy as np
 from numba import prange
 
+from ._fpu import flush_denormals, restore
 from ._jit import jit
 from ._math import matmul_nt, sigmoid, tanh
 
@@ -37,6 +38,7 @@ def forward_loop(cell, xg, w_hh, b_hh, h0, c0, lengths, reverse, chunks,
     H = w_hh.shape[1]
     keep = acts.shape[0] == T
     for ci in prange(chunks.size - 1):
+        fpu = flush_denormals()
         r0, r1 = chunks[ci], chunks[ci + 1]
         h = h0.copy()  # each thread reads and writes only its rows
         c = c0.copy()
@@ -98,6 +100,7 @@ def forward_loop(cell, xg, w_hh, b_hh, h0, c0, lengths, reverse, chunks,
         for b in range(r0, r1):
             h_n[b, :] = h[b, :]
             c_n[b, :] = c[b, :]
+        restore(fpu)
 
 
 @jit(parallel=True)
@@ -109,6 +112,7 @@ def backward_loop(cell, w_hh_t, dy, dh_n, dc_n, c0, lengths, reverse, chunks,
     T, B, GH = dgh.shape
     H = w_hh_t.shape[0]
     for ci in prange(chunks.size - 1):
+        fpu = flush_denormals()
         r0, r1 = chunks[ci], chunks[ci + 1]
         dh = dh_n.copy()
         dc = dc_n.copy()
@@ -178,3 +182,4 @@ def backward_loop(cell, w_hh_t, dy, dh_n, dc_n, c0, lengths, reverse, chunks,
         for b in range(r0, r1):
             dh0[b, :] = dh[b, :]
             dc0[b, :] = dc[b, :]
+        restore(fpu)

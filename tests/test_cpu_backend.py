@@ -1,0 +1,74 @@
+"""What is particular to the cpu backend: threads, denormals, the cache, the FPU state."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastrnn
+from fastrnn import functional as F
+from conftest import assert_close, random_problem
+
+pytestmark = pytest.mark.skipif(not fastrnn.backends()["cpu"]["available"],
+                                reason="the cpu backend is not available")
+
+
+def _run(backend, cell, x, weights, h0, c0, **kw):
+    out, h_n, c_n, ctx = F.rnn(cell, x, weights, h0, c0, backend=backend, **kw)
+    grads = F.rnn_backward(ctx, np.ones_like(out))
+    return [out, h_n, grads[0], grads[1]] + [g for group in grads[3] for g in group]
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_tiny_inputs_match_the_reference_and_leave_the_fpu_as_it_was(cell):
+    x, weights, h0, c0 = random_problem(cell, 40, 6, 8, 16, 1, 1, np.float32, seed=3)
+    x = (x * np.float32(1e-30)).astype(np.float32)
+    got = _run("cpu", cell, x, weights, h0 * 0, None if c0 is None else c0 * 0)
+    want = _run("numpy", cell, x, weights, h0 * 0, None if c0 is None else c0 * 0)
+    for g, w in zip(got, want):
+        assert np.abs(g - w).max() <= 2e-4 * max(np.abs(w).max(), 1e-30)
+    # The kernels flush denormals only while they run: the caller's arithmetic keeps them.
+    assert np.float32(1e-30) * np.float32(1e-10) > 0
+
+
+def test_thread_count_follows_numba_and_gives_the_same_numbers():
+    import numba
+    x, weights, h0, c0 = random_problem("lstm", 30, 16, 12, 32, 2, 2, np.float32, seed=4)
+    kw = dict(num_layers=2, bidirectional=True)
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = _run("cpu", "lstm", x, weights, h0, c0, **kw)
+        numba.set_num_threads(before)
+        many = _run("cpu", "lstm", x, weights, h0, c0, **kw)
+    finally:
+        numba.set_num_threads(before)
+    for a, b in zip(one, many):
+        assert_close(a, b, np.float32)
+
+
+def test_partition_uses_one_thread_for_tiny_calls_and_balances_rows():
+    from fastrnn.kernels import cpu
+    assert list(cpu._chunks(1, 4, 12, 3)) == [0, 4]  # a one-step cell call
+    chunks = cpu._chunks(1000, 20, 128, 32)
+    if cpu.num_threads() >= 2:
+        sizes = np.diff(chunks)
+        assert sizes.sum() == 20 and sizes.max() - sizes.min() <= 1
+
+
+def test_runs_when_the_cache_directory_is_not_writable(tmp_path):
+    code = ("import numpy as np, fastrnn; m = fastrnn.GRU(4, 8, backend='cpu', seed=0); "
+            "ref = fastrnn.GRU(4, 8, backend='numpy', seed=0); x = np.ones((3, 2, 4), "
+            "np.float32); print(float(np.abs(m(x)[0] - ref(x)[0]).max()))")
+    env = dict(os.environ, NUMBA_CACHE_DIR="/proc/fastrnn-cannot-write-here")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True)
+    assert float(out.stdout) < 1e-5
+
+
+def test_info_names_the_cache_and_threads():
+    from fastrnn.cli import info_lines
+    line = next(l for l in info_lines() if l.startswith("cpu backend:"))
+    assert "threads" in line and "cache" in line
