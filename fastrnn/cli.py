@@ -6,6 +6,19 @@ import platform
 import sys
 
 
+def _gpu_line():
+    try:
+        import cupy
+    except ImportError:
+        return "none seen (CuPy is not installed)"
+    try:
+        props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+        name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+        return f"{name}, compute capability {props['major']}.{props['minor']}"
+    except Exception as exc:  # CUDA's own error types, when there is no usable device
+        return f"none usable ({exc})"
+
+
 def info_lines():
     """Versions, backends (and why any is unavailable) and thread settings, as text lines."""
     import numpy as np
@@ -27,6 +40,7 @@ def info_lines():
         from .kernels import cpu
         lines.append(f"cpu backend: {cpu.num_threads()} threads (NUMBA_NUM_THREADS), "
                      f"compiled-kernel cache: {cpu.cache_dir() or 'none (not writable)'}")
+    lines.append(f"gpu: {_gpu_line()}")
     for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "FASTRNN_BACKEND"):
         lines.append(f"{var}={os.environ.get(var, '(unset)')}")
     return lines
