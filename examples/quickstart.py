@@ -38,8 +38,8 @@ def main(argv=None):
             p.data -= lr * 10 * p.grad
         if step % 50 == 0:
             print(f"step {step:4d}  mse {loss:.4f}")
-    print(f"done in {time.perf_counter() - t0:.1f} s on backend "
-          f"{args.backend or fastrnn.get_backend()}")
+    used = fastrnn.dispatch.resolve(args.backend, np)[0]
+    print(f"done in {time.perf_counter() - t0:.1f} s on the {used} backend")
     return loss
 
 
