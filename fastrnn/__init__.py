@@ -6,7 +6,9 @@ kernels, ``gpu`` CUDA kernels). See README.md and DESIGN.md.
 
 __version__ = "0.1.0"
 
+from . import losses, nn, optim
 from .cell_layers import GRUCell, LSTMCell, RNNCell
+from .checkpoint import load, save
 from .dispatch import BackendUnavailableError, backends, get_backend, set_backend
 from .layers import GRU, LSTM, RNN
 from .module import Module, Parameter
@@ -14,4 +16,5 @@ from .module import Module, Parameter
 __all__ = [
     "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "Module", "Parameter",
     "backends", "set_backend", "get_backend", "BackendUnavailableError", "__version__",
+    "nn", "optim", "losses", "save", "load",
 ]
