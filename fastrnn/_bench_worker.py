@@ -7,6 +7,7 @@ Running each contender in a process of its own keeps one library's spinning thre
 slowing the next (PyTorch's OpenMP pool and OpenBLAS's both spin after a call).
 """
 
+import contextlib
 import multiprocessing as mp
 import os
 import time
@@ -153,6 +154,21 @@ def _worker_main(conn, name, cfg, weights, threads):
         conn.send(("times", times))
 
 
+@contextlib.contextmanager
+def _environ(overrides):
+    """Set environment variables for a child process about to start, then put them back."""
+    saved = {k: os.environ.get(k) for k in overrides}
+    os.environ.update(overrides)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def _env_for(name, threads):
     env = {}
     if name.startswith("fastrnn-"):
@@ -168,18 +184,10 @@ class WorkerHandle:
         self.name = name
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe()
-        saved = {k: os.environ.get(k) for k in _env_for(name, threads)}
-        os.environ.update(_env_for(name, threads))
-        try:
+        with _environ(_env_for(name, threads)):
             self._proc = ctx.Process(target=_worker_main, daemon=True, args=(
                 child, name, dataclasses.asdict(config), dict(weights), threads))
             self._proc.start()
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
         child.close()
 
     def _recv(self):
@@ -242,18 +250,9 @@ def gemm_rate_worker(gpu=False, threads=None):
     """The sgemm rate of this machine (CPU, or GPU when ``gpu``), measured in a worker."""
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
-    env = {"OPENBLAS_NUM_THREADS": str(threads)} if threads else {}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with _environ({"OPENBLAS_NUM_THREADS": str(threads)} if threads else {}):
         proc = ctx.Process(target=_gemm_rate_main, args=(child, gpu, threads), daemon=True)
         proc.start()
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     rate = parent.recv()
     proc.join(10)
     return rate

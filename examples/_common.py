@@ -1,0 +1,47 @@
+"""Shared by the examples: a progress bar, the backend flag, and a timer line."""
+
+import argparse
+import sys
+import time
+
+import numpy as np
+
+import fastrnn
+
+
+def parser(doc):
+    p = argparse.ArgumentParser(description=doc,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backend", default=None,
+                   help="numpy, cpu, gpu or auto (default: fastrnn's selection)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--smoke", action="store_true",
+                   help="a tiny, fast run that checks the example works (CI runs this)")
+    return p
+
+
+def backend_name(backend):
+    xp = np if backend != "gpu" else __import__("cupy")
+    return fastrnn.dispatch.resolve(backend, xp)[0]
+
+
+class Progress:
+    """``for step in Progress(n, "training"):`` with a bar and a live status on stderr."""
+
+    def __init__(self, total, label):
+        self.total, self.label, self.status = total, label, ""
+        self.start = time.perf_counter()
+
+    def __iter__(self):
+        for k in range(self.total):
+            yield k
+            self._draw(k + 1)
+        sys.stderr.write("\n")
+
+    def _draw(self, done):
+        width = 30
+        filled = width * done // self.total
+        elapsed = time.perf_counter() - self.start
+        sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] "
+                         f"{done}/{self.total} {elapsed:5.1f}s {self.status}")
+        sys.stderr.flush()
