@@ -80,6 +80,47 @@ class Module:
     def eval(self):
         return self.train(False)
 
+    def modules(self):
+        """This module and every module inside it."""
+        yield self
+        for child in self._modules.values():
+            yield from child.modules()
+
+    def to(self, device):
+        """Move parameters and gradients to ``"gpu"`` (CuPy) or ``"cpu"`` (NumPy), in place.
+
+        Explicit copies, the only ones fastrnn makes between host and device. A layer whose
+        ``backend`` names a backend of the other array module follows the move (``"gpu"``
+        after ``to("gpu")``; automatic selection after ``to("cpu")``). What a forward saved
+        for backward is dropped: run forward again after a move.
+        """
+        if device not in ("cpu", "gpu"):
+            raise ValueError(f"device: expected 'cpu' or 'gpu', got {device!r}")
+        xp = dispatch.array_module_for("gpu" if device == "gpu" else "numpy")
+
+        def move(a):
+            if a is None:
+                return None
+            if device == "gpu":
+                return xp.asarray(a)
+            return a.get() if dispatch.is_cupy_array(a) else a
+
+        for p in self.parameters():
+            p.data, p.grad = move(p.data), move(p.grad)
+        for m in self.modules():
+            backend = getattr(m, "backend", None)
+            if device == "gpu" and backend in ("numpy", "cpu"):
+                m.backend = "gpu"
+            elif device == "cpu" and backend == "gpu":
+                m.backend = None
+            if hasattr(m, "_xp"):
+                m._xp = xp
+            if hasattr(m, "_guard"):
+                m._guard.__init__()
+            if hasattr(m, "_stack"):
+                m._stack.clear()
+        return self
+
     def state_dict(self):
         """An ordered mapping of parameter names to copies of their arrays."""
         return OrderedDict((name, p.data.copy()) for name, p in self.named_parameters())

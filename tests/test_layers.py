@@ -205,3 +205,25 @@ def test_functional_sigmoid_is_overflow_safe():
     s = sigmoid(z)
     assert s.dtype == np.float32
     np.testing.assert_allclose(s, [0, 1.9287e-22, 0.5, 1, 1], rtol=1e-4, atol=0)
+
+
+def test_to_moves_layers_between_devices_or_says_why_not():
+    m = fastrnn.GRU(I, H, backend="cpu" if fastrnn.backends()["cpu"]["available"] else None)
+    assert m.to("cpu") is m
+    with pytest.raises(ValueError, match="device: expected 'cpu' or 'gpu'"):
+        m.to("cuda:0")
+    if not fastrnn.backends()["gpu"]["available"]:
+        with pytest.raises(fastrnn.BackendUnavailableError, match="'gpu' is not available"):
+            m.to("gpu")
+        return
+    import cupy
+    x = _x((4, 2, I))
+    want, _ = m(x)
+    m.to("gpu")
+    assert m.backend == "gpu" and isinstance(m._parameters["weight_ih_l0"].data, cupy.ndarray)
+    with pytest.raises(TypeError, match="parameters are cupy arrays, got a numpy array"):
+        m(x)
+    got, _ = m(cupy.asarray(x))
+    np.testing.assert_allclose(got.get(), want, rtol=2e-4, atol=2e-5)
+    m.to("cpu")
+    assert m.backend is None

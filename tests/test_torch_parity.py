@@ -148,3 +148,29 @@ def test_step_cells_match_torch_over_three_steps_of_bptt(cell, backend):
         assert rel_err(dx, xt.grad.numpy()) < 1e-10
     for (name, p), (_, tp) in zip(ours.named_parameters(), ref.named_parameters()):
         assert rel_err(p.grad, tp.grad.numpy()) < 1e-10, name
+
+
+@pytest.mark.skipif(not fastrnn.backends()["gpu"]["available"],
+                    reason=f"gpu: {fastrnn.backends()['gpu']['reason']}")
+@pytest.mark.parametrize("case", [c for c in GRID if c[1] == 2 and c[4]], ids=_ids)
+def test_gpu_matches_torch(case):
+    """The gpu backend against PyTorch (CPU, float64) with the same weights."""
+    import cupy
+    cell, L, bi, bf, bias, var = case
+    D = 2 if bi else 1
+    ours, ref = _pair(cell, L, bi, bf, bias, "gpu")
+    rng = np.random.default_rng(zlib.crc32(repr(case).encode()))
+    x = rng.standard_normal((B, T, I) if bf else (T, B, I))
+    h0 = rng.standard_normal((L * D, B, H))
+    c0 = rng.standard_normal((L * D, B, H)) if cell == "lstm" else None
+    lengths = np.array([T, 2, 5, 1]) if var else None
+    hx = cupy.asarray(h0) if c0 is None else (cupy.asarray(h0), cupy.asarray(c0))
+    out, hn = ours(cupy.asarray(x), hx, lengths=lengths)
+    xt, h0t, c0t, out_t, hn_t = _torch_run(ref, x, h0, c0, lengths, bf)
+    assert rel_err(out.get(), out_t.detach().numpy()) < 1e-10
+    g_out = rng.standard_normal(out.shape)
+    out_t.backward(torch.tensor(g_out))
+    dx, _ = ours.backward(cupy.asarray(g_out))
+    assert rel_err(dx.get(), xt.grad.numpy()) < 1e-10
+    for (name, p), (_, tp) in zip(ours.named_parameters(), ref.named_parameters()):
+        assert rel_err(p.grad.get(), tp.grad.numpy()) < 1e-10, name

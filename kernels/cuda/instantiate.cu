@@ -1,0 +1,34 @@
+// Every specialisation the gpu backend launches, instantiated explicitly so that a plain
+// `nvcc --ptx` of this file checks them all (tests/test_cuda_compile.py; CI has no GPU).
+// At run time CuPy compiles rnn.cu with the same list as name expressions.
+#include "rnn.cu"
+
+#define FORWARD(T, CELL)                                                                    \
+    template __global__ void rnn_forward<T, CELL, true, true>(                              \
+        const T*, const T*, const T*, const long long*, T*, T*, T*, T*, T*, T*, T*, T*,     \
+        int, int, int, int, int);                                                           \
+    template __global__ void rnn_forward<T, CELL, true, false>(                             \
+        const T*, const T*, const T*, const long long*, T*, T*, T*, T*, T*, T*, T*, T*,     \
+        int, int, int, int, int);                                                           \
+    template __global__ void rnn_forward<T, CELL, false, true>(                             \
+        const T*, const T*, const T*, const long long*, T*, T*, T*, T*, T*, T*, T*, T*,     \
+        int, int, int, int, int);                                                           \
+    template __global__ void rnn_forward<T, CELL, false, false>(                            \
+        const T*, const T*, const T*, const long long*, T*, T*, T*, T*, T*, T*, T*, T*,     \
+        int, int, int, int, int);
+
+#define BACKWARD(T, CELL)                                                                   \
+    template __global__ void rnn_backward<T, CELL, true>(                                   \
+        const T*, const T*, const long long*, const T*, const T*, const T*, const T*,       \
+        const T*, T*, T*, T*, T*, T*, int, int, int, int, int);                             \
+    template __global__ void rnn_backward<T, CELL, false>(                                  \
+        const T*, const T*, const long long*, const T*, const T*, const T*, const T*,       \
+        const T*, T*, T*, T*, T*, T*, int, int, int, int, int);
+
+#define ALL(T)                                                                              \
+    FORWARD(T, RNN_TANH) FORWARD(T, RNN_RELU) FORWARD(T, RNN_SIGMOID) FORWARD(T, LSTM)      \
+    FORWARD(T, GRU) BACKWARD(T, RNN_TANH) BACKWARD(T, RNN_RELU) BACKWARD(T, RNN_SIGMOID)    \
+    BACKWARD(T, LSTM) BACKWARD(T, GRU)
+
+ALL(float)
+ALL(double)

@@ -1,0 +1,192 @@
+// Persistent recurrence kernels of the gpu backend: the whole time loop of one layer and
+// one direction in one cooperative launch, one grid barrier per step.
+//
+// Shapes (DESIGN.md legend; row-major): xg [T,B,G*H] = x @ w_ih^T + b_ih (one cuBLAS GEMM
+// before the launch); w_hh [G*H,H]; w_hh_t [H,G*H] (its transpose, for backward);
+// states [B,H]. Block k owns hidden units [k*U, k*U+U) with all their gates, keeps its rows
+// of w_hh (backward: its columns) in shared memory when they fit (SMEM_W), else reads them
+// from global memory / L2 (the fallback for large H), and meets the other blocks at one
+// grid.sync() per step. Recurrent products: one warp per (gate row, batch row) dot product,
+// lanes striding over H, a fixed-order shuffle reduction (deterministic, no atomics).
+// Specialised at compile time on dtype, cell, training and where the weights live.
+
+#include <cooperative_groups.h>
+
+#include "cells.cuh"
+
+namespace cg = cooperative_groups;
+using namespace fastrnn;
+
+// Load this block's rows (rows_of_block) of a [R, K] row-major matrix into shared memory:
+// local row g*U + uu holds global row g*stride + u0 + uu.
+template <typename T, int G>
+__device__ void load_rows(T* dst, const T* __restrict__ src, int u0, int U, int stride, int K) {
+    for (int i = threadIdx.x; i < G * U * K; i += blockDim.x) {
+        const int r = i / K, k = i - r * K;
+        const int g = r / U, uu = r - g * U;
+        dst[i] = src[(size_t)(g * stride + u0 + uu) * K + k];
+    }
+}
+
+template <typename T, int CELL, bool TRAINING, bool SMEM_W>
+__global__ void __launch_bounds__(256) rnn_forward(
+    const T* __restrict__ xg, const T* __restrict__ w_hh, const T* __restrict__ b_hh,
+    const long long* __restrict__ lengths,
+    T* __restrict__ hbuf,    // [2,B,H]: hbuf[0] = h0 on entry; the final state ends in hbuf[T%2]
+    T* __restrict__ c,       // [B,H]: c0 on entry, c_n on exit (LSTM)
+    T* __restrict__ hg,      // [G*H,B] scratch: recurrent products of the current step
+    T* __restrict__ y,       // [T,B,H]
+    T* __restrict__ acts,    // [T,B,G*H] gate activations (training)
+    T* __restrict__ h_prev,  // [T,B,H] state before each step (training)
+    T* __restrict__ c_all,   // [T,B,H] cell state after each step (training, LSTM)
+    T* __restrict__ hn_all,  // [T,B,H] W_hn h + b_hn (training, GRU)
+    int steps, int B, int H, int units, int reverse) {
+    constexpr int G = Gates<CELL>::G;
+    cg::grid_group grid = cg::this_grid();
+    extern __shared__ unsigned char smem_raw[];
+    T* w_s = reinterpret_cast<T*>(smem_raw);
+    const int u0 = blockIdx.x * units;
+    const int U = max(0, min(units, H - u0));
+    const int GH = G * H;
+    if (SMEM_W) load_rows<T, G>(w_s, w_hh, u0, U, H, H);
+    __syncthreads();
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+
+    for (int s = 0; s < steps; ++s) {
+        const int t = reverse ? steps - 1 - s : s;
+        const T* hcur = hbuf + (size_t)(s & 1) * B * H;
+        T* hnext = hbuf + (size_t)((s + 1) & 1) * B * H;
+        for (int p = warp; p < G * U * B; p += warps) {
+            const int r = p / B, b = p - r * B;
+            const int g = r / U, row = g * H + u0 + (r - g * U);
+            const T* w = SMEM_W ? w_s + (size_t)r * H : w_hh + (size_t)row * H;
+            const T* h = hcur + (size_t)b * H;
+            T acc = T(0);
+            for (int k = lane; k < H; k += 32) acc += w[k] * h[k];
+            acc = warp_sum(acc);
+            if (lane == 0) hg[(size_t)row * B + b] = acc + b_hh[row];
+        }
+        __syncthreads();
+        for (int p = threadIdx.x; p < U * B; p += blockDim.x) {
+            const int uu = p / B, b = p - uu * B, u = u0 + uu;
+            const size_t bh = (size_t)b * H + u, tbh = ((size_t)t * B + b) * H + u;
+            const T hp = hcur[bh];
+            if (TRAINING) h_prev[tbh] = hp;
+            if (t >= lengths[b]) {  // padding: the state carries over, no output
+                hnext[bh] = hp;
+                y[tbh] = T(0);
+                if (TRAINING && CELL == LSTM) c_all[tbh] = c[bh];
+                continue;
+            }
+            const T* xr = xg + ((size_t)t * B + b) * GH;
+            T* ar = acts + ((size_t)t * B + b) * GH;
+            T hv;
+            if (CELL == LSTM) {
+                const T i = sigmoid(xr[u] + hg[(size_t)u * B + b]);
+                const T f = sigmoid(xr[H + u] + hg[(size_t)(H + u) * B + b]);
+                const T gg = tanh(xr[2 * H + u] + hg[(size_t)(2 * H + u) * B + b]);
+                const T o = sigmoid(xr[3 * H + u] + hg[(size_t)(3 * H + u) * B + b]);
+                const T cn = f * c[bh] + i * gg;
+                c[bh] = cn;
+                hv = o * tanh(cn);
+                if (TRAINING) {
+                    ar[u] = i; ar[H + u] = f; ar[2 * H + u] = gg; ar[3 * H + u] = o;
+                    c_all[tbh] = cn;
+                }
+            } else if (CELL == GRU) {
+                const T r = sigmoid(xr[u] + hg[(size_t)u * B + b]);
+                const T z = sigmoid(xr[H + u] + hg[(size_t)(H + u) * B + b]);
+                const T hn = hg[(size_t)(2 * H + u) * B + b];
+                const T n = tanh(xr[2 * H + u] + r * hn);
+                hv = n + z * (hp - n);
+                if (TRAINING) {
+                    ar[u] = r; ar[H + u] = z; ar[2 * H + u] = n;
+                    hn_all[tbh] = hn;
+                }
+            } else {
+                hv = activate<CELL>(xr[u] + hg[(size_t)u * B + b]);
+                if (TRAINING) ar[u] = hv;
+            }
+            hnext[bh] = hv;
+            y[tbh] = hv;
+        }
+        grid.sync();  // every unit of step s is written before any block reads it
+    }
+}
+
+template <typename T, int CELL, bool SMEM_W>
+__global__ void __launch_bounds__(256) rnn_backward(
+    const T* __restrict__ w_hh_t,  // [H,G*H]
+    const T* __restrict__ dy, const long long* __restrict__ lengths,
+    const T* __restrict__ acts, const T* __restrict__ h_prev, const T* __restrict__ c_all,
+    const T* __restrict__ hn_all, const T* __restrict__ c0,
+    T* __restrict__ dh,      // [B,H]: dh_n on entry, dh0 on exit
+    T* __restrict__ dc,      // [B,H]: dc_n on entry, dc0 on exit (LSTM)
+    T* __restrict__ direct,  // [B,H] scratch: the GRU's z * dh path to the previous state
+    T* __restrict__ dgx,     // [T,B,G*H] pre-activation gradients, input side
+    T* __restrict__ dgh,     // [T,B,G*H] recurrent side (the same array except for the GRU)
+    int steps, int B, int H, int units, int reverse) {
+    constexpr int G = Gates<CELL>::G;
+    cg::grid_group grid = cg::this_grid();
+    extern __shared__ unsigned char smem_raw[];
+    T* w_s = reinterpret_cast<T*>(smem_raw);  // [U, G*H]: this block's columns of w_hh
+    const int u0 = blockIdx.x * units;
+    const int U = max(0, min(units, H - u0));
+    const int GH = G * H;
+    if (SMEM_W) load_rows<T, 1>(w_s, w_hh_t, u0, U, 0, GH);
+    __syncthreads();
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+
+    for (int s = 0; s < steps; ++s) {
+        const int t = reverse ? s : steps - 1 - s;  // reverse of the forward walk
+        const bool first = t == (reverse ? steps - 1 : 0);
+        const int tp = reverse ? t + 1 : t - 1;
+        for (int p = threadIdx.x; p < U * B; p += blockDim.x) {
+            const int uu = p / B, b = p - uu * B, u = u0 + uu;
+            const size_t bh = (size_t)b * H + u, tbh = ((size_t)t * B + b) * H + u;
+            T* gx = dgx + ((size_t)t * B + b) * GH;
+            T* gh = dgh + ((size_t)t * B + b) * GH;
+            if (t >= lengths[b]) {  // padding: no gate gradient; the state's passes through
+                for (int g = 0; g < G; ++g) { gx[g * H + u] = T(0); gh[g * H + u] = T(0); }
+                continue;
+            }
+            const T* ar = acts + ((size_t)t * B + b) * GH;
+            const T dht = dh[bh] + dy[tbh];
+            if (CELL == LSTM) {
+                const T i = ar[u], f = ar[H + u], gg = ar[2 * H + u], o = ar[3 * H + u];
+                const T tc = tanh(c_all[tbh]);
+                const T cp = first ? c0[bh] : c_all[((size_t)tp * B + b) * H + u];
+                const T dct = dc[bh] + dht * o * (T(1) - tc * tc);
+                gh[u] = dct * gg * i * (T(1) - i);
+                gh[H + u] = dct * cp * f * (T(1) - f);
+                gh[2 * H + u] = dct * i * (T(1) - gg * gg);
+                gh[3 * H + u] = dht * tc * o * (T(1) - o);
+                dc[bh] = dct * f;
+            } else if (CELL == GRU) {
+                const T r = ar[u], z = ar[H + u], n = ar[2 * H + u];
+                const T dn = dht * (T(1) - z) * (T(1) - n * n);
+                const T dr = dn * hn_all[tbh] * r * (T(1) - r);
+                const T dz = dht * (h_prev[tbh] - n) * z * (T(1) - z);
+                gx[u] = dr; gx[H + u] = dz; gx[2 * H + u] = dn;
+                gh[u] = dr; gh[H + u] = dz; gh[2 * H + u] = dn * r;
+                direct[bh] = dht * z;
+            } else {
+                gh[u] = dht * activation_grad<CELL>(ar[u]);
+            }
+        }
+        grid.sync();  // every gate gradient of step t is written
+        for (int p = warp; p < U * B; p += warps) {
+            const int uu = p / B, b = p - uu * B, u = u0 + uu;
+            const T* w = SMEM_W ? w_s + (size_t)uu * GH : w_hh_t + (size_t)u * GH;
+            const T* g = dgh + ((size_t)t * B + b) * GH;
+            T acc = T(0);
+            for (int j = lane; j < GH; j += 32) acc += w[j] * g[j];
+            acc = warp_sum(acc);
+            if (lane == 0 && t < lengths[b]) {
+                const size_t bh = (size_t)b * H + u;
+                dh[bh] = acc + (CELL == GRU ? direct[bh] : T(0));
+            }
+        }
+        __syncthreads();  // dh of owned units is final before the next step reads it
+    }
+}
