@@ -9,6 +9,7 @@ gradients are single GEMMs / reductions over all ``T*B`` rows.
 import numpy as np
 
 from ..cells import get_cell
+from ..gate_grads import input_and_weight_grads
 from ._blas import matmul, single_threaded_blas
 from ._fpu import flush_denormals, restore
 from ._jit import cache_dir, num_threads
@@ -98,16 +99,6 @@ def _backward(cell, saved, dy, dh_n, dc_n):
                   dh_n, dc_n, saved["c0"], saved["lens"], saved["reverse"],
                   _chunks(T, B, GH, H), saved["acts"], saved["h_prev"], saved["c_all"],
                   saved["hn_all"], dgx, dgh, dh0, dc0)
-    gx2 = dgx.reshape(T * B, GH)
-    gh2 = dgh.reshape(T * B, GH)
-    dx = np.empty((T, B, I), dt)
-    matmul(gx2, w_ih, dx.reshape(T * B, I))
-    dw_ih = matmul(gx2.T, x.reshape(T * B, I), np.empty((GH, I), dt))
-    dw_hh = matmul(gh2.T, saved["h_prev"].reshape(T * B, H), np.empty((GH, H), dt))
-    db_ih = db_hh = None
-    if saved["has_bias"]:
-        db_ih = gx2.sum(axis=0)
-        db_hh = db_ih.copy()  # the gates' pre-activations take both biases alike ...
-        if spec.name == "gru":  # ... but for the GRU's n, where b_hn sits inside r * (.)
-            db_hh[2 * H:] = gh2[:, 2 * H:].sum(axis=0)
+    dx, dw_ih, dw_hh, db_ih, db_hh = input_and_weight_grads(
+        np, matmul, dgx, dgh, x, saved["h_prev"], w_ih, saved["has_bias"], spec.name == "gru")
     return dx, dh0, (dc0 if spec.has_cell_state else None), dw_ih, dw_hh, db_ih, db_hh

@@ -19,6 +19,7 @@ import cupy as cp
 import numpy as np
 
 from ..cells import get_cell
+from ..gate_grads import input_and_weight_grads
 
 __all__ = ["forward", "backward", "plan"]
 
@@ -51,6 +52,10 @@ def _module():
                                         name_expressions=_names(),
                                         enable_cooperative_groups=True)
     return _modules[device]
+
+
+def _matmul(a, b, out):
+    return cp.matmul(a, b, out=out)  # cuBLAS
 
 
 def _kernel(name):
@@ -146,15 +151,7 @@ def backward(cell, saved, dy, dh_n, dc_n):
         dh, dc, cp.zeros((B, H), dt), dgx, dgh,
         np.int32(T), np.int32(B), np.int32(H), np.int32(units),
         np.int32(bool(saved["reverse"]))))
-    gx2 = dgx.reshape(T * B, GH)
-    gh2 = dgh.reshape(T * B, GH)
-    dx = cp.matmul(gx2, w_ih).reshape(T, B, I)
-    dw_ih = cp.matmul(gx2.T, x.reshape(T * B, I))
-    dw_hh = cp.matmul(gh2.T, saved["h_prev"].reshape(T * B, H))
-    db_ih = db_hh = None
-    if saved["has_bias"]:
-        db_ih = gx2.sum(axis=0)
-        db_hh = db_ih.copy()
-        if spec.name == "gru":
-            db_hh[2 * H:] = gh2[:, 2 * H:].sum(axis=0)
+    dx, dw_ih, dw_hh, db_ih, db_hh = input_and_weight_grads(
+        cp, _matmul, dgx, dgh, x, saved["h_prev"], w_ih, saved["has_bias"],
+        spec.name == "gru")
     return dx, dh, (dc if spec.has_cell_state else None), dw_ih, dw_hh, db_ih, db_hh

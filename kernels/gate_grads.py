@@ -1,0 +1,30 @@
+"""The part of backward every backend shares: after the time loop has produced the gates'
+pre-activation gradients of every step, the input and weight gradients are single GEMMs
+over all ``T*B`` rows, and the bias gradients single reductions.
+
+Shapes (DESIGN.md legend): ``dgx``, ``dgh [T,B,G*H]`` (input-side and recurrent-side gate
+gradients; the same array except for the GRU, whose ``n`` gate sees ``r * (W_hn h + b_hn)``),
+``x [T,B,I]``, ``h_prev [T,B,H]`` (the state each step started from).
+"""
+
+
+def input_and_weight_grads(xp, matmul, dgx, dgh, x, h_prev, w_ih, has_bias, gru):
+    """Return ``dx [T,B,I], dw_ih [G*H,I], dw_hh [G*H,H], db_ih, db_hh`` (None without bias).
+
+    ``matmul(a, b, out)`` is the backend's GEMM (``out[:] = a @ b``, returns ``out``).
+    """
+    T, B, I = x.shape
+    GH, H = dgh.shape[2], h_prev.shape[2]
+    gx2 = dgx.reshape(T * B, GH)
+    gh2 = dgh.reshape(T * B, GH)
+    dx = xp.empty((T, B, I), x.dtype)
+    matmul(gx2, w_ih, dx.reshape(T * B, I))
+    dw_ih = matmul(gx2.T, x.reshape(T * B, I), xp.empty((GH, I), x.dtype))
+    dw_hh = matmul(gh2.T, h_prev.reshape(T * B, H), xp.empty((GH, H), x.dtype))
+    db_ih = db_hh = None
+    if has_bias:
+        db_ih = gx2.sum(axis=0)
+        db_hh = db_ih.copy()  # the gates' pre-activations take both biases alike ...
+        if gru:  # ... except the GRU's n, where b_hn sits inside r * (.)
+            db_hh[2 * H:] = gh2[:, 2 * H:].sum(axis=0)
+    return dx, dw_ih, dw_hh, db_ih, db_hh
