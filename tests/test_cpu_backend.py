@@ -72,3 +72,40 @@ def test_info_names_the_cache_and_threads():
     from fastrnn.cli import info_lines
     line = next(l for l in info_lines() if l.startswith("cpu backend:"))
     assert "threads" in line and "cache" in line
+
+
+@pytest.mark.parametrize("cell", ["rnn_tanh", "rnn_relu", "rnn_sigmoid", "lstm", "gru"])
+@pytest.mark.parametrize("B", [1, 2])
+def test_small_batches_split_the_weights_and_match_the_reference(cell, B):
+    from fastrnn.kernels import cpu
+    H = {"lstm": 192, "gru": 256}.get(cell, 384)  # big enough for the split path
+    x, weights, h0, c0 = random_problem(cell, 9, B, 5, H, 1, 2, np.float32, seed=B)
+    G = {"lstm": 4, "gru": 3}.get(cell, 1)
+    if cpu.num_threads() >= 2:
+        assert cpu._gate_split(9, B, G * H, H) is not None
+    lengths = [9, 4][:B]
+    for training in (True, False):
+        out, h_n, c_n, ctx = F.rnn(cell, x, weights, h0, c0, bidirectional=True,
+                                   lengths=lengths, training=training, backend="cpu")
+        ref = F.rnn(cell, x, weights, h0, c0, bidirectional=True, lengths=lengths,
+                    training=training, backend="numpy")
+        assert_close(out, ref[0], np.float32, "output")
+        assert_close(h_n, ref[1], np.float32, "h_n")
+        if training:
+            got = F.rnn_backward(ctx, np.ones_like(out))
+            want = F.rnn_backward(ref[3], np.ones_like(out))
+            assert_close(got[0], want[0], np.float32, "grad_x")
+
+
+def test_split_path_survives_serialised_threads():
+    """If Numba runs both halves on one thread, one does all the work: no deadlock."""
+    import numba
+    x, weights, h0, c0 = random_problem("lstm", 5, 1, 4, 192, 1, 1, np.float32, seed=0)
+    before = numba.get_parallel_chunksize()
+    numba.set_parallel_chunksize(2)
+    try:
+        out = F.rnn("lstm", x, weights, h0, c0, training=False, backend="cpu")[0]
+    finally:
+        numba.set_parallel_chunksize(before)
+    ref = F.rnn("lstm", x, weights, h0, c0, training=False, backend="numpy")[0]
+    assert_close(out, ref, np.float32, "output")
