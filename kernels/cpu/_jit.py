@@ -56,10 +56,9 @@ if not CACHE:
                   RuntimeWarning, stacklevel=2)
 
 
-def jit(parallel=False, inline="never"):
-    """``numba.njit`` with the project's flags (cached when a cache directory is writable);
-    ``inline="always"`` pastes a helper into its callers before LLVM sees them."""
-    return numba.njit(cache=CACHE, parallel=parallel, nogil=True, inline=inline, **OPTIONS)
+def jit(parallel=False):
+    """``numba.njit`` with the project's flags (cached when a cache directory is writable)."""
+    return numba.njit(cache=CACHE, parallel=parallel, nogil=True, **OPTIONS)
 
 
 def cache_dir():

@@ -29,7 +29,7 @@ CELL_IDS = {"rnn_tanh": RNN_TANH, "rnn_relu": RNN_RELU, "rnn_sigmoid": RNN_SIGMO
             "lstm": LSTM, "gru": GRU}
 
 
-@jit(inline="always")
+@jit()
 def _step_pointwise(cell, t, ts, r0, r1, xg, hg, b_hh, h, c, lengths, y, acts, c_all, hn_all):
     """The fused pointwise work of step ``t`` for rows ``[r0, r1)``: gates from ``hg`` (the
     recurrent products) and ``xg``, then ``h`` and ``c`` in place, the output and what
