@@ -13,7 +13,7 @@ from ..gate_grads import input_and_weight_grads
 from ._blas import matmul, single_threaded_blas
 from ._fpu import flush_denormals, restore
 from ._jit import cache_dir, num_threads
-from ._loops import CELL_IDS, backward_loop, forward_loop, forward_loop_split
+from ._loops import CELL_IDS, backward_loop, forward_loop
 
 __all__ = ["forward", "backward", "cache_dir", "num_threads"]
 
@@ -28,21 +28,6 @@ def _chunks(T, B, GH, H):
     while threads > 1 and (B // threads) * GH * H * T < _MIN_WORK_PER_THREAD:
         threads -= 1
     return np.asarray([B * k // threads for k in range(threads + 1)], dtype=np.int64)
-
-
-# Batches of at most this many rows split the rows of w_hh between two threads instead of
-# the batch, when the weights are big enough to pay for two barriers a step (measured on
-# C1: batch 1, H=256).
-_SPLIT_MAX_BATCH = 2
-_SPLIT_MIN_WEIGHTS = 128 * 1024
-
-
-def _gate_split(T, B, GH, H):
-    """``gate_rows [3]`` for :func:`._loops.forward_loop_split`, or None to split the batch."""
-    if num_threads() < 2 or B > _SPLIT_MAX_BATCH or GH * H < _SPLIT_MIN_WEIGHTS:
-        return None
-    half = 4 * (GH // 8)
-    return np.array([0, half, GH], np.int64)
 
 
 def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None, reverse=False,
@@ -87,14 +72,9 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training
     h_prev = np.empty((steps, B, H), dt)
     c_all = np.empty((steps if spec.has_cell_state else 1, B, H), dt)
     hn_all = np.empty((steps if spec.name == "gru" else 1, B, H), dt)
-    args = (CELL_IDS[spec.name], xg, np.ascontiguousarray(w_hh), b_hh_,
-            np.ascontiguousarray(h0), np.ascontiguousarray(c0_), lens, reverse)
-    outs = (y, h_n, c_n, acts, h_prev, c_all, hn_all)
-    gate_rows = _gate_split(T, B, GH, H)
-    if gate_rows is None:
-        forward_loop(*args, _chunks(T, B, GH, H), *outs)
-    else:
-        forward_loop_split(*args, gate_rows, np.zeros(4, np.int64), *outs)
+    forward_loop(CELL_IDS[spec.name], xg, np.ascontiguousarray(w_hh), b_hh_,
+                 np.ascontiguousarray(h0), np.ascontiguousarray(c0_), lens, reverse,
+                 _chunks(T, B, GH, H), y, h_n, c_n, acts, h_prev, c_all, hn_all)
     saved = None
     if training:
         saved = dict(x=x, w_ih=w_ih, w_hh=w_hh, has_bias=b_ih is not None, lens=lens,

@@ -17,7 +17,6 @@ from numba import prange
 from ._fpu import flush_denormals, restore
 from ._jit import jit
 from ._math import matmul_nt, sigmoid, tanh
-from ._sync import PARALLEL, barrier, start
 
 # float32 literals: a Python float in a float32 loop would promote it to float64. In float64
 # kernels they widen exactly.
@@ -27,63 +26,6 @@ ZERO = np.float32(0)
 RNN_TANH, RNN_RELU, RNN_SIGMOID, LSTM, GRU = 0, 1, 2, 3, 4
 CELL_IDS = {"rnn_tanh": RNN_TANH, "rnn_relu": RNN_RELU, "rnn_sigmoid": RNN_SIGMOID,
             "lstm": LSTM, "gru": GRU}
-
-
-@jit()
-def _step_pointwise(cell, t, ts, r0, r1, xg, hg, b_hh, h, c, lengths, y, acts, c_all, hn_all):
-    """The fused pointwise work of step ``t`` for rows ``[r0, r1)``: gates from ``hg`` (the
-    recurrent products) and ``xg``, then ``h`` and ``c`` in place, the output and what
-    backward needs (at slot ``ts``)."""
-    H = h.shape[1]
-    GH = hg.shape[1]
-    for b in range(r0, r1):
-        if t >= lengths[b]:
-            for j in range(H):  # (explicit loops: a slice fill inside prange
-                y[t, b, j] = ZERO  # was seen to go missing in backward_loop)
-            if cell == LSTM:
-                c_all[ts, b, :] = c[b, :]
-            continue
-        xr, gr, hb = xg[t, b], hg[b], h[b]
-        if cell == LSTM:
-            cb = c[b]
-            for j in range(GH):
-                gr[j] += xr[j] + b_hh[j]
-            for j in range(2 * H):
-                gr[j] = sigmoid(gr[j])
-            for j in range(2 * H, 3 * H):
-                gr[j] = tanh(gr[j])
-            for j in range(3 * H, GH):
-                gr[j] = sigmoid(gr[j])
-            for j in range(H):
-                cb[j] = gr[H + j] * cb[j] + gr[j] * gr[2 * H + j]
-            for j in range(H):
-                hb[j] = gr[3 * H + j] * tanh(cb[j])
-            c_all[ts, b, :] = cb
-        elif cell == GRU:
-            for j in range(2 * H):
-                gr[j] += xr[j] + b_hh[j]
-            for j in range(2 * H, GH):
-                gr[j] += b_hh[j]
-            hn_all[ts, b, :] = gr[2 * H:]
-            for j in range(2 * H):
-                gr[j] = sigmoid(gr[j])
-            for j in range(H):
-                gr[2 * H + j] = tanh(xr[2 * H + j] + gr[j] * gr[2 * H + j])
-            for j in range(H):
-                hb[j] = gr[2 * H + j] + gr[H + j] * (hb[j] - gr[2 * H + j])
-        else:
-            for j in range(H):
-                v = gr[j] + xr[j] + b_hh[j]
-                if cell == RNN_TANH:
-                    v = tanh(v)
-                elif cell == RNN_RELU:
-                    v = max(v, ZERO)
-                else:
-                    v = sigmoid(v)
-                gr[j] = v
-            hb[:] = gr
-        y[t, b, :] = hb
-        acts[ts, b, :] = gr
 
 
 @jit(parallel=True)
@@ -106,50 +48,58 @@ def forward_loop(cell, xg, w_hh, b_hh, h0, c0, lengths, reverse, chunks,
             ts = t if keep else 0
             for b in range(r0, r1):
                 h_prev[ts, b, :] = h[b, :]
-            matmul_nt(h, r0, r1, w_hh, 0, GH, hg)
-            _step_pointwise(cell, t, ts, r0, r1, xg, hg, b_hh, h, c, lengths, y, acts,
-                            c_all, hn_all)
+            matmul_nt(h, r0, r1, w_hh, hg)
+            for b in range(r0, r1):
+                if t >= lengths[b]:
+                    for j in range(H):  # (explicit loops: a slice fill inside prange
+                        y[t, b, j] = ZERO  # was seen to go missing in backward_loop)
+                    if cell == LSTM:
+                        c_all[ts, b, :] = c[b, :]
+                    continue
+                xr, gr, hb = xg[t, b], hg[b], h[b]
+                if cell == LSTM:
+                    cb = c[b]
+                    for j in range(GH):
+                        gr[j] += xr[j] + b_hh[j]
+                    for j in range(2 * H):
+                        gr[j] = sigmoid(gr[j])
+                    for j in range(2 * H, 3 * H):
+                        gr[j] = tanh(gr[j])
+                    for j in range(3 * H, GH):
+                        gr[j] = sigmoid(gr[j])
+                    for j in range(H):
+                        cb[j] = gr[H + j] * cb[j] + gr[j] * gr[2 * H + j]
+                    for j in range(H):
+                        hb[j] = gr[3 * H + j] * tanh(cb[j])
+                    c_all[ts, b, :] = cb
+                elif cell == GRU:
+                    for j in range(2 * H):
+                        gr[j] += xr[j] + b_hh[j]
+                    for j in range(2 * H, GH):
+                        gr[j] += b_hh[j]
+                    hn_all[ts, b, :] = gr[2 * H:]
+                    for j in range(2 * H):
+                        gr[j] = sigmoid(gr[j])
+                    for j in range(H):
+                        gr[2 * H + j] = tanh(xr[2 * H + j] + gr[j] * gr[2 * H + j])
+                    for j in range(H):
+                        hb[j] = gr[2 * H + j] + gr[H + j] * (hb[j] - gr[2 * H + j])
+                else:
+                    for j in range(H):
+                        v = gr[j] + xr[j] + b_hh[j]
+                        if cell == RNN_TANH:
+                            v = tanh(v)
+                        elif cell == RNN_RELU:
+                            v = max(v, ZERO)
+                        else:
+                            v = sigmoid(v)
+                        gr[j] = v
+                    hb[:] = gr
+                y[t, b, :] = hb
+                acts[ts, b, :] = gr
         for b in range(r0, r1):
             h_n[b, :] = h[b, :]
             c_n[b, :] = c[b, :]
-        restore(fpu)
-
-
-@jit(parallel=True)
-def forward_loop_split(cell, xg, w_hh, b_hh, h0, c0, lengths, reverse, gate_rows, sync,
-                       y, h_n, c_n, acts, h_prev, c_all, hn_all):
-    """The forward walk for batches too small to share out (batch 1 for generation): the
-    two threads split the rows of ``w_hh`` (each keeps its half in its own core's cache),
-    and thread 0 runs the pointwise work; they meet at a spinning barrier twice a step
-    (:mod:`._sync`). ``gate_rows [3]`` is the split. Same outputs as :func:`forward_loop`."""
-    T, B, GH = xg.shape
-    keep = acts.shape[0] == T
-    h = h0.copy()  # shared by the two threads
-    c = c0.copy()
-    hg = np.empty((B, GH), xg.dtype)
-    for p in prange(2):
-        fpu = flush_denormals()
-        mode = start(sync, 2)
-        if mode != 0:
-            meet = mode == PARALLEL
-            j0, j1 = (gate_rows[p], gate_rows[p + 1]) if meet else (0, GH)
-            lead = p == 0 or not meet
-            for s in range(T):
-                t = T - 1 - s if reverse else s
-                ts = t if keep else 0
-                matmul_nt(h, 0, B, w_hh, j0, j1, hg)
-                if meet:
-                    barrier(sync, 2, 2 * s + 1)  # every recurrent product is in hg
-                if lead:
-                    for b in range(B):
-                        h_prev[ts, b, :] = h[b, :]
-                    _step_pointwise(cell, t, ts, 0, B, xg, hg, b_hh, h, c, lengths, y,
-                                    acts, c_all, hn_all)
-                if meet:
-                    barrier(sync, 2, 2 * s + 2)  # the new state is in h
-            if lead:
-                h_n[:, :] = h
-                c_n[:, :] = c
         restore(fpu)
 
 
@@ -224,7 +174,7 @@ def backward_loop(cell, w_hh_t, dy, dh_n, dc_n, c0, lengths, reverse, chunks,
                 else:
                     for j in range(H):
                         gh[j] = dhb[j] * ar[j] * (ONE - ar[j])
-            matmul_nt(dgh[t], r0, r1, w_hh_t, 0, H, dhp)
+            matmul_nt(dgh[t], r0, r1, w_hh_t, dhp)
             for b in range(r0, r1):
                 if t < lengths[b]:
                     for j in range(H):

@@ -68,17 +68,16 @@ def _sigmoid_impl(x):
 
 
 @jit()
-def matmul_nt(a, r0, r1, w, j0, j1, out):
-    """``out[r, j] = a[r, :] @ w[j, :]`` for ``r0 <= r < r1``, ``j0 <= j < j1``:
-    ``a [*,K]``, ``w [M,K]``, ``out [*,M]``.
+def matmul_nt(a, r0, r1, w, out):
+    """``out[r, :] = a[r, :] @ w.T`` for rows ``r0 <= r < r1``: ``a [*,K]``, ``w [M,K]``.
 
     Register-blocked four rows of ``w`` by four rows of ``a``; the inner reduction over
     ``K`` runs along contiguous memory of both and vectorises under FASTMATH.
     """
-    K = w.shape[1]
+    M, K = w.shape
     zero = np.float32(0)  # unifies with float64 in float64 kernels
-    j = j0
-    while j + 4 <= j1:
+    j = 0
+    while j + 4 <= M:
         r = r0
         while r + 4 <= r1:
             c00 = c01 = c02 = c03 = zero
@@ -123,7 +122,7 @@ def matmul_nt(a, r0, r1, w, j0, j1, out):
             out[r, j], out[r, j + 1], out[r, j + 2], out[r, j + 3] = c0, c1, c2, c3
             r += 1
         j += 4
-    while j < j1:
+    while j < M:
         for r in range(r0, r1):
             c = zero
             for k in range(K):
