@@ -56,34 +56,33 @@ def forward_loop(cell, xg, w_hh, b_hh, h0, c0, lengths, reverse, chunks,
                     if cell == LSTM:
                         c_all[ts, b, :] = c[b, :]
                     continue
-                xr, gr, hb = xg[t, b], hg[b], h[b]
+                # Activations go straight into acts (scratch when not training): one
+                # pass per gate block, each reading the recurrent product, the input
+                # projection and the bias.
+                xr, gr, hb, ar = xg[t, b], hg[b], h[b], acts[ts, b]
                 if cell == LSTM:
                     cb = c[b]
-                    for j in range(GH):
-                        gr[j] += xr[j] + b_hh[j]
-                    for j in range(2 * H):
-                        gr[j] = sigmoid(gr[j])
-                    for j in range(2 * H, 3 * H):
-                        gr[j] = tanh(gr[j])
-                    for j in range(3 * H, GH):
-                        gr[j] = sigmoid(gr[j])
+                    for j in range(2 * H):  # i, f
+                        ar[j] = sigmoid(gr[j] + xr[j] + b_hh[j])
+                    for j in range(2 * H, 3 * H):  # g
+                        ar[j] = tanh(gr[j] + xr[j] + b_hh[j])
+                    for j in range(3 * H, GH):  # o
+                        ar[j] = sigmoid(gr[j] + xr[j] + b_hh[j])
                     for j in range(H):
-                        cb[j] = gr[H + j] * cb[j] + gr[j] * gr[2 * H + j]
+                        cb[j] = ar[H + j] * cb[j] + ar[j] * ar[2 * H + j]
                     for j in range(H):
-                        hb[j] = gr[3 * H + j] * tanh(cb[j])
+                        hb[j] = ar[3 * H + j] * tanh(cb[j])
                     c_all[ts, b, :] = cb
                 elif cell == GRU:
-                    for j in range(2 * H):
-                        gr[j] += xr[j] + b_hh[j]
-                    for j in range(2 * H, GH):
-                        gr[j] += b_hh[j]
-                    hn_all[ts, b, :] = gr[2 * H:]
-                    for j in range(2 * H):
-                        gr[j] = sigmoid(gr[j])
+                    hn = hn_all[ts, b]
+                    for j in range(2 * H):  # r, z
+                        ar[j] = sigmoid(gr[j] + xr[j] + b_hh[j])
+                    for j in range(H):  # W_hn h + b_hn, kept for backward
+                        hn[j] = gr[2 * H + j] + b_hh[2 * H + j]
+                    for j in range(H):  # n
+                        ar[2 * H + j] = tanh(xr[2 * H + j] + ar[j] * hn[j])
                     for j in range(H):
-                        gr[2 * H + j] = tanh(xr[2 * H + j] + gr[j] * gr[2 * H + j])
-                    for j in range(H):
-                        hb[j] = gr[2 * H + j] + gr[H + j] * (hb[j] - gr[2 * H + j])
+                        hb[j] = ar[2 * H + j] + ar[H + j] * (hb[j] - ar[2 * H + j])
                 else:
                     for j in range(H):
                         v = gr[j] + xr[j] + b_hh[j]
@@ -93,10 +92,9 @@ def forward_loop(cell, xg, w_hh, b_hh, h0, c0, lengths, reverse, chunks,
                             v = max(v, ZERO)
                         else:
                             v = sigmoid(v)
-                        gr[j] = v
-                    hb[:] = gr
+                        ar[j] = v
+                    hb[:] = ar
                 y[t, b, :] = hb
-                acts[ts, b, :] = gr
         for b in range(r0, r1):
             h_n[b, :] = h[b, :]
             c_n[b, :] = c[b, :]
