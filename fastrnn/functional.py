@@ -6,6 +6,8 @@ Layer ``l`` and direction ``d`` live at index ``l*D + d`` of ``weights``, ``h0``
 but the last.
 """
 
+import numpy as np
+
 from . import dispatch
 from ._checks import check_array, check_lengths
 from .kernels.cells import get_cell
@@ -30,6 +32,16 @@ def _check_weights(weights, spec, L, D, I, H, dtype):
         if b_ih is not None:
             check_array(f"weights[{k}].b_ih", b_ih, 1, dtype, (GH,))
             check_array(f"weights[{k}].b_hh", b_hh, 1, dtype, (GH,))
+
+
+def _rng_for(xp, rng):
+    """A generator of ``xp``'s arrays: NumPy's as given, or for CuPy one seeded from it
+    (masks are drawn where the data lives; nothing crosses between host and device)."""
+    if rng is None:
+        return xp.random.default_rng()
+    if xp is not np and isinstance(rng, np.random.Generator):
+        return xp.random.default_rng(int(rng.integers(2**63)))
+    return rng
 
 
 def rnn(cell, x, weights, h0=None, c0=None, *, num_layers=1, bidirectional=False,
@@ -111,8 +123,7 @@ def rnn(cell, x, weights, h0=None, c0=None, *, num_layers=1, bidirectional=False
                 c_n[k] = c_last
         out = outs[0] if D == 1 else xp.concatenate(outs, axis=2)
         if training and dropout > 0 and layer < L - 1:
-            if rng is None:
-                rng = xp.random.default_rng()
+            rng = _rng_for(xp, rng)
             keep = (rng.random(out.shape) >= dropout).astype(dtype) / dtype.type(1 - dropout)
             out = out * keep
             masks.append(keep)
