@@ -122,6 +122,9 @@ def contenders(suite="cpu", backends=None, peer=True):
     else:
         chosen = [n for n, r in report.items()
                   if r["available"] and r["array_module"] == xp and n != "numpy"]
+    if suite == "gpu" and not chosen:
+        raise BenchmarkError("--suite gpu: the gpu backend is not available here: "
+                             f"{report['gpu']['reason']}")
     names = [REFERENCE] + [f"fastrnn-{b}" for b in chosen]
     if peer:
         try:

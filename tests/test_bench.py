@@ -45,6 +45,8 @@ def test_unavailable_backend_is_refused_with_its_reason():
         pytest.skip("a GPU is available here")
     with pytest.raises(bench.BenchmarkError, match="--backend gpu: not available"):
         bench.contenders("gpu", ["gpu"])
+    with pytest.raises(bench.BenchmarkError, match="--suite gpu: the gpu backend is not"):
+        bench.contenders("gpu")
 
 
 def test_agreement_check_names_configuration_contender_and_quantity():
