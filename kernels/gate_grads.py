@@ -8,19 +8,22 @@ gradients; the same array except for the GRU, whose ``n`` gate sees ``r * (W_hn 
 """
 
 
-def input_and_weight_grads(xp, matmul, dgx, dgh, x, h_prev, w_ih, has_bias, gru):
+def input_and_weight_grads(xp, matmul, dgx, dgh, x, h_prev, w_ih, has_bias, gru,
+                           empty=None):
     """Return ``dx [T,B,I], dw_ih [G*H,I], dw_hh [G*H,H], db_ih, db_hh`` (None without bias).
 
-    ``matmul(a, b, out)`` is the backend's GEMM (``out[:] = a @ b``, returns ``out``).
+    ``matmul(a, b, out)`` is the backend's GEMM (``out[:] = a @ b``, returns ``out``);
+    ``empty(shape, dtype)`` its allocator (default ``xp.empty``).
     """
+    empty = empty or xp.empty
     T, B, I = x.shape
     GH, H = dgh.shape[2], h_prev.shape[2]
     gx2 = dgx.reshape(T * B, GH)
     gh2 = dgh.reshape(T * B, GH)
-    dx = xp.empty((T, B, I), x.dtype)
+    dx = empty((T, B, I), x.dtype)
     matmul(gx2, w_ih, dx.reshape(T * B, I))
-    dw_ih = matmul(gx2.T, x.reshape(T * B, I), xp.empty((GH, I), x.dtype))
-    dw_hh = matmul(gh2.T, h_prev.reshape(T * B, H), xp.empty((GH, H), x.dtype))
+    dw_ih = matmul(gx2.T, x.reshape(T * B, I), empty((GH, I), x.dtype))
+    dw_hh = matmul(gh2.T, h_prev.reshape(T * B, H), empty((GH, H), x.dtype))
     db_ih = db_hh = None
     if has_bias:
         db_ih = gx2.sum(axis=0)

@@ -72,3 +72,42 @@ def test_info_names_the_cache_and_threads():
     from fastrnn.cli import info_lines
     line = next(l for l in info_lines() if l.startswith("cpu backend:"))
     assert "threads" in line and "cache" in line
+
+
+def test_pool_reuses_a_block_only_after_its_last_view_is_gone():
+    from fastrnn.kernels.cpu import _alloc
+    a = _alloc.empty((600, 1000), np.float32)
+    a[:] = 7
+    addr = a.ctypes.data
+    view = a[100:200]
+    del a
+    b = _alloc.empty((600, 1000), np.float32)  # the first block is still in use
+    assert b.ctypes.data != addr
+    b[:] = 3
+    assert np.all(view == 7)
+    del view
+    c = _alloc.empty((600, 1000), np.float32)
+    assert c.ctypes.data == addr  # now it comes back
+    assert c.shape == (600, 1000) and c.dtype == np.float32 and c.flags["C_CONTIGUOUS"]
+    assert np.all(b == 3)
+    small = _alloc.empty((3, 4), np.float64)
+    assert small.base is None  # small arrays are plain NumPy
+
+
+def test_two_forwards_before_backward_keep_their_saved_arrays():
+    m = fastrnn.LSTM(24, 64, backend="cpu", seed=0)
+    ref = fastrnn.LSTM(24, 64, backend="numpy", seed=0)
+    rng = np.random.default_rng(0)
+    x1, x2 = (rng.standard_normal((200, 16, 24)).astype(np.float32) for _ in range(2))
+    ctxs = []
+    for x in (x1, x2):  # the functional API keeps both contexts alive at once
+        out, h_n, c_n, ctx = F.rnn("lstm", x, [tuple(p.data for p in m.parameters())],
+                                   backend="cpu")
+        ctxs.append((out, ctx))
+    for x, (out, ctx) in zip((x1, x2), ctxs):
+        want_out, _, _, want_ctx = F.rnn("lstm", x, [tuple(p.data for p in ref.parameters())],
+                                         backend="numpy")
+        assert_close(out, want_out, np.float32, "output")
+        g = np.ones_like(out)
+        assert_close(F.rnn_backward(ctx, g)[0], F.rnn_backward(want_ctx, g)[0], np.float32,
+                     "grad_x")

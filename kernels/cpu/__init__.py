@@ -10,6 +10,7 @@ import numpy as np
 
 from ..cells import get_cell
 from ..gate_grads import input_and_weight_grads
+from ._alloc import empty
 from ._blas import matmul, single_threaded_blas
 from ._fpu import flush_denormals, restore
 from ._jit import cache_dir, num_threads
@@ -57,7 +58,7 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training
     T, B, I = x.shape
     GH, H = w_hh.shape
     dt = x.dtype
-    xg = np.empty((T, B, GH), dt)
+    xg = empty((T, B, GH), dt)
     matmul(x.reshape(T * B, I), w_ih.T, xg.reshape(T * B, GH))
     if b_ih is not None:
         xg += b_ih
@@ -65,13 +66,13 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training
     lens = np.full(B, T, np.int64) if lengths is None else np.asarray(lengths, np.int64)
     c0_ = c0 if spec.has_cell_state else np.zeros((B, H), dt)
     steps = T if training else 1
-    y = np.empty((T, B, H), dt)
+    y = empty((T, B, H), dt)
     h_n = np.empty((B, H), dt)
     c_n = np.empty((B, H), dt)
-    acts = np.empty((steps, B, GH), dt)
-    h_prev = np.empty((steps, B, H), dt)
-    c_all = np.empty((steps if spec.has_cell_state else 1, B, H), dt)
-    hn_all = np.empty((steps if spec.name == "gru" else 1, B, H), dt)
+    acts = empty((steps, B, GH), dt)
+    h_prev = empty((steps, B, H), dt)
+    c_all = empty((steps if spec.has_cell_state else 1, B, H), dt)
+    hn_all = empty((steps if spec.name == "gru" else 1, B, H), dt)
     forward_loop(CELL_IDS[spec.name], xg, np.ascontiguousarray(w_hh), b_hh_,
                  np.ascontiguousarray(h0), np.ascontiguousarray(c0_), lens, reverse,
                  _chunks(T, B, GH, H), y, h_n, c_n, acts, h_prev, c_all, hn_all)
@@ -91,8 +92,8 @@ def _backward(cell, saved, dy, dh_n, dc_n):
     dt = x.dtype
     dh_n = np.zeros((B, H), dt) if dh_n is None else np.ascontiguousarray(dh_n)
     dc_n = np.zeros((B, H), dt) if dc_n is None else np.ascontiguousarray(dc_n)
-    dgh = np.empty((T, B, GH), dt)  # the loop writes every step, padding included
-    dgx = np.empty((T, B, GH), dt) if spec.name == "gru" else dgh
+    dgh = empty((T, B, GH), dt)  # the loop writes every step, padding included
+    dgx = empty((T, B, GH), dt) if spec.name == "gru" else dgh
     dh0 = np.empty((B, H), dt)
     dc0 = np.empty((B, H), dt)
     backward_loop(CELL_IDS[spec.name], np.ascontiguousarray(w_hh.T), np.ascontiguousarray(dy),
@@ -100,5 +101,6 @@ def _backward(cell, saved, dy, dh_n, dc_n):
                   _chunks(T, B, GH, H), saved["acts"], saved["h_prev"], saved["c_all"],
                   saved["hn_all"], dgx, dgh, dh0, dc0)
     dx, dw_ih, dw_hh, db_ih, db_hh = input_and_weight_grads(
-        np, matmul, dgx, dgh, x, saved["h_prev"], w_ih, saved["has_bias"], spec.name == "gru")
+        np, matmul, dgx, dgh, x, saved["h_prev"], w_ih, saved["has_bias"], spec.name == "gru",
+        empty)
     return dx, dh0, (dc0 if spec.has_cell_state else None), dw_ih, dw_hh, db_ih, db_hh
