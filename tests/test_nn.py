@@ -111,7 +111,7 @@ def test_checkpoint_round_trip(tmp_path):
     other, other_opt = _model_and_opt(1)
     extras = fastrnn.load(path, {"model": other, "optim": other_opt})
     assert extras == {"epoch": 7}
-    for (n, p), (_, q) in zip(model.named_parameters(), other.named_parameters()):
+    for (_, p), (_, q) in zip(model.named_parameters(), other.named_parameters()):
         np.testing.assert_array_equal(p.data, q.data)
     assert other_opt.steps == opt.steps == 1
     for a, b in zip(opt.state, other_opt.state):
