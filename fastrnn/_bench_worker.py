@@ -8,6 +8,7 @@ slowing the next (PyTorch's OpenMP pool and OpenBLAS's both spin after a call).
 """
 
 import contextlib
+import dataclasses
 import multiprocessing as mp
 import os
 import time
@@ -180,7 +181,6 @@ class WorkerHandle:
     """A contender's worker process; built on creation, ready after :meth:`wait_ready`."""
 
     def __init__(self, name, config, weights, threads):
-        import dataclasses
         self.name = name
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe()

@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from . import dispatch
-from ._checks import check_array, float_dtype
+from ._checks import check_array, check_lengths, float_dtype
 from .layers import _BackwardGuard, _positive_int, _Recurrent
 from .losses import cross_entropy, mse_loss
 from .module import Module
@@ -207,7 +207,6 @@ class LastStep(_Layer):
         if lengths is None:
             last = np.full(B, T - 1)
         else:
-            from ._checks import check_lengths
             last = check_lengths(lengths, B, T) - 1
             if (last < 0).any():
                 raise ValueError("lengths: LastStep needs every sequence to have a step")

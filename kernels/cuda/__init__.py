@@ -20,26 +20,13 @@ import numpy as np
 
 from ..cells import get_cell
 from ..gate_grads import input_and_weight_grads
+from .names import CTYPES, all_names, backward_name, forward_name
 
 __all__ = ["forward", "backward", "plan"]
 
 _DIR = os.path.dirname(os.path.abspath(__file__))
-_CELL_IDS = {"rnn_tanh": 0, "rnn_relu": 1, "rnn_sigmoid": 2, "lstm": 3, "gru": 4}
-_CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 THREADS = 256
 _modules = {}
-
-
-def _names():
-    names = []
-    for ctype in _CTYPES.values():
-        for cell in range(5):
-            for training in ("true", "false"):
-                for smem in ("true", "false"):
-                    names.append(f"rnn_forward<{ctype}, {cell}, {training}, {smem}>")
-            for smem in ("true", "false"):
-                names.append(f"rnn_backward<{ctype}, {cell}, {smem}>")
-    return names
 
 
 def _module():
@@ -49,7 +36,7 @@ def _module():
         with open(os.path.join(_DIR, "rnn.cu")) as f:
             source = f.read()
         _modules[device] = cp.RawModule(code=source, options=("-std=c++17", f"-I{_DIR}"),
-                                        name_expressions=_names(),
+                                        name_expressions=all_names(),
                                         enable_cooperative_groups=True)
     return _modules[device]
 
@@ -116,8 +103,7 @@ def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None, reverse=False
     c_all = cp.empty((T, B, H), dt) if training and spec.has_cell_state else one
     hn_all = cp.empty((T, B, H), dt) if training and spec.name == "gru" else one
     blocks, units, smem, on_chip = plan(spec.gates, H, dt.itemsize)
-    name = (f"rnn_forward<{_CTYPES[dt]}, {_CELL_IDS[spec.name]}, "
-            f"{'true' if training else 'false'}, {'true' if on_chip else 'false'}>")
+    name = forward_name(CTYPES[dt.name], spec.name, training, on_chip)
     _launch(name, blocks, smem, (
         cp.ascontiguousarray(xg), cp.ascontiguousarray(w_hh), cp.ascontiguousarray(b_hh_),
         lens_d, hbuf, c, cp.empty((GH, B), dt), y, acts, h_prev, c_all, hn_all,
@@ -143,8 +129,7 @@ def backward(cell, saved, dy, dh_n, dc_n):
     dgh = cp.empty((T, B, GH), dt)
     dgx = cp.empty((T, B, GH), dt) if spec.name == "gru" else dgh
     blocks, units, smem, on_chip = plan(spec.gates, H, dt.itemsize)
-    name = (f"rnn_backward<{_CTYPES[dt]}, {_CELL_IDS[spec.name]}, "
-            f"{'true' if on_chip else 'false'}>")
+    name = backward_name(CTYPES[dt.name], spec.name, on_chip)
     _launch(name, blocks, smem, (
         cp.ascontiguousarray(w_hh.T), cp.ascontiguousarray(dy), saved["lens"],
         saved["acts"], saved["h_prev"], saved["c_all"], saved["hn_all"], saved["c0"],
