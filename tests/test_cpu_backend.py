@@ -111,3 +111,81 @@ def test_two_forwards_before_backward_keep_their_saved_arrays():
         g = np.ones_like(out)
         assert_close(F.rnn_backward(ctx, g)[0], F.rnn_backward(want_ctx, g)[0], np.float32,
                      "grad_x")
+
+
+@pytest.mark.parametrize("cell", ["rnn_tanh", "rnn_relu", "rnn_sigmoid", "lstm", "gru"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("B", [1, 2])
+def test_small_batches_split_the_units_and_match_the_reference(cell, dtype, B):
+    from fastrnn.kernels import cpu
+    H = {"lstm": 144, "gru": 160}.get(cell, 272)  # big enough for the split; H % 16 != 0
+    # PyTorch's init scale: larger weights make a wide tanh RNN chaotic, and float32
+    # rounding differences between any two summation orders then grow step by step.
+    x, weights, h0, c0 = random_problem(cell, 9, B, 5, H, 2, 2, dtype, seed=B,
+                                        scale=1 / np.sqrt(H))
+    G = {"lstm": 4, "gru": 3}.get(cell, 1)
+    if cpu.num_threads() >= 2:
+        units = cpu._unit_split(B, G * H, H)
+        assert units is not None and units[0] == 0 and units[-1] == H
+        assert all(u % 16 == 0 for u in units[:-1]) and np.all(np.diff(units) > 0)
+    lengths = [9, 4][:B]
+    kw = dict(num_layers=2, bidirectional=True, lengths=lengths)
+    for training in (True, False):
+        got = F.rnn(cell, x, weights, h0, c0, training=training, backend="cpu", **kw)
+        want = F.rnn(cell, x, weights, h0, c0, training=training, backend="numpy", **kw)
+        for name, g, w in zip(("output", "h_n", "c_n"), got[:3], want[:3]):
+            if w is not None:
+                assert_close(g, w, dtype, name)
+        if training:
+            dy = np.random.default_rng(1).standard_normal(got[0].shape).astype(dtype)
+            g_grads, w_grads = F.rnn_backward(got[3], dy), F.rnn_backward(want[3], dy)
+            for g, w in zip(g_grads[:3], w_grads[:3]):
+                if w is not None:
+                    assert_close(g, w, dtype, "state/input gradient")
+            for gl, wl in zip(g_grads[3], w_grads[3]):
+                for g, w in zip(gl, wl):
+                    assert_close(g, w, dtype, "weight gradient")
+
+
+def test_split_path_survives_serialised_threads():
+    """If Numba runs both unit blocks on one thread, that thread does all of them."""
+    import numba
+    from fastrnn.kernels import cpu
+    if cpu.num_threads() < 2:
+        pytest.skip("needs two threads")
+    x, weights, h0, c0 = random_problem("lstm", 5, 1, 4, 192, 1, 1, np.float32, seed=0)
+    before = numba.get_parallel_chunksize()
+    numba.set_parallel_chunksize(2)  # one thread takes both iterations of the prange
+    try:
+        out = F.rnn("lstm", x, weights, h0, c0, training=False, backend="cpu")[0]
+    finally:
+        numba.set_parallel_chunksize(before)
+    ref = F.rnn("lstm", x, weights, h0, c0, training=False, backend="numpy")[0]
+    assert_close(out, ref, np.float32, "output")
+
+
+def test_pinning_gives_the_caller_back_its_affinity():
+    from fastrnn.kernels.cpu import _affinity
+    mine = os.sched_getaffinity(0)
+    cpus = _affinity.plan(2)
+    if cpus is None:
+        pytest.skip("pinning needs two usable CPUs")
+    with _affinity.pinned(2):
+        assert os.sched_getaffinity(0) == {cpus[0]}
+    assert os.sched_getaffinity(0) == mine
+    with pytest.raises(ZeroDivisionError):  # and after an error too
+        with _affinity.pinned(2):
+            1 / 0
+    assert os.sched_getaffinity(0) == mine
+
+
+def test_pinning_can_be_turned_off():
+    code = ("import os, numpy as np, fastrnn; from fastrnn.kernels.cpu import _affinity; "
+            "print(_affinity.plan(2)); m = fastrnn.LSTM(64, 64, backend='cpu', seed=0); "
+            "m(np.ones((50, 8, 64), np.float32)); "
+            "print(sorted(len(os.sched_getaffinity(int(t))) for t in os.listdir('/proc/self/task')))")
+    env = dict(os.environ, FASTRNN_PIN_THREADS="0")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True).stdout.split("\n")
+    assert out[0] == "None"
+    assert str(len(os.sched_getaffinity(0))) in out[1] and "[1," not in out[1]

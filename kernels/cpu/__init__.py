@@ -10,17 +10,24 @@ import numpy as np
 
 from ..cells import get_cell
 from ..gate_grads import input_and_weight_grads
+from ._affinity import pinned
 from ._alloc import empty
 from ._blas import matmul, single_threaded_blas
 from ._fpu import flush_denormals, restore
 from ._jit import cache_dir, num_threads
 from ._loops import CELL_IDS, backward_loop, forward_loop
+from ._split import forward_loop_split
 
 __all__ = ["forward", "backward", "cache_dir", "num_threads"]
 
 # Below this many multiply-adds per thread over a whole call, waking a second (sleeping)
 # thread costs more than it saves: a one-step cell call stays on one thread.
 _MIN_WORK_PER_THREAD = 1_000_000
+
+
+def _threads_for(work):
+    """Threads a call with about ``work`` multiply-adds may use (for pinning them)."""
+    return num_threads() if work >= 2 * _MIN_WORK_PER_THREAD else 1
 
 
 def _chunks(T, B, GH, H):
@@ -31,12 +38,29 @@ def _chunks(T, B, GH, H):
     return np.asarray([B * k // threads for k in range(threads + 1)], dtype=np.int64)
 
 
+# Batches of at most this many rows split the hidden units between threads instead of the
+# batch, when the recurrent weights are big enough to pay for a barrier per step.
+_SPLIT_MAX_BATCH = 2
+_SPLIT_MIN_WEIGHTS = 64 * 1024
+_UNIT_ALIGN = 16  # unit blocks start on whole vectors
+
+
+def _unit_split(B, GH, H):
+    """``units [threads+1]`` for :func:`._split.forward_loop_split`, or None to split the
+    batch."""
+    threads = min(num_threads(), H // _UNIT_ALIGN)
+    if threads < 2 or B > _SPLIT_MAX_BATCH or GH * H < _SPLIT_MIN_WEIGHTS:
+        return None
+    bounds = [_UNIT_ALIGN * round(H * k / threads / _UNIT_ALIGN) for k in range(threads)]
+    return np.asarray(bounds + [H], dtype=np.int64)
+
+
 def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None, reverse=False,
             training=True):
     """Kernel contract forward (see DESIGN.md); arrays are NumPy, of ``x``'s dtype."""
     fpu = flush_denormals()
     try:
-        with single_threaded_blas():
+        with single_threaded_blas(), pinned(_threads_for(x.size * w_hh.size)):
             return _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse,
                             training)
     finally:
@@ -47,7 +71,7 @@ def backward(cell, saved, dy, dh_n, dc_n):
     """Kernel contract backward (see DESIGN.md)."""
     fpu = flush_denormals()
     try:
-        with single_threaded_blas():
+        with single_threaded_blas(), pinned(_threads_for(saved["x"].size * saved["w_hh"].size)):
             return _backward(cell, saved, dy, dh_n, dc_n)
     finally:
         restore(fpu)
@@ -73,9 +97,19 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training
     h_prev = empty((steps, B, H), dt)
     c_all = empty((steps if spec.has_cell_state else 1, B, H), dt)
     hn_all = empty((steps if spec.name == "gru" else 1, B, H), dt)
-    forward_loop(CELL_IDS[spec.name], xg, np.ascontiguousarray(w_hh), b_hh_,
-                 np.ascontiguousarray(h0), np.ascontiguousarray(c0_), lens, reverse,
-                 _chunks(T, B, GH, H), y, h_n, c_n, acts, h_prev, c_all, hn_all)
+    units = _unit_split(B, GH, H)
+    if units is None:
+        forward_loop(CELL_IDS[spec.name], xg, np.ascontiguousarray(w_hh), b_hh_,
+                     np.ascontiguousarray(h0), np.ascontiguousarray(c0_), lens, reverse,
+                     _chunks(T, B, GH, H), y, h_n, c_n, acts, h_prev, c_all, hn_all)
+    else:
+        hbuf = np.empty((2, B, H), dt)
+        hbuf[0] = h0
+        c_n[...] = c0_
+        forward_loop_split(CELL_IDS[spec.name], xg, np.ascontiguousarray(w_hh), b_hh_, hbuf,
+                           c_n, np.empty((B, GH), dt), lens, reverse, units,
+                           np.zeros(3, np.int64), y, acts, h_prev, c_all, hn_all)
+        h_n[...] = hbuf[T % 2]
     saved = None
     if training:
         saved = dict(x=x, w_ih=w_ih, w_hh=w_hh, has_bias=b_ih is not None, lens=lens,

@@ -94,6 +94,25 @@ def _get_pool(n):
     return _pool
 
 
+def _pin_self(cpus, lock):
+    with lock:
+        cpu = cpus.pop(0) if cpus else None
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+
+
+def pin_pool(cpus):
+    """Pin the pool's threads, one to each of ``cpus`` (see :mod:`._affinity`)."""
+    pool = _get_pool(len(cpus))
+    todo, lock, barrier = list(cpus), threading.Lock(), threading.Barrier(len(cpus))
+
+    def pin():
+        _pin_self(todo, lock)
+        barrier.wait()  # every thread takes exactly one task
+    for f in [pool.submit(pin) for _ in cpus]:
+        f.result()
+
+
 def matmul(a, b, out):
     """``out[:] = a @ b`` for 2-D arrays; rows of ``out`` split over the threads.
 

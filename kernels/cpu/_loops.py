@@ -48,7 +48,7 @@ def forward_loop(cell, xg, w_hh, b_hh, h0, c0, lengths, reverse, chunks,
             ts = t if keep else 0
             for b in range(r0, r1):
                 h_prev[ts, b, :] = h[b, :]
-            matmul_nt(h, r0, r1, w_hh, hg)
+            matmul_nt(h, r0, r1, w_hh, 0, GH, hg)
             for b in range(r0, r1):
                 if t >= lengths[b]:
                     for j in range(H):  # (explicit loops: a slice fill inside prange
@@ -172,7 +172,7 @@ def backward_loop(cell, w_hh_t, dy, dh_n, dc_n, c0, lengths, reverse, chunks,
                 else:
                     for j in range(H):
                         gh[j] = dhb[j] * ar[j] * (ONE - ar[j])
-            matmul_nt(dgh[t], r0, r1, w_hh_t, dhp)
+            matmul_nt(dgh[t], r0, r1, w_hh_t, 0, H, dhp)
             for b in range(r0, r1):
                 if t < lengths[b]:
                     for j in range(H):

@@ -68,16 +68,17 @@ def _sigmoid_impl(x):
 
 
 @jit()
-def matmul_nt(a, r0, r1, w, out):
-    """``out[r, :] = a[r, :] @ w.T`` for rows ``r0 <= r < r1``: ``a [*,K]``, ``w [M,K]``.
+def matmul_nt(a, r0, r1, w, j0, j1, out):
+    """``out[r, j] = a[r, :] @ w[j, :]`` for rows ``r0 <= r < r1`` and ``j0 <= j < j1``:
+    ``a [*,K]``, ``w [M,K]``, ``out [*,M]``.
 
     Register-blocked four rows of ``w`` by four rows of ``a``; the inner reduction over
     ``K`` runs along contiguous memory of both and vectorises under FASTMATH.
     """
-    M, K = w.shape
+    K = w.shape[1]
     zero = np.float32(0)  # unifies with float64 in float64 kernels
-    j = 0
-    while j + 4 <= M:
+    j = j0
+    while j + 4 <= j1:
         r = r0
         while r + 4 <= r1:
             c00 = c01 = c02 = c03 = zero
@@ -122,7 +123,7 @@ def matmul_nt(a, r0, r1, w, out):
             out[r, j], out[r, j + 1], out[r, j + 2], out[r, j + 3] = c0, c1, c2, c3
             r += 1
         j += 4
-    while j < M:
+    while j < j1:
         for r in range(r0, r1):
             c = zero
             for k in range(K):
