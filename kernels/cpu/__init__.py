@@ -14,6 +14,7 @@ from ._affinity import pinned
 from ._alloc import empty
 from ._blas import matmul, single_threaded_blas
 from ._fpu import flush_denormals, restore
+from ._gemm import pack
 from ._jit import cache_dir, num_threads
 from ._loops import CELL_IDS, backward_loop, forward_loop
 from ._split import forward_loop_split
@@ -99,7 +100,7 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training
     hn_all = empty((steps if spec.name == "gru" else 1, B, H), dt)
     units = _unit_split(B, GH, H)
     if units is None:
-        forward_loop(CELL_IDS[spec.name], xg, np.ascontiguousarray(w_hh), b_hh_,
+        forward_loop(CELL_IDS[spec.name], xg, pack(w_hh, transpose=True), b_hh_,
                      np.ascontiguousarray(h0), np.ascontiguousarray(c0_), lens, reverse,
                      _chunks(T, B, GH, H), y, h_n, c_n, acts, h_prev, c_all, hn_all)
     else:
@@ -130,7 +131,7 @@ def _backward(cell, saved, dy, dh_n, dc_n):
     dgx = empty((T, B, GH), dt) if spec.name == "gru" else dgh
     dh0 = np.empty((B, H), dt)
     dc0 = np.empty((B, H), dt)
-    backward_loop(CELL_IDS[spec.name], np.ascontiguousarray(w_hh.T), np.ascontiguousarray(dy),
+    backward_loop(CELL_IDS[spec.name], pack(w_hh, transpose=False), np.ascontiguousarray(dy),
                   dh_n, dc_n, saved["c0"], saved["lens"], saved["reverse"],
                   _chunks(T, B, GH, H), saved["acts"], saved["h_prev"], saved["c_all"],
                   saved["hn_all"], dgx, dgh, dh0, dc0)

@@ -114,20 +114,31 @@ def pin_pool(cpus):
 
 
 def matmul(a, b, out):
-    """``out[:] = a @ b`` for 2-D arrays; rows of ``out`` split over the threads.
+    """``out[:] = a @ b`` for 2-D arrays; ``out`` split into row or column blocks over the
+    threads, whichever dimension is longer.
 
+    Each thread's BLAS call packs all of the other operand, so a short dimension split two
+    ways doubles the packing: C1's projection (150 x 256 by 256 x 1024) took 0.38 ms per
+    half split by rows, 0.29 split by columns, 0.57 on one thread.
     Call inside :func:`single_threaded_blas` so that each piece runs on one thread.
     """
-    M = a.shape[0]
-    threads = min(num_threads(), M)
-    if _OPENBLAS is None or threads < 2 or M * a.shape[1] * b.shape[1] < _MIN_SPLIT_WORK:
+    M, N = out.shape
+    threads = min(num_threads(), max(M, N))
+    if _OPENBLAS is None or threads < 2 or M * a.shape[1] * N < _MIN_SPLIT_WORK:
         np.matmul(a, b, out=out)
         return out
-    bounds = [M * k // threads for k in range(threads + 1)]
+    if M >= N:
+        bounds = [M * k // threads for k in range(threads + 1)]
+        parts = [(a[bounds[k]:bounds[k + 1]], b, out[bounds[k]:bounds[k + 1]])
+                 for k in range(threads)]
+    else:
+        bounds = [N * k // threads for k in range(threads + 1)]
+        parts = [(a, b[:, bounds[k]:bounds[k + 1]], out[:, bounds[k]:bounds[k + 1]])
+                 for k in range(threads)]
     pool = _get_pool(threads - 1)
-    futures = [pool.submit(np.matmul, a[bounds[k]:bounds[k + 1]], b,
-                           out=out[bounds[k]:bounds[k + 1]]) for k in range(1, threads)]
-    np.matmul(a[:bounds[1]], b, out=out[:bounds[1]])
+    futures = [pool.submit(np.matmul, pa, pb, out=po) for pa, pb, po in parts[1:]]
+    pa, pb, po = parts[0]
+    np.matmul(pa, pb, out=po)
     for f in futures:
         f.result()
     return out

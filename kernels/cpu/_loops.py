@@ -2,13 +2,14 @@
 
 Parallelism is over batch rows: sequences are independent, so each thread takes a block of
 rows and walks all ``T`` steps for them with no synchronisation until the end (one fork and
-join per call, never one per step). Per step and row block: one register-blocked recurrent
+join per call, never one per step). Per step and row block: one register-tiled recurrent
 matmul, then the fused pointwise work over the gates, written as a few short loops that
 each touch at most four arrays: more arrays per loop exceed LLVM's budget of run-time alias
 checks and the loop stays scalar (measured: 2x slower steps at H=128).
 
-Shapes (DESIGN.md legend): ``xg [T,B,G*H]`` (input projection plus ``b_ih``), ``w_hh
-[G*H,H]``, ``w_hh_t [H,G*H]`` (its transpose, contiguous), states ``[B,H]``.
+Shapes (DESIGN.md legend): ``xg [T,B,G*H]`` (input projection plus ``b_ih``), states
+``[B,H]``; ``w_packed`` is ``w_hh.T`` (forward) or ``w_hh`` (backward) in the panels of
+:func:`._gemm.pack`.
 """
 
 import numpy as np
@@ -16,7 +17,8 @@ from numba import prange
 
 from ._fpu import flush_denormals, restore
 from ._jit import jit
-from ._math import matmul_nt, sigmoid, tanh
+from ._gemm import gemm_packed
+from ._math import sigmoid, tanh
 
 # float32 literals: a Python float in a float32 loop would promote it to float64. In float64
 # kernels they widen exactly.
@@ -29,26 +31,27 @@ CELL_IDS = {"rnn_tanh": RNN_TANH, "rnn_relu": RNN_RELU, "rnn_sigmoid": RNN_SIGMO
 
 
 @jit(parallel=True)
-def forward_loop(cell, xg, w_hh, b_hh, h0, c0, lengths, reverse, chunks,
+def forward_loop(cell, xg, w_packed, b_hh, h0, c0, lengths, reverse, chunks,
                  y, h_n, c_n, acts, h_prev, c_all, hn_all):
     """Run the recurrence. ``acts``, ``h_prev``, ``c_all``, ``hn_all`` receive what backward
     needs; when not training they are one-step scratch arrays (``[1,B,*]``) and step 0 is
     overwritten each time, which keeps the loop free of branches on ``training``."""
     T, B, GH = xg.shape
-    H = w_hh.shape[1]
+    H = h0.shape[1]
+    P, _, NR = w_packed.shape
     keep = acts.shape[0] == T
     for ci in prange(chunks.size - 1):
         fpu = flush_denormals()
         r0, r1 = chunks[ci], chunks[ci + 1]
         h = h0.copy()  # each thread reads and writes only its rows
         c = c0.copy()
-        hg = np.empty((B, GH), xg.dtype)
+        hg = np.empty((B, P * NR), xg.dtype)
         for s in range(T):
             t = T - 1 - s if reverse else s
             ts = t if keep else 0
             for b in range(r0, r1):
                 h_prev[ts, b, :] = h[b, :]
-            matmul_nt(h, r0, r1, w_hh, 0, GH, hg)
+            gemm_packed(h, r0, r1, w_packed, hg)
             for b in range(r0, r1):
                 if t >= lengths[b]:
                     for j in range(H):  # (explicit loops: a slice fill inside prange
@@ -102,20 +105,21 @@ def forward_loop(cell, xg, w_hh, b_hh, h0, c0, lengths, reverse, chunks,
 
 
 @jit(parallel=True)
-def backward_loop(cell, w_hh_t, dy, dh_n, dc_n, c0, lengths, reverse, chunks,
+def backward_loop(cell, w_packed, dy, dh_n, dc_n, c0, lengths, reverse, chunks,
                   acts, h_prev, c_all, hn_all, dgx, dgh, dh0, dc0):
     """Walk the steps in reverse processing order. Writes the pre-activation gradients
     ``dgx`` (input side) and ``dgh`` (recurrent side; the same array as ``dgx`` except for
     the GRU) for every step, and the gradients of the initial states."""
     T, B, GH = dgh.shape
-    H = w_hh_t.shape[0]
+    H = dh_n.shape[1]
+    P, _, NR = w_packed.shape
     for ci in prange(chunks.size - 1):
         fpu = flush_denormals()
         r0, r1 = chunks[ci], chunks[ci + 1]
         dh = dh_n.copy()
         dc = dc_n.copy()
         direct = np.zeros((B, H), dgh.dtype)  # the GRU's z * dh path to h_prev
-        dhp = np.empty((B, H), dgh.dtype)
+        dhp = np.empty((B, P * NR), dgh.dtype)
         tc = np.empty(H, dgh.dtype)
         for s in range(T):
             t = s if reverse else T - 1 - s
@@ -172,7 +176,7 @@ def backward_loop(cell, w_hh_t, dy, dh_n, dc_n, c0, lengths, reverse, chunks,
                 else:
                     for j in range(H):
                         gh[j] = dhb[j] * ar[j] * (ONE - ar[j])
-            matmul_nt(dgh[t], r0, r1, w_hh_t, 0, H, dhp)
+            gemm_packed(dgh[t], r0, r1, w_packed, dhp)
             for b in range(r0, r1):
                 if t < lengths[b]:
                     for j in range(H):
