@@ -107,6 +107,8 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training
         hbuf = np.empty((2, B, H), dt)
         hbuf[0] = h0
         c_n[...] = c0_
+        # (the row-dot kernel on w_hh as it is: at batch 1-2 the step is bound by reading
+        # the weights, and packing them would cost more than the microkernel saves)
         forward_loop_split(CELL_IDS[spec.name], xg, np.ascontiguousarray(w_hh), b_hh_, hbuf,
                            c_n, np.empty((B, GH), dt), lens, reverse, units,
                            np.zeros(3, np.int64), y, acts, h_prev, c_all, hn_all)

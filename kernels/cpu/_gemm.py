@@ -34,16 +34,61 @@ def panel_width(dtype):
 
 def pack(w, transpose):
     """Pack ``W = w.T`` (``transpose``) or ``W = w`` into ``[P, K, NR]`` panels."""
-    W = w.T if transpose else w
-    K, N = W.shape
+    if transpose:
+        wp, _ = pack_blocks(w, [(0, w.shape[0])])
+        return wp
+    K, N = w.shape
     nr = panel_width(w.dtype)
-    P = -(-N // nr)
-    wp = np.zeros((P, K, nr), w.dtype)
-    full = N // nr
-    wp[:full] = W[:, :full * nr].reshape(K, full, nr).transpose(1, 0, 2)
-    if full < P:
-        wp[full, :, :N - full * nr] = W[:, full * nr:]
+    wp = np.empty((-(-N // nr), K, nr), w.dtype)
+    _pack_columns(w, wp)
     return wp
+
+
+def pack_blocks(w, blocks):
+    """Pack row blocks ``[r0, r1)`` of ``w [M,K]`` each into its own panels (``W =
+    w[r0:r1].T``), one after another: returns ``wp`` and ``starts`` (the first panel of each
+    block, then the total). Block ``i``'s products land in ``out`` columns from
+    ``starts[i]*NR``."""
+    nr = panel_width(w.dtype)
+    bounds = np.asarray(blocks, np.int64).reshape(-1, 2)
+    starts = np.zeros(len(bounds) + 1, np.int64)
+    starts[1:] = np.cumsum(-(-(bounds[:, 1] - bounds[:, 0]) // nr))
+    wp = np.empty((starts[-1], w.shape[1], nr), w.dtype)
+    _pack_rows(w, bounds, starts, wp)
+    return wp, starts
+
+
+@jit()
+def _pack_rows(w, bounds, starts, wp):
+    """``wp[starts[i] + p, k, c] = w[bounds[i,0] + p*NR + c, k]``, zero past the block."""
+    K, NR = wp.shape[1], wp.shape[2]
+    zero = np.float32(0)
+    for i in range(bounds.shape[0]):
+        r0, r1 = bounds[i, 0], bounds[i, 1]
+        for p in range(starts[i + 1] - starts[i]):
+            panel = wp[starts[i] + p]
+            for c in range(NR):
+                r = r0 + p * NR + c
+                if r < r1:
+                    row = w[r]
+                    for k in range(K):
+                        panel[k, c] = row[k]
+                else:
+                    for k in range(K):
+                        panel[k, c] = zero
+
+
+@jit()
+def _pack_columns(w, wp):
+    """``wp[p, k, c] = w[k, p*NR + c]``, zero past the last column."""
+    K, N = w.shape
+    NR = wp.shape[2]
+    zero = np.float32(0)
+    for p in range(wp.shape[0]):
+        for k in range(K):
+            for c in range(NR):
+                j = p * NR + c
+                wp[p, k, c] = w[k, j] if j < N else zero
 
 
 def _tile(rows):
