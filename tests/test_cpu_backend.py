@@ -212,3 +212,18 @@ def test_packed_gemm_matches_numpy_on_any_row_range(dtype, B, K, N, transpose):
     assert_close(out[r0:r1, :N], want[r0:r1].astype(dtype), dtype, "rows in range")
     assert np.all(out[r0:r1, N:] == 0)  # the padding columns of the last panel
     assert np.all(np.isnan(out[:r0])) and np.all(np.isnan(out[r1:]))  # other rows untouched
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("K", [256, 40])  # a whole number of vectors, and not (fallback)
+def test_matvec_matches_numpy_on_any_row_and_column_range(dtype, K):
+    from fastrnn.kernels.cpu._gemm import matvec
+    rng = np.random.default_rng(K)
+    a = rng.standard_normal((3, K)).astype(dtype)
+    w = rng.standard_normal((37, K)).astype(dtype)
+    out = np.full((3, 37), np.nan, dtype)
+    matvec(a, 1, 3, w, 2, 35, out)
+    want = (a.astype(np.float64) @ w.T.astype(np.float64)).astype(dtype)
+    assert_close(out[1:3, 2:35], want[1:3, 2:35], dtype, "products")
+    assert np.all(np.isnan(out[0])) and np.all(np.isnan(out[:, :2]))
+    assert np.all(np.isnan(out[:, 35:]))

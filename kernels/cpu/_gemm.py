@@ -9,8 +9,9 @@ broadcasts ``MR`` values of ``a`` and issues ``2*MR`` FMAs. It is written as LLV
 The vector width follows the host: 16 float32 lanes with AVX-512, else 8.
 
 The row-dot kernel it replaces (:func:`._math.matmul_nt`) reduced along ``K`` and paid a
-horizontal sum per output; it ran at ~85 GFLOP/s per core here. Batch-1 loops keep it: a
-matrix-vector product is bound by reading the weights, not by FMAs.
+horizontal sum per output; it ran at ~85 GFLOP/s per core here. Batch 1-2 loops use
+:func:`matvec` instead, on the unpacked weights: a matrix-vector product is bound by reading
+the weights, and packing them costs more than it saves there.
 """
 
 import numpy as np
@@ -22,6 +23,7 @@ from numba.extending import intrinsic
 
 from ._alloc import empty
 from ._jit import jit
+from ._math import matmul_nt
 
 _AVX512 = bool(_ll.get_host_cpu_features().get("avx512f", False))
 _VECTOR_BYTES = 64 if _AVX512 else 32
@@ -203,3 +205,90 @@ def gemm_panels(a, r0, r1, wp, p0, p1, out):
             _t6(a, ao, lda, wp, w_off, out, oo, ldo, K)
         elif m == 7:
             _t7(a, ao, lda, wp, w_off, out, oo, ldo, K)
+
+
+def _dots(rows):
+    """An intrinsic computing ``rows`` dot products of consecutive rows of ``w`` with one
+    vector: ``dots(a, a_off, w, w_off, ldw, out, o_off, K)``, ``K`` a multiple of the vector
+    width. Full-width loads of each weight row (Numba's loops used half-width ones here),
+    one accumulator per row, a tree sum at the end."""
+
+    @intrinsic
+    def dots(typingctx, a, a_off, w, w_off, ldw, out, o_off, K):
+        if not all(isinstance(t, types.Array) for t in (a, w, out)):
+            return None
+        if not (a.dtype == w.dtype == out.dtype and a.dtype in (types.float32,
+                                                                types.float64)):
+            return None
+        sig = types.none(a, types.int64, w, types.int64, types.int64, out, types.int64,
+                         types.int64)
+
+        def codegen(context, builder, sig, args):
+            a_v, a_off_v, w_v, w_off_v, ldw_v, out_v, o_off_v, k_v = args
+            fty = context.get_value_type(sig.args[0].dtype)
+            single = sig.args[0].dtype == types.float32
+            lanes = _VECTOR_BYTES // (4 if single else 8)
+            vty = ir.VectorType(fty, lanes)
+            align = 4 if single else 8
+            i64 = ir.IntType(64)
+            pa = context.make_array(sig.args[0])(context, builder, a_v).data
+            pw = context.make_array(sig.args[2])(context, builder, w_v).data
+            po = context.make_array(sig.args[5])(context, builder, out_v).data
+            fma = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(vty, [vty, vty, vty]),
+                "llvm.fma.v%d%s" % (lanes, "f32" if single else "f64"))
+            zero = ir.Constant(vty, [ir.Constant(fty, 0.0)] * lanes)
+            acc = [cgutils.alloca_once_value(builder, zero) for _ in range(rows)]
+            n_chunks = builder.udiv(k_v, ir.Constant(i64, lanes))
+
+            def vload(ptr, off):
+                return builder.load(builder.bitcast(builder.gep(ptr, [off]), vty.as_pointer()),
+                                    align=align)
+            with cgutils.for_range(builder, n_chunks) as loop:
+                k = builder.mul(loop.index, ir.Constant(i64, lanes))
+                av = vload(pa, builder.add(a_off_v, k))
+                for r in range(rows):
+                    row = builder.add(w_off_v, builder.mul(ir.Constant(i64, r), ldw_v))
+                    wv = vload(pw, builder.add(row, k))
+                    builder.store(builder.call(fma, [wv, av, builder.load(acc[r])]), acc[r])
+            for r in range(rows):
+                v = builder.load(acc[r])
+                width = lanes
+                while width > 1:  # tree sum: add the upper half onto the lower
+                    width //= 2
+                    hi = builder.shuffle_vector(v, v, ir.Constant(
+                        ir.VectorType(ir.IntType(32), lanes),
+                        [width + i if i < width else i for i in range(lanes)]))
+                    v = builder.fadd(v, hi)
+                total = builder.extract_element(v, ir.Constant(ir.IntType(32), 0))
+                builder.store(total, builder.gep(po, [builder.add(o_off_v,
+                                                                  ir.Constant(i64, r))]))
+            return context.get_dummy_value()
+        return sig, codegen
+    return dots
+
+
+_d1, _d4 = _dots(1), _dots(4)
+VECTOR_LANES32 = _VECTOR_BYTES // 4
+
+
+@jit()
+def matvec(a, r0, r1, w, j0, j1, out):
+    """``out[r, j] = a[r, :] @ w[j, :]`` for ``r0 <= r < r1``, ``j0 <= j < j1``: the
+    batch-1 product on unpacked ``w [M,K]`` (same contract as :func:`._math.matmul_nt`)."""
+    K = w.shape[1]
+    lanes = VECTOR_LANES32 if w.itemsize == 4 else VECTOR_LANES32 // 2
+    if K % lanes != 0:
+        matmul_nt(a, r0, r1, w, j0, j1, out)
+        return
+    lda = a.strides[0] // a.itemsize
+    ldw = w.strides[0] // w.itemsize
+    ldo = out.strides[0] // out.itemsize
+    for r in range(r0, r1):
+        j = j0
+        while j + 4 <= j1:
+            _d4(a, r * lda, w, j * ldw, ldw, out, r * ldo + j, K)
+            j += 4
+        while j < j1:
+            _d1(a, r * lda, w, j * ldw, ldw, out, r * ldo + j, K)
+            j += 1

@@ -21,9 +21,9 @@ import numpy as np
 from numba import prange
 
 from ._fpu import flush_denormals, restore
-from ._gemm import gemm_panels
+from ._gemm import gemm_panels, matvec
 from ._jit import jit
-from ._math import matmul_nt, sigmoid, tanh
+from ._math import sigmoid, tanh
 from ._sync import PARALLEL, barrier, start
 
 ONE = np.float32(1)
@@ -35,7 +35,7 @@ RNN_TANH, RNN_RELU, RNN_SIGMOID, LSTM, GRU = 0, 1, 2, 3, 4  # as in ._loops
 def _units_step(cell, t, ts, q, u0, u1, xg, w_hh, wp, starts, b_hh, cur, nxt, c, hg,
                 lengths, y, acts, h_prev, c_all, hn_all):
     """Step ``t`` for hidden units ``[u0, u1)`` (block ``q``) of every row: read ``cur``,
-    write ``nxt``. The recurrent products come from the row-dot kernel on ``w_hh`` when
+    write ``nxt``. The recurrent products come from :func:`._gemm.matvec` on ``w_hh`` when
     ``wp`` is empty (columns as in ``w_hh``), else from the panels of ``wp`` (gate ``g`` of
     block ``q`` is block ``q*G+g`` of :func:`._gemm.pack_blocks`)."""
     B = hg.shape[0]
@@ -46,7 +46,7 @@ def _units_step(cell, t, ts, q, u0, u1, xg, w_hh, wp, starts, b_hh, cur, nxt, c,
     NR = 1 if rowdot else wp.shape[2]
     if rowdot:
         for g in range(G):
-            matmul_nt(cur, 0, B, w_hh, g * H + u0, g * H + u1, hg)
+            matvec(cur, 0, B, w_hh, g * H + u0, g * H + u1, hg)
     else:
         gemm_panels(cur, 0, B, wp, starts[q * G], starts[q * G + G], hg)
     for b in range(B):
