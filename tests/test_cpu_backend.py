@@ -227,3 +227,25 @@ def test_matvec_matches_numpy_on_any_row_and_column_range(dtype, K):
     assert_close(out[1:3, 2:35], want[1:3, 2:35], dtype, "products")
     assert np.all(np.isnan(out[0])) and np.all(np.isnan(out[:, :2]))
     assert np.all(np.isnan(out[:, 35:]))
+
+
+@pytest.mark.parametrize("cell", ["rnn_tanh", "rnn_relu", "rnn_sigmoid", "lstm", "gru"])
+@pytest.mark.parametrize("fused", [True, False])
+def test_input_projection_inside_or_before_the_loop_matches_the_reference(cell, fused,
+                                                                          monkeypatch):
+    """Both ways of the batch-split forward: the projection step by step in the loop (small
+    weights) or one GEMM before it (forced here by the size threshold)."""
+    from fastrnn.kernels import cpu
+    monkeypatch.setattr(cpu, "_FUSE_MAX_BYTES", 1 << 40 if fused else 0)
+    x, weights, h0, c0 = random_problem(cell, 11, 6, 7, 24, 2, 2, np.float64, seed=5)
+    kw = dict(num_layers=2, bidirectional=True, lengths=[11, 3, 8, 11, 1, 6])
+    for training in (True, False):
+        got = F.rnn(cell, x, weights, h0, c0, training=training, backend="cpu", **kw)
+        want = F.rnn(cell, x, weights, h0, c0, training=training, backend="numpy", **kw)
+        for name, g, w in zip(("output", "h_n", "c_n"), got[:3], want[:3]):
+            if w is not None:
+                assert_close(g, w, np.float64, name)
+        if training:
+            dy = np.random.default_rng(2).standard_normal(got[0].shape)
+            for g, w in zip(F.rnn_backward(got[3], dy)[:2], F.rnn_backward(want[3], dy)[:2]):
+                assert_close(g, w, np.float64, "gradient")

@@ -1,9 +1,12 @@
 """The ``cpu`` backend: Numba-compiled fused kernels behind the kernel contract.
 
-Per layer and direction: the input projection of all ``T*B`` rows is one BLAS GEMM; the
-whole time loop runs in compiled code (:mod:`._loops`), threads split the batch; backward
-walks time in reverse in compiled code, then ``dx``, ``dw_ih``, ``dw_hh`` and the bias
-gradients are single GEMMs / reductions over all ``T*B`` rows.
+Per layer and direction: the input projection of all ``T*B`` rows is one BLAS GEMM (or,
+when the weights are small, computed step by step inside the loop, where it stays in
+cache); the whole time loop runs in compiled code (:mod:`._loops`), threads split the
+batch - or, for batches of 1-2 rows and for large ``w_hh`` at moderate batch, the hidden
+units (:mod:`._split`); backward walks time in reverse in compiled code, then ``dx``,
+``dw_ih``, ``dw_hh`` and the bias gradients are single GEMMs / reductions over all ``T*B``
+rows. The threads of a call are pinned to distinct CPUs (:mod:`._affinity`).
 """
 
 import numpy as np
@@ -61,6 +64,19 @@ def _unit_split(B, GH, H, itemsize=4):
     return np.asarray(bounds + [H], dtype=np.int64)
 
 
+# The batch-split forward computes the input projection step by step, inside the time
+# loop, when both weight matrices together are at most this size: measured (in-process
+# A/B, medians of 10) C8 4.90 -> 4.34 ms, C7's layers 34.8 -> 34.0 and 13.9 -> 13.1 ms;
+# with larger weights the one big GEMM before the loop wins (C2 32.8 vs 33.7 ms, C4 123 vs
+# 132, C6's second layer 97 vs 107).
+_FUSE_MAX_BYTES = 512 * 1024
+
+
+def _fuse_projection(I, GH, H, itemsize):
+    """Whether the batch-split forward computes the input projection step by step."""
+    return (I + H) * GH * itemsize <= _FUSE_MAX_BYTES
+
+
 def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None, reverse=False,
             training=True):
     """Kernel contract forward (see DESIGN.md); arrays are NumPy, of ``x``'s dtype."""
@@ -88,10 +104,16 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training
     T, B, I = x.shape
     GH, H = w_hh.shape
     dt = x.dtype
-    xg = empty((T, B, GH), dt)
-    matmul(x.reshape(T * B, I), w_ih.T, xg.reshape(T * B, GH))
-    if b_ih is not None:
-        xg += b_ih
+    units = _unit_split(B, GH, H, dt.itemsize)
+    fuse = units is None and _fuse_projection(I, GH, H, dt.itemsize)
+    b_ih_ = b_ih if b_ih is not None else np.zeros(GH, dt)
+    if fuse:
+        xg, wx = np.empty((0, B, GH), dt), pack(w_ih, transpose=True)
+    else:
+        xg, wx = empty((T, B, GH), dt), np.empty((0, 1, 1), dt)
+        matmul(x.reshape(T * B, I), w_ih.T, xg.reshape(T * B, GH))
+        if b_ih is not None:
+            xg += b_ih
     b_hh_ = b_hh if b_hh is not None else np.zeros(GH, dt)
     lens = np.full(B, T, np.int64) if lengths is None else np.asarray(lengths, np.int64)
     c0_ = c0 if spec.has_cell_state else np.zeros((B, H), dt)
@@ -103,11 +125,11 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training
     h_prev = empty((steps, B, H), dt)
     c_all = empty((steps if spec.has_cell_state else 1, B, H), dt)
     hn_all = empty((steps if spec.name == "gru" else 1, B, H), dt)
-    units = _unit_split(B, GH, H, dt.itemsize)
     if units is None:
-        forward_loop(CELL_IDS[spec.name], xg, pack(w_hh, transpose=True), b_hh_,
-                     np.ascontiguousarray(h0), np.ascontiguousarray(c0_), lens, reverse,
-                     _chunks(T, B, GH, H), y, h_n, c_n, acts, h_prev, c_all, hn_all)
+        forward_loop(CELL_IDS[spec.name], xg, np.ascontiguousarray(x), wx, b_ih_,
+                     pack(w_hh, transpose=True), b_hh_, np.ascontiguousarray(h0),
+                     np.ascontiguousarray(c0_), lens, reverse, _chunks(T, B, GH, H), y, h_n,
+                     c_n, acts, h_prev, c_all, hn_all)
     else:
         hbuf = np.empty((2, B, H), dt)
         hbuf[0] = h0

@@ -31,26 +31,37 @@ CELL_IDS = {"rnn_tanh": RNN_TANH, "rnn_relu": RNN_RELU, "rnn_sigmoid": RNN_SIGMO
 
 
 @jit(parallel=True)
-def forward_loop(cell, xg, w_packed, b_hh, h0, c0, lengths, reverse, chunks,
-                 y, h_n, c_n, acts, h_prev, c_all, hn_all):
+def forward_loop(cell, xg, x, wx_packed, b_ih, w_packed, b_hh, h0, c0, lengths, reverse,
+                 chunks, y, h_n, c_n, acts, h_prev, c_all, hn_all):
     """Run the recurrence. ``acts``, ``h_prev``, ``c_all``, ``hn_all`` receive what backward
     needs; when not training they are one-step scratch arrays (``[1,B,*]``) and step 0 is
-    overwritten each time, which keeps the loop free of branches on ``training``."""
-    T, B, GH = xg.shape
-    H = h0.shape[1]
+    overwritten each time, which keeps the loop free of branches on ``training``.
+
+    The input projection is either given (``xg``, with ``b_ih`` added) or, when ``xg`` is
+    empty, computed step by step from ``x`` and ``wx_packed`` (``w_ih.T`` packed) for the
+    thread's own rows, plus ``b_ih``: it then never leaves the core's cache."""
+    T, B, H = y.shape
+    GH = b_hh.size
     P, _, NR = w_packed.shape
+    fused = xg.shape[0] == 0
     keep = acts.shape[0] == T
     for ci in prange(chunks.size - 1):
         fpu = flush_denormals()
         r0, r1 = chunks[ci], chunks[ci + 1]
         h = h0.copy()  # each thread reads and writes only its rows
         c = c0.copy()
-        hg = np.empty((B, P * NR), xg.dtype)
+        hg = np.empty((B, P * NR), y.dtype)
+        xs = np.empty((B, wx_packed.shape[0] * NR), y.dtype)  # this step's projection
         for s in range(T):
             t = T - 1 - s if reverse else s
             ts = t if keep else 0
             for b in range(r0, r1):
                 h_prev[ts, b, :] = h[b, :]
+            if fused:
+                gemm_packed(x[t], r0, r1, wx_packed, xs)
+                for b in range(r0, r1):
+                    for j in range(GH):
+                        xs[b, j] += b_ih[j]
             gemm_packed(h, r0, r1, w_packed, hg)
             for b in range(r0, r1):
                 if t >= lengths[b]:
@@ -62,7 +73,8 @@ def forward_loop(cell, xg, w_packed, b_hh, h0, c0, lengths, reverse, chunks,
                 # Activations go straight into acts (scratch when not training): one
                 # pass per gate block, each reading the recurrent product, the input
                 # projection and the bias.
-                xr, gr, hb, ar = xg[t, b], hg[b], h[b], acts[ts, b]
+                xr = xs[b] if fused else xg[t, b]
+                gr, hb, ar = hg[b], h[b], acts[ts, b]
                 if cell == LSTM:
                     cb = c[b]
                     for j in range(2 * H):  # i, f
