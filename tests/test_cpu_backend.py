@@ -249,3 +249,24 @@ def test_input_projection_inside_or_before_the_loop_matches_the_reference(cell, 
             dy = np.random.default_rng(2).standard_normal(got[0].shape)
             for g, w in zip(F.rnn_backward(got[3], dy)[:2], F.rnn_backward(want[3], dy)[:2]):
                 assert_close(g, w, np.float64, "gradient")
+
+
+def test_calls_from_a_second_thread_are_not_pinned_and_still_correct():
+    import threading
+    from fastrnn.kernels.cpu import _affinity
+    x, weights, h0, c0 = random_problem("gru", 30, 8, 16, 64, 1, 1, np.float32, seed=7)
+    want = F.rnn("gru", x, weights, h0, c0, training=False, backend="numpy")[0]
+    F.rnn("gru", x, weights, h0, c0, training=False, backend="cpu")  # this thread first
+    seen = {}
+
+    def other():
+        before = os.sched_getaffinity(0)
+        with _affinity.pinned(2):
+            seen["inside"] = os.sched_getaffinity(0) == before
+        seen["out"] = F.rnn("gru", x, weights, h0, c0, training=False, backend="cpu")[0]
+    t = threading.Thread(target=other)
+    t.start()
+    t.join()
+    if _affinity._owner is not None:  # pinning is on: this thread owns it, the other not
+        assert seen["inside"]
+    assert_close(seen["out"], want, np.float32, "output from the second thread")

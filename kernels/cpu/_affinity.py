@@ -8,10 +8,16 @@ kernels' helper threads - Numba's workers and the GEMM pool - are pinned once, e
 own CPU of the process's allowed set, and the calling thread is held on the remaining one
 for the duration of a multi-threaded call, then given back its own affinity.
 Set FASTRNN_PIN_THREADS=0 to leave placement to the OS.
+
+Only calls from one Python thread (the first to make a multi-threaded call) are pinned:
+Numba's OpenMP runtime gives each calling thread its own team, whose workers would inherit
+a pinned caller's one-CPU mask, and two callers pinned to the same CPU would share it.
+Calls from other threads run with the placement the OS gives them.
 """
 
 import contextlib
 import os
+import threading
 
 import numpy as np
 from numba import prange
@@ -21,6 +27,8 @@ from ._sync import set_thread_affinity
 
 _ENABLED = os.environ.get("FASTRNN_PIN_THREADS", "1") != "0" and hasattr(os, "sched_setaffinity")
 _pinned_team = None
+_owner = None  # the Python thread whose calls are pinned
+_owner_lock = threading.Lock()
 
 
 @jit(parallel=True)
@@ -66,7 +74,14 @@ def _pin_helpers(cpus):
 @contextlib.contextmanager
 def pinned(threads):
     """Run the body with the caller on its own CPU and ``threads - 1`` helpers on others."""
+    global _owner
     cpus = plan(threads)
+    if cpus is not None:
+        with _owner_lock:
+            if _owner is None:
+                _owner = threading.get_ident()
+        if _owner != threading.get_ident():
+            cpus = None
     if cpus is None:
         yield
         return
