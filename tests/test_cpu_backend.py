@@ -187,7 +187,8 @@ def test_pinning_can_be_turned_off():
     code = ("import os, numpy as np, fastrnn; from fastrnn.kernels.cpu import _affinity; "
             "print(_affinity.plan(2)); m = fastrnn.LSTM(64, 64, backend='cpu', seed=0); "
             "m(np.ones((50, 8, 64), np.float32)); "
-            "print(sorted(len(os.sched_getaffinity(int(t))) for t in os.listdir('/proc/self/task')))")
+            "print(sorted(len(os.sched_getaffinity(int(t))) "
+            "for t in os.listdir('/proc/self/task')))")
     env = dict(os.environ, FASTRNN_PIN_THREADS="0")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                          text=True, check=True).stdout.split("\n")

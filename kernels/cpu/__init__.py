@@ -112,8 +112,6 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training
     else:
         xg, wx = empty((T, B, GH), dt), np.empty((0, 1, 1), dt)
         matmul(x.reshape(T * B, I), w_ih.T, xg.reshape(T * B, GH))
-        if b_ih is not None:
-            xg += b_ih
     b_hh_ = b_hh if b_hh is not None else np.zeros(GH, dt)
     lens = np.full(B, T, np.int64) if lengths is None else np.asarray(lengths, np.int64)
     c0_ = c0 if spec.has_cell_state else np.zeros((B, H), dt)
@@ -127,10 +125,12 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training
     hn_all = empty((steps if spec.name == "gru" else 1, B, H), dt)
     if units is None:
         forward_loop(CELL_IDS[spec.name], xg, np.ascontiguousarray(x), wx, b_ih_,
-                     pack(w_hh, transpose=True), b_hh_, np.ascontiguousarray(h0),
+                     b_ih_ + b_hh_, pack(w_hh, transpose=True), b_hh_, np.ascontiguousarray(h0),
                      np.ascontiguousarray(c0_), lens, reverse, _chunks(T, B, GH, H), y, h_n,
                      c_n, acts, h_prev, c_all, hn_all)
     else:
+        if b_ih is not None:
+            xg += b_ih
         hbuf = np.empty((2, B, H), dt)
         hbuf[0] = h0
         c_n[...] = c0_

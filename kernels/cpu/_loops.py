@@ -31,15 +31,17 @@ CELL_IDS = {"rnn_tanh": RNN_TANH, "rnn_relu": RNN_RELU, "rnn_sigmoid": RNN_SIGMO
 
 
 @jit(parallel=True)
-def forward_loop(cell, xg, x, wx_packed, b_ih, w_packed, b_hh, h0, c0, lengths, reverse,
-                 chunks, y, h_n, c_n, acts, h_prev, c_all, hn_all):
+def forward_loop(cell, xg, x, wx_packed, b_ih, b_gates, w_packed, b_hh, h0, c0, lengths,
+                 reverse, chunks, y, h_n, c_n, acts, h_prev, c_all, hn_all):
     """Run the recurrence. ``acts``, ``h_prev``, ``c_all``, ``hn_all`` receive what backward
     needs; when not training they are one-step scratch arrays (``[1,B,*]``) and step 0 is
     overwritten each time, which keeps the loop free of branches on ``training``.
 
-    The input projection is either given (``xg``, with ``b_ih`` added) or, when ``xg`` is
-    empty, computed step by step from ``x`` and ``wx_packed`` (``w_ih.T`` packed) for the
-    thread's own rows, plus ``b_ih``: it then never leaves the core's cache."""
+    The input projection (without bias) is either given (``xg``) or, when ``xg`` is empty,
+    computed step by step from ``x`` and ``wx_packed`` (``w_ih.T`` packed) for the
+    thread's own rows: it then never leaves the core's cache. The biases enter in the
+    gate passes: ``b_gates = b_ih + b_hh``, except the GRU's ``n``, which takes ``b_in``
+    outside and ``b_hn`` inside ``r * (.)``."""
     T, B, H = y.shape
     GH = b_hh.size
     P, _, NR = w_packed.shape
@@ -59,9 +61,6 @@ def forward_loop(cell, xg, x, wx_packed, b_ih, w_packed, b_hh, h0, c0, lengths, 
                 h_prev[ts, b, :] = h[b, :]
             if fused:
                 gemm_packed(x[t], r0, r1, wx_packed, xs)
-                for b in range(r0, r1):
-                    for j in range(GH):
-                        xs[b, j] += b_ih[j]
             gemm_packed(h, r0, r1, w_packed, hg)
             for b in range(r0, r1):
                 if t >= lengths[b]:
@@ -78,11 +77,11 @@ def forward_loop(cell, xg, x, wx_packed, b_ih, w_packed, b_hh, h0, c0, lengths, 
                 if cell == LSTM:
                     cb = c[b]
                     for j in range(2 * H):  # i, f
-                        ar[j] = sigmoid(gr[j] + xr[j] + b_hh[j])
+                        ar[j] = sigmoid(gr[j] + xr[j] + b_gates[j])
                     for j in range(2 * H, 3 * H):  # g
-                        ar[j] = tanh(gr[j] + xr[j] + b_hh[j])
+                        ar[j] = tanh(gr[j] + xr[j] + b_gates[j])
                     for j in range(3 * H, GH):  # o
-                        ar[j] = sigmoid(gr[j] + xr[j] + b_hh[j])
+                        ar[j] = sigmoid(gr[j] + xr[j] + b_gates[j])
                     for j in range(H):
                         cb[j] = ar[H + j] * cb[j] + ar[j] * ar[2 * H + j]
                     for j in range(H):
@@ -91,16 +90,16 @@ def forward_loop(cell, xg, x, wx_packed, b_ih, w_packed, b_hh, h0, c0, lengths, 
                 elif cell == GRU:
                     hn = hn_all[ts, b]
                     for j in range(2 * H):  # r, z
-                        ar[j] = sigmoid(gr[j] + xr[j] + b_hh[j])
+                        ar[j] = sigmoid(gr[j] + xr[j] + b_gates[j])
                     for j in range(H):  # W_hn h + b_hn, kept for backward
                         hn[j] = gr[2 * H + j] + b_hh[2 * H + j]
                     for j in range(H):  # n
-                        ar[2 * H + j] = tanh(xr[2 * H + j] + ar[j] * hn[j])
+                        ar[2 * H + j] = tanh(xr[2 * H + j] + b_ih[2 * H + j] + ar[j] * hn[j])
                     for j in range(H):
                         hb[j] = ar[2 * H + j] + ar[H + j] * (hb[j] - ar[2 * H + j])
                 else:
                     for j in range(H):
-                        v = gr[j] + xr[j] + b_hh[j]
+                        v = gr[j] + xr[j] + b_gates[j]
                         if cell == RNN_TANH:
                             v = tanh(v)
                         elif cell == RNN_RELU:
