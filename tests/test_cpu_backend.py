@@ -52,6 +52,8 @@ def test_thread_count_follows_numba_and_gives_the_same_numbers():
 def test_partition_uses_one_thread_for_tiny_calls_and_balances_rows():
     from fastrnn.kernels import cpu
     assert list(cpu._chunks(1, 4, 12, 3)) == [0, 4]  # a one-step cell call
+    assert cpu._unit_split(1, 1, 1024, 256) is None  # one step at batch 1: no barrier
+    assert cpu._threads_for((1, 1, 256), (1024, 256)) == 1  # nor pinning
     chunks = cpu._chunks(1000, 20, 128, 32)
     if cpu.num_threads() >= 2:
         sizes = np.diff(chunks)
@@ -120,6 +122,7 @@ def test_small_batches_split_the_units_and_match_the_reference(cell, dtype, B, m
     """Batches 1-2 use the row-dot kernel forward; larger ones (made to split here by
     lowering the weight-size threshold) the packed panels; backward always packs."""
     from fastrnn.kernels import cpu
+    monkeypatch.setattr(cpu, "_MIN_WORK_PER_THREAD", 0)  # split even these short calls
     if B > cpu._SPLIT_MAX_BATCH:
         monkeypatch.setattr(cpu, "_SPLIT_LARGE_BYTES", 0)
     H = {"lstm": 144, "gru": 160}.get(cell, 272)  # big enough for the split; H % 16 != 0
@@ -129,7 +132,7 @@ def test_small_batches_split_the_units_and_match_the_reference(cell, dtype, B, m
                                         scale=1 / np.sqrt(H))
     G = {"lstm": 4, "gru": 3}.get(cell, 1)
     if cpu.num_threads() >= 2:
-        units = cpu._unit_split(B, G * H, H)
+        units = cpu._unit_split(9, B, G * H, H)
         assert units is not None and units[0] == 0 and units[-1] == H
         assert all(u % 16 == 0 for u in units[:-1]) and np.all(np.diff(units) > 0)
     lengths = [9, 4, 9, 1, 7][:B]
@@ -151,21 +154,27 @@ def test_small_batches_split_the_units_and_match_the_reference(cell, dtype, B, m
                     assert_close(g, w, dtype, "weight gradient")
 
 
-def test_split_path_survives_serialised_threads():
+def test_split_path_survives_serialised_threads(monkeypatch):
     """If Numba runs both unit blocks on one thread, that thread does all of them."""
     import numba
     from fastrnn.kernels import cpu
     if cpu.num_threads() < 2:
         pytest.skip("needs two threads")
-    x, weights, h0, c0 = random_problem("lstm", 5, 1, 4, 192, 1, 1, np.float32, seed=0)
+    monkeypatch.setattr(cpu, "_MIN_WORK_PER_THREAD", 0)
+    x, weights, h0, c0 = random_problem("lstm", 5, 1, 4, 192, 1, 1, np.float32, seed=0,
+                                        scale=1 / np.sqrt(192))
+    assert cpu._unit_split(5, 1, 4 * 192, 192) is not None
     before = numba.get_parallel_chunksize()
     numba.set_parallel_chunksize(2)  # one thread takes both iterations of the prange
     try:
-        out = F.rnn("lstm", x, weights, h0, c0, training=False, backend="cpu")[0]
+        got = F.rnn("lstm", x, weights, h0, c0, training=True, backend="cpu")
+        grads = F.rnn_backward(got[3], np.ones_like(got[0]))
     finally:
         numba.set_parallel_chunksize(before)
-    ref = F.rnn("lstm", x, weights, h0, c0, training=False, backend="numpy")[0]
-    assert_close(out, ref, np.float32, "output")
+    want = F.rnn("lstm", x, weights, h0, c0, training=True, backend="numpy")
+    assert_close(got[0], want[0], np.float32, "output")
+    assert_close(grads[0], F.rnn_backward(want[3], np.ones_like(want[0]))[0], np.float32,
+                 "input gradient")
 
 
 def test_pinning_gives_the_caller_back_its_affinity():

@@ -29,9 +29,11 @@ __all__ = ["forward", "backward", "cache_dir", "num_threads"]
 _MIN_WORK_PER_THREAD = 1_000_000
 
 
-def _threads_for(work):
-    """Threads a call with about ``work`` multiply-adds may use (for pinning them)."""
-    return num_threads() if work >= 2 * _MIN_WORK_PER_THREAD else 1
+def _threads_for(x_shape, w_hh_shape):
+    """Threads a call may use (for pinning them): one when its multiply-adds, about
+    ``T*B*G*H*(I+H)``, are too few to share."""
+    (T, B, I), (GH, H) = x_shape, w_hh_shape
+    return num_threads() if T * B * GH * (I + H) >= 2 * _MIN_WORK_PER_THREAD else 1
 
 
 def _chunks(T, B, GH, H):
@@ -53,12 +55,14 @@ _SPLIT_LARGE_MAX_BATCH = 16
 _UNIT_ALIGN = 16  # unit blocks start on whole vectors
 
 
-def _unit_split(B, GH, H, itemsize=4):
-    """``units [threads+1]`` for the loops of :mod:`._split`, or None to split the batch."""
+def _unit_split(T, B, GH, H, itemsize=4):
+    """``units [threads+1]`` for the loops of :mod:`._split`, or None to split the batch
+    (also for calls with too little work to wake a second thread: a one-step cell call)."""
     threads = min(num_threads(), H // _UNIT_ALIGN)
     small = B <= _SPLIT_MAX_BATCH and GH * H >= _SPLIT_MIN_WEIGHTS
     large = B <= _SPLIT_LARGE_MAX_BATCH and GH * H * itemsize >= _SPLIT_LARGE_BYTES
-    if threads < 2 or not (small or large):
+    enough = T * B * GH * H >= threads * _MIN_WORK_PER_THREAD
+    if threads < 2 or not (small or large) or not enough:
         return None
     bounds = [_UNIT_ALIGN * round(H * k / threads / _UNIT_ALIGN) for k in range(threads)]
     return np.asarray(bounds + [H], dtype=np.int64)
@@ -82,7 +86,7 @@ def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None, reverse=False
     """Kernel contract forward (see DESIGN.md); arrays are NumPy, of ``x``'s dtype."""
     fpu = flush_denormals()
     try:
-        with single_threaded_blas(), pinned(_threads_for(x.size * w_hh.size)):
+        with single_threaded_blas(), pinned(_threads_for(x.shape, w_hh.shape)):
             return _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse,
                             training)
     finally:
@@ -93,7 +97,8 @@ def backward(cell, saved, dy, dh_n, dc_n):
     """Kernel contract backward (see DESIGN.md)."""
     fpu = flush_denormals()
     try:
-        with single_threaded_blas(), pinned(_threads_for(saved["x"].size * saved["w_hh"].size)):
+        with single_threaded_blas(), pinned(_threads_for(saved["x"].shape,
+                                                               saved["w_hh"].shape)):
             return _backward(cell, saved, dy, dh_n, dc_n)
     finally:
         restore(fpu)
@@ -104,7 +109,7 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training
     T, B, I = x.shape
     GH, H = w_hh.shape
     dt = x.dtype
-    units = _unit_split(B, GH, H, dt.itemsize)
+    units = _unit_split(T, B, GH, H, dt.itemsize)
     fuse = units is None and _fuse_projection(I, GH, H, dt.itemsize)
     b_ih_ = b_ih if b_ih is not None else np.zeros(GH, dt)
     if fuse:
@@ -166,7 +171,7 @@ def _backward(cell, saved, dy, dh_n, dc_n):
     dc_n = np.zeros((B, H), dt) if dc_n is None else np.ascontiguousarray(dc_n)
     dgh = empty((T, B, GH), dt)  # the loop writes every step, padding included
     dgx = empty((T, B, GH), dt) if spec.name == "gru" else dgh
-    units = _unit_split(B, GH, H, dt.itemsize)
+    units = _unit_split(T, B, GH, H, dt.itemsize)
     if units is None:
         dh0 = np.empty((B, H), dt)
         dc0 = np.empty((B, H), dt)
