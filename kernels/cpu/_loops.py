@@ -18,7 +18,7 @@ from numba import prange
 from ._fpu import flush_denormals, restore
 from ._jit import jit
 from ._gemm import gemm_packed
-from ._math import sigmoid, tanh
+from ._math import copy, sigmoid, tanh
 
 # float32 literals: a Python float in a float32 loop would promote it to float64. In float64
 # kernels they widen exactly.
@@ -58,7 +58,7 @@ def forward_loop(cell, xg, x, wx_packed, b_ih, b_gates, w_packed, b_hh, h0, c0, 
             t = T - 1 - s if reverse else s
             ts = t if keep else 0
             for b in range(r0, r1):
-                h_prev[ts, b, :] = h[b, :]
+                copy(h_prev[ts, b], h[b])
             if fused:
                 gemm_packed(x[t], r0, r1, wx_packed, xs)
             gemm_packed(h, r0, r1, w_packed, hg)
@@ -67,7 +67,7 @@ def forward_loop(cell, xg, x, wx_packed, b_ih, b_gates, w_packed, b_hh, h0, c0, 
                     for j in range(H):  # (explicit loops: a slice fill inside prange
                         y[t, b, j] = ZERO  # was seen to go missing in backward_loop)
                     if cell == LSTM:
-                        c_all[ts, b, :] = c[b, :]
+                        copy(c_all[ts, b], c[b])
                     continue
                 # Activations go straight into acts (scratch when not training): one
                 # pass per gate block, each reading the recurrent product, the input
@@ -86,7 +86,7 @@ def forward_loop(cell, xg, x, wx_packed, b_ih, b_gates, w_packed, b_hh, h0, c0, 
                         cb[j] = ar[H + j] * cb[j] + ar[j] * ar[2 * H + j]
                     for j in range(H):
                         hb[j] = ar[3 * H + j] * tanh(cb[j])
-                    c_all[ts, b, :] = cb
+                    copy(c_all[ts, b], cb)
                 elif cell == GRU:
                     hn = hn_all[ts, b]
                     for j in range(2 * H):  # r, z
@@ -107,8 +107,8 @@ def forward_loop(cell, xg, x, wx_packed, b_ih, b_gates, w_packed, b_hh, h0, c0, 
                         else:
                             v = sigmoid(v)
                         ar[j] = v
-                    hb[:] = ar
-                y[t, b, :] = hb
+                    copy(hb, ar)
+                copy(y[t, b], hb)
         for b in range(r0, r1):
             h_n[b, :] = h[b, :]
             c_n[b, :] = c[b, :]
@@ -173,7 +173,7 @@ def backward_loop(cell, w_packed, dy, dh_n, dc_n, c0, lengths, reverse, chunks,
                     for j in range(H):
                         z = ar[H + j]
                         gx[H + j] = dhb[j] * (hp[j] - ar[2 * H + j]) * z * (ONE - z)
-                    gh[:2 * H] = gx[:2 * H]
+                    copy(gh[:2 * H], gx[:2 * H])
                     for j in range(H):
                         gh[2 * H + j] = gx[2 * H + j] * ar[j]
                     for j in range(H):

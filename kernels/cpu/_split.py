@@ -23,7 +23,7 @@ from numba import prange
 from ._fpu import flush_denormals, restore
 from ._gemm import gemm_panels, matvec
 from ._jit import jit
-from ._math import sigmoid, tanh
+from ._math import copy, sigmoid, tanh
 from ._sync import PARALLEL, barrier, start
 
 ONE = np.float32(1)
@@ -51,12 +51,12 @@ def _units_step(cell, t, ts, q, u0, u1, xg, w_hh, wp, starts, b_hh, cur, nxt, c,
         gemm_panels(cur, 0, B, wp, starts[q * G], starts[q * G + G], hg)
     for b in range(B):
         hc, hx = cur[b, u0:u1], nxt[b, u0:u1]
-        h_prev[ts, b, u0:u1] = hc
+        copy(h_prev[ts, b, u0:u1], hc)
         if t >= lengths[b]:  # padding: the state passes through, the output is zero
-            hx[:] = hc
+            copy(hx, hc)
             y[t, b, u0:u1] = ZERO
             if cell == LSTM:
-                c_all[ts, b, u0:u1] = c[b, u0:u1]
+                copy(c_all[ts, b, u0:u1], c[b, u0:u1])
             continue
         xr, gr, ar = xg[t, b], hg[b], acts[ts, b]
         if cell == LSTM:
@@ -78,7 +78,7 @@ def _units_step(cell, t, ts, q, u0, u1, xg, w_hh, wp, starts, b_hh, cur, nxt, c,
                 cb[j] = af[j] * cb[j] + ai[j] * ag[j]
             for j in range(u1 - u0):
                 hx[j] = ao[j] * tanh(cb[j])
-            c_all[ts, b, u0:u1] = cb
+            copy(c_all[ts, b, u0:u1], cb)
         elif cell == GRU:
             for g in range(2):  # r, z
                 o = g * H
@@ -111,8 +111,8 @@ def _units_step(cell, t, ts, q, u0, u1, xg, w_hh, wp, starts, b_hh, cur, nxt, c,
                 else:
                     v = sigmoid(v)
                 aq[j] = v
-            hx[:] = aq
-        y[t, b, u0:u1] = hx
+            copy(hx, aq)
+        copy(y[t, b, u0:u1], hx)
 
 
 @jit(parallel=True)
