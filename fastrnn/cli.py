@@ -38,10 +38,13 @@ def info_lines():
         lines.append(f"  {name:6s} ({rep['array_module']} arrays) {state}")
     if backends()["cpu"]["available"]:
         from .kernels import cpu
-        lines.append(f"cpu backend: {cpu.num_threads()} threads (NUMBA_NUM_THREADS), "
+        cpus = cpu.pinned_cpus()
+        pins = f"pinned to CPUs {','.join(map(str, cpus))}" if cpus else "not pinned"
+        lines.append(f"cpu backend: {cpu.num_threads()} threads (NUMBA_NUM_THREADS), {pins}, "
                      f"compiled-kernel cache: {cpu.cache_dir() or 'none (not writable)'}")
     lines.append(f"gpu: {_gpu_line()}")
-    for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "FASTRNN_BACKEND"):
+    for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "FASTRNN_BACKEND",
+                "FASTRNN_PIN_THREADS"):
         lines.append(f"{var}={os.environ.get(var, '(unset)')}")
     return lines
 

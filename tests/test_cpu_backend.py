@@ -73,7 +73,7 @@ def test_runs_when_the_cache_directory_is_not_writable(tmp_path):
 def test_info_names_the_cache_and_threads():
     from fastrnn.cli import info_lines
     line = next(l for l in info_lines() if l.startswith("cpu backend:"))
-    assert "threads" in line and "cache" in line
+    assert "threads" in line and "cache" in line and "pinned" in line
 
 
 def test_pool_reuses_a_block_only_after_its_last_view_is_gone():

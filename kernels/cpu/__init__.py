@@ -13,6 +13,7 @@ import numpy as np
 
 from ..cells import get_cell
 from ..gate_grads import input_and_weight_grads
+from ._affinity import plan as _pin_plan
 from ._affinity import pinned
 from ._alloc import empty
 from ._blas import matmul, single_threaded_blas
@@ -22,7 +23,13 @@ from ._jit import cache_dir, num_threads
 from ._loops import CELL_IDS, backward_loop, forward_loop
 from ._split import backward_loop_split, forward_loop_split
 
-__all__ = ["forward", "backward", "cache_dir", "num_threads"]
+__all__ = ["forward", "backward", "cache_dir", "num_threads", "pinned_cpus"]
+
+
+def pinned_cpus():
+    """The CPUs a multi-threaded call pins its threads to, or None (pinning off or not
+    possible: fewer usable CPUs than threads)."""
+    return _pin_plan(num_threads())
 
 # Below this many multiply-adds per thread over a whole call, waking a second (sleeping)
 # thread costs more than it saves: a one-step cell call stays on one thread.
