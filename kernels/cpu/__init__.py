@@ -20,7 +20,8 @@ from ._blas import matmul, single_threaded_blas
 from ._fpu import flush_denormals, restore
 from ._gemm import pack, pack_blocks, pack_column_blocks, panel_width
 from ._jit import cache_dir, num_threads
-from ._loops import CELL_IDS, backward_loop, forward_loop
+from ._loops import backward_loop, forward_loop
+from ._math import CELL_IDS
 from ._split import backward_loop_split, forward_loop_split
 
 __all__ = ["forward", "backward", "cache_dir", "num_threads", "pinned_cpus"]

@@ -167,7 +167,7 @@ def _tile(rows):
     return tile
 
 
-_t1, _t2, _t3, _t4, _t5, _t6, _t7, _t8 = (_tile(r) for r in range(1, MR + 1))
+_t1, _t2, _t4, _t8 = (_tile(r) for r in (1, 2, 4, MR))
 
 
 @jit()
@@ -189,22 +189,14 @@ def gemm_panels(a, r0, r1, wp, p0, p1, out):
         while r + 8 <= r1:
             _t8(a, r * lda, lda, wp, w_off, out, r * ldo + p * NR, ldo, K)
             r += 8
-        m = r1 - r
-        ao, oo = r * lda, r * ldo + p * NR
-        if m == 1:
-            _t1(a, ao, lda, wp, w_off, out, oo, ldo, K)
-        elif m == 2:
-            _t2(a, ao, lda, wp, w_off, out, oo, ldo, K)
-        elif m == 3:
-            _t3(a, ao, lda, wp, w_off, out, oo, ldo, K)
-        elif m == 4:
-            _t4(a, ao, lda, wp, w_off, out, oo, ldo, K)
-        elif m == 5:
-            _t5(a, ao, lda, wp, w_off, out, oo, ldo, K)
-        elif m == 6:
-            _t6(a, ao, lda, wp, w_off, out, oo, ldo, K)
-        elif m == 7:
-            _t7(a, ao, lda, wp, w_off, out, oo, ldo, K)
+        if r + 4 <= r1:  # the last 1-7 rows as tiles of 4, 2 and 1
+            _t4(a, r * lda, lda, wp, w_off, out, r * ldo + p * NR, ldo, K)
+            r += 4
+        if r + 2 <= r1:
+            _t2(a, r * lda, lda, wp, w_off, out, r * ldo + p * NR, ldo, K)
+            r += 2
+        if r < r1:
+            _t1(a, r * lda, lda, wp, w_off, out, r * ldo + p * NR, ldo, K)
 
 
 def _dots(rows):

@@ -16,18 +16,15 @@ import numpy as np
 from numba import prange
 
 from ._fpu import flush_denormals, restore
-from ._jit import jit
 from ._gemm import gemm_packed
-from ._math import copy, sigmoid, tanh
+from ._jit import jit
+from ._math import GRU, LSTM, RNN_RELU, RNN_TANH, copy, rnn_activation, sigmoid, tanh
 
 # float32 literals: a Python float in a float32 loop would promote it to float64. In float64
 # kernels they widen exactly.
 ONE = np.float32(1)
 ZERO = np.float32(0)
 
-RNN_TANH, RNN_RELU, RNN_SIGMOID, LSTM, GRU = 0, 1, 2, 3, 4
-CELL_IDS = {"rnn_tanh": RNN_TANH, "rnn_relu": RNN_RELU, "rnn_sigmoid": RNN_SIGMOID,
-            "lstm": LSTM, "gru": GRU}
 
 
 @jit(parallel=True)
@@ -99,14 +96,7 @@ def forward_loop(cell, xg, x, wx_packed, b_ih, b_gates, w_packed, b_hh, h0, c0, 
                         hb[j] = ar[2 * H + j] + ar[H + j] * (hb[j] - ar[2 * H + j])
                 else:
                     for j in range(H):
-                        v = gr[j] + xr[j] + b_gates[j]
-                        if cell == RNN_TANH:
-                            v = tanh(v)
-                        elif cell == RNN_RELU:
-                            v = max(v, ZERO)
-                        else:
-                            v = sigmoid(v)
-                        ar[j] = v
+                        ar[j] = rnn_activation(cell, gr[j] + xr[j] + b_gates[j])
                     copy(hb, ar)
                 copy(y[t, b], hb)
         for b in range(r0, r1):

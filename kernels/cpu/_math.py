@@ -31,6 +31,12 @@ CLAMP = np.float32(9.0)  # tanh(9) = 1 - 3e-8: 1 in float32
 F32_HALF = np.float32(0.5)
 
 
+# Cell ids of the compiled loops (a run-time argument: one compiled loop serves every cell).
+RNN_TANH, RNN_RELU, RNN_SIGMOID, LSTM, GRU = 0, 1, 2, 3, 4
+CELL_IDS = {"rnn_tanh": RNN_TANH, "rnn_relu": RNN_RELU, "rnn_sigmoid": RNN_SIGMOID,
+            "lstm": LSTM, "gru": GRU}
+
+
 def tanh(x):
     """tanh specialised per dtype (compiled code only)."""
     raise NotImplementedError
@@ -64,6 +70,24 @@ def _sigmoid_impl(x):
         e = np.exp(-abs(x))
         r = e / (1.0 + e)
         return r + (x >= 0) * (1.0 - 2.0 * r)
+    return impl
+
+
+def rnn_activation(cell, x):
+    """The vanilla RNN's nonlinearity for ``cell`` (RNN_TANH, RNN_RELU or RNN_SIGMOID)."""
+    raise NotImplementedError
+
+
+@overload(rnn_activation, inline="always", jit_options=OPTIONS)
+def _rnn_activation_impl(cell, x):
+    zero = np.float32(0)  # unifies with float64 in float64 kernels
+
+    def impl(cell, x):
+        if cell == RNN_TANH:
+            return tanh(x)
+        if cell == RNN_RELU:
+            return max(x, zero)
+        return sigmoid(x)
     return impl
 
 

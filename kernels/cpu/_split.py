@@ -23,12 +23,11 @@ from numba import prange
 from ._fpu import flush_denormals, restore
 from ._gemm import gemm_panels, matvec
 from ._jit import jit
-from ._math import copy, sigmoid, tanh
+from ._math import GRU, LSTM, RNN_RELU, RNN_TANH, copy, rnn_activation, sigmoid, tanh
 from ._sync import PARALLEL, barrier, start
 
 ONE = np.float32(1)
 ZERO = np.float32(0)
-RNN_TANH, RNN_RELU, RNN_SIGMOID, LSTM, GRU = 0, 1, 2, 3, 4  # as in ._loops
 
 
 @jit()
@@ -103,14 +102,7 @@ def _units_step(cell, t, ts, q, u0, u1, xg, w_hh, wp, starts, b_hh, cur, nxt, c,
             cg = u0 if rowdot else starts[q] * NR
             gq, xq, bq, aq = gr[cg:cg + n], xr[u0:u1], b_hh[u0:u1], ar[u0:u1]
             for j in range(u1 - u0):
-                v = gq[j] + xq[j] + bq[j]
-                if cell == RNN_TANH:
-                    v = tanh(v)
-                elif cell == RNN_RELU:
-                    v = max(v, ZERO)
-                else:
-                    v = sigmoid(v)
-                aq[j] = v
+                aq[j] = rnn_activation(cell, gq[j] + xq[j] + bq[j])
             copy(hx, aq)
         copy(y[t, b, u0:u1], hx)
 
