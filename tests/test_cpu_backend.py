@@ -280,3 +280,30 @@ def test_calls_from_a_second_thread_are_not_pinned_and_still_correct():
     if _affinity._owner is not None:  # pinning is on: this thread owns it, the other not
         assert seen["inside"]
     assert_close(seen["out"], want, np.float32, "output from the second thread")
+
+
+def test_more_threads_than_cpus_still_match_the_reference():
+    """NUMBA_NUM_THREADS above the CPU count: the unit split keeps one thread per CPU (its
+    threads meet every step), the batch split uses them all; results unchanged."""
+    cpus = len(os.sched_getaffinity(0))
+    code = (
+        "import sys, numpy as np; sys.path.insert(0, %r)\n"
+        "from conftest import random_problem, assert_close\n"
+        "from fastrnn import functional as F\n"
+        "from fastrnn.kernels import cpu\n"
+        "units = cpu._unit_split(200, 1, 1024, 256)\n"
+        "assert units is None or units.size - 1 <= %d, units\n"
+        "for cell, B, H in (('lstm', 1, 256), ('gru', 6, 64)):\n"
+        "    x, w, h0, c0 = random_problem(cell, 200, B, 32, H, 1, 1, np.float32, seed=1,\n"
+        "                                  scale=1 / np.sqrt(H))\n"
+        "    got = F.rnn(cell, x, w, h0, c0, training=True, backend='cpu')\n"
+        "    want = F.rnn(cell, x, w, h0, c0, training=True, backend='numpy')\n"
+        "    assert_close(got[0], want[0], np.float32, 'output')\n"
+        "    dy = np.ones_like(got[0])\n"
+        "    assert_close(F.rnn_backward(got[3], dy)[0], F.rnn_backward(want[3], dy)[0],\n"
+        "                 np.float32, 'input gradient')\n"
+        "print('ok')\n") % (os.path.dirname(__file__), cpus)
+    env = dict(os.environ, NUMBA_NUM_THREADS=str(cpus + 1))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
