@@ -53,7 +53,9 @@ def _units_step(cell, t, ts, q, u0, u1, xg, w_hh, wp, starts, b_hh, cur, nxt, c,
         copy(h_prev[ts, b, u0:u1], hc)
         if t >= lengths[b]:  # padding: the state passes through, the output is zero
             copy(hx, hc)
-            y[t, b, u0:u1] = ZERO
+            yb = y[t, b]
+            for j in range(u0, u1):  # (a slice fill inside prange was once miscompiled)
+                yb[j] = ZERO
             if cell == LSTM:
                 copy(c_all[ts, b, u0:u1], c[b, u0:u1])
             continue
