@@ -137,6 +137,11 @@ def test_small_batches_split_the_units_and_match_the_reference(cell, dtype, B, m
         assert all(u % 16 == 0 for u in units[:-1]) and np.all(np.diff(units) > 0)
     lengths = [9, 4, 9, 1, 7][:B]
     kw = dict(num_layers=2, bidirectional=True, lengths=lengths)
+    calls = []
+    for name in ("forward_loop_split", "backward_loop_split"):
+        real = getattr(cpu, name)
+        monkeypatch.setattr(cpu, name, lambda *a, _real=real, _name=name: (
+            calls.append(_name), _real(*a))[1])
     for training in (True, False):
         got = F.rnn(cell, x, weights, h0, c0, training=training, backend="cpu", **kw)
         want = F.rnn(cell, x, weights, h0, c0, training=training, backend="numpy", **kw)
@@ -152,6 +157,11 @@ def test_small_batches_split_the_units_and_match_the_reference(cell, dtype, B, m
             for gl, wl in zip(g_grads[3], w_grads[3]):
                 for g, w in zip(gl, wl):
                     assert_close(g, w, dtype, "weight gradient")
+    if cpu.num_threads() >= 2 and len(os.sched_getaffinity(0)) >= 2:
+        # the split loops really ran (inside a call the caller is pinned to one CPU, which
+        # once made the split think it had one CPU and quietly fall back)
+        assert calls.count("forward_loop_split") == 8  # 2 layers x 2 directions x 2 modes
+        assert calls.count("backward_loop_split") == 4
 
 
 def test_split_path_survives_serialised_threads(monkeypatch):

@@ -9,14 +9,12 @@ units (:mod:`._split`); backward walks time in reverse in compiled code, then ``
 rows. The threads of a call are pinned to distinct CPUs (:mod:`._affinity`).
 """
 
-import os
-
 import numpy as np
 
 from ..cells import get_cell
 from ..gate_grads import input_and_weight_grads
 from ._affinity import plan as _pin_plan
-from ._affinity import pinned
+from ._affinity import pinned, usable_cpus
 from ._alloc import empty
 from ._blas import matmul, single_threaded_blas
 from ._fpu import flush_denormals, restore
@@ -65,19 +63,12 @@ _SPLIT_LARGE_MAX_BATCH = 16
 _UNIT_ALIGN = 16  # unit blocks start on whole vectors
 
 
-def _usable_cpus():
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not Linux
-        return os.cpu_count() or 1
-
-
 def _unit_split(T, B, GH, H, itemsize=4):
     """``units [threads+1]`` for the loops of :mod:`._split`, or None to split the batch
     (also for calls with too little work to wake a second thread: a one-step cell call)."""
     # (never more threads than usable CPUs: they meet every step, and a thread waiting for
     # one that has no CPU would have to yield at every barrier)
-    threads = min(num_threads(), _usable_cpus(), H // _UNIT_ALIGN)
+    threads = min(num_threads(), usable_cpus(), H // _UNIT_ALIGN)
     small = B <= _SPLIT_MAX_BATCH and GH * H >= _SPLIT_MIN_WEIGHTS
     large = B <= _SPLIT_LARGE_MAX_BATCH and GH * H * itemsize >= _SPLIT_LARGE_BYTES
     enough = T * B * GH * H >= threads * _MIN_WORK_PER_THREAD

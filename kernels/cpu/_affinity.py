@@ -29,6 +29,19 @@ _ENABLED = os.environ.get("FASTRNN_PIN_THREADS", "1") != "0" and hasattr(os, "sc
 _pinned_team = None
 _owner = None  # the Python thread whose calls are pinned
 _owner_lock = threading.Lock()
+_local = threading.local()  # the caller's own CPU set while its call is pinned
+
+
+def usable_cpus():
+    """How many CPUs the calling thread may use: its own set, not the one CPU it is held
+    on while a pinned call runs."""
+    mask = getattr(_local, "mask", None)
+    if mask is None:
+        try:
+            mask = os.sched_getaffinity(0)
+        except (AttributeError, OSError):  # not Linux
+            return os.cpu_count() or 1
+    return len(mask)
 
 
 @jit(parallel=True)
@@ -88,7 +101,9 @@ def pinned(threads):
     _pin_helpers(cpus)
     mine = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {cpus[0]})
+    _local.mask = mine
     try:
         yield
     finally:
+        _local.mask = None
         os.sched_setaffinity(0, mine)
