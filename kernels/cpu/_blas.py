@@ -135,7 +135,9 @@ def matmul(a, b, out):
         bounds = [N * k // threads for k in range(threads + 1)]
         parts = [(a, b[:, bounds[k]:bounds[k + 1]], out[:, bounds[k]:bounds[k + 1]])
                  for k in range(threads)]
-    pool = _get_pool(threads - 1)
+    # (the pool keeps one size, that of the thread setting, so that pinned threads stay;
+    # a GEMM too narrow for every thread uses some of them)
+    pool = _get_pool(num_threads() - 1)
     futures = [pool.submit(np.matmul, pa, pb, out=po) for pa, pb, po in parts[1:]]
     pa, pb, po = parts[0]
     np.matmul(pa, pb, out=po)
