@@ -1,4 +1,5 @@
-"""Scalar building blocks of the CPU kernels: activations and the small matmul.
+"""Scalar building blocks of the CPU kernels: cell ids, activations, row copies and a
+portable row-dot matmul.
 
 Activations are specialised per dtype at compile time. float32 uses a rational tanh (the
 [12/12] Pade approximant from tanh's continued fraction, relative error below 4e-7 on
@@ -106,7 +107,8 @@ def matmul_nt(a, r0, r1, w, j0, j1, out):
     ``a [*,K]``, ``w [M,K]``, ``out [*,M]``.
 
     Register-blocked four rows of ``w`` by four rows of ``a``; the inner reduction over
-    ``K`` runs along contiguous memory of both and vectorises under FASTMATH.
+    ``K`` runs along contiguous memory of both and vectorises under FASTMATH. Now only the
+    fallback of :func:`._gemm.matvec` when ``K`` is not a whole number of vectors.
     """
     K = w.shape[1]
     zero = np.float32(0)  # unifies with float64 in float64 kernels
