@@ -317,3 +317,20 @@ def test_more_threads_than_cpus_still_match_the_reference():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                          text=True)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_packing_blocks_matches_a_plain_copy(parallel, monkeypatch):
+    from fastrnn.kernels.cpu import _gemm
+    monkeypatch.setattr(_gemm, "_PARALLEL_PACK_BYTES", 0 if parallel else 1 << 62)
+    w = np.random.default_rng(3).standard_normal((90, 70)).astype(np.float32)
+    nr = _gemm.panel_width(np.float32)
+    for columns, blocks in ((False, [(0, 40), (40, 90), (5, 6)]), (True, [(0, 33), (33, 70)])):
+        pack = _gemm.pack_column_blocks if columns else _gemm.pack_blocks
+        wp, starts = pack(w, blocks)
+        for i, (lo, hi) in enumerate(blocks):
+            W = w[:, lo:hi] if columns else w[lo:hi].T  # [K, n]
+            got = wp[starts[i]:starts[i + 1]].transpose(1, 0, 2).reshape(W.shape[0], -1)
+            assert got.shape[1] == (starts[i + 1] - starts[i]) * nr
+            assert np.array_equal(got[:, :W.shape[1]], W)
+            assert np.all(got[:, W.shape[1]:] == 0)

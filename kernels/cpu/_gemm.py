@@ -17,7 +17,7 @@ the weights, and packing them costs more than it saves there.
 import numpy as np
 from llvmlite import binding as _ll
 from llvmlite import ir
-from numba import types
+from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -46,13 +46,7 @@ def pack(w, transpose):
 
 def pack_column_blocks(w, blocks):
     """Like :func:`pack_blocks` for column blocks ``[j0, j1)`` of ``W = w``."""
-    nr = panel_width(w.dtype)
-    starts = np.zeros(len(blocks) + 1, np.int64)
-    starts[1:] = np.cumsum([-(-(j1 - j0) // nr) for j0, j1 in blocks])
-    wp = empty((starts[-1], w.shape[0], nr), w.dtype)
-    for i, (j0, j1) in enumerate(blocks):
-        _pack_columns(w[:, j0:j1], wp[starts[i]:starts[i + 1]])
-    return wp, starts
+    return _pack(w, blocks, columns=True)
 
 
 def pack_blocks(w, blocks):
@@ -60,50 +54,68 @@ def pack_blocks(w, blocks):
     w[r0:r1].T``), one after another: returns ``wp`` and ``starts`` (the first panel of each
     block, then the total). Block ``i``'s products land in ``out`` columns from
     ``starts[i]*NR``."""
+    return _pack(w, blocks, columns=False)
+
+
+# Weights at least this large are packed by all threads (C5's two 4 MB packs: 1.7 -> 1.2 ms).
+_PARALLEL_PACK_BYTES = 1 << 20
+
+
+def _pack(w, blocks, columns):
     nr = panel_width(w.dtype)
     bounds = np.asarray(blocks, np.int64).reshape(-1, 2)
     starts = np.zeros(len(bounds) + 1, np.int64)
     starts[1:] = np.cumsum(-(-(bounds[:, 1] - bounds[:, 0]) // nr))
-    wp = empty((starts[-1], w.shape[1], nr), w.dtype)
-    _pack_rows(w, bounds, starts, wp)
+    K = w.shape[0] if columns else w.shape[1]
+    wp = empty((starts[-1], K, nr), w.dtype)
+    # the block of each panel, so that one flat loop can hand panels to threads
+    owner = np.repeat(np.arange(len(bounds), dtype=np.int64), np.diff(starts))
+    run = _pack_all_parallel if w.nbytes >= _PARALLEL_PACK_BYTES else _pack_all
+    run(w, columns, bounds, starts, owner, wp)
     return wp, starts
 
 
 @jit()
-def _pack_rows(w, bounds, starts, wp):
-    """``wp[starts[i] + p, k, c] = w[bounds[i,0] + p*NR + c, k]``, zero past the block.
-    Walks ``k`` in blocks of 16 so that reads and writes both stay in a few cache lines
-    (3x faster than a whole row at a time: 0.5 ms for 4 MB)."""
+def _pack_panel(w, columns, bounds, starts, owner, wp, gp):
+    """Panel ``gp``: ``W``'s columns ``p*NR..`` of its block (``W = w[r0:r1].T`` for row
+    blocks, ``w[:, j0:j1]`` for column blocks), zero past the block's end. Row blocks walk
+    ``k`` in blocks of 16 so that reads and writes both stay in a few cache lines (3x
+    faster than a whole row at a time)."""
     K, NR = wp.shape[1], wp.shape[2]
     zero = np.float32(0)
-    for i in range(bounds.shape[0]):
-        r0, r1 = bounds[i, 0], bounds[i, 1]
-        for p in range(starts[i + 1] - starts[i]):
-            panel = wp[starts[i] + p]
-            for k0 in range(0, K, 16):
-                k1 = min(k0 + 16, K)
-                for c in range(NR):
-                    r = r0 + p * NR + c
-                    if r < r1:
-                        row = w[r]
-                        for k in range(k0, k1):
-                            panel[k, c] = row[k]
-                    else:
-                        for k in range(k0, k1):
-                            panel[k, c] = zero
+    i = owner[gp]
+    lo, hi = bounds[i, 0], bounds[i, 1]
+    p = gp - starts[i]
+    panel = wp[gp]
+    if columns:
+        for k in range(K):
+            for c in range(NR):
+                j = lo + p * NR + c
+                panel[k, c] = w[k, j] if j < hi else zero
+        return
+    for k0 in range(0, K, 16):
+        k1 = min(k0 + 16, K)
+        for c in range(NR):
+            r = lo + p * NR + c
+            if r < hi:
+                row = w[r]
+                for k in range(k0, k1):
+                    panel[k, c] = row[k]
+            else:
+                for k in range(k0, k1):
+                    panel[k, c] = zero
 
 
 @jit()
-def _pack_columns(w, wp):
-    """``wp[p, k, c] = w[k, p*NR + c]``, zero past the last column."""
-    K, N = w.shape
-    NR = wp.shape[2]
-    zero = np.float32(0)
-    for p in range(wp.shape[0]):
-        for k in range(K):
-            for c in range(NR):
-                j = p * NR + c
-                wp[p, k, c] = w[k, j] if j < N else zero
+def _pack_all(w, columns, bounds, starts, owner, wp):
+    for gp in range(wp.shape[0]):
+        _pack_panel(w, columns, bounds, starts, owner, wp, gp)
+
+
+@jit(parallel=True)
+def _pack_all_parallel(w, columns, bounds, starts, owner, wp):
+    for gp in prange(wp.shape[0]):
+        _pack_panel(w, columns, bounds, starts, owner, wp, gp)
 
 
 def _tile(rows):
