@@ -18,7 +18,7 @@ from numba import prange
 from ._fpu import flush_denormals, restore
 from ._gemm import gemm_packed
 from ._jit import jit
-from ._math import GRU, LSTM, RNN_RELU, RNN_TANH, copy, rnn_activation, sigmoid, tanh
+from ._math import GRU, LSTM, copy, rnn_activation, rnn_activation_grad, sigmoid, tanh
 
 # float32 literals: a Python float in a float32 loop would promote it to float64. In float64
 # kernels they widen exactly.
@@ -168,15 +168,9 @@ def backward_loop(cell, w_packed, dy, dh_n, dc_n, c0, lengths, reverse, chunks,
                         gh[2 * H + j] = gx[2 * H + j] * ar[j]
                     for j in range(H):
                         direct[b, j] = dhb[j] * ar[H + j]
-                elif cell == RNN_TANH:
-                    for j in range(H):
-                        gh[j] = dhb[j] * (ONE - ar[j] * ar[j])
-                elif cell == RNN_RELU:
-                    for j in range(H):
-                        gh[j] = dhb[j] if ar[j] > ZERO else ZERO
                 else:
                     for j in range(H):
-                        gh[j] = dhb[j] * ar[j] * (ONE - ar[j])
+                        gh[j] = rnn_activation_grad(cell, dhb[j], ar[j])
             gemm_packed(dgh[t], r0, r1, w_packed, dhp)
             for b in range(r0, r1):
                 if t < lengths[b]:

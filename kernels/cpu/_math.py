@@ -92,6 +92,25 @@ def _rnn_activation_impl(cell, x):
     return impl
 
 
+def rnn_activation_grad(cell, dh, a):
+    """``dh`` times the derivative of :func:`rnn_activation` at the point where it gave
+    ``a``."""
+    raise NotImplementedError
+
+
+@overload(rnn_activation_grad, inline="always", jit_options=OPTIONS)
+def _rnn_activation_grad_impl(cell, dh, a):
+    zero, one = np.float32(0), np.float32(1)
+
+    def impl(cell, dh, a):
+        if cell == RNN_TANH:
+            return dh * (one - a * a)
+        if cell == RNN_RELU:
+            return dh if a > zero else zero
+        return dh * a * (one - a)
+    return impl
+
+
 @jit()
 def copy(dst, src):
     """``dst[:] = src`` for 1-D arrays of one length, as a plain loop: Numba's slice

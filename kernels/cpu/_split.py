@@ -23,7 +23,7 @@ from numba import prange
 from ._fpu import flush_denormals, restore
 from ._gemm import gemm_panels, matvec
 from ._jit import jit
-from ._math import GRU, LSTM, RNN_RELU, RNN_TANH, copy, rnn_activation, sigmoid, tanh
+from ._math import GRU, LSTM, copy, rnn_activation, rnn_activation_grad, sigmoid, tanh
 from ._sync import PARALLEL, barrier, start
 
 ONE = np.float32(1)
@@ -202,15 +202,8 @@ def _units_grad(cell, t, first, tp, u0, u1, dy, dh, dc, c0, lengths, acts, h_pre
                 db[j] = dhb[j] * az[j]
         else:
             aq, gq = ar[u0:u1], gh[u0:u1]
-            if cell == RNN_TANH:
-                for j in range(n):
-                    gq[j] = dhb[j] * (ONE - aq[j] * aq[j])
-            elif cell == RNN_RELU:
-                for j in range(n):
-                    gq[j] = dhb[j] if aq[j] > ZERO else ZERO
-            else:
-                for j in range(n):
-                    gq[j] = dhb[j] * aq[j] * (ONE - aq[j])
+            for j in range(n):
+                gq[j] = rnn_activation_grad(cell, dhb[j], aq[j])
 
 
 @jit(parallel=True)
