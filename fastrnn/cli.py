@@ -38,8 +38,11 @@ def info_lines():
         lines.append(f"  {name:6s} ({rep['array_module']} arrays) {state}")
     if backends()["cpu"]["available"]:
         from .kernels import cpu
-        cpus = cpu.pinned_cpus()
-        pins = f"pinned to CPUs {','.join(map(str, cpus))}" if cpus else "not pinned"
+        try:
+            cpus = cpu.pinned_cpus()
+            pins = f"pinned to CPUs {','.join(map(str, cpus))}" if cpus else "not pinned"
+        except ValueError as err:  # a bad FASTRNN_PIN_THREADS: say so, as calls will
+            pins = f"pinning: {err}"
         lines.append(f"cpu backend: {cpu.num_threads()} threads (NUMBA_NUM_THREADS), {pins}, "
                      f"compiled-kernel cache: {cpu.cache_dir() or 'none (not writable)'}")
     lines.append(f"gpu: {_gpu_line()}")

@@ -1,5 +1,6 @@
 """The installed ``fastrnn`` command and the installed package layout."""
 
+import os
 import subprocess
 import sys
 
@@ -13,6 +14,14 @@ def test_info_lists_versions_and_backends():
     for name, rep in fastrnn.backends().items():
         line = next(l for l in out.splitlines() if l.startswith(f"  {name} "))
         assert ("available" in line) and (rep["available"] or rep["reason"] in line)
+
+
+def test_info_names_a_bad_pinning_setting_instead_of_failing():
+    env = dict(os.environ, FASTRNN_PIN_THREADS="yes")
+    out = subprocess.run([sys.executable, "-m", "fastrnn.cli", "info"], check=True, env=env,
+                         capture_output=True, text=True).stdout
+    if fastrnn.backends()["cpu"]["available"]:
+        assert "FASTRNN_PIN_THREADS must be '0'" in out and "got 'yes'" in out
 
 
 def test_kernels_are_the_fastrnn_kernels_subpackage():

@@ -139,8 +139,9 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training
     c_all = empty((steps if spec.has_cell_state else 1, B, H), dt)
     hn_all = empty((steps if spec.name == "gru" else 1, B, H), dt)
     if units is None:
-        forward_loop(CELL_IDS[spec.name], xg, np.ascontiguousarray(x), wx, b_ih_,
-                     b_ih_ + b_hh_, pack(w_hh, transpose=True), b_hh_, np.ascontiguousarray(h0),
+        x_steps = np.ascontiguousarray(x) if fuse else xg  # read by the loop only when fused
+        forward_loop(CELL_IDS[spec.name], xg, x_steps, wx, b_ih_, b_ih_ + b_hh_,
+                     pack(w_hh, transpose=True), b_hh_, np.ascontiguousarray(h0),
                      np.ascontiguousarray(c0_), lens, reverse, _chunks(T, B, GH, H), y, h_n,
                      c_n, acts, h_prev, c_all, hn_all)
     else:

@@ -3,7 +3,7 @@
 Measured on a 2-vCPU guest: a thread woken by another is often placed on the waker's CPU
 (the scheduler's wake-affine heuristic) and stays there for milliseconds while the other
 CPU idles, so a call split over two threads ran no faster than one thread, or slower (a
-split GEMM after 10 ms idle: 4.2 ms, 1.7 ms pinned, 2.7 ms on one thread). So the
+split GEMM after 10 ms idle: 4.2 ms, 1.7-2.4 ms pinned, 2.7 ms on one thread). So the
 kernels' helper threads - Numba's workers and the GEMM pool - are pinned once, each to its
 own CPU of the process's allowed set, and the calling thread is held on the remaining one
 for the duration of a multi-threaded call, then given back its own affinity.
@@ -25,7 +25,7 @@ from numba import prange
 from ._jit import jit
 from ._sync import set_thread_affinity
 
-_ENABLED = os.environ.get("FASTRNN_PIN_THREADS", "1") != "0" and hasattr(os, "sched_setaffinity")
+_SETTINGS = {"1": True, "0": False}
 _pinned_team = None
 _owner = None  # the Python thread whose calls are pinned
 _owner_lock = threading.Lock()
@@ -56,10 +56,19 @@ def _mask(cpu):
     return words
 
 
+def _enabled():
+    """FASTRNN_PIN_THREADS: "1" (the default) or "0"; anything else is an error."""
+    value = os.environ.get("FASTRNN_PIN_THREADS", "1")
+    if value not in _SETTINGS:
+        raise ValueError(f"FASTRNN_PIN_THREADS must be '0' (leave thread placement to the "
+                         f"OS) or '1' (pin the cpu backend's threads), got {value!r}")
+    return _SETTINGS[value] and hasattr(os, "sched_setaffinity")
+
+
 def plan(threads):
     """The CPU for each of ``threads`` threads (index 0: the caller), or None when the
     process may not use that many CPUs or pinning is off."""
-    if not _ENABLED or threads < 2:
+    if not _enabled() or threads < 2:
         return None
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < threads:

@@ -79,8 +79,8 @@ def _pack(w, blocks, columns):
 def _pack_panel(w, columns, bounds, starts, owner, wp, gp):
     """Panel ``gp``: ``W``'s columns ``p*NR..`` of its block (``W = w[r0:r1].T`` for row
     blocks, ``w[:, j0:j1]`` for column blocks), zero past the block's end. Row blocks walk
-    ``k`` in blocks of 16 so that reads and writes both stay in a few cache lines (3x
-    faster than a whole row at a time)."""
+    ``k`` in blocks of 16 so that reads and writes both stay in a few cache lines (4 MB on
+    one thread: 0.9 ms, against 1.5 ms a whole row at a time)."""
     K, NR = wp.shape[1], wp.shape[2]
     zero = np.float32(0)
     i = owner[gp]

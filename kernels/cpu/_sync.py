@@ -69,12 +69,14 @@ def atomic_cas(typingctx, arr, idx, expected, new):
     return sig, codegen
 
 
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or None)
+
+
 def _register_libc(name):
     """Make a libc function callable by name from compiled (and cached) code. A libc
     without it (sched_setaffinity outside Linux) is skipped: nothing that calls it is
     compiled there (:mod:`._affinity` pins only where ``os.sched_setaffinity`` exists)."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
-    fn = getattr(libc, name, None)
+    fn = getattr(_LIBC, name, None)
     if fn is not None:
         _ll.add_symbol(name, ctypes.cast(fn, ctypes.c_void_p).value)
 
