@@ -94,21 +94,14 @@ def _get_pool(n):
     return _pool
 
 
-def _pin_self(cpus, lock):
-    with lock:
-        cpu = cpus.pop(0) if cpus else None
-    if cpu is not None:
-        os.sched_setaffinity(0, {cpu})
-
-
 def pin_pool(cpus):
     """Pin the pool's threads, one to each of ``cpus`` (see :mod:`._affinity`)."""
     pool = _get_pool(len(cpus))
-    todo, lock, barrier = list(cpus), threading.Lock(), threading.Barrier(len(cpus))
+    todo, barrier = list(cpus), threading.Barrier(len(cpus))
 
     def pin():
-        _pin_self(todo, lock)
-        barrier.wait()  # every thread takes exactly one task
+        os.sched_setaffinity(0, {todo.pop()})  # (list.pop is atomic)
+        barrier.wait()  # so that every thread takes exactly one task
     for f in [pool.submit(pin) for _ in cpus]:
         f.result()
 
