@@ -17,7 +17,7 @@ from numba import prange
 
 from ._fpu import flush_denormals, restore
 from ._gemm import gemm_packed
-from ._jit import jit
+from ._jit import jit, wide_vectors
 from ._math import GRU, LSTM, copy, rnn_activation, rnn_activation_grad, sigmoid, tanh
 
 # float32 literals: a Python float in a float32 loop would promote it to float64. In float64
@@ -45,6 +45,7 @@ def forward_loop(cell, xg, x, wx_packed, b_ih, b_gates, w_packed, b_hh, h0, c0, 
     fused = xg.shape[0] == 0
     keep = acts.shape[0] == T
     for ci in prange(chunks.size - 1):
+        wide_vectors()
         fpu = flush_denormals()
         r0, r1 = chunks[ci], chunks[ci + 1]
         h = h0.copy()  # each thread reads and writes only its rows
@@ -57,8 +58,8 @@ def forward_loop(cell, xg, x, wx_packed, b_ih, b_gates, w_packed, b_hh, h0, c0, 
             for b in range(r0, r1):
                 copy(h_prev[ts, b], h[b])
             if fused:
-                gemm_packed(x[t], r0, r1, wx_packed, xs)
-            gemm_packed(h, r0, r1, w_packed, hg)
+                gemm_packed(x[t], r0, r1, wx_packed, xs, s)
+            gemm_packed(h, r0, r1, w_packed, hg, s)
             for b in range(r0, r1):
                 if t >= lengths[b]:
                     for j in range(H):  # (explicit loops: a slice fill inside prange
@@ -115,6 +116,7 @@ def backward_loop(cell, w_packed, dy, dh_n, dc_n, c0, lengths, reverse, chunks,
     H = dh_n.shape[1]
     P, _, NR = w_packed.shape
     for ci in prange(chunks.size - 1):
+        wide_vectors()
         fpu = flush_denormals()
         r0, r1 = chunks[ci], chunks[ci + 1]
         dh = dh_n.copy()
@@ -171,7 +173,7 @@ def backward_loop(cell, w_packed, dy, dh_n, dc_n, c0, lengths, reverse, chunks,
                 else:
                     for j in range(H):
                         gh[j] = rnn_activation_grad(cell, dhb[j], ar[j])
-            gemm_packed(dgh[t], r0, r1, w_packed, dhp)
+            gemm_packed(dgh[t], r0, r1, w_packed, dhp, s)
             for b in range(r0, r1):
                 if t < lengths[b]:
                     for j in range(H):

@@ -47,7 +47,7 @@ def _units_step(cell, t, ts, q, u0, u1, xg, w_hh, wp, starts, b_hh, cur, nxt, c,
         for g in range(G):
             matvec(cur, 0, B, w_hh, g * H + u0, g * H + u1, hg)
     else:
-        gemm_panels(cur, 0, B, wp, starts[q * G], starts[q * G + G], hg)
+        gemm_panels(cur, 0, B, wp, starts[q * G], starts[q * G + G], hg, t)
     for b in range(B):
         hc, hx = cur[b, u0:u1], nxt[b, u0:u1]
         copy(h_prev[ts, b, u0:u1], hc)
@@ -234,7 +234,7 @@ def backward_loop_split(cell, wp, starts, dy, dh, dc, c0, lengths, reverse, unit
                 if meet:
                     barrier(sync, P, s + 1)  # every unit's gate gradients are in dgh[t]
                 for q in range(q0, q1):
-                    gemm_panels(dgh[t], 0, B, wp, starts[q], starts[q + 1], dhp)
+                    gemm_panels(dgh[t], 0, B, wp, starts[q], starts[q + 1], dhp, t)
                     u0, col = units[q], starts[q] * NR
                     for b in range(B):
                         if t < lengths[b]:
