@@ -4,9 +4,9 @@ Per layer and direction: the input projection of all ``T*B`` rows is one BLAS GE
 when the weights are small, computed step by step inside the loop, where it stays in
 cache); the whole time loop runs in compiled code (:mod:`._loops`), threads split the
 batch - or, for batches of 1-2 rows and for large ``w_hh`` at moderate batch, the hidden
-units (:mod:`._split`); backward walks time in reverse in compiled code, then ``dx``,
-``dw_ih``, ``dw_hh`` and the bias gradients are single GEMMs / reductions over all ``T*B``
-rows. The threads of a call are pinned to distinct CPUs (:mod:`._affinity`).
+units (:mod:`._split`); backward walks time in reverse in compiled code, summing the bias
+gradients as it goes, then ``dx``, ``dw_ih`` and ``dw_hh`` are single GEMMs over all
+``T*B`` rows. The threads of a call are pinned to distinct CPUs (:mod:`._affinity`).
 """
 
 import numpy as np
@@ -186,12 +186,15 @@ def _backward(cell, saved, dy, dh_n, dc_n):
     if units is None:
         dh0 = np.empty((B, H), dt)
         dc0 = np.empty((B, H), dt)
+        chunks = _chunks(T, B, GH, H)
+        db = np.zeros((chunks.size - 1, GH + H), dt)
         backward_loop(CELL_IDS[spec.name], pack(w_hh, transpose=False),
                       np.ascontiguousarray(dy), dh_n, dc_n, saved["c0"], saved["lens"],
-                      saved["reverse"], _chunks(T, B, GH, H), saved["acts"],
-                      saved["h_prev"], saved["c_all"], saved["hn_all"], dgx, dgh, dh0, dc0)
+                      saved["reverse"], chunks, saved["acts"], saved["h_prev"],
+                      saved["c_all"], saved["hn_all"], dgx, dgh, dh0, dc0, db)
     else:
         dh0, dc0 = dh_n.copy(), dc_n.copy()
+        db = np.zeros((1, GH + H), dt)
         wp, starts = pack_column_blocks(w_hh, [(units[q], units[q + 1])
                                                for q in range(units.size - 1)])
         backward_loop_split(CELL_IDS[spec.name], wp, starts, np.ascontiguousarray(dy), dh0,
@@ -199,8 +202,14 @@ def _backward(cell, saved, dy, dh_n, dc_n):
                             np.zeros(3, np.int64), saved["acts"], saved["h_prev"],
                             saved["c_all"], saved["hn_all"], dgx, dgh,
                             np.empty((B, starts[-1] * panel_width(dt)), dt),
-                            np.zeros((B, H), dt))
-    dx, dw_ih, dw_hh, db_ih, db_hh = input_and_weight_grads(
-        np, matmul, dgx, dgh, x, saved["h_prev"], w_ih, saved["has_bias"], spec.name == "gru",
-        empty)
+                            np.zeros((B, H), dt), db)
+    # (the loops summed the bias gradients: the shared helper gets has_bias=False)
+    dx, dw_ih, dw_hh, _, _ = input_and_weight_grads(
+        np, matmul, dgx, dgh, x, saved["h_prev"], w_ih, False, spec.name == "gru", empty)
+    db_ih = db_hh = None
+    if saved["has_bias"]:
+        sums = db.sum(axis=0)
+        db_ih, db_hh = sums[:GH].copy(), sums[:GH].copy()
+        if spec.name == "gru":  # b_hn sits inside r * (.): its gradient is dgh's n block
+            db_hh[2 * H:] = sums[GH:]
     return dx, dh0, (dc0 if spec.has_cell_state else None), dw_ih, dw_hh, db_ih, db_hh

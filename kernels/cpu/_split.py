@@ -141,9 +141,10 @@ def forward_loop_split(cell, xg, w_hh, wp, starts, b_hh, hbuf, c, hg, lengths, r
 
 @jit()
 def _units_grad(cell, t, first, tp, u0, u1, dy, dh, dc, c0, lengths, acts, h_prev, c_all,
-                hn_all, dgx, dgh, direct, tc):
+                hn_all, dgx, dgh, direct, tc, db):
     """The gate gradients of step ``t`` for hidden units ``[u0, u1)`` of every row (the
-    pointwise part of :func:`._loops.backward_loop`, restricted to these units)."""
+    pointwise part of :func:`._loops.backward_loop`, restricted to these units), added
+    into the bias sums ``db [G*H + H]`` at these units' columns."""
     B = dh.shape[0]
     H = dh.shape[1]
     G = dgh.shape[2] // H
@@ -197,22 +198,31 @@ def _units_grad(cell, t, first, tp, u0, u1, dy, dh, dc, c0, lengths, acts, h_pre
                 hz[j] = xz[j]
             for j in range(n):
                 hn_[j] = xn[j] * ar_[j]
-            db = direct[b, u0:u1]
+            dr = direct[b, u0:u1]
             for j in range(n):
-                db[j] = dhb[j] * az[j]
+                dr[j] = dhb[j] * az[j]
+            dbn = db[G * H + u0:G * H + u1]
+            for j in range(n):
+                dbn[j] += hn_[j]
         else:
             aq, gq = ar[u0:u1], gh[u0:u1]
             for j in range(n):
                 gq[j] = rnn_activation_grad(cell, dhb[j], aq[j])
+        for g in range(G):
+            dbg, xg_ = db[g * H + u0:g * H + u1], gx[g * H + u0:g * H + u1]
+            for j in range(n):
+                dbg[j] += xg_[j]
 
 
 @jit(parallel=True)
 def backward_loop_split(cell, wp, starts, dy, dh, dc, c0, lengths, reverse, units, sync,
-                        acts, h_prev, c_all, hn_all, dgx, dgh, dhp, direct):
+                        acts, h_prev, c_all, hn_all, dgx, dgh, dhp, direct, db):
     """Same results as :func:`._loops.backward_loop`. ``dh``, ``dc`` hold ``dh_n``,
     ``dc_n`` and end as ``dh0``, ``dc0``; ``wp``/``starts``: column block ``q`` of
     ``w_hh`` (unit block ``q``) packed by :func:`._gemm.pack_column_blocks`; ``dhp`` is
-    scratch for the products, ``direct [B,H]`` zeroed scratch (the GRU's ``z * dh``)."""
+    scratch for the products, ``direct [B,H]`` zeroed scratch (the GRU's ``z * dh``);
+    ``db [1, G*H + H]`` (zeroed) receives the bias sums as in :func:`._loops.backward_loop`
+    (each thread adds only its units' columns)."""
     T = dgh.shape[0]
     B = dh.shape[0]
     P = units.size - 1
@@ -230,7 +240,8 @@ def backward_loop_split(cell, wp, starts, dy, dh, dc, c0, lengths, reverse, unit
                 tp = t + 1 if reverse else t - 1
                 for q in range(q0, q1):
                     _units_grad(cell, t, first, tp, units[q], units[q + 1], dy, dh, dc, c0,
-                                lengths, acts, h_prev, c_all, hn_all, dgx, dgh, direct, tc)
+                                lengths, acts, h_prev, c_all, hn_all, dgx, dgh, direct, tc,
+                                db[0])
                 if meet:
                     barrier(sync, P, s + 1)  # every unit's gate gradients are in dgh[t]
                 for q in range(q0, q1):
