@@ -55,8 +55,9 @@ def forward_loop(cell, xg, x, wx_packed, b_ih, b_gates, w_packed, b_hh, h0, c0, 
         for s in range(T):
             t = T - 1 - s if reverse else s
             ts = t if keep else 0
-            for b in range(r0, r1):
-                copy(h_prev[ts, b], h[b])
+            if keep:  # (not when inferring: nothing reads it)
+                for b in range(r0, r1):
+                    copy(h_prev[ts, b], h[b])
             if fused:
                 gemm_packed(x[t], r0, r1, wx_packed, xs, s)
             gemm_packed(h, r0, r1, w_packed, hg, s)
