@@ -142,7 +142,9 @@ def backward_loop(cell, w_packed, dy, dh_n, dc_n, c0, lengths, reverse, chunks,
                         gx[j] = ZERO     # passes through unchanged
                         gh[j] = ZERO
                     continue
-                dhb += dy[t, b]  # now the total gradient reaching this step's h
+                dyb = dy[t, b]
+                for j in range(H):  # (a plain loop: the array expression was slower)
+                    dhb[j] += dyb[j]  # now the total gradient reaching this step's h
                 if cell == LSTM:
                     dcb, cr = dc[b], c_all[t, b]
                     cp = c0[b] if first else c_all[tp, b]
