@@ -145,8 +145,6 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training
                      np.ascontiguousarray(c0_), lens, reverse, _chunks(T, B, GH, H), y, h_n,
                      c_n, acts, h_prev, c_all, hn_all)
     else:
-        if b_ih is not None:
-            xg += b_ih
         hbuf = np.empty((2, B, H), dt)
         hbuf[0] = h0
         c_n[...] = c0_
@@ -161,8 +159,8 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training
                                             for q in range(units.size - 1) for g in range(G)])
             hg = np.empty((B, starts[-1] * panel_width(dt)), dt)
         forward_loop_split(CELL_IDS[spec.name], xg, np.ascontiguousarray(w_hh), wp, starts,
-                           b_hh_, hbuf, c_n, hg, lens, reverse, units, np.zeros(3, np.int64),
-                           y, acts, h_prev, c_all, hn_all)
+                           b_ih_, b_ih_ + b_hh_, b_hh_, hbuf, c_n, hg, lens, reverse, units,
+                           np.zeros(3, np.int64), y, acts, h_prev, c_all, hn_all)
         h_n[...] = hbuf[T % 2]
     saved = None
     if training:

@@ -31,8 +31,8 @@ ZERO = np.float32(0)
 
 
 @jit()
-def _units_step(cell, t, ts, q, u0, u1, xg, w_hh, wp, starts, b_hh, cur, nxt, c, hg,
-                lengths, y, acts, h_prev, c_all, hn_all):
+def _units_step(cell, t, ts, q, u0, u1, xg, w_hh, wp, starts, b_ih, b_gates, b_hh, cur, nxt,
+                c, hg, lengths, y, acts, h_prev, c_all, hn_all):
     """Step ``t`` for hidden units ``[u0, u1)`` (block ``q``) of every row: read ``cur``,
     write ``nxt``. The recurrent products come from :func:`._gemm.matvec` on ``w_hh`` when
     ``wp`` is empty (columns as in ``w_hh``), else from the panels of ``wp`` (gate ``g`` of
@@ -65,7 +65,7 @@ def _units_step(cell, t, ts, q, u0, u1, xg, w_hh, wp, starts, b_hh, cur, nxt, c,
                 o = g * H
                 cg = g * H + u0 if rowdot else starts[q * G + g] * NR
                 gq, xq, bq, aq = gr[cg:cg + n], xr[o + u0:o + u1], \
-                    b_hh[o + u0:o + u1], ar[o + u0:o + u1]
+                    b_gates[o + u0:o + u1], ar[o + u0:o + u1]
                 if g == 2:
                     for j in range(u1 - u0):
                         aq[j] = tanh(gq[j] + xq[j] + bq[j])
@@ -85,7 +85,7 @@ def _units_step(cell, t, ts, q, u0, u1, xg, w_hh, wp, starts, b_hh, cur, nxt, c,
                 o = g * H
                 cg = g * H + u0 if rowdot else starts[q * G + g] * NR
                 gq, xq, bq, aq = gr[cg:cg + n], xr[o + u0:o + u1], \
-                    b_hh[o + u0:o + u1], ar[o + u0:o + u1]
+                    b_gates[o + u0:o + u1], ar[o + u0:o + u1]
                 for j in range(u1 - u0):
                     aq[j] = sigmoid(gq[j] + xq[j] + bq[j])
             o = 2 * H
@@ -95,14 +95,17 @@ def _units_step(cell, t, ts, q, u0, u1, xg, w_hh, wp, starts, b_hh, cur, nxt, c,
             for j in range(u1 - u0):  # W_hn h + b_hn, kept for backward
                 hn[j] = gq[j] + bq[j]
             ar_, xq, an = ar[u0:u1], xr[o + u0:o + u1], ar[o + u0:o + u1]
+            bi = b_ih[o + u0:o + u1]
+            for j in range(u1 - u0):
+                an[j] = xq[j] + bi[j]
             for j in range(u1 - u0):  # n
-                an[j] = tanh(xq[j] + ar_[j] * hn[j])
+                an[j] = tanh(an[j] + ar_[j] * hn[j])
             az = ar[H + u0:H + u1]
             for j in range(u1 - u0):
                 hx[j] = an[j] + az[j] * (hc[j] - an[j])
         else:
             cg = u0 if rowdot else starts[q] * NR
-            gq, xq, bq, aq = gr[cg:cg + n], xr[u0:u1], b_hh[u0:u1], ar[u0:u1]
+            gq, xq, bq, aq = gr[cg:cg + n], xr[u0:u1], b_gates[u0:u1], ar[u0:u1]
             for j in range(u1 - u0):
                 aq[j] = rnn_activation(cell, gq[j] + xq[j] + bq[j])
             copy(hx, aq)
@@ -110,13 +113,14 @@ def _units_step(cell, t, ts, q, u0, u1, xg, w_hh, wp, starts, b_hh, cur, nxt, c,
 
 
 @jit(parallel=True)
-def forward_loop_split(cell, xg, w_hh, wp, starts, b_hh, hbuf, c, hg, lengths, reverse,
-                       units, sync, y, acts, h_prev, c_all, hn_all):
+def forward_loop_split(cell, xg, w_hh, wp, starts, b_ih, b_gates, b_hh, hbuf, c, hg, lengths,
+                       reverse, units, sync, y, acts, h_prev, c_all, hn_all):
     """Same results as :func:`._loops.forward_loop`. ``units [P+1]``: the unit blocks of the
     ``P`` threads; ``hbuf [2,B,H]`` holds ``h0`` in slot 0 and ends with ``h_n`` in slot
     ``T % 2``; ``c`` holds ``c0`` and ends as ``c_n``; ``w_hh`` or ``wp``/``starts``: the
-    weights (see :func:`_units_step`); ``hg`` is scratch for the products; ``sync`` is a
-    zeroed ``int64 [3]``."""
+    weights (see :func:`_units_step`); ``xg`` is the input projection without bias: the
+    biases enter in the gate passes as in :func:`._loops.forward_loop` (``b_gates = b_ih +
+    b_hh``); ``hg`` is scratch for the products; ``sync`` is a zeroed ``int64 [3]``."""
     T = xg.shape[0]
     P = units.size - 1
     keep = acts.shape[0] == T
@@ -132,8 +136,8 @@ def forward_loop_split(cell, xg, w_hh, wp, starts, b_hh, hbuf, c, hg, lengths, r
                 cur, nxt = hbuf[s % 2], hbuf[1 - s % 2]
                 for q in range(q0, q1):
                     _units_step(cell, t, ts, q, units[q], units[q + 1], xg, w_hh, wp,
-                                starts, b_hh, cur, nxt, c, hg, lengths, y, acts, h_prev,
-                                c_all, hn_all)
+                                starts, b_ih, b_gates, b_hh, cur, nxt, c, hg, lengths, y,
+                                acts, h_prev, c_all, hn_all)
                 if meet:
                     barrier(sync, P, s + 1)
         restore(fpu)
