@@ -302,4 +302,3 @@ def matvec(a, r0, r1, w, j0, j1, out):
         while j < j1:
             _d1(a, r * lda, w, j * ldw, ldw, out, r * ldo + j, K)
             j += 1
-
