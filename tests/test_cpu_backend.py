@@ -164,35 +164,6 @@ def test_small_batches_split_the_units_and_match_the_reference(cell, dtype, B, m
         assert calls.count("backward_loop_split") == 4
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
-@pytest.mark.parametrize("forward_split", [True, False])
-def test_backward_repacks_when_the_split_changed_since_forward(cell, forward_split,
-                                                               monkeypatch):
-    """A training forward packs w_hh for backward as its split wants; if backward decides
-    otherwise (the thread setting changed in between), it packs again and stays right."""
-    from fastrnn.kernels import cpu
-    H, B, T = 64, 5, 7
-    G = {"lstm": 4, "gru": 3}[cell]
-    split = np.asarray([0, 48, H], np.int64)  # (not at a panel edge: the layouts differ)
-    x, weights, h0, c0 = random_problem(cell, T, B, 6, H, 1, 1, np.float32, seed=7)
-    decide = {"forward": split if forward_split else None}
-    monkeypatch.setattr(cpu, "_unit_split", lambda *a: decide["forward"])
-    got = F.rnn(cell, x, weights, h0, c0, backend="cpu", lengths=[7, 3, 7, 1, 5])
-    packed_for, _ = got[3]["saved"][0]["w_hh_packed"]
-    assert (packed_for is not None) == forward_split
-    decide["forward"] = None if forward_split else split  # backward sees the other split
-    want = F.rnn(cell, x, weights, h0, c0, backend="numpy", lengths=[7, 3, 7, 1, 5])
-    dy = np.random.default_rng(2).standard_normal(got[0].shape).astype(np.float32)
-    g_grads, w_grads = F.rnn_backward(got[3], dy), F.rnn_backward(want[3], dy)
-    for g, w in zip(g_grads[:3], w_grads[:3]):
-        if w is not None:
-            assert_close(g, w, np.float32, "state/input gradient")
-    for gl, wl in zip(g_grads[3], w_grads[3]):
-        for g, w in zip(gl, wl):
-            assert_close(g, w, np.float32, "weight gradient")
-    assert weights[0][1].shape == (G * H, H)
-
-
 def test_split_path_survives_serialised_threads(monkeypatch):
     """If Numba runs both unit blocks on one thread, that thread does all of them."""
     import numba

@@ -114,23 +114,6 @@ def backward(cell, saved, dy, dh_n, dc_n):
         restore(fpu)
 
 
-def _backward_weights(w_hh, units):
-    """``(wp, starts)``: ``w_hh`` packed for the backward loops, whole (batch split, no
-    ``starts``) or by the column blocks of ``units`` (unit split). A training forward packs
-    them while ``w_hh`` is in cache and keeps them for backward: packing them in backward,
-    after the large GEMMs have evicted ``w_hh``, took 0.97 ms against 0.42 (C5's 4 MB)."""
-    if units is None:
-        return pack(w_hh, transpose=False), None
-    return pack_column_blocks(w_hh, [(units[q], units[q + 1]) for q in range(units.size - 1)])
-
-
-def _same_split(a, b):
-    """Whether two results of :func:`_unit_split` are the same split."""
-    if a is None or b is None:
-        return a is b
-    return np.array_equal(a, b)
-
-
 def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training):
     spec = get_cell(cell)
     T, B, I = x.shape
@@ -157,10 +140,8 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training
     hn_all = empty((steps if spec.name == "gru" else 1, B, H), dt)
     if units is None:
         x_steps = np.ascontiguousarray(x) if fuse else xg  # read by the loop only when fused
-        wf = pack(w_hh, transpose=True)
-        wb = _backward_weights(w_hh, units) if training else None  # (w_hh is in cache now)
         forward_loop(CELL_IDS[spec.name], xg, x_steps, wx, b_ih_, b_ih_ + b_hh_,
-                     wf, b_hh_, np.ascontiguousarray(h0),
+                     pack(w_hh, transpose=True), b_hh_, np.ascontiguousarray(h0),
                      np.ascontiguousarray(c0_), lens, reverse, _chunks(T, B, GH, H), y, h_n,
                      c_n, acts, h_prev, c_all, hn_all)
     else:
@@ -177,7 +158,6 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training
             wp, starts = pack_blocks(w_hh, [(g * H + units[q], g * H + units[q + 1])
                                             for q in range(units.size - 1) for g in range(G)])
             hg = np.empty((B, starts[-1] * panel_width(dt)), dt)
-        wb = _backward_weights(w_hh, units) if training else None
         forward_loop_split(CELL_IDS[spec.name], xg, np.ascontiguousarray(w_hh), wp, starts,
                            b_ih_, b_ih_ + b_hh_, b_hh_, hbuf, c_n, hg, lens, reverse, units,
                            np.zeros(3, np.int64), y, acts, h_prev, c_all, hn_all)
@@ -186,7 +166,7 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training
     if training:
         saved = dict(x=x, w_ih=w_ih, w_hh=w_hh, has_bias=b_ih is not None, lens=lens,
                      reverse=reverse, acts=acts, h_prev=h_prev, c_all=c_all, hn_all=hn_all,
-                     c0=c0_, w_hh_packed=(units, wb))
+                     c0=c0_)
     return y, h_n, (c_n if spec.has_cell_state else None), saved
 
 
@@ -201,21 +181,20 @@ def _backward(cell, saved, dy, dh_n, dc_n):
     dgh = empty((T, B, GH), dt)  # the loop writes every step, padding included
     dgx = empty((T, B, GH), dt) if spec.name == "gru" else dgh
     units = _unit_split(T, B, GH, H, dt.itemsize)
-    packed_for, (wp, starts) = saved["w_hh_packed"]
-    if not _same_split(units, packed_for):  # (the thread setting changed since forward)
-        wp, starts = _backward_weights(w_hh, units)
     if units is None:
         dh0 = np.empty((B, H), dt)
         dc0 = np.empty((B, H), dt)
         chunks = _chunks(T, B, GH, H)
         db = np.zeros((chunks.size - 1, GH + H), dt)
-        backward_loop(CELL_IDS[spec.name], wp,
+        backward_loop(CELL_IDS[spec.name], pack(w_hh, transpose=False),
                       np.ascontiguousarray(dy), dh_n, dc_n, saved["c0"], saved["lens"],
                       saved["reverse"], chunks, saved["acts"], saved["h_prev"],
                       saved["c_all"], saved["hn_all"], dgx, dgh, dh0, dc0, db)
     else:
         dh0, dc0 = dh_n.copy(), dc_n.copy()
         db = np.zeros((1, GH + H), dt)
+        wp, starts = pack_column_blocks(w_hh, [(units[q], units[q + 1])
+                                               for q in range(units.size - 1)])
         backward_loop_split(CELL_IDS[spec.name], wp, starts, np.ascontiguousarray(dy), dh0,
                             dc0, saved["c0"], saved["lens"], saved["reverse"], units,
                             np.zeros(3, np.int64), saved["acts"], saved["h_prev"],
