@@ -1,8 +1,8 @@
 """The ``cpu`` backend: Numba-compiled fused kernels behind the kernel contract.
 
 Per layer and direction: the input projection of all ``T*B`` rows is one BLAS GEMM (or,
-when the weights are small, computed step by step inside the loop, where it stays in
-cache); the whole time loop runs in compiled code (:mod:`._loops`), threads split the
+when the weights are small, computed inside the loop a few steps at a time, where it
+stays in cache); the whole time loop runs in compiled code (:mod:`._loops`), threads split the
 batch - or, for batches of 1-2 rows and for large ``w_hh`` at moderate batch, the hidden
 units (:mod:`._split`); backward walks time in reverse in compiled code, summing the bias
 gradients as it goes, then ``dx``, ``dw_ih`` and ``dw_hh`` are single GEMMs over all
@@ -78,8 +78,8 @@ def _unit_split(T, B, GH, H, itemsize=4):
     return np.asarray(bounds + [H], dtype=np.int64)
 
 
-# The batch-split forward computes the input projection step by step, inside the time
-# loop, when both weight matrices together are at most this size: measured (in-process
+# The batch-split forward computes the input projection inside the time loop (one product
+# every few steps, :data:`._loops.CHUNK`), when both weight matrices together are at most this size: measured (in-process
 # A/B, medians of 10) C8 4.90 -> 4.34 ms, C7's layers 34.8 -> 34.0 and 13.9 -> 13.1 ms;
 # with larger weights the one big GEMM before the loop wins (C2 32.8 vs 33.7 ms, C4 123 vs
 # 132, C6's second layer 97 vs 107).
@@ -87,7 +87,7 @@ _FUSE_MAX_BYTES = 512 * 1024
 
 
 def _fuse_projection(I, GH, H, itemsize):
-    """Whether the batch-split forward computes the input projection step by step."""
+    """Whether the batch-split forward computes the input projection inside the loop."""
     return (I + H) * GH * itemsize <= _FUSE_MAX_BYTES
 
 
