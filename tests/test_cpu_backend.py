@@ -238,6 +238,26 @@ def test_packed_gemm_matches_numpy_on_any_row_range(dtype, B, K, N, transpose, s
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("M,K,N", [(301, 17, 40),    # split by rows
+                                   (17, 40, 301),    # by columns
+                                   (9, 1001, 23)])   # along K, partial products summed
+@pytest.mark.parametrize("transposed", [False, True])  # a weight gradient's ``dg.T``
+def test_split_gemm_matches_numpy_whichever_way_it_splits(dtype, M, K, N, transposed,
+                                                           monkeypatch):
+    from fastrnn.kernels.cpu import _blas
+    monkeypatch.setattr(_blas, "_MIN_SPLIT_WORK", 0)  # split even these small products
+    rng = np.random.default_rng(M + K)
+    a = rng.standard_normal((K, M)).astype(dtype).T if transposed else \
+        rng.standard_normal((M, K)).astype(dtype)
+    b = rng.standard_normal((K, N)).astype(dtype)
+    out = np.full((M, N), np.nan, dtype)
+    with _blas.single_threaded_blas():
+        assert _blas.matmul(a, b, out) is out
+    assert_close(out, (a.astype(np.float64) @ b.astype(np.float64)).astype(dtype), dtype,
+                 "product")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("K", [256, 40])  # a whole number of vectors, and not (fallback)
 def test_matvec_matches_numpy_on_any_row_and_column_range(dtype, K):
     from fastrnn.kernels.cpu._gemm import matvec

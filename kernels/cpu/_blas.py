@@ -4,8 +4,8 @@ OpenBLAS's worker threads spin for about 2**28 cycles (~0.1 s) after every multi
 call. On a 2-core machine they then take half a core from the compiled time loop that runs
 next (measured: the LSTM forward loop of C2 took 23.6 ms after a threaded GEMM, 12.5 ms
 without). So during a kernel call NumPy's OpenBLAS is held at one thread, and a GEMM is split
-by output rows over a small pool of Python threads (NumPy releases the GIL in ``matmul``),
-whose idle threads sleep instead of spinning. The user's own thread setting is restored when
+(by output rows or columns, or along its inner dimension) over a small pool of Python
+threads (NumPy releases the GIL in ``matmul``), whose idle threads sleep instead of spinning. The user's own thread setting is restored when
 the call ends. Where NumPy's BLAS is not an OpenBLAS we can find, ``matmul`` is plain NumPy.
 """
 
@@ -106,20 +106,46 @@ def pin_pool(cpus):
         f.result()
 
 
+# A product whose inner dimension is at least this many times its longer outer one, with an
+# output of at most _MAX_K_SPLIT_OUT elements, is split along the inner dimension instead.
+_K_SPLIT_RATIO = 4
+_MAX_K_SPLIT_OUT = 1 << 20
+
+
 def matmul(a, b, out):
     """``out[:] = a @ b`` for 2-D arrays; ``out`` split into row or column blocks over the
-    threads, whichever dimension is longer.
+    threads, whichever dimension is longer - or, for a small output over a long inner
+    dimension (a weight gradient over many ``T*B`` rows), the inner dimension split and the
+    threads' partial products summed.
 
     Each thread's BLAS call packs all of the other operand, so a short dimension split two
     ways doubles the packing: C1's projection (150 x 256 by 256 x 1024) took 0.38 ms per
-    half split by rows, 0.29 split by columns, 0.57 on one thread.
+    half split by rows, 0.29 split by columns, 0.57 on one thread. Likewise C7's weight
+    gradients (128 x 20000 by 20000 x 344): 6.7 ms split by columns, 6.0 split along the
+    20000 (by 32 columns: 1.11 -> 0.89 ms); with K only 2-3 times M or N (C3, C4, C6) the
+    two splits tie or the inner one loses a little, and it needs an output-sized buffer.
     Call inside :func:`single_threaded_blas` so that each piece runs on one thread.
     """
     M, N = out.shape
-    threads = min(num_threads(), max(M, N))
-    if _OPENBLAS is None or threads < 2 or M * a.shape[1] * N < _MIN_SPLIT_WORK:
+    K = a.shape[1]
+    threads = min(num_threads(), max(M, N, K))
+    if _OPENBLAS is None or threads < 2 or M * K * N < _MIN_SPLIT_WORK:
         np.matmul(a, b, out=out)
         return out
+    if K >= _K_SPLIT_RATIO * max(M, N) and M * N <= _MAX_K_SPLIT_OUT:
+        bounds = [K * k // threads for k in range(threads + 1)]
+        partial = np.empty((threads - 1, M, N), out.dtype)
+        pool = _get_pool(num_threads() - 1)
+        futures = [pool.submit(np.matmul, a[:, bounds[k]:bounds[k + 1]],
+                               b[bounds[k]:bounds[k + 1]], out=partial[k - 1])
+                   for k in range(1, threads)]
+        np.matmul(a[:, :bounds[1]], b[:bounds[1]], out=out)
+        for f in futures:
+            f.result()
+        for p in partial:
+            out += p
+        return out
+    threads = min(threads, max(M, N))
     if M >= N:
         bounds = [M * k // threads for k in range(threads + 1)]
         parts = [(a[bounds[k]:bounds[k + 1]], b, out[bounds[k]:bounds[k + 1]])
