@@ -273,15 +273,17 @@ def test_matvec_matches_numpy_on_any_row_and_column_range(dtype, K):
 
 
 @pytest.mark.parametrize("cell", ["rnn_tanh", "rnn_relu", "rnn_sigmoid", "lstm", "gru"])
-@pytest.mark.parametrize("fused", [True, False])
-def test_input_projection_inside_or_before_the_loop_matches_the_reference(cell, fused,
+@pytest.mark.parametrize("fused,rows", [(True, 256), (True, 7), (True, 1), (False, 256)])
+def test_input_projection_inside_or_before_the_loop_matches_the_reference(cell, fused, rows,
                                                                           monkeypatch):
     """Both ways of the batch-split forward: the projection inside the loop (small weights;
-    a product every few steps, here with a last partial chunk: T=11) or one GEMM before it
-    (forced here by the size threshold); rows split between threads even at this size."""
+    a product every few steps: here 8, 2 or 1 for the 3 rows of each thread, the first two
+    ending on a partial chunk at T=11) or one GEMM before it (forced here by the size
+    threshold); rows split between threads even at this size."""
     from fastrnn.kernels import cpu
     monkeypatch.setattr(cpu, "_FUSE_MAX_BYTES", 1 << 40 if fused else 0)
     monkeypatch.setattr(cpu, "_MIN_WORK_PER_THREAD", 0)
+    monkeypatch.setattr(cpu, "_PROJECTION_ROWS", rows)
     x, weights, h0, c0 = random_problem(cell, 11, 6, 7, 24, 2, 2, np.float64, seed=5)
     kw = dict(num_layers=2, bidirectional=True, lengths=[11, 3, 8, 11, 1, 6])
     for training in (True, False):

@@ -79,16 +79,34 @@ def _unit_split(T, B, GH, H, itemsize=4):
 
 
 # The batch-split forward computes the input projection inside the time loop (one product
-# every few steps, :data:`._loops.CHUNK`), when both weight matrices together are at most this size: measured (in-process
-# A/B, medians of 10) C8 4.90 -> 4.34 ms, C7's layers 34.8 -> 34.0 and 13.9 -> 13.1 ms;
-# with larger weights the one big GEMM before the loop wins (C2 32.8 vs 33.7 ms, C4 123 vs
-# 132, C6's second layer 97 vs 107).
+# every few steps, see :mod:`._loops`) when both weight matrices together are at most this
+# size: measured (in-process A/B, medians of 10, with a product every step) C8 4.90 -> 4.34
+# ms, C7's layers 34.8 -> 34.0 and 13.9 -> 13.1 ms; with larger weights the one big GEMM
+# before the loop wins (C2 32.8 vs 33.7 ms, C4 123 vs 132, C6's second layer 97 vs 107;
+# still so with a product every 8 steps: C2's forward 8.9 vs 9.4 ms, C4's 34.7 vs 36.1).
 _FUSE_MAX_BYTES = 512 * 1024
 
 
 def _fuse_projection(I, GH, H, itemsize):
     """Whether the batch-split forward computes the input projection inside the loop."""
     return (I + H) * GH * itemsize <= _FUSE_MAX_BYTES
+
+
+# Inside the loop the projection is one product every few steps, over those steps' rows
+# copied together: with 4 rows a thread (C8) a product per step ran on half-empty row tiles
+# (measured: loop C8 inference 1.08-1.20x, C7's first layer 1.09-1.13x faster with 8 steps
+# a product; 4 and 16 alike; 7 steps of C7's 10 rows, 70 rows, 3% slower than 8 steps).
+# Fewer steps where a product would exceed _PROJECTION_ROWS rows a thread: with many rows,
+# a product per step already fills its tiles, and the chunk's buffers stay small.
+_PROJECTION_STEPS = 8
+_PROJECTION_ROWS = 256
+
+
+def _projection_steps(chunks):
+    """Steps per input-projection product in the batch-split forward (``chunks``: its row
+    blocks)."""
+    rows = int(np.max(np.diff(chunks)))
+    return max(1, min(_PROJECTION_STEPS, _PROJECTION_ROWS // rows))
 
 
 def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None, reverse=False,
@@ -140,10 +158,11 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training
     hn_all = empty((steps if spec.name == "gru" else 1, B, H), dt)
     if units is None:
         x_steps = np.ascontiguousarray(x) if fuse else xg  # read by the loop only when fused
-        forward_loop(CELL_IDS[spec.name], xg, x_steps, wx, b_ih_, b_ih_ + b_hh_,
-                     pack(w_hh, transpose=True), b_hh_, np.ascontiguousarray(h0),
-                     np.ascontiguousarray(c0_), lens, reverse, _chunks(T, B, GH, H), y, h_n,
-                     c_n, acts, h_prev, c_all, hn_all)
+        chunks = _chunks(T, B, GH, H)
+        forward_loop(CELL_IDS[spec.name], xg, x_steps, wx, _projection_steps(chunks), b_ih_,
+                     b_ih_ + b_hh_, pack(w_hh, transpose=True), b_hh_,
+                     np.ascontiguousarray(h0), np.ascontiguousarray(c0_), lens, reverse,
+                     chunks, y, h_n, c_n, acts, h_prev, c_all, hn_all)
     else:
         hbuf = np.empty((2, B, H), dt)
         hbuf[0] = h0

@@ -5,8 +5,9 @@ call. On a 2-core machine they then take half a core from the compiled time loop
 next (measured: the LSTM forward loop of C2 took 23.6 ms after a threaded GEMM, 12.5 ms
 without). So during a kernel call NumPy's OpenBLAS is held at one thread, and a GEMM is split
 (by output rows or columns, or along its inner dimension) over a small pool of Python
-threads (NumPy releases the GIL in ``matmul``), whose idle threads sleep instead of spinning. The user's own thread setting is restored when
-the call ends. Where NumPy's BLAS is not an OpenBLAS we can find, ``matmul`` is plain NumPy.
+threads (NumPy releases the GIL in ``matmul``), whose idle threads sleep instead of
+spinning. The user's own thread setting is restored when the call ends. Where NumPy's BLAS
+is not an OpenBLAS we can find, ``matmul`` is plain NumPy.
 """
 
 import contextlib

@@ -24,26 +24,22 @@ from ._math import GRU, LSTM, copy, rnn_activation, rnn_activation_grad, sigmoid
 # kernels they widen exactly.
 ONE = np.float32(1)
 ZERO = np.float32(0)
-CHUNK = 8  # steps per input-projection product when it is computed inside the loop
 
 
 
 @jit(parallel=True)
-def forward_loop(cell, xg, x, wx_packed, b_ih, b_gates, w_packed, b_hh, h0, c0, lengths,
-                 reverse, chunks, y, h_n, c_n, acts, h_prev, c_all, hn_all):
+def forward_loop(cell, xg, x, wx_packed, per, b_ih, b_gates, w_packed, b_hh, h0, c0,
+                 lengths, reverse, chunks, y, h_n, c_n, acts, h_prev, c_all, hn_all):
     """Run the recurrence. ``acts``, ``h_prev``, ``c_all``, ``hn_all`` receive what backward
     needs; when not training they are one-step scratch arrays (``[1,B,*]``) and step 0 is
     overwritten each time, which keeps the loop free of branches on ``training``.
 
     The input projection (without bias) is either given (``xg``) or, when ``xg`` is empty,
     computed in the loop from ``x`` and ``wx_packed`` (``w_ih.T`` packed) for the thread's
-    own rows: it then never leaves the core's cache. It is one product every ``CHUNK``
-    steps, over those steps' rows copied together: with 4 rows a thread (C8), a product per
-    step ran on half-empty row tiles and read the weights from L2 every step (measured
-    loop C8 inference 1.08-1.20x, C7's first layer 1.09-1.13x faster in chunks of 8;
-    4 and 16 were alike). The biases enter in the
-    gate passes: ``b_gates = b_ih + b_hh``, except the GRU's ``n``, which takes ``b_in``
-    outside and ``b_hn`` inside ``r * (.)``."""
+    own rows: it then never leaves the core's cache. It is one product every ``per``
+    steps, over those steps' rows copied together (see ``_projection_steps`` in the
+    package). The biases enter in the gate passes: ``b_gates = b_ih + b_hh``, except
+    the GRU's ``n``, which takes ``b_in`` outside and ``b_hn`` inside ``r * (.)``."""
     T, B, H = y.shape
     GH = b_hh.size
     P, _, NR = w_packed.shape
@@ -56,25 +52,25 @@ def forward_loop(cell, xg, x, wx_packed, b_ih, b_gates, w_packed, b_hh, h0, c0, 
         h = h0.copy()  # each thread reads and writes only its rows
         c = c0.copy()
         hg = np.empty((B, P * NR), y.dtype)
-        # the projection of the next CHUNK steps: their rows copied together (xa), then
-        # one product over all of them, with full row tiles
+        # the projection of the next few steps: their rows copied together (xa), then one
+        # product over all of them, with full row tiles
         nr = r1 - r0
-        xa = np.empty((CHUNK * nr if fused else 0, x.shape[2]), y.dtype)
-        xs = np.empty((CHUNK * nr if fused else 0, wx_packed.shape[0] * NR), y.dtype)
+        xa = np.empty((per * nr if fused else 0, x.shape[2]), y.dtype)
+        xs = np.empty((per * nr if fused else 0, wx_packed.shape[0] * NR), y.dtype)
         for s in range(T):
             t = T - 1 - s if reverse else s
             ts = t if keep else 0
             if keep:  # (not when inferring: nothing reads it)
                 for b in range(r0, r1):
                     copy(h_prev[ts, b], h[b])
-            k = s % CHUNK
+            k = s % per
             if fused and k == 0:
-                steps = min(CHUNK, T - s)
+                steps = min(per, T - s)
                 for kk in range(steps):
                     tk = T - 1 - s - kk if reverse else s + kk
                     for b in range(nr):
                         copy(xa[kk * nr + b], x[tk, r0 + b])
-                gemm_packed(xa, 0, steps * nr, wx_packed, xs, s // CHUNK)
+                gemm_packed(xa, 0, steps * nr, wx_packed, xs, s // per)
             gemm_packed(h, r0, r1, w_packed, hg, s)
             for b in range(r0, r1):
                 if t >= lengths[b]:
