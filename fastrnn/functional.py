@@ -181,7 +181,10 @@ def rnn_backward(ctx, grad_output, grad_h_n=None, grad_c_n=None):
                 spec.name, ctx["saved"][k], dy_d,
                 None if grad_h_n is None else xp.ascontiguousarray(grad_h_n[k]),
                 None if grad_c_n is None else xp.ascontiguousarray(grad_c_n[k]))
-            dx = dx_d if dx is None else dx + dx_d
+            if dx is None:
+                dx = dx_d
+            else:  # (in place: dx is the other direction's fresh result)
+                dx += dx_d
             grad_h0[k] = dh0
             if grad_c0 is not None:
                 grad_c0[k] = dc0
