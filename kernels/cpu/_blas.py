@@ -122,9 +122,10 @@ def matmul(a, b, out):
     Each thread's BLAS call packs all of the other operand, so a short dimension split two
     ways doubles the packing: C1's projection (150 x 256 by 256 x 1024) took 0.38 ms per
     half split by rows, 0.29 split by columns, 0.57 on one thread. Likewise C7's weight
-    gradients (128 x 20000 by 20000 x 344): 6.7 ms split by columns, 6.0 split along the
-    20000 (by 32 columns: 1.11 -> 0.89 ms); with K only 2-3 times M or N (C3, C4, C6) the
-    two splits tie or the inner one loses a little, and it needs an output-sized buffer.
+    gradients (128 x 20000 by 20000 x 344): 7.2-7.4 ms split by columns, 6.5-6.8 split
+    along the 20000 (by 20000 x 32: 1.21 -> 1.03 ms; interleaved A/B); with K only 2-3
+    times M or N (C3, C4, C6) the two splits tie or the inner one loses a little, and it
+    needs an output-sized buffer.
     Call inside :func:`single_threaded_blas` so that each piece runs on one thread.
     """
     M, N = out.shape
