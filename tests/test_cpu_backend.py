@@ -52,7 +52,9 @@ def test_thread_count_follows_numba_and_gives_the_same_numbers():
 def test_partition_uses_one_thread_for_tiny_calls_and_balances_rows():
     from fastrnn.kernels import cpu
     assert list(cpu._chunks(1, 4, 12, 3)) == [0, 4]  # a one-step cell call
-    assert cpu._unit_split(1, 1, 1024, 256) is None  # one step at batch 1: no barrier
+    # one step at batch 1: one unit block (one thread, w_hh read unpacked)
+    assert list(cpu._unit_split(1, 1, 1024, 256)) == [0, 256]
+    assert cpu._unit_split(1, 4, 1024, 256) is None  # batch 4: the batch split
     assert cpu._threads_for((1, 1, 256), (1024, 256)) == 1  # nor pinning
     chunks = cpu._chunks(1000, 20, 128, 32)
     if cpu.num_threads() >= 2:
@@ -162,6 +164,49 @@ def test_small_batches_split_the_units_and_match_the_reference(cell, dtype, B, m
         # once made the split think it had one CPU and quietly fall back)
         assert calls.count("forward_loop_split") == 8  # 2 layers x 2 directions x 2 modes
         assert calls.count("backward_loop_split") == 4
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("B", [1, 2])
+def test_tiny_calls_run_on_one_thread_and_batch_1_2_reads_w_hh_unpacked(cell, dtype, B,
+                                                                        monkeypatch):
+    """A call with too little work for two threads (a step of generation) runs its compiled
+    code on the caller alone and gives Numba's thread setting back; at batch 1-2 it takes
+    the unit-split loops with one block (w_hh read as it is, not packed)."""
+    import numba
+    from fastrnn.kernels import cpu
+    H = {"lstm": 128, "gru": 160}[cell]  # w_hh >= _SPLIT_MIN_WEIGHTS elements
+    x, weights, h0, c0 = random_problem(cell, 3, B, 5, H, 1, 2, dtype, seed=B,
+                                        scale=1 / np.sqrt(H))
+    seen = []
+    for name in ("forward_loop_split", "backward_loop_split"):
+        real = getattr(cpu, name)
+
+        def spy(*a, _real=real, _name=name):
+            units = a[13] if _name == "forward_loop_split" else a[9]
+            seen.append((_name, list(units), cpu.num_threads()))
+            return _real(*a)
+        monkeypatch.setattr(cpu, name, spy)
+    before = numba.get_num_threads()
+    kw = dict(bidirectional=True, lengths=[3, 2][:B])
+    got = F.rnn(cell, x, weights, h0, c0, backend="cpu", **kw)
+    want = F.rnn(cell, x, weights, h0, c0, backend="numpy", **kw)
+    for name, g, w in zip(("output", "h_n", "c_n"), got[:3], want[:3]):
+        if w is not None:
+            assert_close(g, w, dtype, name)
+    dy = np.random.default_rng(1).standard_normal(got[0].shape).astype(dtype)
+    g_grads, w_grads = F.rnn_backward(got[3], dy), F.rnn_backward(want[3], dy)
+    for g, w in zip(g_grads[:3], w_grads[:3]):
+        if w is not None:
+            assert_close(g, w, dtype, "state/input gradient")
+    for gl, wl in zip(g_grads[3], w_grads[3]):
+        for g, w in zip(gl, wl):
+            assert_close(g, w, dtype, "weight gradient")
+    assert numba.get_num_threads() == before
+    assert [n for n, _, _ in seen].count("forward_loop_split") == 2  # two directions
+    assert [n for n, _, _ in seen].count("backward_loop_split") == 2
+    assert all(units == [0, H] and threads == 1 for _, units, threads in seen)
 
 
 def test_split_path_survives_serialised_threads(monkeypatch):
