@@ -54,7 +54,8 @@ def test_partition_uses_one_thread_for_tiny_calls_and_balances_rows():
     assert list(cpu._chunks(1, 4, 12, 3)) == [0, 4]  # a one-step cell call
     # one step at batch 1: one unit block (one thread, w_hh read unpacked)
     assert list(cpu._unit_split(1, 1, 1024, 256)) == [0, 256]
-    assert cpu._unit_split(1, 4, 1024, 256) is None  # batch 4: the batch split
+    assert list(cpu._unit_split(1, 4, 1024, 256)) == [0, 256]  # 4 rows in all: the same
+    assert cpu._unit_split(100, 4, 1024, 256) is None  # 400 rows: the batch split
     assert cpu._threads_for((1, 1, 256), (1024, 256)) == 1  # nor pinning
     chunks = cpu._chunks(1000, 20, 128, 32)
     if cpu.num_threads() >= 2:
@@ -168,12 +169,11 @@ def test_small_batches_split_the_units_and_match_the_reference(cell, dtype, B, m
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("B", [1, 2])
-def test_tiny_calls_run_on_one_thread_and_batch_1_2_reads_w_hh_unpacked(cell, dtype, B,
-                                                                        monkeypatch):
+@pytest.mark.parametrize("B", [1, 2, 4])
+def test_tiny_calls_run_on_one_thread_and_read_w_hh_unpacked(cell, dtype, B, monkeypatch):
     """A call with too little work for two threads (a step of generation) runs its compiled
-    code on the caller alone and gives Numba's thread setting back; at batch 1-2 it takes
-    the unit-split loops with one block (w_hh read as it is, not packed)."""
+    code on the caller alone and gives Numba's thread setting back; with a few rows in all
+    it takes the unit-split loops with one block (w_hh read as it is, not packed)."""
     import numba
     from fastrnn.kernels import cpu
     H = {"lstm": 128, "gru": 160}[cell]  # w_hh >= _SPLIT_MIN_WEIGHTS elements
@@ -189,7 +189,7 @@ def test_tiny_calls_run_on_one_thread_and_batch_1_2_reads_w_hh_unpacked(cell, dt
             return _real(*a)
         monkeypatch.setattr(cpu, name, spy)
     before = numba.get_num_threads()
-    kw = dict(bidirectional=True, lengths=[3, 2][:B])
+    kw = dict(bidirectional=True, lengths=[3, 2, 1, 3][:B])
     got = F.rnn(cell, x, weights, h0, c0, backend="cpu", **kw)
     want = F.rnn(cell, x, weights, h0, c0, backend="numpy", **kw)
     for name, g, w in zip(("output", "h_n", "c_n"), got[:3], want[:3]):

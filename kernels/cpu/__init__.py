@@ -2,11 +2,12 @@
 
 Per layer and direction: the input projection of all ``T*B`` rows is one BLAS GEMM (or,
 when the weights are small, computed inside the loop a few steps at a time, where it
-stays in cache); the whole time loop runs in compiled code (:mod:`._loops`), threads split the
-batch - or, for batches of 1-2 rows and for large ``w_hh`` at moderate batch, the hidden
-units (:mod:`._split`); backward walks time in reverse in compiled code, summing the bias
-gradients as it goes, then ``dx``, ``dw_ih`` and ``dw_hh`` are single GEMMs over all
-``T*B`` rows. The threads of a call are pinned to distinct CPUs (:mod:`._affinity`).
+stays in cache); the whole time loop runs in compiled code (:mod:`._loops`), threads split
+the batch - or, for batches of 1-2 rows, calls of a few rows and large ``w_hh`` at
+moderate batch, the hidden units (:mod:`._split`); backward walks time in reverse in
+compiled code, summing the bias gradients as it goes, then ``dx``, ``dw_ih`` and ``dw_hh``
+are single GEMMs over all ``T*B`` rows. The threads of a call are pinned to distinct CPUs
+(:mod:`._affinity`); a call too small for two runs on one.
 """
 
 import contextlib
@@ -56,25 +57,37 @@ def _chunks(T, B, GH, H):
 
 
 # When to split the hidden units between threads instead of the batch (:mod:`._split`):
-# batches of at most _SPLIT_MAX_BATCH rows, when the recurrent weights are big enough to
-# pay for a barrier per step; and batches up to _SPLIT_LARGE_MAX_BATCH rows when w_hh is
-# too large for one core's L2 (every batch-split thread would stream all of it from L3).
+# batches of at most _SPLIT_MAX_BATCH rows, or calls of at most _ROWDOT_MAX_ROWS rows in
+# all, when the recurrent weights are big enough to pay for a barrier per step; and batches
+# up to _SPLIT_LARGE_MAX_BATCH rows when w_hh is too large for one core's L2 (every
+# batch-split thread would stream all of it from L3).
 _SPLIT_MAX_BATCH = 2
+_ROWDOT_MAX_ROWS = 32
 _SPLIT_MIN_WEIGHTS = 64 * 1024
 _SPLIT_LARGE_BYTES = 2 * 1024 * 1024
 _SPLIT_LARGE_MAX_BATCH = 16
 _UNIT_ALIGN = 16  # unit blocks start on whole vectors
 
 
+def _rowdot(T, B):
+    """Whether the unit-split forward reads ``w_hh`` as it is (the row-dot kernel) rather
+    than packing it: at batch 1-2 a step is bound by reading the weights, and for a call of
+    a few rows in all (a step of batched generation) packing costs more than it saves
+    (one LSTM step at H=256, interleaved A/B: batch 4 848 -> 547 us, 8 715 -> 445, 16
+    810 -> 503, 32 903 -> 725; 64 rows 1012 -> 979, so no further)."""
+    return B <= _SPLIT_MAX_BATCH or T * B <= _ROWDOT_MAX_ROWS
+
+
 def _unit_split(T, B, GH, H, itemsize=4):
     """``units [threads+1]`` for the loops of :mod:`._split`, or None to split the batch.
-    A call with too little work to wake a second thread (a one-step cell call, a step of
-    generation) gets one block: at batch 1-2 that still reads ``w_hh`` as it is instead of
-    packing it (one LSTM step at H=256, batch 1: 437 -> 170 us), else the batch split."""
+    A call of few rows (:func:`_rowdot`) with too little work to wake a second thread (a
+    one-step cell call, a step of generation) gets one block, so that it still reads
+    ``w_hh`` as it is instead of packing it (one LSTM step at H=256, batch 1: 437 -> 170
+    us)."""
     # (never more threads than usable CPUs: they meet every step, and a thread waiting for
     # one that has no CPU would have to yield at every barrier)
     threads = min(num_threads(), usable_cpus(), H // _UNIT_ALIGN)
-    small = B <= _SPLIT_MAX_BATCH and GH * H >= _SPLIT_MIN_WEIGHTS
+    small = _rowdot(T, B) and GH * H >= _SPLIT_MIN_WEIGHTS
     large = B <= _SPLIT_LARGE_MAX_BATCH and GH * H * itemsize >= _SPLIT_LARGE_BYTES
     enough = T * B * GH * H >= threads * _MIN_WORK_PER_THREAD
     if small and (threads < 2 or not enough):
@@ -195,9 +208,7 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training
         hbuf[0] = h0
         c_n[...] = c0_
         G = GH // H
-        if B <= _SPLIT_MAX_BATCH:
-            # the row-dot kernel on w_hh as it is: at batch 1-2 the step is bound by reading
-            # the weights, and packing them would cost more than the microkernel saves
+        if _rowdot(T, B):
             wp, starts = np.empty((0, 1, 1), dt), np.zeros(1, np.int64)
             hg = np.empty((B, GH), dt)
         else:
