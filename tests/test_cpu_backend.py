@@ -33,8 +33,10 @@ def test_tiny_inputs_match_the_reference_and_leave_the_fpu_as_it_was(cell):
     assert np.float32(1e-30) * np.float32(1e-10) > 0
 
 
-def test_thread_count_follows_numba_and_gives_the_same_numbers():
+def test_thread_count_follows_numba_and_gives_the_same_numbers(monkeypatch):
     import numba
+    from fastrnn.kernels import cpu
+    monkeypatch.setattr(cpu, "_MIN_WORK_PER_THREAD", 0)  # "many" really uses them all
     x, weights, h0, c0 = random_problem("lstm", 30, 16, 12, 32, 2, 2, np.float32, seed=4)
     kw = dict(num_layers=2, bidirectional=True)
     before = numba.get_num_threads()
@@ -343,9 +345,11 @@ def test_input_projection_inside_or_before_the_loop_matches_the_reference(cell, 
                 assert_close(g, w, np.float64, "gradient")
 
 
-def test_calls_from_a_second_thread_are_not_pinned_and_still_correct():
+def test_calls_from_a_second_thread_are_not_pinned_and_still_correct(monkeypatch):
     import threading
+    from fastrnn.kernels import cpu
     from fastrnn.kernels.cpu import _affinity
+    monkeypatch.setattr(cpu, "_MIN_WORK_PER_THREAD", 0)  # calls big enough to pin
     x, weights, h0, c0 = random_problem("gru", 30, 8, 16, 64, 1, 1, np.float32, seed=7)
     want = F.rnn("gru", x, weights, h0, c0, training=False, backend="numpy")[0]
     F.rnn("gru", x, weights, h0, c0, training=False, backend="cpu")  # this thread first
