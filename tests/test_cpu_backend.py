@@ -21,6 +21,26 @@ def _run(backend, cell, x, weights, h0, c0, **kw):
     return [out, h_n, grads[0], grads[1]] + [g for group in grads[3] for g in group]
 
 
+def _assert_matches_reference(cell, x, weights, h0, c0, dtype, training=True, **kw):
+    """The cpu backend against the NumPy reference: outputs and final states, then (when
+    training) the input, state and every weight gradient for a random output gradient."""
+    got = F.rnn(cell, x, weights, h0, c0, training=training, backend="cpu", **kw)
+    want = F.rnn(cell, x, weights, h0, c0, training=training, backend="numpy", **kw)
+    for name, g, w in zip(("output", "h_n", "c_n"), got[:3], want[:3]):
+        if w is not None:
+            assert_close(g, w, dtype, name)
+    if not training:
+        return
+    dy = np.random.default_rng(1).standard_normal(got[0].shape).astype(dtype)
+    g_grads, w_grads = F.rnn_backward(got[3], dy), F.rnn_backward(want[3], dy)
+    for g, w in zip(g_grads[:3], w_grads[:3]):
+        if w is not None:
+            assert_close(g, w, dtype, "state/input gradient")
+    for gl, wl in zip(g_grads[3], w_grads[3]):
+        for g, w in zip(gl, wl):
+            assert_close(g, w, dtype, "weight gradient")
+
+
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_tiny_inputs_match_the_reference_and_leave_the_fpu_as_it_was(cell):
     x, weights, h0, c0 = random_problem(cell, 40, 6, 8, 16, 1, 1, np.float32, seed=3)
@@ -148,20 +168,7 @@ def test_small_batches_split_the_units_and_match_the_reference(cell, dtype, B, m
         monkeypatch.setattr(cpu, name, lambda *a, _real=real, _name=name: (
             calls.append(_name), _real(*a))[1])
     for training in (True, False):
-        got = F.rnn(cell, x, weights, h0, c0, training=training, backend="cpu", **kw)
-        want = F.rnn(cell, x, weights, h0, c0, training=training, backend="numpy", **kw)
-        for name, g, w in zip(("output", "h_n", "c_n"), got[:3], want[:3]):
-            if w is not None:
-                assert_close(g, w, dtype, name)
-        if training:
-            dy = np.random.default_rng(1).standard_normal(got[0].shape).astype(dtype)
-            g_grads, w_grads = F.rnn_backward(got[3], dy), F.rnn_backward(want[3], dy)
-            for g, w in zip(g_grads[:3], w_grads[:3]):
-                if w is not None:
-                    assert_close(g, w, dtype, "state/input gradient")
-            for gl, wl in zip(g_grads[3], w_grads[3]):
-                for g, w in zip(gl, wl):
-                    assert_close(g, w, dtype, "weight gradient")
+        _assert_matches_reference(cell, x, weights, h0, c0, dtype, training, **kw)
     if cpu.num_threads() >= 2 and len(os.sched_getaffinity(0)) >= 2:
         # the split loops really ran (inside a call the caller is pinned to one CPU, which
         # once made the split think it had one CPU and quietly fall back)
@@ -191,20 +198,8 @@ def test_tiny_calls_run_on_one_thread_and_read_w_hh_unpacked(cell, dtype, B, mon
             return _real(*a)
         monkeypatch.setattr(cpu, name, spy)
     before = numba.get_num_threads()
-    kw = dict(bidirectional=True, lengths=[3, 2, 1, 3][:B])
-    got = F.rnn(cell, x, weights, h0, c0, backend="cpu", **kw)
-    want = F.rnn(cell, x, weights, h0, c0, backend="numpy", **kw)
-    for name, g, w in zip(("output", "h_n", "c_n"), got[:3], want[:3]):
-        if w is not None:
-            assert_close(g, w, dtype, name)
-    dy = np.random.default_rng(1).standard_normal(got[0].shape).astype(dtype)
-    g_grads, w_grads = F.rnn_backward(got[3], dy), F.rnn_backward(want[3], dy)
-    for g, w in zip(g_grads[:3], w_grads[:3]):
-        if w is not None:
-            assert_close(g, w, dtype, "state/input gradient")
-    for gl, wl in zip(g_grads[3], w_grads[3]):
-        for g, w in zip(gl, wl):
-            assert_close(g, w, dtype, "weight gradient")
+    _assert_matches_reference(cell, x, weights, h0, c0, dtype, bidirectional=True,
+                              lengths=[3, 2, 1, 3][:B])
     assert numba.get_num_threads() == before
     assert [n for n, _, _ in seen].count("forward_loop_split") == 2  # two directions
     assert [n for n, _, _ in seen].count("backward_loop_split") == 2
@@ -334,15 +329,7 @@ def test_input_projection_inside_or_before_the_loop_matches_the_reference(cell, 
     x, weights, h0, c0 = random_problem(cell, 11, 6, 7, 24, 2, 2, np.float64, seed=5)
     kw = dict(num_layers=2, bidirectional=True, lengths=[11, 3, 8, 11, 1, 6])
     for training in (True, False):
-        got = F.rnn(cell, x, weights, h0, c0, training=training, backend="cpu", **kw)
-        want = F.rnn(cell, x, weights, h0, c0, training=training, backend="numpy", **kw)
-        for name, g, w in zip(("output", "h_n", "c_n"), got[:3], want[:3]):
-            if w is not None:
-                assert_close(g, w, np.float64, name)
-        if training:
-            dy = np.random.default_rng(2).standard_normal(got[0].shape)
-            for g, w in zip(F.rnn_backward(got[3], dy)[:2], F.rnn_backward(want[3], dy)[:2]):
-                assert_close(g, w, np.float64, "gradient")
+        _assert_matches_reference(cell, x, weights, h0, c0, np.float64, training, **kw)
 
 
 def test_calls_from_a_second_thread_are_not_pinned_and_still_correct(monkeypatch):

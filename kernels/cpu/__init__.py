@@ -65,7 +65,7 @@ def _chunks(T, B, GH, H):
 # up to _SPLIT_LARGE_MAX_BATCH rows when w_hh is too large for one core's L2 (every
 # batch-split thread would stream all of it from L3).
 _SPLIT_MAX_BATCH = 2
-_ROWDOT_MAX_ROWS = 32
+_ROWDOT_MAX_ROWS = 64
 _SPLIT_MIN_WEIGHTS = 64 * 1024
 _SPLIT_LARGE_BYTES = 2 * 1024 * 1024
 _SPLIT_LARGE_MAX_BATCH = 16
@@ -76,8 +76,10 @@ def _rowdot(T, B):
     """Whether the unit-split forward reads ``w_hh`` as it is (the row-dot kernel) rather
     than packing it: at batch 1-2 a step is bound by reading the weights, and for a call of
     a few rows in all (a step of batched generation) packing costs more than it saves
-    (one LSTM step at H=256, interleaved A/B: batch 4 848 -> 547 us, 8 715 -> 445, 16
-    810 -> 503, 32 903 -> 725; 64 rows 1012 -> 979, so no further)."""
+    (LSTM inference at H=256, packing against not, medians of 61 calls back to back: T=1
+    batch 4 488 -> 255 us, 8 517 -> 288, 16 722 -> 558, 32 845 -> 526, 64 1006-1083 ->
+    907-972; T=2 batch 32 1039-1056 -> 779-791; 128 rows 1277-1365 -> 1523-1571, so no
+    further)."""
     return B <= _SPLIT_MAX_BATCH or T * B <= _ROWDOT_MAX_ROWS
 
 

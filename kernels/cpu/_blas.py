@@ -134,25 +134,19 @@ def matmul(a, b, out):
     if _OPENBLAS is None or threads < 2 or M * K * N < _MIN_SPLIT_WORK:
         np.matmul(a, b, out=out)
         return out
+    partial = None
     if K >= _K_SPLIT_RATIO * max(M, N) and M * N <= _MAX_K_SPLIT_OUT:
         bounds = [K * k // threads for k in range(threads + 1)]
-        partial = np.empty((threads - 1, M, N), out.dtype)
-        pool = _get_pool(num_threads() - 1)
-        futures = [pool.submit(np.matmul, a[:, bounds[k]:bounds[k + 1]],
-                               b[bounds[k]:bounds[k + 1]], out=partial[k - 1])
-                   for k in range(1, threads)]
-        np.matmul(a[:, :bounds[1]], b[:bounds[1]], out=out)
-        for f in futures:
-            f.result()
-        for p in partial:
-            out += p
-        return out
-    threads = min(threads, max(M, N))
-    if M >= N:
+        partial = np.empty((threads - 1, M, N), out.dtype)  # summed into out at the end
+        parts = [(a[:, bounds[k]:bounds[k + 1]], b[bounds[k]:bounds[k + 1]],
+                  out if k == 0 else partial[k - 1]) for k in range(threads)]
+    elif M >= N:
+        threads = min(threads, M)
         bounds = [M * k // threads for k in range(threads + 1)]
         parts = [(a[bounds[k]:bounds[k + 1]], b, out[bounds[k]:bounds[k + 1]])
                  for k in range(threads)]
     else:
+        threads = min(threads, N)
         bounds = [N * k // threads for k in range(threads + 1)]
         parts = [(a, b[:, bounds[k]:bounds[k + 1]], out[:, bounds[k]:bounds[k + 1]])
                  for k in range(threads)]
@@ -164,4 +158,7 @@ def matmul(a, b, out):
     np.matmul(pa, pb, out=po)
     for f in futures:
         f.result()
+    if partial is not None:
+        for p in partial:
+            out += p
     return out
