@@ -217,24 +217,27 @@ def gemm_panels(a, r0, r1, wp, p0, p1, out, step=0):
             _t1(a, r * lda, lda, wp, w_off, out, r * ldo + p * NR, ldo, K)
 
 
-def _dots(rows):
-    """An intrinsic computing ``rows`` dot products of consecutive rows of ``w`` with one
-    vector: ``dots(a, a_off, w, w_off, ldw, out, o_off, K)``, ``K`` a multiple of the vector
-    width. Full-width loads of each weight row (Numba's loops used half-width ones here),
-    one accumulator per row, a tree sum at the end."""
+def _dots(rows, vecs=1):
+    """An intrinsic computing the ``rows * vecs`` dot products of ``rows`` consecutive rows
+    of ``w`` with ``vecs`` rows of ``a``: ``dots(a, a_off, lda, w, w_off, ldw, out, o_off,
+    ldo, K)`` sets ``out[o_off + v*ldo + r] = a[a_off + v*lda :][:K] @ w[w_off + r*ldw
+    :][:K]``, ``K`` a multiple of the vector width. Full-width loads of each weight row
+    (Numba's loops used half-width ones here), each weight vector used for every row of
+    ``a`` (the product is bound by reading the weights), one accumulator per output, a tree
+    sum at the end."""
 
     @intrinsic
-    def dots(typingctx, a, a_off, w, w_off, ldw, out, o_off, K):
+    def dots(typingctx, a, a_off, lda, w, w_off, ldw, out, o_off, ldo, K):
         if not all(isinstance(t, types.Array) for t in (a, w, out)):
             return None
         if not (a.dtype == w.dtype == out.dtype and a.dtype in (types.float32,
                                                                 types.float64)):
             return None
-        sig = types.none(a, types.int64, w, types.int64, types.int64, out, types.int64,
-                         types.int64)
+        sig = types.none(a, types.int64, types.int64, w, types.int64, types.int64, out,
+                         types.int64, types.int64, types.int64)
 
         def codegen(context, builder, sig, args):
-            a_v, a_off_v, w_v, w_off_v, ldw_v, out_v, o_off_v, k_v = args
+            a_v, a_off_v, lda_v, w_v, w_off_v, ldw_v, out_v, o_off_v, ldo_v, k_v = args
             fty = context.get_value_type(sig.args[0].dtype)
             single = sig.args[0].dtype == types.float32
             lanes = _VECTOR_BYTES // (4 if single else 8)
@@ -242,13 +245,14 @@ def _dots(rows):
             align = 4 if single else 8
             i64 = ir.IntType(64)
             pa = context.make_array(sig.args[0])(context, builder, a_v).data
-            pw = context.make_array(sig.args[2])(context, builder, w_v).data
-            po = context.make_array(sig.args[5])(context, builder, out_v).data
+            pw = context.make_array(sig.args[3])(context, builder, w_v).data
+            po = context.make_array(sig.args[6])(context, builder, out_v).data
             fma = cgutils.get_or_insert_function(
                 builder.module, ir.FunctionType(vty, [vty, vty, vty]),
                 "llvm.fma.v%d%s" % (lanes, "f32" if single else "f64"))
             zero = ir.Constant(vty, [ir.Constant(fty, 0.0)] * lanes)
-            acc = [cgutils.alloca_once_value(builder, zero) for _ in range(rows)]
+            acc = [[cgutils.alloca_once_value(builder, zero) for _ in range(rows)]
+                   for _ in range(vecs)]
             n_chunks = builder.udiv(k_v, ir.Constant(i64, lanes))
 
             def vload(ptr, off):
@@ -256,36 +260,46 @@ def _dots(rows):
                                     align=align)
             with cgutils.for_range(builder, n_chunks) as loop:
                 k = builder.mul(loop.index, ir.Constant(i64, lanes))
-                av = vload(pa, builder.add(a_off_v, k))
+                avs = [vload(pa, builder.add(builder.add(a_off_v, builder.mul(
+                    ir.Constant(i64, v), lda_v)), k)) for v in range(vecs)]
                 for r in range(rows):
                     row = builder.add(w_off_v, builder.mul(ir.Constant(i64, r), ldw_v))
                     wv = vload(pw, builder.add(row, k))
-                    builder.store(builder.call(fma, [wv, av, builder.load(acc[r])]), acc[r])
-            for r in range(rows):
-                v = builder.load(acc[r])
-                width = lanes
-                while width > 1:  # tree sum: add the upper half onto the lower
-                    width //= 2
-                    hi = builder.shuffle_vector(v, v, ir.Constant(
-                        ir.VectorType(ir.IntType(32), lanes),
-                        [width + i if i < width else i for i in range(lanes)]))
-                    v = builder.fadd(v, hi)
-                total = builder.extract_element(v, ir.Constant(ir.IntType(32), 0))
-                builder.store(total, builder.gep(po, [builder.add(o_off_v,
-                                                                  ir.Constant(i64, r))]))
+                    for v in range(vecs):
+                        builder.store(builder.call(fma, [wv, avs[v], builder.load(acc[v][r])]),
+                                      acc[v][r])
+            for v in range(vecs):
+                o_row = builder.add(o_off_v, builder.mul(ir.Constant(i64, v), ldo_v))
+                for r in range(rows):
+                    s = builder.load(acc[v][r])
+                    width = lanes
+                    while width > 1:  # tree sum: add the upper half onto the lower
+                        width //= 2
+                        hi = builder.shuffle_vector(s, s, ir.Constant(
+                            ir.VectorType(ir.IntType(32), lanes),
+                            [width + i if i < width else i for i in range(lanes)]))
+                        s = builder.fadd(s, hi)
+                    total = builder.extract_element(s, ir.Constant(ir.IntType(32), 0))
+                    builder.store(total, builder.gep(po, [builder.add(o_row,
+                                                                      ir.Constant(i64, r))]))
             return context.get_dummy_value()
         return sig, codegen
     return dots
 
 
 _d1, _d4 = _dots(1), _dots(4)
+_d4x2, _d4x4 = _dots(4, 2), _dots(4, 4)
+_d1x2, _d1x4 = _dots(1, 2), _dots(1, 4)
 VECTOR_LANES32 = _VECTOR_BYTES // 4
 
 
 @jit()
 def matvec(a, r0, r1, w, j0, j1, out):
     """``out[r, j] = a[r, :] @ w[j, :]`` for ``r0 <= r < r1``, ``j0 <= j < j1``: the
-    batch-1 product on unpacked ``w [M,K]`` (same contract as :func:`._math.matmul_nt`)."""
+    product of a few rows on unpacked ``w [M,K]`` (same contract as
+    :func:`._math.matmul_nt`), bound by reading ``w``: four rows of ``a`` a pass over it
+    (``w`` 1024 x 256: 4 rows 27 -> 15-19 us, 16 rows 110 -> 59-88 us against one row of
+    ``a`` a pass; 2048 x 512: 4 rows 550 -> 142-148 us)."""
     K = w.shape[1]
     lanes = VECTOR_LANES32 if w.itemsize == 4 else VECTOR_LANES32 // 2
     if K % lanes != 0:
@@ -294,11 +308,30 @@ def matvec(a, r0, r1, w, j0, j1, out):
     lda = a.strides[0] // a.itemsize
     ldw = w.strides[0] // w.itemsize
     ldo = out.strides[0] // out.itemsize
-    for r in range(r0, r1):
-        j = j0
-        while j + 4 <= j1:
-            _d4(a, r * lda, w, j * ldw, ldw, out, r * ldo + j, K)
-            j += 4
-        while j < j1:
-            _d1(a, r * lda, w, j * ldw, ldw, out, r * ldo + j, K)
-            j += 1
+    r = r0
+    while r < r1:  # up to four rows of ``a`` share each load of the weights
+        vecs = 4 if r + 4 <= r1 else (2 if r + 2 <= r1 else 1)
+        _dot_rows(a, r * lda, lda, w, j0, j1, ldw, out, r * ldo, ldo, K, vecs)
+        r += vecs
+
+
+@jit()
+def _dot_rows(a, a_off, lda, w, j0, j1, ldw, out, o_off, ldo, K, vecs):
+    """``vecs`` (1, 2 or 4) rows of :func:`matvec`'s product, weight rows four at a time."""
+    j = j0
+    while j + 4 <= j1:
+        if vecs == 4:
+            _d4x4(a, a_off, lda, w, j * ldw, ldw, out, o_off + j, ldo, K)
+        elif vecs == 2:
+            _d4x2(a, a_off, lda, w, j * ldw, ldw, out, o_off + j, ldo, K)
+        else:
+            _d4(a, a_off, lda, w, j * ldw, ldw, out, o_off + j, ldo, K)
+        j += 4
+    while j < j1:
+        if vecs == 4:
+            _d1x4(a, a_off, lda, w, j * ldw, ldw, out, o_off + j, ldo, K)
+        elif vecs == 2:
+            _d1x2(a, a_off, lda, w, j * ldw, ldw, out, o_off + j, ldo, K)
+        else:
+            _d1(a, a_off, lda, w, j * ldw, ldw, out, o_off + j, ldo, K)
+        j += 1
