@@ -182,28 +182,37 @@ def test_small_batches_split_the_units_and_match_the_reference(cell, dtype, B, m
 def test_tiny_calls_run_on_one_thread_and_read_w_hh_unpacked(cell, dtype, B, monkeypatch):
     """A call with too little work for two threads (a step of generation) runs its compiled
     code on the caller alone and gives Numba's thread setting back; with a few rows in all
-    it takes the unit-split loops with one block (w_hh read as it is, not packed)."""
+    it takes the unit-split loops with one block (w_hh read as it is, not packed), the
+    forward outside any parallel region."""
     import numba
     from fastrnn.kernels import cpu
     H = {"lstm": 128, "gru": 160}[cell]  # w_hh >= _SPLIT_MIN_WEIGHTS elements
     x, weights, h0, c0 = random_problem(cell, 3, B, 5, H, 1, 2, dtype, seed=B,
                                         scale=1 / np.sqrt(H))
     seen = []
-    for name in ("forward_loop_split", "backward_loop_split"):
+    for name in ("forward_loop_serial", "forward_loop_split", "backward_loop_split"):
         real = getattr(cpu, name)
 
         def spy(*a, _real=real, _name=name):
-            units = a[13] if _name == "forward_loop_split" else a[9]
+            units = a[13] if _name.startswith("forward") else a[9]
             seen.append((_name, list(units), cpu.num_threads()))
             return _real(*a)
         monkeypatch.setattr(cpu, name, spy)
+    gemms = []
+    real_matmul = cpu.matmul
+    monkeypatch.setattr(cpu, "matmul", lambda *a: (gemms.append(a), real_matmul(*a))[1])
     before = numba.get_num_threads()
     _assert_matches_reference(cell, x, weights, h0, c0, dtype, bidirectional=True,
                               lengths=[3, 2, 1, 3][:B])
+    # only the backward's dx, dw_ih and dw_hh (two directions): the forward's input
+    # projection came from the row-dot kernel, not a BLAS GEMM
+    assert len(gemms) == 6
     assert numba.get_num_threads() == before
-    assert [n for n, _, _ in seen].count("forward_loop_split") == 2  # two directions
+    assert [n for n, _, _ in seen].count("forward_loop_serial") == 2  # two directions
     assert [n for n, _, _ in seen].count("backward_loop_split") == 2
-    assert all(units == [0, H] and threads == 1 for _, units, threads in seen)
+    assert len(seen) == 4 and all(units == [0, H] for _, units, _ in seen)
+    # (the serial forward starts no parallel region; the backward's runs on one thread)
+    assert all(threads == 1 for n, _, threads in seen if n == "backward_loop_split")
 
 
 def test_split_path_survives_serialised_threads(monkeypatch):

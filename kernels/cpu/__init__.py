@@ -22,11 +22,11 @@ from ._affinity import pinned, usable_cpus
 from ._alloc import empty
 from ._blas import matmul, single_threaded_blas
 from ._fpu import flush_denormals, restore
-from ._gemm import pack, pack_blocks, pack_column_blocks, panel_width
+from ._gemm import matvec, pack, pack_blocks, pack_column_blocks, panel_width
 from ._jit import cache_dir, num_threads
 from ._loops import backward_loop, forward_loop
 from ._math import CELL_IDS
-from ._split import backward_loop_split, forward_loop_split
+from ._split import backward_loop_split, forward_loop_serial, forward_loop_split
 
 __all__ = ["forward", "backward", "cache_dir", "num_threads", "pinned_cpus"]
 
@@ -65,21 +65,31 @@ def _chunks(T, B, GH, H):
 # up to _SPLIT_LARGE_MAX_BATCH rows when w_hh is too large for one core's L2 (every
 # batch-split thread would stream all of it from L3).
 _SPLIT_MAX_BATCH = 2
-_ROWDOT_MAX_ROWS = 64
+_ROWDOT_MAX_ROWS = 128
 _SPLIT_MIN_WEIGHTS = 64 * 1024
 _SPLIT_LARGE_BYTES = 2 * 1024 * 1024
 _SPLIT_LARGE_MAX_BATCH = 16
 _UNIT_ALIGN = 16  # unit blocks start on whole vectors
 
 
+# A call on one thread with at most this many rows computes its input projection with the
+# row-dot kernel (:func:`._gemm.matvec`, four rows a pass over ``w_ih``) instead of a BLAS
+# GEMM, whose fixed cost dominates there.
+_ROWDOT_PROJECTION_ROWS = 16
+
+
 def _rowdot(T, B):
     """Whether the unit-split forward reads ``w_hh`` as it is (the row-dot kernel) rather
     than packing it: at batch 1-2 a step is bound by reading the weights, and for a call of
-    a few rows in all (a step of batched generation) packing costs more than it saves
-    (LSTM inference at H=256, packing against not, medians of 61 calls back to back: T=1
-    batch 4 488 -> 255 us, 8 517 -> 288, 16 722 -> 558, 32 845 -> 526, 64 1006-1083 ->
-    907-972; T=2 batch 32 1039-1056 -> 779-791; 128 rows 1277-1365 -> 1523-1571, so no
-    further)."""
+    a few rows in all (a step of batched generation) packing costs more than it saves.
+    Measured (inference, T=1 unless given, packing against not, medians of 61 calls back to
+    back, each setting in its own process), with the row-dot kernel taking four rows a pass:
+    128 rows: LSTM H=256 1232-1273 -> 1060-1066 us, T=2 batch 64 1199-1234 -> 1017-1073, GRU
+    H=256 1027-1065 -> 860-912, LSTM H=512 3300-3443 -> 3036-3182, GRU H=512 2602-2672 ->
+    2182-2438, LSTM H=1024 12581-12686 -> 11691-11809, LSTM H=128 438-449 -> 449-462; 256
+    rows: LSTM H=256 1806-1813 -> 1786-1961, GRU H=512 3989-4170 -> 4108-4463, LSTM H=128
+    T=2 batch 128 558-570 -> 711-725, so the line is at 128. (With one row a pass the
+    line was 64.)"""
     return B <= _SPLIT_MAX_BATCH or T * B <= _ROWDOT_MAX_ROWS
 
 
@@ -91,13 +101,15 @@ def _unit_split(T, B, GH, H, itemsize=4):
     us)."""
     # (never more threads than usable CPUs: they meet every step, and a thread waiting for
     # one that has no CPU would have to yield at every barrier)
-    threads = min(num_threads(), usable_cpus(), H // _UNIT_ALIGN)
     small = _rowdot(T, B) and GH * H >= _SPLIT_MIN_WEIGHTS
     large = B <= _SPLIT_LARGE_MAX_BATCH and GH * H * itemsize >= _SPLIT_LARGE_BYTES
+    if not (small or large):
+        return None
+    threads = min(num_threads(), usable_cpus(), H // _UNIT_ALIGN)
     enough = T * B * GH * H >= threads * _MIN_WORK_PER_THREAD
     if small and (threads < 2 or not enough):
         return np.asarray([0, H], dtype=np.int64)
-    if threads < 2 or not (small or large) or not enough:
+    if threads < 2 or not enough:
         return None
     bounds = [_UNIT_ALIGN * round(H * k / threads / _UNIT_ALIGN) for k in range(threads)]
     return np.asarray(bounds + [H], dtype=np.int64)
@@ -156,12 +168,19 @@ def _at_most(threads):
 def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None, reverse=False,
             training=True):
     """Kernel contract forward (see DESIGN.md); arrays are NumPy, of ``x``'s dtype."""
+    (T, B, _), (GH, H) = x.shape, w_hh.shape
     threads = _threads_for(x.shape, w_hh.shape)
+    units = _unit_split(T, B, GH, H, x.dtype.itemsize)
     fpu = flush_denormals()
     try:
+        if threads == 1 and units is not None and T * B <= _ROWDOT_PROJECTION_ROWS:
+            # no BLAS and no parallel region: nothing to hold back or pin (a step of
+            # generation; GRU at H=256, batch 1: 59 -> 45 us a call)
+            return _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse,
+                            training, threads, units)
         with single_threaded_blas(), _at_most(threads), pinned(threads):
             return _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse,
-                            training)
+                            training, threads, units)
     finally:
         restore(fpu)
 
@@ -177,19 +196,24 @@ def backward(cell, saved, dy, dh_n, dc_n):
         restore(fpu)
 
 
-def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training):
+def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training, threads,
+             units):
     spec = get_cell(cell)
     T, B, I = x.shape
     GH, H = w_hh.shape
     dt = x.dtype
-    units = _unit_split(T, B, GH, H, dt.itemsize)
     fuse = units is None and _fuse_projection(I, GH, H, dt.itemsize)
     b_ih_ = b_ih if b_ih is not None else np.zeros(GH, dt)
     if fuse:
         xg, wx = np.empty((0, B, GH), dt), pack(w_ih, transpose=True)
     else:
         xg, wx = empty((T, B, GH), dt), np.empty((0, 1, 1), dt)
-        matmul(x.reshape(T * B, I), w_ih.T, xg.reshape(T * B, GH))
+        if threads == 1 and T * B <= _ROWDOT_PROJECTION_ROWS:
+            matvec(np.ascontiguousarray(x).reshape(T * B, I), 0, T * B,
+                   np.ascontiguousarray(w_ih), 0, GH,
+                   xg.reshape(T * B, GH))
+        else:
+            matmul(x.reshape(T * B, I), w_ih.T, xg.reshape(T * B, GH))
     b_hh_ = b_hh if b_hh is not None else np.zeros(GH, dt)
     lens = np.full(B, T, np.int64) if lengths is None else np.asarray(lengths, np.int64)
     c0_ = c0 if spec.has_cell_state else np.zeros((B, H), dt)
@@ -220,9 +244,12 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training
             wp, starts = pack_blocks(w_hh, [(g * H + units[q], g * H + units[q + 1])
                                             for q in range(units.size - 1) for g in range(G)])
             hg = np.empty((B, starts[-1] * panel_width(dt)), dt)
-        forward_loop_split(CELL_IDS[spec.name], xg, np.ascontiguousarray(w_hh), wp, starts,
-                           b_ih_, b_ih_ + b_hh_, b_hh_, hbuf, c_n, hg, lens, reverse, units,
-                           np.zeros(3, np.int64), y, acts, h_prev, c_all, hn_all)
+        args = (CELL_IDS[spec.name], xg, np.ascontiguousarray(w_hh), wp, starts, b_ih_,
+                b_ih_ + b_hh_, b_hh_, hbuf, c_n, hg, lens, reverse, units)
+        if threads == 1:
+            forward_loop_serial(*args, y, acts, h_prev, c_all, hn_all)
+        else:
+            forward_loop_split(*args, np.zeros(3, np.int64), y, acts, h_prev, c_all, hn_all)
         h_n[...] = hbuf[T % 2]
     saved = None
     if training:

@@ -144,6 +144,25 @@ def forward_loop_split(cell, xg, w_hh, wp, starts, b_ih, b_gates, b_hh, hbuf, c,
 
 
 @jit()
+def forward_loop_serial(cell, xg, w_hh, wp, starts, b_ih, b_gates, b_hh, hbuf, c, hg, lengths,
+                        reverse, units, y, acts, h_prev, c_all, hn_all):
+    """:func:`forward_loop_split` with every unit block on the calling thread and no
+    parallel region: for a call too small to share (a step of generation), where starting
+    even a one-thread region, and narrowing Numba's thread setting for it, costs a good part
+    of the step. The caller flushes denormals."""
+    T = xg.shape[0]
+    keep = acts.shape[0] == T
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        ts = t if keep else 0
+        cur, nxt = hbuf[s % 2], hbuf[1 - s % 2]
+        for q in range(units.size - 1):
+            _units_step(cell, t, ts, q, units[q], units[q + 1], xg, w_hh, wp, starts, b_ih,
+                        b_gates, b_hh, cur, nxt, c, hg, lengths, y, acts, h_prev, c_all,
+                        hn_all)
+
+
+@jit()
 def _units_grad(cell, t, first, tp, u0, u1, dy, dh, dc, c0, lengths, acts, h_prev, c_all,
                 hn_all, dgx, dgh, direct, tc, db):
     """The gate gradients of step ``t`` for hidden units ``[u0, u1)`` of every row (the
