@@ -38,7 +38,7 @@ def check_array(name, a, ndim, dtype=None, shape=None):
         raise TypeError(f"{name}: expected a float32 or float64 array, got dtype {a.dtype}")
     if dtype is not None and a.dtype != dtype:
         raise TypeError(f"{name}: expected dtype {dtype} to match the others, got {a.dtype}")
-    if shape is not None:
+    if shape is not None and tuple(shape) != a.shape:  # (equal: the common case, cheap)
         if len(shape) != a.ndim or any(
                 want is not None and want != got for want, got in zip(shape, a.shape)):
             raise ValueError(f"{name}: expected shape {_fmt(shape)}, got {tuple(a.shape)}")

@@ -141,8 +141,12 @@ def is_cupy_array(a):
 def array_module(*arrays, names=None):
     """Return ``numpy`` or ``cupy`` for the given arrays; error on mixed or foreign inputs.
 
-    ``None`` entries are skipped. ``names`` labels the arrays in error messages.
+    ``None`` entries are skipped. ``names`` labels the arrays in error messages: a list, or
+    a function returning one (built only when there is an error to report).
     """
+    if all(a is None or type(a) is np.ndarray for a in arrays):  # the common case
+        return np
+    names = names() if callable(names) else names
     names = names or [f"argument {k}" for k in range(len(arrays))]
     kinds = {}
     for name, a in zip(names, arrays):

@@ -75,7 +75,7 @@ def rnn(cell, x, weights, h0=None, c0=None, *, num_layers=1, bidirectional=False
     """
     spec = get_cell(cell)
     xp = dispatch.array_module(x, h0, c0, *[w for g in weights for w in g],
-                               names=["x", "h0", "c0"] + [
+                               names=lambda: ["x", "h0", "c0"] + [
                                    f"weights[{k}][{j}]" for k in range(len(weights))
                                    for j in range(len(weights[k]))])
     name, kernel = dispatch.resolve(backend, xp)

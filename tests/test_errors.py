@@ -126,6 +126,12 @@ def test_cell_backward_errors():
 def test_non_arrays_are_not_coerced(lstm):
     with pytest.raises(TypeError, match="x: expected a NumPy or CuPy array, got builtins.list"):
         lstm([[[0.0] * I]])
+    x = _x((5, 2, I), np.float64)
+    w = [np.ones((4 * H, I)), np.ones((4 * H, H)), np.ones(4 * H), np.ones(4 * H)]
+    w[1] = w[1].tolist()
+    with pytest.raises(TypeError, match=r"weights\[0\]\[1\]: expected a NumPy or CuPy array, "
+                                        "got builtins.list"):
+        F.rnn("lstm", x, [tuple(w)])
 
 
 def test_functional_checks_weights_and_arguments():
