@@ -76,32 +76,38 @@ def _pack(w, blocks, columns):
 @jit()
 def _pack_panel(w, columns, bounds, starts, owner, wp, gp):
     """Panel ``gp``: ``W``'s columns ``p*NR..`` of its block (``W = w[r0:r1].T`` for row
-    blocks, ``w[:, j0:j1]`` for column blocks), zero past the block's end. Row blocks walk
-    ``k`` in blocks of 16 so that reads and writes both stay in a few cache lines (4 MB on
-    one thread: 0.9 ms, against 1.5 ms a whole row at a time)."""
+    blocks, ``w[:, j0:j1]`` for column blocks), zero past the block's end. Row blocks write
+    the panel in order, gathering each of its rows from ``NR`` rows of ``w`` (4 MB, two
+    threads: 0.51 -> 0.36 ms against walking ``k`` in blocks of 16 and writing a column
+    at a time; 1536 x 512 0.39 -> 0.30 ms)."""
     K, NR = wp.shape[1], wp.shape[2]
     zero = np.float32(0)
     i = owner[gp]
     lo, hi = bounds[i, 0], bounds[i, 1]
     p = gp - starts[i]
     panel = wp[gp]
+    r0 = lo + p * NR  # the panel's first column of W
     if columns:
+        if r0 + NR <= hi:  # a whole panel: plain row copies
+            for k in range(K):
+                dst, src = panel[k], w[k, r0:r0 + NR]
+                for c in range(NR):
+                    dst[c] = src[c]
+            return
         for k in range(K):
             for c in range(NR):
-                j = lo + p * NR + c
-                panel[k, c] = w[k, j] if j < hi else zero
+                panel[k, c] = w[k, r0 + c] if r0 + c < hi else zero
         return
-    for k0 in range(0, K, 16):
-        k1 = min(k0 + 16, K)
+    if r0 + NR <= hi:  # a whole panel: each row of it gathers one column of NR rows
+        rows = w[r0:r0 + NR]
+        for k in range(K):
+            dst = panel[k]
+            for c in range(NR):
+                dst[c] = rows[c, k]
+        return
+    for k in range(K):
         for c in range(NR):
-            r = lo + p * NR + c
-            if r < hi:
-                row = w[r]
-                for k in range(k0, k1):
-                    panel[k, c] = row[k]
-            else:
-                for k in range(k0, k1):
-                    panel[k, c] = zero
+            panel[k, c] = w[r0 + c, k] if r0 + c < hi else zero
 
 
 @jit()
