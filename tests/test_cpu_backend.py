@@ -144,8 +144,9 @@ def test_two_forwards_before_backward_keep_their_saved_arrays():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("B", [1, 2, 5])
 def test_small_batches_split_the_units_and_match_the_reference(cell, dtype, B, monkeypatch):
-    """Batches 1-2 use the row-dot kernel forward; larger ones (made to split here by
-    lowering the weight-size threshold) the packed panels; backward always packs."""
+    """Batches 1-2 use the row-dot kernel forward, computing the input projection inside
+    the loop (T=9: a chunk of 8 steps, then 1); larger ones (made to split here by lowering
+    the weight-size threshold) the packed panels; backward always packs."""
     from fastrnn.kernels import cpu
     monkeypatch.setattr(cpu, "_MIN_WORK_PER_THREAD", 0)  # split even these short calls
     if B > cpu._SPLIT_MAX_BATCH:
@@ -162,11 +163,11 @@ def test_small_batches_split_the_units_and_match_the_reference(cell, dtype, B, m
         assert all(u % 16 == 0 for u in units[:-1]) and np.all(np.diff(units) > 0)
     lengths = [9, 4, 9, 1, 7][:B]
     kw = dict(num_layers=2, bidirectional=True, lengths=lengths)
-    calls = []
+    calls, per = [], []
     for name in ("forward_loop_split", "backward_loop_split"):
         real = getattr(cpu, name)
         monkeypatch.setattr(cpu, name, lambda *a, _real=real, _name=name: (
-            calls.append(_name), _real(*a))[1])
+            calls.append(_name), per.append(a[-1]), _real(*a))[2])
     for training in (True, False):
         _assert_matches_reference(cell, x, weights, h0, c0, dtype, training, **kw)
     if cpu.num_threads() >= 2 and len(os.sched_getaffinity(0)) >= 2:
@@ -174,6 +175,24 @@ def test_small_batches_split_the_units_and_match_the_reference(cell, dtype, B, m
         # once made the split think it had one CPU and quietly fall back)
         assert calls.count("forward_loop_split") == 8  # 2 layers x 2 directions x 2 modes
         assert calls.count("backward_loop_split") == 4
+        steps = [p for c, p in zip(calls, per) if c == "forward_loop_split"]
+        assert steps == [cpu._UNIT_PROJECTION_STEPS if B <= 2 else 0] * 8
+
+
+def test_where_the_input_projection_is_computed():
+    from fastrnn.kernels import cpu
+    units = np.array([0, 128, 256])
+    # batch 1-2, both weights of a thread (1 MB for an LSTM at H=256) within half its L2
+    assert cpu._projection(150, 1, 256, 1024, 256, 4, 2, units) == "units"
+    assert cpu._projection(150, 2, 256, 1024, 256, 8, 2, units) == "gemm"  # float64: 2 MB
+    assert cpu._projection(100, 1, 512, 2048, 512, 4, 2, units) == "gemm"  # 4 MB a thread
+    assert cpu._projection(150, 4, 256, 1024, 256, 4, 2, units) == "gemm"  # batch 4
+    # one thread, a few rows: the row-dot kernel before the loop
+    assert cpu._projection(1, 16, 256, 1024, 256, 4, 1, np.array([0, 256])) == "rowdot"
+    assert cpu._projection(2, 16, 256, 1024, 256, 4, 1, np.array([0, 256])) == "gemm"
+    # batch split: inside the loop when the weights are small
+    assert cpu._projection(500, 8, 128, 384, 128, 4, 2, None) == "batch"
+    assert cpu._projection(100, 32, 512, 1536, 512, 4, 2, None) == "gemm"
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])

@@ -1,8 +1,10 @@
 """The ``cpu`` backend: Numba-compiled fused kernels behind the kernel contract.
 
 Per layer and direction: the input projection of all ``T*B`` rows is one BLAS GEMM (or,
-when the weights are small, computed inside the loop a few steps at a time, where it
-stays in cache); the whole time loop runs in compiled code (:mod:`._loops`), threads split
+when the weights are small, or at batch 1-2 when they fit in the threads' L2, computed
+inside the loop a few steps at a time, where it stays in cache; for a one-thread call of
+a few rows, by the row-dot kernel: see :func:`_projection`); the whole time loop runs in
+compiled code (:mod:`._loops`), threads split
 the batch - or, for batches of 1-2 rows, calls of a few rows and large ``w_hh`` at
 moderate batch, the hidden units (:mod:`._split`); backward walks time in reverse in
 compiled code, summing the bias gradients as it goes, then ``dx``, ``dw_ih`` and ``dw_hh``
@@ -76,6 +78,10 @@ _UNIT_ALIGN = 16  # unit blocks start on whole vectors
 # row-dot kernel (:func:`._gemm.matvec`, four rows a pass over ``w_ih``) instead of a BLAS
 # GEMM, whose fixed cost dominates there.
 _ROWDOT_PROJECTION_ROWS = 16
+# The unit-split loops at batch 1-2 compute the projection themselves, every few steps,
+# when each thread's rows of w_ih and w_hh together fit in half a core's L2.
+_UNIT_PROJECTION_STEPS = 8
+_UNIT_PROJECTION_BYTES = 1 << 20
 
 
 def _rowdot(T, B):
@@ -146,6 +152,27 @@ def _projection_steps(chunks):
     return max(1, min(_PROJECTION_STEPS, _PROJECTION_ROWS // rows))
 
 
+def _projection(T, B, I, GH, H, itemsize, threads, units):
+    """Where the forward computes the input projection: ``"batch"`` (inside the batch-split
+    loop, see :func:`_fuse_projection`), ``"units"`` (inside the unit-split loop, each
+    thread for its units every ``_UNIT_PROJECTION_STEPS`` steps, with the row-dot kernel:
+    w_ih stays in the thread's L2 beside its w_hh, and the call needs no BLAS GEMM and no
+    GEMM thread; LSTM inference at H=256, T=150, batch 1, medians of 61 calls back to back /
+    41 after 50 ms idle: 1.67-1.75 -> 1.37-1.38 ms / 2.45-2.51 -> 1.87-1.94, the GRU's
+    1.43-1.44 -> 1.06-1.26 / 2.08-2.24 -> 1.71-1.89; 4 and 16 steps alike; LSTM at H=512,
+    4 MB a thread, 4.6-5.2 -> 6.0-6.8 ms: w_hh no longer stays in L2), ``"rowdot"`` (the
+    row-dot kernel before the loop: a one-thread call of a few rows) or ``"gemm"`` (one
+    BLAS GEMM before the loop)."""
+    if units is None:
+        return "batch" if _fuse_projection(I, GH, H, itemsize) else "gemm"
+    if (threads > 1 and B <= _SPLIT_MAX_BATCH
+            and (I + H) * GH * itemsize <= threads * _UNIT_PROJECTION_BYTES):
+        return "units"
+    if threads == 1 and T * B <= _ROWDOT_PROJECTION_ROWS:
+        return "rowdot"
+    return "gemm"
+
+
 @contextlib.contextmanager
 def _at_most(threads):
     """Run the body's compiled code on at most ``threads`` threads (Numba's setting is per
@@ -168,19 +195,20 @@ def _at_most(threads):
 def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None, reverse=False,
             training=True):
     """Kernel contract forward (see DESIGN.md); arrays are NumPy, of ``x``'s dtype."""
-    (T, B, _), (GH, H) = x.shape, w_hh.shape
+    (T, B, I), (GH, H) = x.shape, w_hh.shape
     threads = _threads_for(x.shape, w_hh.shape)
     units = _unit_split(T, B, GH, H, x.dtype.itemsize)
+    plan = (threads, units, _projection(T, B, I, GH, H, x.dtype.itemsize, threads, units))
     fpu = flush_denormals()
     try:
-        if threads == 1 and units is not None and T * B <= _ROWDOT_PROJECTION_ROWS:
+        if plan[2] == "rowdot":
             # no BLAS and no parallel region: nothing to hold back or pin (a step of
             # generation; GRU at H=256, batch 1: 59 -> 45 us a call)
             return _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse,
-                            training, threads, units)
+                            training, plan)
         with single_threaded_blas(), _at_most(threads), pinned(threads):
             return _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse,
-                            training, threads, units)
+                            training, plan)
     finally:
         restore(fpu)
 
@@ -196,24 +224,22 @@ def backward(cell, saved, dy, dh_n, dc_n):
         restore(fpu)
 
 
-def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training, threads,
-             units):
+def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training, plan):
     spec = get_cell(cell)
     T, B, I = x.shape
     GH, H = w_hh.shape
     dt = x.dtype
-    fuse = units is None and _fuse_projection(I, GH, H, dt.itemsize)
+    threads, units, projection = plan
     b_ih_ = b_ih if b_ih is not None else np.zeros(GH, dt)
-    if fuse:
+    if projection == "batch":
         xg, wx = np.empty((0, B, GH), dt), pack(w_ih, transpose=True)
     else:
         xg, wx = empty((T, B, GH), dt), np.empty((0, 1, 1), dt)
-        if threads == 1 and T * B <= _ROWDOT_PROJECTION_ROWS:
-            matvec(np.ascontiguousarray(x).reshape(T * B, I), 0, T * B,
-                   np.ascontiguousarray(w_ih), 0, GH,
-                   xg.reshape(T * B, GH))
-        else:
-            matmul(x.reshape(T * B, I), w_ih.T, xg.reshape(T * B, GH))
+    if projection == "rowdot":
+        matvec(np.ascontiguousarray(x).reshape(T * B, I), 0, T * B, np.ascontiguousarray(w_ih),
+               0, GH, xg.reshape(T * B, GH))
+    elif projection == "gemm":
+        matmul(x.reshape(T * B, I), w_ih.T, xg.reshape(T * B, GH))
     b_hh_ = b_hh if b_hh is not None else np.zeros(GH, dt)
     lens = np.full(B, T, np.int64) if lengths is None else np.asarray(lengths, np.int64)
     c0_ = c0 if spec.has_cell_state else np.zeros((B, H), dt)
@@ -226,7 +252,7 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training
     c_all = empty((steps if spec.has_cell_state else 1, B, H), dt)
     hn_all = empty((steps if spec.name == "gru" else 1, B, H), dt)
     if units is None:
-        x_steps = np.ascontiguousarray(x) if fuse else xg  # read by the loop only when fused
+        x_steps = np.ascontiguousarray(x) if projection == "batch" else xg  # (else unread)
         chunks = _chunks(T, B, GH, H)
         forward_loop(CELL_IDS[spec.name], xg, x_steps, wx, _projection_steps(chunks), b_ih_,
                      b_ih_ + b_hh_, pack(w_hh, transpose=True), b_hh_,
@@ -249,7 +275,10 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training
         if threads == 1:
             forward_loop_serial(*args, y, acts, h_prev, c_all, hn_all)
         else:
-            forward_loop_split(*args, np.zeros(3, np.int64), y, acts, h_prev, c_all, hn_all)
+            per = _UNIT_PROJECTION_STEPS if projection == "units" else 0
+            forward_loop_split(*args, np.zeros(3, np.int64), y, acts, h_prev, c_all, hn_all,
+                               np.ascontiguousarray(x).reshape(T * B, I),
+                               np.ascontiguousarray(w_ih), xg.reshape(T * B, GH), per)
         h_n[...] = hbuf[T % 2]
     saved = None
     if training:

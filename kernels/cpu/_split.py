@@ -114,14 +114,22 @@ def _units_step(cell, t, ts, q, u0, u1, xg, w_hh, wp, starts, b_ih, b_gates, b_h
 
 @jit(parallel=True)
 def forward_loop_split(cell, xg, w_hh, wp, starts, b_ih, b_gates, b_hh, hbuf, c, hg, lengths,
-                       reverse, units, sync, y, acts, h_prev, c_all, hn_all):
+                       reverse, units, sync, y, acts, h_prev, c_all, hn_all, x2, w_ih, xg2,
+                       per):
     """Same results as :func:`._loops.forward_loop`. ``units [P+1]``: the unit blocks of the
     ``P`` threads; ``hbuf [2,B,H]`` holds ``h0`` in slot 0 and ends with ``h_n`` in slot
     ``T % 2``; ``c`` holds ``c0`` and ends as ``c_n``; ``w_hh`` or ``wp``/``starts``: the
     weights (see :func:`_units_step`); ``xg`` is the input projection without bias: the
     biases enter in the gate passes as in :func:`._loops.forward_loop` (``b_gates = b_ih +
-    b_hh``); ``hg`` is scratch for the products; ``sync`` is a zeroed ``int64 [3]``."""
+    b_hh``); ``hg`` is scratch for the products; ``sync`` is a zeroed ``int64 [3]``.
+    With ``per > 0`` the loop computes ``xg`` itself: every ``per`` steps each thread
+    projects the next ``per`` steps' rows of ``x2 = x [T*B,I]`` onto its units' rows of
+    ``w_ih`` (:func:`._gemm.matvec`, into ``xg2``, ``xg`` as ``[T*B,G*H]``): it reads only
+    its own columns of ``xg``, so no barrier is needed for them."""
     T = xg.shape[0]
+    B = hbuf.shape[1]
+    H = hbuf.shape[2]
+    G = xg.shape[2] // H
     P = units.size - 1
     keep = acts.shape[0] == T
     for p in prange(P):
@@ -134,6 +142,13 @@ def forward_loop_split(cell, xg, w_hh, wp, starts, b_ih, b_gates, b_hh, hbuf, c,
                 t = T - 1 - s if reverse else s
                 ts = t if keep else 0
                 cur, nxt = hbuf[s % 2], hbuf[1 - s % 2]
+                if per > 0 and s % per == 0:
+                    n = min(per, T - s)
+                    lo = T - s - n if reverse else s  # the steps' times are lo .. lo+n-1
+                    for q in range(q0, q1):
+                        for g in range(G):
+                            matvec(x2, lo * B, (lo + n) * B, w_ih, g * H + units[q],
+                                   g * H + units[q + 1], xg2)
                 for q in range(q0, q1):
                     _units_step(cell, t, ts, q, units[q], units[q + 1], xg, w_hh, wp,
                                 starts, b_ih, b_gates, b_hh, cur, nxt, c, hg, lengths, y,
