@@ -234,6 +234,26 @@ def test_tiny_calls_run_on_one_thread_and_read_w_hh_unpacked(cell, dtype, B, mon
     assert all(threads == 1 for n, _, threads in seen if n == "backward_loop_split")
 
 
+@pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru"])
+def test_serial_loop_runs_any_number_of_unit_blocks(cell, monkeypatch):
+    """forward_loop_serial walks every unit block on the caller: with two blocks (a
+    one-thread call never asks for more than one, but the loop does not rely on it) it
+    matches the reference, lengths and reverse included."""
+    from fastrnn.kernels import cpu
+    H = 96
+    x, weights, h0, c0 = random_problem(cell, 4, 3, 5, H, 1, 2, np.float64, seed=5,
+                                        scale=1 / np.sqrt(H))
+    monkeypatch.setattr(cpu, "_unit_split", lambda *a: np.array([0, 48, H]))
+    monkeypatch.setattr(cpu, "_threads_for", lambda *a: 1)
+    seen = []
+    real = cpu.forward_loop_serial
+    monkeypatch.setattr(cpu, "forward_loop_serial",
+                        lambda *a: (seen.append(list(a[13])), real(*a))[1])
+    _assert_matches_reference(cell, x, weights, h0, c0, np.float64, training=False,
+                              bidirectional=True, lengths=[4, 2, 3])
+    assert seen == [[0, 48, H]] * 2
+
+
 def test_split_path_survives_serialised_threads(monkeypatch):
     """If Numba runs both unit blocks on one thread, that thread does all of them."""
     import numba
