@@ -187,6 +187,7 @@ def test_where_the_input_projection_is_computed():
     assert cpu._projection(150, 2, 256, 1024, 256, 8, 2, units) == "gemm"  # float64: 2 MB
     assert cpu._projection(100, 1, 512, 2048, 512, 4, 2, units) == "gemm"  # 4 MB a thread
     assert cpu._projection(150, 4, 256, 1024, 256, 4, 2, units) == "gemm"  # batch 4
+    assert cpu._projection(150, 1, 256, 1024, 256, 4, 2, np.array([0, 256])) == "gemm"
     # one thread, a few rows: the row-dot kernel before the loop
     assert cpu._projection(1, 16, 256, 1024, 256, 4, 1, np.array([0, 256])) == "rowdot"
     assert cpu._projection(2, 16, 256, 1024, 256, 4, 1, np.array([0, 256])) == "gemm"

@@ -166,7 +166,7 @@ def _projection(T, B, I, GH, H, itemsize, threads, units):
     if units is None:
         return "batch" if _fuse_projection(I, GH, H, itemsize) else "gemm"
     if (threads > 1 and B <= _SPLIT_MAX_BATCH
-            and (I + H) * GH * itemsize <= threads * _UNIT_PROJECTION_BYTES):
+            and (I + H) * GH * itemsize <= (units.size - 1) * _UNIT_PROJECTION_BYTES):
         return "units"
     if threads == 1 and T * B <= _ROWDOT_PROJECTION_ROWS:
         return "rowdot"
