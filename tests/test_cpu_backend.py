@@ -179,6 +179,26 @@ def test_small_batches_split_the_units_and_match_the_reference(cell, dtype, B, m
         assert steps == [cpu._UNIT_PROJECTION_STEPS if B <= 2 else 0] * 8
 
 
+@pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_in_loop_projection_on_whole_vectors_matches_the_reference(cell, dtype,
+                                                                    monkeypatch):
+    """Batch 1-2 with an input size of whole vectors: the loop's projection runs the
+    vector dot kernels (I=5 elsewhere takes their scalar fallback), over chunks of 8, 8
+    and 3 steps, in both directions, with padding."""
+    from fastrnn.kernels import cpu
+    monkeypatch.setattr(cpu, "_MIN_WORK_PER_THREAD", 0)
+    H = {"lstm": 144, "gru": 160}.get(cell, 272)
+    for B in (1, 2):
+        x, weights, h0, c0 = random_problem(cell, 19, B, 64, H, 1, 2, dtype, seed=B,
+                                            scale=1 / np.sqrt(H))
+        assert cpu._projection(19, B, 64, weights[0][1].shape[0], H, np.dtype(dtype).itemsize,
+                               2, np.array([0, 64, H])) == "units"
+        for training in (True, False):
+            _assert_matches_reference(cell, x, weights, h0, c0, dtype, training,
+                                      bidirectional=True, lengths=[19, 12][:B])
+
+
 def test_where_the_input_projection_is_computed():
     from fastrnn.kernels import cpu
     units = np.array([0, 128, 256])
