@@ -146,11 +146,14 @@ def test_two_forwards_before_backward_keep_their_saved_arrays():
 def test_small_batches_split_the_units_and_match_the_reference(cell, dtype, B, monkeypatch):
     """Batches 1-2 use the row-dot kernel forward, computing the input projection inside
     the loop (T=9: a chunk of 8 steps, then 1); larger ones (made to split here by lowering
-    the weight-size threshold) the packed panels; backward always packs."""
+    the weight-size threshold, and to pack by lowering the row-dot line below their 45
+    rows) the packed panels, with the projection a GEMM before the loop; backward always
+    packs."""
     from fastrnn.kernels import cpu
     monkeypatch.setattr(cpu, "_MIN_WORK_PER_THREAD", 0)  # split even these short calls
     if B > cpu._SPLIT_MAX_BATCH:
         monkeypatch.setattr(cpu, "_SPLIT_LARGE_BYTES", 0)
+        monkeypatch.setattr(cpu, "_ROWDOT_MAX_ROWS", 4)
     H = {"lstm": 144, "gru": 160}.get(cell, 272)  # big enough for the split; H % 16 != 0
     # PyTorch's init scale: larger weights make a wide tanh RNN chaotic, and float32
     # rounding differences between any two summation orders then grow step by step.
@@ -183,20 +186,21 @@ def test_small_batches_split_the_units_and_match_the_reference(cell, dtype, B, m
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_in_loop_projection_on_whole_vectors_matches_the_reference(cell, dtype,
                                                                     monkeypatch):
-    """Batch 1-2 with an input size of whole vectors: the loop's projection runs the
-    vector dot kernels (I=5 elsewhere takes their scalar fallback), over chunks of 8, 8
-    and 3 steps, in both directions, with padding."""
+    """Batch 1-2, and a call of a few rows (6 x 19), with an input size of whole vectors:
+    the loop's projection runs the vector dot kernels (I=5 elsewhere takes their scalar
+    fallback), over chunks of 8, 8 and 3 steps, in both directions, with padding."""
     from fastrnn.kernels import cpu
     monkeypatch.setattr(cpu, "_MIN_WORK_PER_THREAD", 0)
     H = {"lstm": 144, "gru": 160}.get(cell, 272)
-    for B in (1, 2):
+    for B in (1, 2, 6):
         x, weights, h0, c0 = random_problem(cell, 19, B, 64, H, 1, 2, dtype, seed=B,
                                             scale=1 / np.sqrt(H))
         assert cpu._projection(19, B, 64, weights[0][1].shape[0], H, np.dtype(dtype).itemsize,
                                2, np.array([0, 64, H])) == "units"
         for training in (True, False):
             _assert_matches_reference(cell, x, weights, h0, c0, dtype, training,
-                                      bidirectional=True, lengths=[19, 12][:B])
+                                      bidirectional=True,
+                                      lengths=[19, 12, 19, 3, 0, 19][:B])
 
 
 def test_where_the_input_projection_is_computed():
@@ -207,6 +211,8 @@ def test_where_the_input_projection_is_computed():
     assert cpu._projection(150, 2, 256, 1024, 256, 8, 2, units) == "gemm"  # float64: 2 MB
     assert cpu._projection(100, 1, 512, 2048, 512, 4, 2, units) == "gemm"  # 4 MB a thread
     assert cpu._projection(150, 4, 256, 1024, 256, 4, 2, units) == "gemm"  # batch 4
+    assert cpu._projection(2, 64, 256, 1024, 256, 4, 2, units) == "units"  # 128 rows
+    assert cpu._projection(1, 129, 256, 1024, 256, 4, 2, units) == "gemm"  # 129 rows
     assert cpu._projection(150, 1, 256, 1024, 256, 4, 2, np.array([0, 256])) == "gemm"
     # one thread, a few rows: the row-dot kernel before the loop
     assert cpu._projection(1, 16, 256, 1024, 256, 4, 1, np.array([0, 256])) == "rowdot"

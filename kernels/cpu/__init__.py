@@ -78,8 +78,9 @@ _UNIT_ALIGN = 16  # unit blocks start on whole vectors
 # row-dot kernel (:func:`._gemm.matvec`, four rows a pass over ``w_ih``) instead of a BLAS
 # GEMM, whose fixed cost dominates there.
 _ROWDOT_PROJECTION_ROWS = 16
-# The unit-split loops at batch 1-2 compute the projection themselves, every few steps,
-# when each thread's rows of w_ih and w_hh together fit in half a core's L2.
+# The unit-split loops on unpacked weights (batch 1-2, calls of a few rows) compute the
+# projection themselves, every few steps, when each thread's rows of w_ih and w_hh
+# together fit in half a core's L2.
 _UNIT_PROJECTION_STEPS = 8
 _UNIT_PROJECTION_BYTES = 1 << 20
 
@@ -154,18 +155,22 @@ def _projection_steps(chunks):
 
 def _projection(T, B, I, GH, H, itemsize, threads, units):
     """Where the forward computes the input projection: ``"batch"`` (inside the batch-split
-    loop, see :func:`_fuse_projection`), ``"units"`` (inside the unit-split loop, each
-    thread for its units every ``_UNIT_PROJECTION_STEPS`` steps, with the row-dot kernel:
-    w_ih stays in the thread's L2 beside its w_hh, and the call needs no BLAS GEMM and no
-    GEMM thread; LSTM inference at H=256, T=150, batch 1, medians of 61 calls back to back /
-    41 after 50 ms idle: 1.67-1.75 -> 1.37-1.38 ms / 2.45-2.51 -> 1.87-1.94, the GRU's
-    1.43-1.44 -> 1.06-1.26 / 2.08-2.24 -> 1.71-1.89; 4 and 16 steps alike; LSTM at H=512,
-    4 MB a thread, 4.6-5.2 -> 6.0-6.8 ms: w_hh no longer stays in L2), ``"rowdot"`` (the
+    loop, see :func:`_fuse_projection`), ``"units"`` (inside the unit-split loop on
+    unpacked weights, each thread for its units every ``_UNIT_PROJECTION_STEPS`` steps,
+    with the row-dot kernel: w_ih stays in the thread's L2 beside its w_hh, and the call
+    needs no BLAS GEMM and no GEMM thread; LSTM inference at H=256, T=150, batch 1,
+    medians of 61 calls back to back / 41 after 50 ms idle: 1.67-1.75 -> 1.37-1.38 ms /
+    2.45-2.51 -> 1.87-1.94, the GRU's 1.43-1.44 -> 1.06-1.26 / 2.08-2.24 -> 1.71-1.89; 4
+    and 16 steps alike; LSTM at H=512, 4 MB a thread, 4.6-5.2 -> 6.0-6.8 ms: w_hh no longer
+    stays in L2; calls of a few rows, LSTM H=256, back to back: T=1 batch 32 519-523 ->
+    325-356 us, T=2 batch 16 500 -> 292-340, T=4 batch 8 498-500 -> 317-321, T=1 batch 64
+    672-677 -> 525-550, batch 128 1079-1123 -> 938-990, GRU T=2 batch 64 869-918 ->
+    713-733), ``"rowdot"`` (the
     row-dot kernel before the loop: a one-thread call of a few rows) or ``"gemm"`` (one
     BLAS GEMM before the loop)."""
     if units is None:
         return "batch" if _fuse_projection(I, GH, H, itemsize) else "gemm"
-    if (threads > 1 and B <= _SPLIT_MAX_BATCH
+    if (threads > 1 and _rowdot(T, B)
             and (I + H) * GH * itemsize <= (units.size - 1) * _UNIT_PROJECTION_BYTES):
         return "units"
     if threads == 1 and T * B <= _ROWDOT_PROJECTION_ROWS:
