@@ -191,16 +191,21 @@ def test_in_loop_projection_on_whole_vectors_matches_the_reference(cell, dtype,
     fallback), over chunks of 8, 8 and 3 steps, in both directions, with padding."""
     from fastrnn.kernels import cpu
     monkeypatch.setattr(cpu, "_MIN_WORK_PER_THREAD", 0)
+    per = []
+    real = cpu.forward_loop_split
+    monkeypatch.setattr(cpu, "forward_loop_split",
+                        lambda *a: (per.append(a[-1]), real(*a))[1])
     H = {"lstm": 144, "gru": 160}.get(cell, 272)
     for B in (1, 2, 6):
         x, weights, h0, c0 = random_problem(cell, 19, B, 64, H, 1, 2, dtype, seed=B,
                                             scale=1 / np.sqrt(H))
-        assert cpu._projection(19, B, 64, weights[0][1].shape[0], H, np.dtype(dtype).itemsize,
-                               2, np.array([0, 64, H])) == "units"
         for training in (True, False):
             _assert_matches_reference(cell, x, weights, h0, c0, dtype, training,
                                       bidirectional=True,
                                       lengths=[19, 12, 19, 3, 0, 19][:B])
+    if cpu.num_threads() >= 2 and len(os.sched_getaffinity(0)) >= 2:
+        # every forward (3 batches x 2 modes x 2 directions) projected inside the loop
+        assert per == [cpu._UNIT_PROJECTION_STEPS] * 12
 
 
 def test_where_the_input_projection_is_computed():

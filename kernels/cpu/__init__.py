@@ -4,9 +4,9 @@ Per layer and direction: the input projection of all ``T*B`` rows is one BLAS GE
 when the weights are small, or at batch 1-2 when they fit in the threads' L2, computed
 inside the loop a few steps at a time, where it stays in cache; for a one-thread call of
 a few rows, by the row-dot kernel: see :func:`_projection`); the whole time loop runs in
-compiled code (:mod:`._loops`), threads split
-the batch - or, for batches of 1-2 rows, calls of a few rows and large ``w_hh`` at
-moderate batch, the hidden units (:mod:`._split`); backward walks time in reverse in
+compiled code (:mod:`._loops`), threads split the batch - or, for batches of 1-2 rows,
+calls of a few rows and large ``w_hh`` at moderate batch, the hidden units
+(:mod:`._split`); backward walks time in reverse in
 compiled code, summing the bias gradients as it goes, then ``dx``, ``dw_ih`` and ``dw_hh``
 are single GEMMs over all ``T*B`` rows. The threads of a call are pinned to distinct CPUs
 (:mod:`._affinity`); a call too small for two runs on one.
@@ -158,16 +158,16 @@ def _projection(T, B, I, GH, H, itemsize, threads, units):
     loop, see :func:`_fuse_projection`), ``"units"`` (inside the unit-split loop on
     unpacked weights, each thread for its units every ``_UNIT_PROJECTION_STEPS`` steps,
     with the row-dot kernel: w_ih stays in the thread's L2 beside its w_hh, and the call
-    needs no BLAS GEMM and no GEMM thread; LSTM inference at H=256, T=150, batch 1,
-    medians of 61 calls back to back / 41 after 50 ms idle: 1.67-1.75 -> 1.37-1.38 ms /
-    2.45-2.51 -> 1.87-1.94, the GRU's 1.43-1.44 -> 1.06-1.26 / 2.08-2.24 -> 1.71-1.89; 4
-    and 16 steps alike; LSTM at H=512, 4 MB a thread, 4.6-5.2 -> 6.0-6.8 ms: w_hh no longer
-    stays in L2; calls of a few rows, LSTM H=256, back to back: T=1 batch 32 519-523 ->
-    325-356 us, T=2 batch 16 500 -> 292-340, T=4 batch 8 498-500 -> 317-321, T=1 batch 64
-    672-677 -> 525-550, batch 128 1079-1123 -> 938-990, GRU T=2 batch 64 869-918 ->
-    713-733), ``"rowdot"`` (the
-    row-dot kernel before the loop: a one-thread call of a few rows) or ``"gemm"`` (one
-    BLAS GEMM before the loop)."""
+    needs no BLAS GEMM and no GEMM thread), ``"rowdot"`` (the row-dot kernel before the
+    loop: a one-thread call of a few rows) or ``"gemm"`` (one BLAS GEMM before the loop).
+
+    ``"units"`` measured (LSTM inference at H=256, each version in its own process): T=150
+    batch 1, medians of 61 calls back to back / 41 after 50 ms idle, 1.67-1.75 -> 1.37-1.38
+    ms / 2.45-2.51 -> 1.87-1.94, the GRU's 1.43-1.44 -> 1.06-1.26 / 2.08-2.24 -> 1.71-1.89,
+    4 and 16 steps alike; calls of a few rows, back to back, T=1 batch 32 519-523 -> 325-356
+    us, T=2 batch 16 500 -> 292-340, T=4 batch 8 498-500 -> 317-321, T=1 batch 64 672-677 ->
+    525-550, batch 128 1079-1123 -> 938-990, GRU T=2 batch 64 869-918 -> 713-733. An LSTM
+    at H=512 (4 MB a thread) went 4.6-5.2 -> 6.0-6.8 ms: w_hh no longer stays in L2."""
     if units is None:
         return "batch" if _fuse_projection(I, GH, H, itemsize) else "gemm"
     if (threads > 1 and _rowdot(T, B)
@@ -240,9 +240,12 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training
         xg, wx = np.empty((0, B, GH), dt), pack(w_ih, transpose=True)
     else:
         xg, wx = empty((T, B, GH), dt), np.empty((0, 1, 1), dt)
+    if projection in ("rowdot", "units"):  # (the row-dot kernel reads rows with unit stride)
+        x2, w_ih2 = np.ascontiguousarray(x).reshape(T * B, I), np.ascontiguousarray(w_ih)
+    else:
+        x2, w_ih2 = np.empty((0, I), dt), np.empty((0, I), dt)
     if projection == "rowdot":
-        matvec(np.ascontiguousarray(x).reshape(T * B, I), 0, T * B, np.ascontiguousarray(w_ih),
-               0, GH, xg.reshape(T * B, GH))
+        matvec(x2, 0, T * B, w_ih2, 0, GH, xg.reshape(T * B, GH))
     elif projection == "gemm":
         matmul(x.reshape(T * B, I), w_ih.T, xg.reshape(T * B, GH))
     b_hh_ = b_hh if b_hh is not None else np.zeros(GH, dt)
@@ -282,8 +285,7 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training
         else:
             per = _UNIT_PROJECTION_STEPS if projection == "units" else 0
             forward_loop_split(*args, np.zeros(3, np.int64), y, acts, h_prev, c_all, hn_all,
-                               np.ascontiguousarray(x).reshape(T * B, I),
-                               np.ascontiguousarray(w_ih), xg.reshape(T * B, GH), per)
+                               x2, w_ih2, xg.reshape(T * B, GH), per)
         h_n[...] = hbuf[T % 2]
     saved = None
     if training:
