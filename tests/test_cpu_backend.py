@@ -340,8 +340,9 @@ def test_pinning_can_be_turned_off():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("B,K,N", [(13, 37, 70), (8, 256, 1024), (3, 5, 3), (20, 32, 128)])
-@pytest.mark.parametrize("transpose", [True, False])
+@pytest.mark.parametrize("B,K,N", [(13, 37, 70), (8, 256, 1024), (3, 5, 3), (20, 32, 128),
+                                   (20, 256, 1024)])  # >= 1 MB, two full row tiles:
+@pytest.mark.parametrize("transpose", [True, False])  # the tiles prefetch the next panel
 @pytest.mark.parametrize("step", [0, 1])  # odd steps walk the panels in reverse
 def test_packed_gemm_matches_numpy_on_any_row_range(dtype, B, K, N, transpose, step):
     from fastrnn.kernels.cpu._gemm import gemm_packed, pack, panel_width
@@ -353,6 +354,9 @@ def test_packed_gemm_matches_numpy_on_any_row_range(dtype, B, K, N, transpose, s
     want = a.astype(np.float64) @ (w.T if transpose else w).astype(np.float64)
     out = np.full((B, wp.shape[0] * wp.shape[2]), np.nan, dtype)
     r0, r1 = (1, B - 1) if B > 2 else (0, B)
+    if B == 20 and K == 256:
+        from fastrnn.kernels.cpu import _gemm
+        assert wp.nbytes >= _gemm._PREFETCH_BYTES
     gemm_packed(a, r0, r1, wp, out, step)
     assert_close(out[r0:r1, :N], want[r0:r1].astype(dtype), dtype, "rows in range")
     assert np.all(out[r0:r1, N:] == 0)  # the padding columns of the last panel
