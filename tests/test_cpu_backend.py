@@ -440,6 +440,39 @@ def test_calls_from_a_second_thread_are_not_pinned_and_still_correct(monkeypatch
     assert_close(seen["out"], want, np.float32, "output from the second thread")
 
 
+def test_calls_from_several_threads_at_once_match_the_reference(monkeypatch):
+    """Three Python threads calling the backend at the same time (a server answering
+    requests in threads): each call's parallel region, barriers, GEMM pool and BLAS
+    thread setting must not disturb the others'. Both loop kinds (unit split at batch 1,
+    batch split) and training, every call checked."""
+    import threading
+    from fastrnn.kernels import cpu
+    monkeypatch.setattr(cpu, "_MIN_WORK_PER_THREAD", 0)  # every call opens a parallel region
+    problems = []
+    for i, (cell, T, B, H) in enumerate([("lstm", 30, 1, 256), ("gru", 20, 12, 64),
+                                         ("rnn_tanh", 15, 16, 128), ("gru", 25, 2, 128)]):
+        x, w, h0, c0 = random_problem(cell, T, B, 16, H, 1, 1, np.float32, seed=i,
+                                      scale=1 / np.sqrt(H))
+        want = _run("numpy", cell, x, w, h0, c0)
+        problems.append((cell, x, w, h0, c0, want))
+    failures = []
+
+    def work(k):
+        try:
+            for i in range(12):
+                cell, x, w, h0, c0, want = problems[(k + i) % len(problems)]
+                for g, v in zip(_run("cpu", cell, x, w, h0, c0), want):
+                    assert_close(g, v, np.float32, f"{cell} from thread {k}")
+        except Exception as e:  # (an assertion in a thread would otherwise be lost)
+            failures.append(e)
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures, failures[0]
+
+
 def test_more_threads_than_cpus_still_match_the_reference():
     """NUMBA_NUM_THREADS above the CPU count: the unit split keeps one thread per CPU (its
     threads meet every step), the batch split uses them all; results unchanged."""
