@@ -234,10 +234,11 @@ def gemm_panels(a, r0, r1, wp, p0, p1, out, step=0):
     A walk over at least ``_PREFETCH_BYTES`` also prefetches the next panel into L2 while
     it computes the current one, the panel's ``MR``-row tiles each asking for an equal
     share of it, so the panel's first tile no longer waits on L3 (weights larger than a
-    core's L2, or sharing it with a step's other arrays). Measured (kernel calls, each
-    version in its own process, medians of 11, five pairs): C4's shape forward 38.1 ->
-    35.2 ms, backward 74.7 -> 69.7; C5's 13.8 -> 13.3 and 25.2 -> 24.7; C3's 96.0 ->
-    92.6 and 184.8 -> 182.4; C2 and C6 (1-1.6 MB) unchanged."""
+    core's L2, or sharing it with a step's other arrays). Measured (training calls of the
+    kernels, each version in its own process, medians over 4-5 processes of their medians
+    of 11): C4's shape forward 38.1 -> 35.2 ms, backward 74.7 -> 69.7; C5's 13.8 -> 13.3
+    and 25.2 -> 24.7; C3's 96.0 -> 92.1 and 185.4 -> 182.2; C2 and C6 (1-1.6 MB)
+    unchanged."""
     K, NR = wp.shape[1], wp.shape[2]
     lda = a.strides[0] // a.itemsize
     ldo = out.strides[0] // out.itemsize
