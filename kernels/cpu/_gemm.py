@@ -126,8 +126,9 @@ def _pack_all_parallel(w, columns, bounds, starts, owner, wp):
 def _tile(rows, prefetch=False):
     """An intrinsic computing a ``rows x NR`` tile: ``tile(a, a_off, lda, wp, w_off, out,
     o_off, ldo, K)`` with element offsets into the arrays' data. With ``prefetch`` it takes
-    one more offset, ``pf_off``, and asks for one cache line of ``wp`` from there per ``k``
-    (line ``k`` of that stretch) to be brought into L2: the panel the caller needs next."""
+    two more, ``pf_off`` and ``pf_step``, and for each ``k`` asks for the cache line of
+    ``wp``'s element ``pf_off + k*pf_step`` to be brought into L2 (``prefetcht1``): a
+    stretch of the panel the caller needs next."""
 
     def typing(a, wp, out):
         if not all(isinstance(t, types.Array) for t in (a, wp, out)):
@@ -244,7 +245,7 @@ def gemm_panels(a, r0, r1, wp, p0, p1, out, step=0):
     ldo = out.strides[0] // out.itemsize
     fetch = (p1 - p0) * K * NR * wp.itemsize >= _PREFETCH_BYTES
     tiles = max(1, (r1 - r0) // 8)
-    pf_step = max(1, K * NR // (tiles * K))  # the tiles share the next panel evenly
+    pf_step = max(1, NR // tiles)  # elements per k: the tiles share the next panel evenly
     for i in range(p1 - p0):
         back = step % 2 == 1
         p = p1 - 1 - i if back else p0 + i
