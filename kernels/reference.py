@@ -214,7 +214,7 @@ def backward(cell, saved, dy, dh_n, dc_n):
 
     G_H = spec.gates * H
     dx = dgx @ w_ih
-    dw_ih = dgx.reshape(T * B, G_H).T @ x.reshape(T * B, -1)
+    dw_ih = dgx.reshape(T * B, G_H).T @ x.reshape(T * B, x.shape[2])  # (-1 fails at T*B=0)
     dw_hh = dgh.reshape(T * B, G_H).T @ h_prev.reshape(T * B, H)
     db_ih = dgx.sum(axis=(0, 1)) if saved["has_bias"] else None
     db_hh = dgh.sum(axis=(0, 1)) if saved["has_bias"] else None

@@ -62,6 +62,37 @@ def test_backend_matches_reference(backend, case):
             assert_close(g, w, dtype, name)
 
 
+@pytest.mark.parametrize("backend", ["numpy"] + [backend_param(b) for b in FAST_BACKENDS])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
+@pytest.mark.parametrize("T,B", [(6, 0), (0, 3)])
+@pytest.mark.parametrize("H", [8, 256])
+def test_an_empty_batch_or_sequence_gives_empty_outputs_and_exact_gradients(backend, cell,
+                                                                            T, B, H):
+    """No rows (PyTorch accepts an empty batch) or no steps: outputs of the right shapes;
+    with no steps the final states are the initial ones and their gradients pass straight
+    through; with nothing to learn from, every weight gradient is zero. Both of the cpu
+    backend's loop kinds: rows split between threads (H=8), hidden units split (H=256)."""
+    L, D, I = 2, 2, 5
+    x, weights, h0, c0 = random_problem(cell, T, B, I, H, L, D, np.float32, seed=3)
+    rng = np.random.default_rng(4)
+    grads = [rng.standard_normal(s).astype(np.float32)
+             for s in [(T, B, D * H), (L * D, B, H), (L * D, B, H)]]
+    xp = np if backend == "numpy" else \
+        __import__(fastrnn.backends()[backend]["array_module"])
+    got = _run(backend, cell, x, weights, h0, c0, L, D, None, grads, xp)
+    out, h_n, c_n, dx, dh0, dc0 = got[:6]
+    assert out.shape == (T, B, D * H) and dx.shape == (T, B, I)
+    assert h_n.shape == dh0.shape == (L * D, B, H)
+    if T == 0:
+        np.testing.assert_array_equal(h_n, h0)
+        np.testing.assert_array_equal(dh0, grads[1])
+        if cell == "lstm":
+            np.testing.assert_array_equal(c_n, c0)
+            np.testing.assert_array_equal(dc0, grads[2])
+    for k, (g, w) in enumerate(zip(got[6:], [w for group in weights for w in group])):
+        assert g.shape == w.shape and not np.any(g), f"weight gradient {k}"
+
+
 @pytest.mark.parametrize("backend", [backend_param(b) for b in FAST_BACKENDS])
 @pytest.mark.parametrize("cell", ALL_CELLS)
 def test_backend_inference_saves_nothing_and_agrees(backend, cell):

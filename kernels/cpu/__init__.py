@@ -149,7 +149,7 @@ _PROJECTION_ROWS = 256
 def _projection_steps(chunks):
     """Steps per input-projection product in the batch-split forward (``chunks``: its row
     blocks)."""
-    rows = int(np.max(np.diff(chunks)))
+    rows = max(1, int(np.max(np.diff(chunks))))  # (an empty batch has a block of 0 rows)
     return max(1, min(_PROJECTION_STEPS, _PROJECTION_ROWS // rows))
 
 
