@@ -473,6 +473,34 @@ def test_calls_from_several_threads_at_once_match_the_reference(monkeypatch):
     assert not failures, failures[0]
 
 
+@pytest.mark.parametrize("B,H", [(5, 16), (1, 256)])  # rows split; hidden units split
+def test_read_only_inputs_match_the_reference_and_compile_nothing_new(B, H):
+    """Arrays a user cannot write to (a memory-mapped file, ``np.frombuffer``) are as good
+    as any: same results, and no loop compiled again for them (Numba specialises on
+    writability: that would be seconds on first use)."""
+    from fastrnn.kernels.cpu import _loops, _split
+    loops = (_loops.forward_loop, _loops.backward_loop, _split.forward_loop_split,
+             _split.backward_loop_split)
+    x, weights, h0, c0 = random_problem("lstm", 12, B, 6, H, 1, 1, np.float32, seed=2,
+                                        scale=1 / np.sqrt(H))
+    lengths = np.arange(12, 12 - B, -1, dtype=np.int64)
+    _run("cpu", "lstm", x, weights, h0, c0, lengths=lengths)  # compiled for writable ones
+    before = [len(f.signatures) for f in loops]
+
+    def frozen(a):
+        a = a.copy()
+        a.flags.writeable = False
+        return a
+    out, h_n, _, ctx = F.rnn("lstm", frozen(x), [tuple(frozen(a) for a in weights[0])],
+                             frozen(h0), frozen(c0), lengths=frozen(lengths), backend="cpu")
+    grads = F.rnn_backward(ctx, frozen(np.ones_like(out)))  # (as _run, with a frozen dy)
+    got = [out, h_n, grads[0], grads[1]] + [g for group in grads[3] for g in group]
+    want = _run("numpy", "lstm", x, weights, h0, c0, lengths=lengths)
+    for g, w in zip(got, want):
+        assert_close(g, w, np.float32, "read-only inputs")
+    assert [len(f.signatures) for f in loops] == before
+
+
 def test_more_threads_than_cpus_still_match_the_reference():
     """NUMBA_NUM_THREADS above the CPU count: the unit split keeps one thread per CPU (its
     threads meet every step), the batch split uses them all; results unchanged."""

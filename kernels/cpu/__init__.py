@@ -197,9 +197,17 @@ def _at_most(threads):
         numba.set_num_threads(before)
 
 
+def _writable(a):
+    """``a``, or a copy of it when it is read-only (a memory-mapped file, a buffer): compiled
+    code is specialised on whether an array is writable, and read-only arguments compiled
+    every loop once more (7 s for an LSTM's forward, 12 s with backward, on first use)."""
+    return a if a is None or a.flags.writeable else a.copy()
+
+
 def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None, reverse=False,
             training=True):
     """Kernel contract forward (see DESIGN.md); arrays are NumPy, of ``x``'s dtype."""
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh = map(_writable, (x, h0, c0, w_ih, w_hh, b_ih, b_hh))
     (T, B, I), (GH, H) = x.shape, w_hh.shape
     threads = _threads_for(x.shape, w_hh.shape)
     units = _unit_split(T, B, GH, H, x.dtype.itemsize)
@@ -220,6 +228,7 @@ def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None, reverse=False
 
 def backward(cell, saved, dy, dh_n, dc_n):
     """Kernel contract backward (see DESIGN.md)."""
+    dy, dh_n, dc_n = map(_writable, (dy, dh_n, dc_n))
     threads = _threads_for(saved["x"].shape, saved["w_hh"].shape)
     fpu = flush_denormals()
     try:
@@ -249,7 +258,7 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training
     elif projection == "gemm":
         matmul(x.reshape(T * B, I), w_ih.T, xg.reshape(T * B, GH))
     b_hh_ = b_hh if b_hh is not None else np.zeros(GH, dt)
-    lens = np.full(B, T, np.int64) if lengths is None else np.asarray(lengths, np.int64)
+    lens = np.full(B, T, np.int64) if lengths is None else np.array(lengths, np.int64)
     c0_ = c0 if spec.has_cell_state else np.zeros((B, H), dt)
     steps = T if training else 1
     y = empty((T, B, H), dt)
