@@ -1,5 +1,6 @@
 """``Parameter`` and ``Module``: parameters, names, modes and state dicts, as in PyTorch."""
 
+import importlib
 from collections import OrderedDict
 
 import numpy as np
@@ -120,6 +121,25 @@ class Module:
             if hasattr(m, "_stack"):
                 m._stack.clear()
         return self
+
+    def __getstate__(self):
+        """For ``pickle`` and ``copy.deepcopy``: parameters, gradients, settings and random
+        state. Not what the last forward saved for backward (it may hold what cannot be
+        pickled; a copy runs forward again before its backward, as after :meth:`to`), and
+        the array module by name."""
+        state = self.__dict__.copy()
+        if "_xp" in state:
+            state["_xp"] = state["_xp"].__name__
+        if "_guard" in state:
+            state["_guard"] = type(state["_guard"])()
+        if "_stack" in state:
+            state["_stack"] = []
+        return state
+
+    def __setstate__(self, state):
+        if isinstance(state.get("_xp"), str):
+            state["_xp"] = importlib.import_module(state["_xp"])
+        self.__dict__.update(state)
 
     def state_dict(self):
         """An ordered mapping of parameter names to copies of their arrays."""

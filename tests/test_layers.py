@@ -227,3 +227,45 @@ def test_to_moves_layers_between_devices_or_says_why_not():
     np.testing.assert_allclose(got.get(), want, rtol=2e-4, atol=2e-5)
     m.to("cpu")
     assert m.backend is None
+
+
+@pytest.mark.parametrize("how", ["pickle", "deepcopy"])
+def test_a_model_and_its_optimizer_copy_after_training_and_train_on_alike(how):
+    """``copy.deepcopy`` (keeping the best model, an EMA copy) and ``pickle`` (handing a
+    model to another process) work after forward and backward, as in PyTorch: parameters,
+    gradients, optimizer state and random state come along, and the copy then trains step
+    for step like the original. What the last forward saved for backward does not come
+    along: the copy's backward before a forward of its own is a clear error."""
+    import copy
+    import pickle
+    from fastrnn import nn, optim
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, 10, (6, 3))
+    model = nn.Sequential(nn.Embedding(10, 4, seed=1), nn.Dropout(0.3, seed=2),
+                          fastrnn.LSTM(4, 8, num_layers=2, seed=3), nn.LastStep(),
+                          nn.Linear(8, 3, seed=4))
+    cell = fastrnn.GRUCell(3, 5, seed=5)
+    opt = optim.Adam(model.parameters() + cell.parameters(), lr=1e-2)
+
+    def step(m, c, o):
+        out = m(idx)
+        h = c(out)
+        m.zero_grad()
+        c.zero_grad()
+        m.backward(c.backward(np.ones_like(h))[0])
+        o.step()
+        return h
+    step(model, cell, opt)
+    if how == "pickle":
+        model2, cell2, opt2 = pickle.loads(pickle.dumps((model, cell, opt)))
+    else:
+        model2, cell2, opt2 = copy.deepcopy((model, cell, opt))
+    for a, b in zip(model.parameters() + cell.parameters(),
+                    model2.parameters() + cell2.parameters()):
+        assert a is not b and np.array_equal(a.data, b.data) and np.array_equal(a.grad, b.grad)
+    with pytest.raises(RuntimeError, match="before any forward"):
+        model2.backward(np.ones((3, 3), np.float32))
+    for _ in range(2):  # dropout masks, Adam's moments: the copy follows the original exactly
+        np.testing.assert_array_equal(step(model, cell, opt), step(model2, cell2, opt2))
+    for a, b in zip(model.parameters(), model2.parameters()):
+        np.testing.assert_array_equal(a.data, b.data)
