@@ -174,6 +174,11 @@ def run(configs, names, rounds=5, reps=3, reference_reps=1, threads=None, quick=
     ``reference_reps``), in an order that rotates from round to round; ``gap_s`` of quiet
     between turns lets the last contender's threads go idle.
     """
+    for option, value in (("--rounds", rounds), ("--reps", reps),
+                          ("--reference-reps", reference_reps), ("--threads", threads)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < 1):
+            raise BenchmarkError(f"{option}: expected a positive integer, got {value!r}")
     if quick:
         configs = [c.shrunk() for c in configs]
         rounds, reps = min(rounds, 2), min(reps, 2)

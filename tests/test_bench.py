@@ -38,6 +38,21 @@ def test_bad_names_fail_before_timing():
         bench.contenders("cpu", ["fast"])
 
 
+@pytest.mark.parametrize("option,value", [("rounds", 0), ("reps", -1), ("reference_reps", 0),
+                                          ("threads", 0), ("rounds", 2.5)])
+def test_counts_that_are_not_positive_integers_fail_before_timing(option, value):
+    """(--rounds 0 used to end in a NumPy error about an empty reduction after the run;
+    --threads 0 quietly meant all cores.)"""
+    configs = bench.select("cpu", ["C1"])
+    flag = "--" + option.replace("_", "-")
+    with pytest.raises(bench.BenchmarkError,
+                       match=f"{flag}: expected a positive integer, got {value}"):
+        bench.run(configs, ["fastrnn-numpy"], **{option: value})
+    if isinstance(value, int):  # (argparse itself refuses "2.5" for an int option)
+        with pytest.raises(SystemExit, match=f"{flag}: expected a positive integer"):
+            cli.main(["bench", "--only", "C1", flag, str(value)])
+
+
 def test_unavailable_backend_is_refused_with_its_reason():
     import fastrnn
     rep = fastrnn.backends()["gpu"]
