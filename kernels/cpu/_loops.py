@@ -41,7 +41,6 @@ def forward_loop(cell, xg, x, wx_packed, per, b_ih, b_gates, w_packed, b_hh, h0,
     package). The biases enter in the gate passes: ``b_gates = b_ih + b_hh``, except
     the GRU's ``n``, which takes ``b_in`` outside and ``b_hn`` inside ``r * (.)``."""
     T, B, H = y.shape
-    GH = b_hh.size
     P, _, NR = w_packed.shape
     fused = xg.shape[0] == 0
     keep = acts.shape[0] == T
