@@ -324,6 +324,23 @@ def test_pinning_gives_the_caller_back_its_affinity():
     assert os.sched_getaffinity(0) == mine
 
 
+def test_openmp_wait_settings_respect_the_user_and_do_not_leak():
+    """GNU's runtime gets a short spin, any other sleeps at once, a user's own
+    OMP_WAIT_POLICY or GOMP_SPINCOUNT wins; the settings are gone from the environment
+    once the pool runs (child processes and other libraries see the user's)."""
+    from fastrnn.kernels.cpu import _jit
+    assert _jit.wait_settings({}, True) == {"GOMP_SPINCOUNT": str(_jit._SPIN_COUNT)}
+    assert _jit.wait_settings({}, False) == {"OMP_WAIT_POLICY": "PASSIVE"}
+    for user in ({"OMP_WAIT_POLICY": "ACTIVE"}, {"GOMP_SPINCOUNT": "0"}):
+        assert _jit.wait_settings(user, True) == {} and _jit.wait_settings(user, False) == {}
+    code = ("import os, fastrnn.kernels.cpu as k; "
+            "print(os.environ.get('OMP_WAIT_POLICY'), os.environ.get('GOMP_SPINCOUNT'))")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["None", "None"]
+
+
 def test_pinning_can_be_turned_off():
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("with one usable CPU every thread's set has one CPU anyway")
