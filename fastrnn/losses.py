@@ -35,7 +35,9 @@ def cross_entropy(logits, target, ignore_index=-100, mask=None, reduction="mean"
 
     Positions whose target equals ``ignore_index``, or where ``mask`` (boolean ``[...]``) is
     False (padded steps of a sequence), contribute nothing; ``"mean"`` averages over the
-    others. Returns ``(loss, grad)``.
+    others. With none left (a batch of padding only) the loss is 0 and the gradient zero,
+    where PyTorch's mean gives NaN, which would poison the parameters a step later.
+    Returns ``(loss, grad)``.
     """
     _reduction(reduction)
     xp = dispatch.array_module(logits, target, mask, names=["logits", "target", "mask"])
@@ -63,7 +65,7 @@ def cross_entropy(logits, target, ignore_index=-100, mask=None, reduction="mean"
     picked = xp.take_along_axis(log_p, safe[..., None], axis=-1)[..., 0]
     count = int(keep.sum())
     scale = 1.0 / count if (reduction == "mean" and count) else 1.0
-    loss = -float(xp.where(keep, picked, 0).sum()) * scale
+    loss = 0.0 - float(xp.where(keep, picked, 0).sum()) * scale  # (0.0, never -0.0)
     grad = xp.exp(log_p)
     xp.put_along_axis(grad, safe[..., None],
                       xp.take_along_axis(grad, safe[..., None], axis=-1) - 1, axis=-1)

@@ -94,6 +94,14 @@ def test_losses_reject_bad_input():
     assert np.isclose(loss, np.log(3)) and np.all(grad[1] == 0)
 
 
+def test_cross_entropy_over_padding_only_is_zero_not_nan():
+    """A batch whose every position is ignored or masked: 0 and a zero gradient (PyTorch's
+    mean gives NaN, which would reach the parameters at the next step)."""
+    loss, grad = nn.cross_entropy(np.ones((2, 3)), np.array([-100, 1]),
+                                  mask=np.array([True, False]))
+    assert loss == 0 and str(loss) == "0.0" and grad.shape == (2, 3) and not np.any(grad)
+
+
 def _model_and_opt(seed):
     model = nn.Sequential(fastrnn.LSTM(3, 4, seed=seed), nn.Linear(4, 2, seed=seed))
     opt = optim.Adam(model.parameters(), lr=0.01)
