@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 import fastrnn
 
 
@@ -27,3 +29,18 @@ def test_info_names_a_bad_pinning_setting_instead_of_failing():
 def test_kernels_are_the_fastrnn_kernels_subpackage():
     import fastrnn.kernels.reference as ref
     assert ref.__name__ == "fastrnn.kernels.reference"
+
+
+def test_info_says_how_idle_cpu_workers_wait():
+    """What fastrnn set while Numba's pool started (GNU OpenMP: a short spin; others:
+    sleep at once), or that the user's own setting applies."""
+    if not fastrnn.backends()["cpu"]["available"]:
+        pytest.skip("the cpu backend is not available")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    for extra, want in (({}, "(set by fastrnn)"), ({"OMP_WAIT_POLICY": "PASSIVE"}, "the user's")):
+        out = subprocess.run([sys.executable, "-m", "fastrnn.cli", "info"], check=True,
+                             capture_output=True, text=True, env=dict(env, **extra)).stdout
+        line = next(l for l in out.splitlines() if "idle workers wait" in l)
+        assert want in line, line
+        if not extra:
+            assert "GOMP_SPINCOUNT=10000" in line or "OMP_WAIT_POLICY=PASSIVE" in line, line

@@ -69,9 +69,10 @@ def _start_threads():
     finally:
         for name in settings:
             del os.environ[name]
+    return settings
 
 
-_start_threads()
+WAIT_SETTINGS = _start_threads()  # what was set while the pool started (for `fastrnn info`)
 
 FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 # NumPy's error model: float division by zero gives inf instead of a Python exception,
