@@ -45,7 +45,10 @@ def info_lines():
             pins = f"pinning: {err}"
         lines.append(f"cpu backend: {cpu.num_threads()} threads (NUMBA_NUM_THREADS), {pins}, "
                      f"compiled-kernel cache: {cpu.cache_dir() or 'none (not writable)'}")
-        lines.append(f"cpu backend: idle workers wait as {cpu.worker_wait()}")
+        wait = (", ".join(f"{k}={v}" for k, v in cpu.WAIT_SETTINGS.items()) + " (set by fastrnn)"
+                if cpu.WAIT_SETTINGS else
+                "the user's OMP_WAIT_POLICY/GOMP_SPINCOUNT (or the runtime's defaults)")
+        lines.append(f"cpu backend: idle workers wait as {wait}")
     lines.append(f"gpu: {_gpu_line()}")
     for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT",
                 "FASTRNN_BACKEND", "FASTRNN_PIN_THREADS"):

@@ -497,7 +497,7 @@ def test_read_only_inputs_match_the_reference_and_compile_nothing_new(B, H):
     writability: that would be seconds on first use)."""
     from fastrnn.kernels.cpu import _loops, _split
     loops = (_loops.forward_loop, _loops.backward_loop, _split.forward_loop_split,
-             _split.backward_loop_split)
+             _split.forward_loop_serial, _split.backward_loop_split)
     x, weights, h0, c0 = random_problem("lstm", 12, B, 6, H, 1, 1, np.float32, seed=2,
                                         scale=1 / np.sqrt(H))
     lengths = np.arange(12, 12 - B, -1, dtype=np.int64)

@@ -31,15 +31,7 @@ from ._math import CELL_IDS
 from ._split import backward_loop_split, forward_loop_serial, forward_loop_split
 
 __all__ = ["forward", "backward", "cache_dir", "num_threads", "pinned_cpus",
-           "worker_wait"]
-
-
-def worker_wait():
-    """How Numba's idle workers wait, for ``fastrnn info``: what fastrnn set while the pool
-    started, or that the user's own settings (or the pool's defaults) apply."""
-    if not WAIT_SETTINGS:
-        return "the user's OMP_WAIT_POLICY/GOMP_SPINCOUNT (or the runtime's defaults)"
-    return ", ".join(f"{k}={v}" for k, v in WAIT_SETTINGS.items()) + " (set by fastrnn)"
+           "WAIT_SETTINGS"]
 
 
 def pinned_cpus():
