@@ -30,7 +30,13 @@ def _nonnegative(name, value):
 
 
 class Optimizer:
-    """Base: the parameters, their per-parameter state and ``state_dict`` for checkpoints."""
+    """Base: the parameters, their per-parameter state and ``state_dict`` for checkpoints.
+
+    ``state[k]`` belongs to ``params[k]`` and is created on that parameter's first step with
+    a gradient, as in PyTorch; ``steps`` counts calls of :meth:`step`.
+    """
+
+    _COUNTS = ("step",)  # per-parameter entries that are counts, not arrays
 
     def __init__(self, params):
         self.params = _params(params)
@@ -46,7 +52,7 @@ class Optimizer:
         out = {"steps": np.asarray(self.steps)}
         for k, st in enumerate(self.state):
             for name, value in st.items():
-                out[f"{k}.{name}"] = value
+                out[f"{k}.{name}"] = np.asarray(value) if name in self._COUNTS else value
         return out
 
     def load_state_dict(self, state):
@@ -62,13 +68,22 @@ class Optimizer:
                 raise KeyError(f"load_state_dict: unexpected key {key!r} for "
                                f"{len(self.params)} parameters")
             p = self.params[int(index)]
+            if name in self._COUNTS:
+                if np.shape(value) != ():
+                    raise ValueError(f"load_state_dict: {key!r}: expected a number, got "
+                                     f"shape {np.shape(value)}")
+                fresh[int(index)][name] = int(np.asarray(value))
+                continue
             if np.shape(value) != tuple(p.shape):
                 raise ValueError(f"load_state_dict: {key!r}: expected shape "
                                  f"{tuple(p.shape)}, got {np.shape(value)}")
             xp = dispatch.array_module(p.data)
             fresh[int(index)][name] = xp.asarray(value, dtype=p.dtype)
-        self.state = fresh
         self.steps = int(np.asarray(state["steps"]))
+        for st in fresh:  # (checkpoints that predate per-parameter counts: the global one)
+            if "exp_avg" in st:
+                st.setdefault("step", self.steps)
+        self.state = fresh
 
 
 class SGD(Optimizer):
@@ -123,13 +138,16 @@ class Adam(Optimizer):
         self.amsgrad = bool(amsgrad)
 
     def step(self):
+        """One update of every parameter that has a gradient; each keeps its own step count
+        (a parameter without ``.grad`` is skipped and its count stays, as in PyTorch)."""
         self.steps += 1
         b1, b2 = self.betas
-        bc1 = 1 - b1 ** self.steps
-        bc2 = 1 - b2 ** self.steps
         for p, st in zip(self.params, self.state):
             if p.grad is None:
                 continue
+            st["step"] = st.get("step", 0) + 1
+            bc1 = 1 - b1 ** st["step"]
+            bc2 = 1 - b2 ** st["step"]
             g = p.grad
             if self.weight_decay:
                 if self._decoupled:

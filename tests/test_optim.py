@@ -46,6 +46,43 @@ def test_optimizer_matches_pytorch(name, kw):
         np.testing.assert_allclose(p.data, q.detach().numpy(), rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("name,kw", CASES, ids=[f"{n}-{k}" for k, (n, _) in enumerate(CASES)])
+def test_late_and_occasional_gradients_match_pytorch(name, kw):
+    """Per-parameter state as in torch: the first parameter gets gradients from step 0, the
+    second only from step 3 on, and then only every other step (its Adam step count, and its
+    SGD momentum buffer, start with its first real gradient)."""
+    ours, theirs, rng = _pair(2)
+    o = getattr(optim, name)(ours, lr=0.1, **{k: v for k, v in kw.items() if k != "lr"})
+    t = getattr(torch.optim, name)(theirs, lr=0.1, **{k: v for k, v in kw.items() if k != "lr"})
+    for step in range(8):
+        for k, (p, q) in enumerate(zip(ours, theirs)):
+            if k == 1 and (step < 3 or step % 2):
+                p.grad, q.grad = None, None
+                continue
+            g = rng.standard_normal(p.shape)
+            p.grad, q.grad = g, torch.tensor(g)
+        o.step()
+        t.step()
+        for p, q in zip(ours, theirs):
+            np.testing.assert_allclose(p.data, q.detach().numpy(), rtol=1e-12, atol=1e-14)
+    if name != "SGD":
+        assert [st["step"] for st in o.state] == [int(t.state[q]["step"]) for q in theirs]
+
+
+def test_optimizer_checkpoint_keeps_per_parameter_counts():
+    ours, _, rng = _pair(3)
+    o = optim.Adam(ours, lr=0.1)
+    ours[0].grad = rng.standard_normal((3, 4))
+    o.step()
+    ours[1].grad = rng.standard_normal(5)
+    o.step()
+    other = optim.Adam([Parameter(p.data.copy()) for p in ours], lr=0.1)
+    other.load_state_dict(o.state_dict())
+    assert [st["step"] for st in other.state] == [2, 1] and other.steps == 2
+    with pytest.raises(ValueError, match="'0.step': expected a number"):
+        other.load_state_dict({**o.state_dict(), "0.step": np.ones(2)})
+
+
 def test_parameters_without_gradient_are_skipped():
     ours, _, _ = _pair()
     before = ours[1].data.copy()
