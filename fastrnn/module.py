@@ -45,6 +45,14 @@ class Module:
         self._modules = OrderedDict()
         self.training = True
 
+    def __getattr__(self, name):
+        """Parameters and child modules by name (``lstm.weight_hh_l0``), as in PyTorch."""
+        d = self.__dict__
+        for store in ("_parameters", "_modules"):
+            if store in d and name in d[store]:
+                return d[store][name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     def register_parameter(self, name, data):
         p = Parameter(data)
         self._parameters[name] = p
