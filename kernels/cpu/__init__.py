@@ -23,6 +23,7 @@ from ._affinity import plan as _pin_plan
 from ._affinity import pinned, usable_cpus
 from ._alloc import empty
 from ._blas import matmul, single_threaded_blas
+from ._fork import child_safe
 from ._fpu import flush_denormals, restore
 from ._gemm import matvec, pack, pack_blocks, pack_column_blocks, panel_width
 from ._jit import WAIT_SETTINGS, cache_dir, num_threads
@@ -205,6 +206,7 @@ def _writable(a):
     return a if a is None or a.flags.writeable else a.copy()
 
 
+@child_safe
 def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None, reverse=False,
             training=True):
     """Kernel contract forward (see DESIGN.md); arrays are NumPy, of ``x``'s dtype."""
@@ -227,6 +229,7 @@ def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None, reverse=False
         restore(fpu)
 
 
+@child_safe
 def backward(cell, saved, dy, dh_n, dc_n):
     """Kernel contract backward (see DESIGN.md)."""
     dy, dh_n, dc_n = map(_writable, (dy, dh_n, dc_n))

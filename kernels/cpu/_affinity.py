@@ -32,6 +32,15 @@ _owner_lock = threading.Lock()
 _local = threading.local()  # the caller's own CPU set while its call is pinned
 
 
+def _after_fork_in_child():
+    """A forked child has none of the parent's threads: pin the child's own afresh."""
+    global _pinned_team, _owner, _owner_lock
+    _pinned_team, _owner, _owner_lock = None, None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def usable_cpus():
     """How many CPUs the calling thread may use: its own set, not the one CPU it is held
     on while a pinned call runs."""

@@ -56,6 +56,15 @@ _depth = 0
 _saved_threads = None
 
 
+def _after_fork_in_child():
+    """A forked child has none of the parent's threads: the pool starts afresh there."""
+    global _pool, _pool_size, _lock, _depth
+    _pool, _pool_size, _lock, _depth = None, 0, threading.Lock(), 0
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def controls_blas_threads():
     """Whether NumPy's OpenBLAS was found, so GEMMs run split over our own threads."""
     return _OPENBLAS is not None
