@@ -11,10 +11,11 @@ from .cell_layers import GRUCell, LSTMCell, RNNCell
 from .checkpoint import load, save
 from .dispatch import BackendUnavailableError, backends, get_backend, set_backend
 from .layers import GRU, LSTM, RNN
+from .memory import cache_info, empty_cache, set_cache_limit
 from .module import Module, Parameter
 
 __all__ = [
     "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "Module", "Parameter",
     "backends", "set_backend", "get_backend", "BackendUnavailableError", "__version__",
-    "nn", "optim", "losses", "save", "load",
+    "nn", "optim", "losses", "save", "load", "empty_cache", "set_cache_limit", "cache_info",
 ]

@@ -49,9 +49,17 @@ def info_lines():
                 if cpu.WAIT_SETTINGS else
                 "the user's OMP_WAIT_POLICY/GOMP_SPINCOUNT (or the runtime's defaults)")
         lines.append(f"cpu backend: idle workers wait as {wait}")
+        try:
+            cache = cpu.cache_info()
+            lines.append(f"cpu backend: array cache {cache['idle_bytes'] / 2**20:.1f} MiB idle "
+                         f"in {cache['idle_blocks']} blocks, limit "
+                         f"{cache['limit_bytes'] / 2**20:.0f} MiB (FASTRNN_CACHE_LIMIT; "
+                         "fastrnn.empty_cache() frees it)")
+        except ValueError as err:  # a bad FASTRNN_CACHE_LIMIT: say so, as calls will
+            lines.append(f"cpu backend: array cache: {err}")
     lines.append(f"gpu: {_gpu_line()}")
     for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT",
-                "FASTRNN_BACKEND", "FASTRNN_PIN_THREADS"):
+                "FASTRNN_BACKEND", "FASTRNN_PIN_THREADS", "FASTRNN_CACHE_LIMIT"):
         lines.append(f"{var}={os.environ.get(var, '(unset)')}")
     return lines
 

@@ -22,6 +22,9 @@ from ..gate_grads import input_and_weight_grads
 from ._affinity import plan as _pin_plan
 from ._affinity import pinned, usable_cpus
 from ._alloc import empty
+from ._alloc import empty_cache
+from ._alloc import info as cache_info
+from ._alloc import set_limit as set_cache_limit
 from ._blas import matmul, single_threaded_blas
 from ._fork import child_safe
 from ._fpu import flush_denormals, restore
@@ -32,7 +35,7 @@ from ._math import CELL_IDS
 from ._split import backward_loop_split, forward_loop_serial, forward_loop_split
 
 __all__ = ["forward", "backward", "cache_dir", "num_threads", "pinned_cpus",
-           "WAIT_SETTINGS"]
+           "WAIT_SETTINGS", "empty_cache", "cache_info", "set_cache_limit"]
 
 
 def pinned_cpus():

@@ -1,25 +1,87 @@
 """A caching allocator for the CPU backend's large arrays.
 
 Every call allocates its outputs and what forward saves for backward afresh; glibc returns
-large blocks to the OS on free, so each new array is faulted in page by page again
-(measured: ~9,300 minor faults per C7 training call, ~20% of its time). Arrays from
-:func:`empty` are views of blocks this pool keeps: when the last view of an array is gone,
-its block goes back to the pool (``weakref.finalize`` on the array's base object) and the
-next call of a similar size reuses it, already mapped. Blocks come in size classes of
-eighths of a power of two; the pool keeps at most ``LIMIT_BYTES`` of idle blocks.
+large blocks to the OS on free, so each new array would be faulted in page by page again
+(~20% of a C7 training call). Arrays from :func:`empty` of at least ``MIN_BYTES`` are views
+of blocks this pool keeps: when the last view of an array is gone, its block goes back to
+the pool (``weakref.finalize`` on the array's base object) and the next call of a similar
+size reuses it, already mapped. Blocks come in size classes of eighths of a power of two.
+
+The pool keeps at most :func:`limit` bytes of idle blocks (``FASTRNN_CACHE_LIMIT`` or
+:func:`set_limit`; 256 MiB by default), dropping the longest-idle blocks first, so a run
+of ever-new shapes cannot grow it; :func:`empty_cache` hands every idle block back.
 """
 
 import math
+import os
+import re
 import threading
 import weakref
 
 import numpy as np
 
 MIN_BYTES = 1 << 20  # smaller arrays come from malloc's own (reused) arenas
-LIMIT_BYTES = 1 << 30
+DEFAULT_LIMIT = 256 << 20
+ENV_VAR = "FASTRNN_CACHE_LIMIT"
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 _lock = threading.Lock()
-_free = {}
+_idle = []  # (size, block), longest idle first
 _idle_bytes = 0
+_limit = None  # bytes, once set or read from the environment
+_stats = {"hits": 0, "misses": 0}
+
+
+def parse_size(text, what=ENV_VAR):
+    """Bytes from ``"268435456"``, ``"256M"``, ``"1G"`` (K, M, G: powers of 1024)."""
+    m = re.fullmatch(r"\s*(\d+)\s*([KMG]?)i?B?\s*", str(text), flags=re.IGNORECASE)
+    if m is None:
+        raise ValueError(f"{what}: expected a size in bytes such as 268435456, 256M or 1G "
+                         f"(0 turns the cache off), got {text!r}")
+    return int(m.group(1)) * _UNITS[m.group(2).upper()]
+
+
+def limit():
+    """Bytes of idle blocks the pool may keep."""
+    global _limit
+    if _limit is None:
+        env = os.environ.get(ENV_VAR)
+        _limit = DEFAULT_LIMIT if env is None else parse_size(env)
+    return _limit
+
+
+def set_limit(nbytes):
+    """Keep at most ``nbytes`` of idle blocks (0: keep none); idle blocks over the new
+    limit are released at once."""
+    global _limit
+    if isinstance(nbytes, bool) or not isinstance(nbytes, (int, np.integer)) or nbytes < 0:
+        raise ValueError(f"nbytes: expected an integer >= 0, got {nbytes!r}")
+    with _lock:
+        _limit = int(nbytes)
+        _trim(_limit)
+
+
+def _trim(keep):
+    """Drop the longest-idle blocks until at most ``keep`` bytes stay (hold the lock)."""
+    global _idle_bytes
+    while _idle and _idle_bytes > keep:
+        size, _ = _idle.pop(0)
+        _idle_bytes -= size
+
+
+def empty_cache():
+    """Release every idle block; returns the bytes released."""
+    with _lock:
+        released = _idle_bytes
+        _trim(0)
+    return released
+
+
+def info():
+    """``idle_bytes``, ``idle_blocks``, ``limit_bytes`` and the ``hits`` and ``misses`` of
+    allocations of pool size since the process started."""
+    with _lock:
+        return {"idle_bytes": _idle_bytes, "idle_blocks": len(_idle),
+                "limit_bytes": limit(), **_stats}
 
 
 class _Base:
@@ -35,10 +97,23 @@ def _size_class(nbytes):
 
 def _release(size, block):
     global _idle_bytes
+    cap = limit()
+    if size > cap:
+        return
     with _lock:
-        if _idle_bytes + size <= LIMIT_BYTES:
-            _free.setdefault(size, []).append(block)
-            _idle_bytes += size
+        _trim(cap - size)
+        _idle.append((size, block))
+        _idle_bytes += size
+
+
+def _take(size):
+    """The most recently idle block of ``size``, or None (hold the lock)."""
+    global _idle_bytes
+    for k in range(len(_idle) - 1, -1, -1):
+        if _idle[k][0] == size:
+            _idle_bytes -= size
+            return _idle.pop(k)[1]
+    return None
 
 
 def empty(shape, dtype):
@@ -47,13 +122,10 @@ def empty(shape, dtype):
     nbytes = math.prod(shape) * dtype.itemsize
     if nbytes < MIN_BYTES:
         return np.empty(shape, dtype)
-    global _idle_bytes
     size = _size_class(nbytes)
     with _lock:
-        blocks = _free.get(size)
-        block = blocks.pop() if blocks else None
-        if block is not None:
-            _idle_bytes -= size
+        block = _take(size)
+        _stats["hits" if block is not None else "misses"] += 1
     if block is None:
         block = np.empty(size, np.uint8)
     base = _Base()
@@ -64,5 +136,13 @@ def empty(shape, dtype):
 
 
 def idle_bytes():
-    """Bytes the pool holds for reuse (for tests and ``fastrnn info``)."""
+    """Bytes the pool holds for reuse."""
     return _idle_bytes
+
+
+def _after_fork_in_child():
+    global _lock
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
