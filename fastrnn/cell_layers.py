@@ -58,7 +58,7 @@ class _StepCell(_Recurrent):
                 g = g.reshape(1, B, self.hidden_size)
             lifted.append(g)
         dy = xp.zeros((1, B, self.hidden_size), self.dtype)
-        dx, dh0, dc0, dws = functional.rnn_backward(ctx, dy, *lifted)
+        dx, dh0, dc0, dws = self._bptt(ctx, dy, *lifted)
         self._stack.pop()
         for p, g in zip(self._parameters.values(), dws[0]):
             p.accumulate(g)

@@ -11,6 +11,25 @@ import numpy as np
 from . import dispatch
 from ._checks import check_array, check_lengths
 from .kernels.cells import get_cell
+from .kernels.fingerprint import fingerprint
+
+
+class WeightChangedError(RuntimeError):
+    """A weight that backward needs was changed in place after the forward call.
+
+    ``index`` is ``(k, j)``: the tuple ``weights[k]`` and its entry ``j`` (0 ``w_ih``, 1
+    ``w_hh``).
+    """
+
+    def __init__(self, message, index):
+        super().__init__(message)
+        self.index = index
+
+
+def _needed_weights(weights):
+    """Fingerprints of what backward reads from the weights (``w_ih`` and ``w_hh``; the
+    biases' values do not enter the gradients)."""
+    return [(fingerprint(g[0]), fingerprint(g[1])) for g in weights]
 
 
 def _check_weights(weights, spec, L, D, I, H, dtype):
@@ -99,15 +118,23 @@ def rnn(cell, x, weights, h0=None, c0=None, *, num_layers=1, bidirectional=False
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout: expected a probability in [0, 1), got {dropout}")
     lengths = check_lengths(lengths, B, T)
-    if h0 is None:
-        h0 = xp.zeros((L * D, B, H), dtype)
-    if spec.has_cell_state and c0 is None:
-        c0 = xp.zeros((L * D, B, H), dtype)
+    # (the caller's states are copied in training: the kernels may keep them for backward)
+    h0 = xp.zeros((L * D, B, H), dtype) if h0 is None else h0.copy() if training else h0
+    if spec.has_cell_state:
+        c0 = xp.zeros((L * D, B, H), dtype) if c0 is None else c0.copy() if training else c0
 
     h_n = xp.empty((L * D, B, H), dtype)
     c_n = xp.empty((L * D, B, H), dtype) if spec.has_cell_state else None
     saved, masks = [], []
     inp = xp.ascontiguousarray(x)
+    if training:
+        # Backward needs the input, the initial states and the weights as forward saw them.
+        # The caller's input is copied, unless making it contiguous already did (the states
+        # were copied above); the weights are fingerprinted instead (a pass at memory
+        # speed), and rnn_backward checks them.
+        if inp is x:
+            inp = x.copy()
+        weight_prints = _needed_weights(weights)
     for layer in range(L):
         outs = []
         for d in range(D):
@@ -132,7 +159,8 @@ def rnn(cell, x, weights, h0=None, c0=None, *, num_layers=1, bidirectional=False
     if training:
         ctx = dict(cell=spec.name, kernel=kernel, backend=name, saved=saved, masks=masks,
                    L=L, D=D, H=H, shape=(T, B, I), dtype=dtype,
-                   has_bias=weights[0][2] is not None, out_shape=out.shape)
+                   has_bias=weights[0][2] is not None, out_shape=out.shape,
+                   weights=[g[:2] for g in weights], weight_prints=weight_prints)
     return out, h_n, c_n, ctx
 
 
@@ -165,6 +193,16 @@ def rnn_backward(ctx, grad_output, grad_h_n=None, grad_c_n=None):
     if grad_c_n is not None and not spec.has_cell_state:
         raise ValueError(f"grad_c_n: only the LSTM has a cell state, got an array for "
                          f"{spec.name!r}")
+    for k, (group, prints) in enumerate(zip(ctx["weights"], ctx["weight_prints"])):
+        for j in (0, 1):
+            if fingerprint(group[j]) != prints[j]:
+                layer, d = divmod(k, D)
+                raise WeightChangedError(
+                    f"rnn_backward: weights[{k}][{j}] ({('w_ih', 'w_hh')[j]} of layer {layer}"
+                    f"{', reverse direction' if d else ''}) was changed in place after the "
+                    "forward call, so the gradients would not match the outputs; run forward "
+                    "again after changing weights (an optimizer step belongs after backward)",
+                    (k, j))
     kernel = ctx["kernel"]
     grad_h0 = xp.empty((L * D, B, H), dtype)
     grad_c0 = xp.empty((L * D, B, H), dtype) if spec.has_cell_state else None

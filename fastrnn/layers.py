@@ -172,8 +172,8 @@ class _Recurrent(Module):
         B = 1 if unbatched else grad_output.shape[0 if self.batch_first else 1]
         grad_h_n = self._state_in("grad_h_n", grad_h_n, B, unbatched)
         grad_c_n = self._state_in("grad_c_n", grad_c_n, B, unbatched)
-        dx, dh0, dc0, dws = functional.rnn_backward(
-            saved["ctx"], self._to_time_major(grad_output), grad_h_n, grad_c_n)
+        dx, dh0, dc0, dws = self._bptt(saved["ctx"], self._to_time_major(grad_output),
+                                       grad_h_n, grad_c_n)
         self._guard.consume()
         params = list(self._parameters.values())
         per = 4 if self.bias else 2
@@ -185,6 +185,19 @@ class _Recurrent(Module):
             dh0 = dh0[:, 0, :]
             dc0 = None if dc0 is None else dc0[:, 0, :]
         return dx, dh0, dc0
+
+    def _bptt(self, ctx, grad_output, grad_h_n, grad_c_n):
+        """:func:`functional.rnn_backward`, its changed-weight error naming the parameter."""
+        try:
+            return functional.rnn_backward(ctx, grad_output, grad_h_n, grad_c_n)
+        except functional.WeightChangedError as err:
+            k, j = err.index
+            name = list(self._parameters)[k * (4 if self.bias else 2) + j]
+            raise RuntimeError(
+                f"{type(self).__name__}.backward(): parameter {name!r} was changed in place "
+                "after the forward call, so the gradients would not match the outputs; run "
+                "forward again after changing weights (an optimizer step belongs after "
+                "backward)") from None
 
     def extra_repr(self):
         s = f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}"
