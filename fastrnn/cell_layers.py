@@ -19,6 +19,10 @@ class _StepCell(_Recurrent):
         self._stack = []
         self._last_eval = False
 
+    def _after_to(self, device, xp, dtype):
+        super()._after_to(device, xp, dtype)
+        self._stack.clear()
+
     def _state(self, name, s, x):
         if s is None:
             return None

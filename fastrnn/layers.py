@@ -13,7 +13,7 @@ import numpy as np
 from . import dispatch, functional
 from ._checks import check_array, float_dtype
 from .kernels.cells import get_cell
-from .module import Module
+from .module import Module, backend_after_move
 
 _RNN_CELLS = {"tanh": "rnn_tanh", "relu": "rnn_relu", "sigmoid": "rnn_sigmoid"}
 
@@ -95,6 +95,12 @@ class _Recurrent(Module):
                 for name, shape in shapes:
                     values = self._rng.uniform(-bound, bound, shape).astype(self.dtype)
                     self.register_parameter(name + suffix, xp.asarray(values))
+        self._guard = _BackwardGuard()
+
+    def _after_to(self, device, xp, dtype):
+        self.backend = backend_after_move(self.backend, device)
+        if dtype is not None:
+            self.dtype = dtype
         self._guard = _BackwardGuard()
 
     @property

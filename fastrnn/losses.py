@@ -59,9 +59,10 @@ def cross_entropy(logits, target, ignore_index=-100, mask=None, reduction="mean"
         bad = int(safe[(safe < 0) | (safe >= C)][0])
         raise ValueError(f"target: expected classes in [0, {C}) or ignore_index "
                          f"{ignore_index}, got {bad}")
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    log_z = xp.log(xp.exp(shifted).sum(axis=-1, keepdims=True))
-    log_p = shifted - log_z
+    with np.errstate(invalid="ignore", over="ignore"):  # (inf or NaN logits: NaN, silently)
+        shifted = logits - logits.max(axis=-1, keepdims=True)
+        log_z = xp.log(xp.exp(shifted).sum(axis=-1, keepdims=True))
+        log_p = shifted - log_z
     picked = xp.take_along_axis(log_p, safe[..., None], axis=-1)[..., 0]
     count = int(keep.sum())
     scale = 1.0 / count if (reduction == "mean" and count) else 1.0

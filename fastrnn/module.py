@@ -1,11 +1,27 @@
 """``Parameter`` and ``Module``: parameters, names, modes and state dicts, as in PyTorch."""
 
 import importlib
-from collections import OrderedDict
+from collections import OrderedDict, namedtuple
 
 import numpy as np
 
 from . import dispatch
+from ._checks import float_dtype
+
+
+def backend_after_move(backend, device):
+    """A module's ``backend=`` setting after :meth:`Module.to` moved it to ``device``: one
+    of the other array module's becomes ``"gpu"`` (to the GPU) or automatic selection
+    (back to the CPU)."""
+    if device == "gpu" and backend in ("numpy", "cpu"):
+        return "gpu"
+    if device == "cpu" and backend == "gpu":
+        return None
+    return backend
+
+
+IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
+IncompatibleKeys.__doc__ = "What :meth:`Module.load_state_dict` did not match, as in PyTorch."
 
 
 class Parameter:
@@ -95,40 +111,59 @@ class Module:
         for child in self._modules.values():
             yield from child.modules()
 
-    def to(self, device):
-        """Move parameters and gradients to ``"gpu"`` (CuPy) or ``"cpu"`` (NumPy), in place.
+    def to(self, *args, device=None, dtype=None):
+        """Move parameters and gradients to ``"gpu"`` (CuPy) or ``"cpu"`` (NumPy) and/or
+        convert them to float32 or float64, in place, as ``torch.nn.Module.to``:
+        ``m.to("gpu")``, ``m.to(np.float64)``, ``m.to("cpu", np.float32)``. Returns the module.
 
         Explicit copies, the only ones fastrnn makes between host and device. A layer whose
         ``backend`` names a backend of the other array module follows the move (``"gpu"``
         after ``to("gpu")``; automatic selection after ``to("cpu")``). What a forward saved
-        for backward is dropped: run forward again after a move.
+        for backward is dropped: run forward again after a move. An optimizer made before a
+        change of dtype keeps state of the old dtype: make it after ``to``, as in PyTorch.
         """
-        if device not in ("cpu", "gpu"):
+        for a in args:
+            if isinstance(a, str) and device is None and a in ("cpu", "gpu"):
+                device = a
+            elif dtype is None and not isinstance(a, str):
+                dtype = a
+            else:
+                raise ValueError(f"to(): expected a device ('cpu' or 'gpu') and/or a dtype "
+                                 f"(float32 or float64), got {a!r}")
+        if device is not None and device not in ("cpu", "gpu"):
             raise ValueError(f"device: expected 'cpu' or 'gpu', got {device!r}")
-        xp = dispatch.array_module_for("gpu" if device == "gpu" else "numpy")
+        if dtype is not None:
+            dtype = float_dtype(dtype)
+        xp = None if device is None else dispatch.array_module_for(
+            "gpu" if device == "gpu" else "numpy")
 
         def move(a):
             if a is None:
                 return None
             if device == "gpu":
-                return xp.asarray(a)
-            return a.get() if dispatch.is_cupy_array(a) else a
+                a = xp.asarray(a)
+            elif device == "cpu" and dispatch.is_cupy_array(a):
+                a = a.get()
+            return a if dtype is None or a.dtype == dtype else a.astype(dtype)
 
         for p in self.parameters():
             p.data, p.grad = move(p.data), move(p.grad)
         for m in self.modules():
-            backend = getattr(m, "backend", None)
-            if device == "gpu" and backend in ("numpy", "cpu"):
-                m.backend = "gpu"
-            elif device == "cpu" and backend == "gpu":
-                m.backend = None
-            if hasattr(m, "_xp"):
-                m._xp = xp
-            if hasattr(m, "_guard"):
-                m._guard.__init__()
-            if hasattr(m, "_stack"):
-                m._stack.clear()
+            m._after_to(device, xp, dtype)
         return self
+
+    def double(self):
+        """Convert parameters and gradients to float64 (``to(np.float64)``)."""
+        return self.to(dtype=np.float64)
+
+    def float(self):
+        """Convert parameters and gradients to float32 (``to(np.float32)``)."""
+        return self.to(dtype=np.float32)
+
+    def _after_to(self, device, xp, dtype):
+        """Bring this module's own settings in line after :meth:`to` moved (``device``,
+        ``xp``) or converted (``dtype``) its parameters; either may be None. Modules that
+        keep a backend, an array module, a dtype or what forward saved override this."""
 
     def __getstate__(self):
         """For ``pickle`` and ``copy.deepcopy``: parameters, gradients, settings and random
@@ -153,22 +188,27 @@ class Module:
         """An ordered mapping of parameter names to copies of their arrays."""
         return OrderedDict((name, p.data.copy()) for name, p in self.named_parameters())
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state, strict=True):
         """Load parameters from any mapping of names to array-likes.
 
         A PyTorch ``state_dict`` loads with
-        ``layer.load_state_dict({k: v.numpy() for k, v in sd.items()})``. Missing, extra and
-        misshapen entries are rejected by name before anything is changed. Real floating
-        values are converted to the layer's dtype, as PyTorch's ``load_state_dict`` does;
-        integer, complex and non-numeric values are rejected.
+        ``layer.load_state_dict({k: v.numpy() for k, v in sd.items()})``. With ``strict``
+        (the default) missing and unexpected entries are rejected by name; with
+        ``strict=False`` the entries present are loaded and the rest reported. Misshapen
+        entries are always rejected, before anything is changed. Real floating values are
+        converted to the layer's dtype, as PyTorch's ``load_state_dict`` does; integer,
+        complex and non-numeric values are rejected. Returns ``IncompatibleKeys(
+        missing_keys, unexpected_keys)``, as PyTorch does.
         """
         params = OrderedDict(self.named_parameters())
         missing = [k for k in params if k not in state]
         extra = [k for k in state if k not in params]
-        if missing or extra:
+        if strict and (missing or extra):
             raise KeyError(f"load_state_dict: missing keys {missing}, unexpected keys {extra}")
         staged = {}
         for name, p in params.items():
+            if name not in state:
+                continue
             value = state[name]
             if dispatch.is_cupy_array(value):
                 value = value.get()
@@ -180,6 +220,8 @@ class Module:
                 raise ValueError(f"load_state_dict: {name!r}: expected shape "
                                  f"{tuple(p.shape)}, got {value.shape}")
             staged[name] = value.astype(p.dtype)
-        for name, p in params.items():
+        for name, value in staged.items():
+            p = params[name]
             xp = dispatch.array_module(p.data)
-            p.data = xp.asarray(staged[name])
+            p.data = xp.asarray(value)
+        return IncompatibleKeys(missing, extra)

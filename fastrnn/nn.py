@@ -15,7 +15,7 @@ from . import dispatch
 from ._checks import check_array, check_lengths, float_dtype
 from .layers import _BackwardGuard, _positive_int, _Recurrent
 from .losses import cross_entropy, mse_loss
-from .module import Module
+from .module import Module, backend_after_move
 
 __all__ = ["Linear", "Embedding", "Dropout", "LastStep", "Sequential", "mse_loss",
            "cross_entropy"]
@@ -30,6 +30,14 @@ class _Layer(Module):
         self.backend = backend
         self._xp = dispatch.array_module_for(backend)
         self._rng = np.random.default_rng(seed)
+        self._guard = _BackwardGuard()
+
+    def _after_to(self, device, xp, dtype):
+        if xp is not None:
+            self._xp = xp
+            self.backend = backend_after_move(self.backend, device)
+        if dtype is not None:
+            self.dtype = dtype
         self._guard = _BackwardGuard()
 
     def _new(self, values):
@@ -154,6 +162,11 @@ class Dropout(_Layer):
 
     def extra_repr(self):
         return f"p={self.p}"
+
+    def _after_to(self, device, xp, dtype):
+        super()._after_to(device, xp, dtype)
+        if xp is not None:
+            self._xp_rng = None  # (a generator of the old array module)
 
     def forward(self, x):
         self._check_module("x", x)

@@ -8,9 +8,21 @@ Shapes (DESIGN.md legend): ``x [T,B,I]``, ``h0, c0 [B,H]``, ``w_ih [G*H,I]``,
 ``w_hh [G*H,H]``, ``b_ih, b_hh [G*H]`` (or None for ``bias=False``), ``lengths [B]``.
 """
 
+import functools
+
 import numpy as np
 
 from .cells import get_cell
+
+
+def _quiet(fn):
+    """Run ``fn`` without NumPy's floating-point warnings: inf or NaN inputs give inf or NaN
+    results silently, as PyTorch's and the compiled backends' do."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            return fn(*args, **kwargs)
+    return wrapper
 
 
 def sigmoid(z):
@@ -48,6 +60,7 @@ def _time_order(T, reverse):
     return range(T - 1, -1, -1) if reverse else range(T)
 
 
+@_quiet
 def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None, reverse=False,
             training=True):
     """Run one layer in one direction over the whole sequence.
@@ -139,6 +152,7 @@ def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None, reverse=False
     return y, h, (c if spec.has_cell_state else None), saved
 
 
+@_quiet
 def backward(cell, saved, dy, dh_n, dc_n):
     """Backpropagation through time for one :func:`forward` call.
 

@@ -210,7 +210,7 @@ def test_functional_sigmoid_is_overflow_safe():
 def test_to_moves_layers_between_devices_or_says_why_not():
     m = fastrnn.GRU(I, H, backend="cpu" if fastrnn.backends()["cpu"]["available"] else None)
     assert m.to("cpu") is m
-    with pytest.raises(ValueError, match="device: expected 'cpu' or 'gpu'"):
+    with pytest.raises(ValueError, match=r"to\(\): expected a device \('cpu' or 'gpu'\)"):
         m.to("cuda:0")
     if not fastrnn.backends()["gpu"]["available"]:
         with pytest.raises(fastrnn.BackendUnavailableError, match="'gpu' is not available"):
