@@ -4,8 +4,10 @@
 not ``nnan``/``ninf``: NaN and inf keep their meaning.
 """
 
+import importlib
 import importlib.util
 import os
+import sys
 import warnings
 
 import numba
@@ -65,11 +67,36 @@ def _start_threads():
     settings = wait_settings(os.environ, _gnu_openmp())
     os.environ.update(settings)
     try:
+        _load_openmp_layer()
         _parallel._launch_threads()
     finally:
         for name in settings:
             del os.environ[name]
     return settings
+
+
+def _load_openmp_layer():
+    """Load Numba's OpenMP layer bound to the OpenMP runtime it depends on, even where
+    another copy of that runtime is already loaded.
+
+    PyTorch puts its own copy of GNU's runtime (``torch/lib/libgomp.so.1``) into the
+    process's global symbol scope. Numba's layer, loaded after it, would run its parallel
+    regions on torch's copy, whose settings were read when torch was imported - idle workers
+    spinning for milliseconds (GOMP_SPINCOUNT 300,000) on the CPU where the kernels' GEMM
+    thread runs next. ``RTLD_DEEPBIND`` makes the layer find the runtime it names first:
+    its own copy, started with :func:`wait_settings`. (Linux only; a layer already loaded
+    stays as it is.)"""
+    name = "numba.np.ufunc.omppool"
+    if not hasattr(os, "RTLD_DEEPBIND") or name in sys.modules:
+        return
+    flags = sys.getdlopenflags()
+    sys.setdlopenflags(flags | os.RTLD_DEEPBIND)
+    try:
+        importlib.import_module(name)
+    except ImportError:  # a Numba built without OpenMP: it picks another layer itself
+        pass
+    finally:
+        sys.setdlopenflags(flags)
 
 
 WAIT_SETTINGS = _start_threads()  # what was set while the pool started (for `fastrnn info`)
