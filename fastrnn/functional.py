@@ -64,7 +64,7 @@ def _rng_for(xp, rng):
 
 
 def rnn(cell, x, weights, h0=None, c0=None, *, num_layers=1, bidirectional=False,
-        lengths=None, dropout=0.0, training=True, rng=None, backend=None):
+        lengths=None, dropout=0.0, training=True, rng=None, backend=None, save=None):
     """Run a stacked, optionally bidirectional recurrent network.
 
     Parameters
@@ -82,17 +82,23 @@ def rnn(cell, x, weights, h0=None, c0=None, *, num_layers=1, bidirectional=False
     dropout : float
         Probability of zeroing an element between layers (training only).
     training : bool
-        Keep what :func:`rnn_backward` needs, and apply dropout.
+        Apply dropout, and (unless ``save`` says otherwise) keep what :func:`rnn_backward`
+        needs.
     rng : numpy.random.Generator or cupy.random.Generator, optional
-        Source of the dropout masks.
+        Source of the dropout masks (any object whose ``random(shape)`` gives uniform
+        floats in [0, 1) as arrays of the input's array module).
     backend : str, optional
         ``"numpy"``, ``"cpu"``, ``"gpu"`` or ``"auto"``; see :mod:`fastrnn.dispatch`.
+    save : bool, optional
+        Keep what :func:`rnn_backward` needs; defaults to ``training`` (gradients in eval
+        mode: ``training=False, save=True``; dropout without gradients: the reverse).
 
     Returns
     -------
-    output [T,B,D*H], h_n [L*D,B,H], c_n [L*D,B,H] or None, ctx (None unless training)
+    output [T,B,D*H], h_n [L*D,B,H], c_n [L*D,B,H] or None, ctx (None unless saving)
     """
     spec = get_cell(cell)
+    save = training if save is None else bool(save)
     xp = dispatch.array_module(x, h0, c0, *[w for g in weights for w in g],
                                names=lambda: ["x", "h0", "c0"] + [
                                    f"weights[{k}][{j}]" for k in range(len(weights))
@@ -118,16 +124,16 @@ def rnn(cell, x, weights, h0=None, c0=None, *, num_layers=1, bidirectional=False
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout: expected a probability in [0, 1), got {dropout}")
     lengths = check_lengths(lengths, B, T)
-    # (the caller's states are copied in training: the kernels may keep them for backward)
-    h0 = xp.zeros((L * D, B, H), dtype) if h0 is None else h0.copy() if training else h0
+    # (the caller's states are copied when saving: the kernels may keep them for backward)
+    h0 = xp.zeros((L * D, B, H), dtype) if h0 is None else h0.copy() if save else h0
     if spec.has_cell_state:
-        c0 = xp.zeros((L * D, B, H), dtype) if c0 is None else c0.copy() if training else c0
+        c0 = xp.zeros((L * D, B, H), dtype) if c0 is None else c0.copy() if save else c0
 
     h_n = xp.empty((L * D, B, H), dtype)
     c_n = xp.empty((L * D, B, H), dtype) if spec.has_cell_state else None
     saved, masks = [], []
     inp = xp.ascontiguousarray(x)
-    if training:
+    if save:
         # Backward needs the input, the initial states and the weights as forward saw them.
         # The caller's input is copied, unless making it contiguous already did (the states
         # were copied above); the weights are fingerprinted instead (a pass at memory
@@ -142,7 +148,7 @@ def rnn(cell, x, weights, h0=None, c0=None, *, num_layers=1, bidirectional=False
             w_ih, w_hh, b_ih, b_hh = weights[k]
             y, h_last, c_last, s = kernel.forward(
                 spec.name, inp, h0[k], c0[k] if c0 is not None else None,
-                w_ih, w_hh, b_ih, b_hh, lengths=lengths, reverse=d == 1, training=training)
+                w_ih, w_hh, b_ih, b_hh, lengths=lengths, reverse=d == 1, training=save)
             outs.append(y)
             saved.append(s)
             h_n[k] = h_last
@@ -156,7 +162,7 @@ def rnn(cell, x, weights, h0=None, c0=None, *, num_layers=1, bidirectional=False
             masks.append(keep)
         inp = out
     ctx = None
-    if training:
+    if save:
         ctx = dict(cell=spec.name, kernel=kernel, backend=name, saved=saved, masks=masks,
                    L=L, D=D, H=H, shape=(T, B, I), dtype=dtype,
                    has_bias=weights[0][2] is not None, out_shape=out.shape,
@@ -165,7 +171,8 @@ def rnn(cell, x, weights, h0=None, c0=None, *, num_layers=1, bidirectional=False
 
 
 def rnn_backward(ctx, grad_output, grad_h_n=None, grad_c_n=None):
-    """Backpropagation through time for one :func:`rnn` call made with ``training=True``.
+    """Backpropagation through time for one :func:`rnn` call that saved (``training=True``
+    or ``save=True``).
 
     Parameters
     ----------
@@ -180,7 +187,8 @@ def rnn_backward(ctx, grad_output, grad_h_n=None, grad_c_n=None):
     grad_weights : list of (dw_ih, dw_hh, db_ih | None, db_hh | None), index ``l*D + d``
     """
     if ctx is None:
-        raise RuntimeError("rnn_backward: ctx is None; run rnn(..., training=True) first")
+        raise RuntimeError("rnn_backward: ctx is None; run rnn(..., training=True) (or "
+                           "save=True) first")
     spec = get_cell(ctx["cell"])
     L, D, H, dtype = ctx["L"], ctx["D"], ctx["H"], ctx["dtype"]
     T, B, _ = ctx["shape"]

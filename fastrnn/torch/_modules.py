@@ -1,0 +1,227 @@
+"""``torch.nn.RNN``, ``LSTM``, ``GRU`` and their cells, computed by fastrnn's kernels.
+
+Each class subclasses the ``torch.nn`` class of the same name: same constructor, parameters,
+``state_dict`` keys, ``repr`` and checks of inputs and states (torch's own). ``forward``
+takes and returns what torch's does - a Tensor or a ``PackedSequence`` (sorted or not),
+``hx`` optional, unbatched inputs - and runs :func:`._ops.rnn_op`.
+"""
+
+import torch
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from ._ops import rnn_op
+
+_DTYPES = (torch.float32, torch.float64)
+_DEVICES = ("cpu", "cuda")
+
+
+def _check_runnable(who, tensor, params):
+    """fastrnn runs float32 and float64 on CPU and CUDA tensors: say so, never fall back;
+    input and parameters must agree."""
+    if tensor.dtype not in _DTYPES:
+        raise TypeError(f"{who}: input dtype {tensor.dtype} is not supported; fastrnn runs "
+                        "float32 and float64 (convert the model and inputs with .float() "
+                        "or .double())")
+    if tensor.device.type not in _DEVICES:
+        raise RuntimeError(f"{who}: device {tensor.device} is not supported; fastrnn runs "
+                           "on CPU tensors (its cpu backend) and CUDA tensors (its gpu "
+                           "backend)")
+    for p in params:
+        if p.dtype not in _DTYPES or p.device.type not in _DEVICES:
+            raise TypeError(f"{who}: parameters of dtype {p.dtype} on {p.device} are not "
+                            "supported; fastrnn runs float32 and float64 on CPU and CUDA")
+        if p.dtype != tensor.dtype or p.device != tensor.device:
+            raise RuntimeError(f"{who}: input is {tensor.dtype} on {tensor.device} but the "
+                               f"parameters are {p.dtype} on {p.device}; move one to the "
+                               "other")
+
+
+def _grad_wanted(*tensors):
+    return torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in tensors)
+
+
+class _Sequence:
+    """The forward shared by RNN, LSTM and GRU (mixed into the torch classes)."""
+
+    _cell = None  # fastrnn's cell name, set per class or instance
+
+    def _init_checks(self):
+        if getattr(self, "proj_size", 0):
+            raise ValueError(f"{type(self).__name__}: proj_size={self.proj_size} is not "
+                             "supported by fastrnn yet; use proj_size=0 or torch.nn.LSTM")
+
+    def flatten_parameters(self):
+        """Harmless: fastrnn reads the parameters where they are."""
+
+    def _run(self, input, hx, lstm):
+        who = f"fastrnn.torch.{type(self).__name__}"
+        packed = isinstance(input, PackedSequence)
+        if packed:
+            padded, lengths = pad_packed_sequence(input, batch_first=False)
+            batch_sizes, x, batched = input.batch_sizes, padded, True
+        else:
+            if input.dim() not in (2, 3):
+                raise ValueError(f"{type(self).__name__}: Expected input to be 2D or 3D, got "
+                                 f"{input.dim()}D tensor instead")
+            batched, lengths, batch_sizes = input.dim() == 3, None, None
+            x = input if not batched else input.transpose(0, 1) if self.batch_first else input
+            if not batched:
+                x = x.unsqueeze(1)
+        D = 2 if self.bidirectional else 1
+        B = x.shape[1]
+        states = hx if lstm else (hx,) if hx is not None else None
+        if states is not None:
+            want = 2 if batched else 1
+            for s in states:
+                if s.dim() != want + 1:
+                    raise RuntimeError(f"For {'batched 3-D' if batched else 'unbatched 2-D'} "
+                                       f"input, hx{' and cx' if lstm else ''} should also be "
+                                       f"{want + 1}-D but got {s.dim()}-D tensor")
+            states = tuple(s if batched else s.unsqueeze(1) for s in states)
+        else:
+            zeros = x.new_zeros((self.num_layers * D, B, self.hidden_size))
+            states = (zeros, zeros) if lstm else (zeros,)
+        params = self._flat_weights
+        check_input = x if packed or not self.batch_first or not batched else input
+        _check_runnable(who, x, [])
+        self.check_forward_args(check_input if not packed else input.data,
+                                states if lstm else states[0], batch_sizes)
+        _check_runnable(who, x, params)
+        need = _grad_wanted(x, *states, *params)
+        cx = states[1] if lstm else x.new_empty(0)
+        lens = lengths if lengths is not None else torch.empty(0, dtype=torch.int64)
+        out, h_n, c_n, _ = rnn_op(x, states[0], cx, list(params), lens, self._cell,
+                                  self.num_layers, self.bidirectional, self.bias,
+                                  float(self.dropout), self.training, need,
+                                  getattr(self, "backend", None) or "")
+        if packed:
+            sorted_idx = input.sorted_indices
+            out_sorted = out if sorted_idx is None else out.index_select(1, sorted_idx)
+            len_sorted = lengths if sorted_idx is None else lengths[sorted_idx.cpu()]
+            data = pack_padded_sequence(out_sorted, len_sorted, enforce_sorted=True).data
+            output = PackedSequence(data, batch_sizes, input.sorted_indices,
+                                    input.unsorted_indices)
+        elif not batched:
+            output = out.squeeze(1)
+        else:
+            output = out.transpose(0, 1).contiguous() if self.batch_first else out
+        if not batched:
+            h_n, c_n = h_n.squeeze(1), c_n.squeeze(1) if lstm else c_n
+        return output, ((h_n, c_n) if lstm else h_n)
+
+
+class RNN(_Sequence, torch.nn.RNN):
+    """``torch.nn.RNN`` (tanh or relu) computed by fastrnn's kernels; same arguments."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_checks()
+
+    @property
+    def _cell(self):
+        return "rnn_" + self.nonlinearity
+
+    def forward(self, input, hx=None):
+        return self._run(input, hx, lstm=False)
+
+
+class GRU(_Sequence, torch.nn.GRU):
+    """``torch.nn.GRU`` computed by fastrnn's kernels; same arguments."""
+
+    _cell = "gru"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_checks()
+
+    def forward(self, input, hx=None):
+        return self._run(input, hx, lstm=False)
+
+
+class LSTM(_Sequence, torch.nn.LSTM):
+    """``torch.nn.LSTM`` computed by fastrnn's kernels; same arguments (``proj_size`` must
+    be 0)."""
+
+    _cell = "lstm"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_checks()
+
+    def forward(self, input, hx=None):
+        if hx is not None and not (isinstance(hx, tuple) and len(hx) == 2):
+            raise RuntimeError("fastrnn.torch.LSTM: hx must be a tuple (h_0, c_0)")
+        return self._run(input, hx, lstm=True)
+
+
+class _Step:
+    """The forward shared by the step cells."""
+
+    def _step(self, input, hx, lstm):
+        who = f"fastrnn.torch.{type(self).__name__}"
+        if input.dim() not in (1, 2):
+            raise ValueError(f"{type(self).__name__}: Expected input to be 1D or 2D, got "
+                             f"{input.dim()}D instead")
+        batched = input.dim() == 2
+        x = input if batched else input.unsqueeze(0)
+        states = hx if lstm else (hx,) if hx is not None else None
+        if states is not None:
+            for s in states:
+                if s.dim() != input.dim():
+                    raise RuntimeError(f"{type(self).__name__}: Expected hidden to be "
+                                       f"{input.dim()}D, got {s.dim()}D instead")
+            states = tuple(s if batched else s.unsqueeze(0) for s in states)
+        else:
+            zeros = x.new_zeros((x.shape[0], self.hidden_size))
+            states = (zeros, zeros) if lstm else (zeros,)
+        for s in states:
+            if s.shape != (x.shape[0], self.hidden_size):
+                raise RuntimeError(f"{type(self).__name__}: hidden state has shape "
+                                   f"{tuple(s.shape)}, expected "
+                                   f"({x.shape[0]}, {self.hidden_size})")
+        if x.shape[1] != self.input_size:
+            raise RuntimeError(f"input has inconsistent input_size: got {x.shape[1]} "
+                               f"expected {self.input_size}")
+        params = [self.weight_ih, self.weight_hh] + (
+            [self.bias_ih, self.bias_hh] if self.bias else [])
+        _check_runnable(who, x, params)
+        need = _grad_wanted(x, *states, *params)
+        cx = states[1][None] if lstm else x.new_empty(0)
+        _, h_n, c_n, _ = rnn_op(x[None], states[0][None], cx, params,
+                                torch.empty(0, dtype=torch.int64), self._cell, 1, False,
+                                self.bias, 0.0, self.training, need,
+                                getattr(self, "backend", None) or "")
+        h, c = h_n[0], c_n[0] if lstm else None
+        if not batched:
+            h, c = h[0], c[0] if lstm else None
+        return (h, c) if lstm else h
+
+
+class RNNCell(_Step, torch.nn.RNNCell):
+    """``torch.nn.RNNCell`` computed by fastrnn's kernels; same arguments."""
+
+    @property
+    def _cell(self):
+        return "rnn_" + self.nonlinearity
+
+    def forward(self, input, hx=None):
+        return self._step(input, hx, lstm=False)
+
+
+class GRUCell(_Step, torch.nn.GRUCell):
+    """``torch.nn.GRUCell`` computed by fastrnn's kernels; same arguments."""
+
+    _cell = "gru"
+
+    def forward(self, input, hx=None):
+        return self._step(input, hx, lstm=False)
+
+
+class LSTMCell(_Step, torch.nn.LSTMCell):
+    """``torch.nn.LSTMCell`` computed by fastrnn's kernels; same arguments."""
+
+    _cell = "lstm"
+
+    def forward(self, input, hx=None):
+        return self._step(input, hx, lstm=True)

@@ -1,0 +1,289 @@
+"""fastrnn.torch against torch.nn: parity in float64 over the option grid, gradcheck,
+convert, torch.compile, save/load, training steps, dropout seeding and every error."""
+
+import io
+import itertools
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import fastrnn.torch as ft  # noqa: E402  (after the skip: it imports torch)
+from fastrnn.torch import _ops  # noqa: E402
+
+PAIRS = {"rnn_tanh": (ft.RNN, torch.nn.RNN, {"nonlinearity": "tanh"}),
+         "rnn_relu": (ft.RNN, torch.nn.RNN, {"nonlinearity": "relu"}),
+         "lstm": (ft.LSTM, torch.nn.LSTM, {}), "gru": (ft.GRU, torch.nn.GRU, {})}
+T, B, I, H = 5, 4, 3, 6
+GRID = list(itertools.product(sorted(PAIRS), [1, 2], [False, True], [False, True],
+                              [True, False], [False, True], [False, True]))
+
+
+def _ids(case):
+    cell, L, bi, bf, bias, packed, hx = case
+    return (f"{cell}-L{L}-{'bi' if bi else 'uni'}-{'bf' if bf else 'tm'}-"
+            f"{'bias' if bias else 'nobias'}-{'packed' if packed else 'dense'}-"
+            f"{'hx' if hx else 'nohx'}")
+
+
+def _pair(cell, dtype=torch.float64, **kw):
+    ours_cls, torch_cls, extra = PAIRS[cell]
+    ours = ours_cls(I, H, **kw, **extra).to(dtype)
+    ref = torch_cls(I, H, **kw, **extra).to(dtype)
+    ref.load_state_dict(ours.state_dict())
+    return ours, ref
+
+
+def _close(a, b, what, tol=1e-10):
+    a, b = a.detach(), b.detach()
+    assert a.shape == b.shape and a.dtype == b.dtype, (what, a.shape, b.shape)
+    scale = max(b.abs().max().item(), 1e-30)
+    assert (a - b).abs().max().item() / scale < tol, what
+
+
+def _leaves(*tensors):
+    return [t.detach().clone().requires_grad_() for t in tensors]
+
+
+@pytest.mark.parametrize("case", GRID, ids=_ids)
+def test_matches_torch_nn(case):
+    cell, L, bi, bf, bias, packed, given = case
+    torch.manual_seed(hash(case) % 2**31)
+    ours, ref = _pair(cell, num_layers=L, bidirectional=bi, batch_first=bf, bias=bias)
+    D, lstm = 2 if bi else 1, cell == "lstm"
+    x = torch.randn((B, T, I) if bf else (T, B, I), dtype=torch.float64)
+    states = [torch.randn(L * D, B, H, dtype=torch.float64) for _ in range(2 if lstm else 1)]
+    results = []
+    for model in (ours, ref):
+        xs = _leaves(x, *states)
+        inp = xs[0]
+        if packed:
+            lengths = torch.tensor([3, T, 1, 4])  # unsorted
+            inp = torch.nn.utils.rnn.pack_padded_sequence(inp, lengths, batch_first=bf,
+                                                          enforce_sorted=False)
+        hx = None if not given else tuple(xs[1:]) if lstm else xs[1]
+        out, hn = model(inp, hx)
+        if packed:
+            assert isinstance(out, torch.nn.utils.rnn.PackedSequence)
+            out_data = out.data
+            out, _ = torch.nn.utils.rnn.pad_packed_sequence(out, batch_first=bf)
+        else:
+            out_data = out
+        hs = list(hn) if lstm else [hn]
+        g = torch.Generator().manual_seed(1)
+        loss = (out_data * torch.randn(out_data.shape, generator=g, dtype=out.dtype)).sum()
+        for h in hs:
+            loss = loss + (h * torch.randn(h.shape, generator=g, dtype=h.dtype)).sum()
+        loss.backward()
+        results.append((out, hs, xs, [p.grad for p in model.parameters()]))
+    (o1, h1, x1, p1), (o2, h2, x2, p2) = results
+    _close(o1, o2, "output")
+    for a, b in zip(h1, h2):
+        _close(a, b, "final state")
+    _close(x1[0].grad, x2[0].grad, "grad input")
+    if given:
+        for a, b in zip(x1[1:], x2[1:]):
+            _close(a.grad, b.grad, "grad hx")
+    for (name, _), a, b in zip(ours.named_parameters(), p1, p2):
+        _close(a, b, f"grad {name}")
+
+
+@pytest.mark.parametrize("cell", sorted(PAIRS))
+@pytest.mark.parametrize("unbatched", [False, True])
+def test_step_cells_match_torch(cell, unbatched):
+    ours_cls, torch_cls, kw = {
+        "rnn_tanh": (ft.RNNCell, torch.nn.RNNCell, {"nonlinearity": "tanh"}),
+        "rnn_relu": (ft.RNNCell, torch.nn.RNNCell, {"nonlinearity": "relu"}),
+        "lstm": (ft.LSTMCell, torch.nn.LSTMCell, {}),
+        "gru": (ft.GRUCell, torch.nn.GRUCell, {})}[cell]
+    torch.manual_seed(3)
+    ours, ref = ours_cls(I, H, **kw).double(), torch_cls(I, H, **kw).double()
+    ref.load_state_dict(ours.state_dict())
+    assert isinstance(ours, torch_cls) and repr(ours) == repr(ref)
+    lstm = cell == "lstm"
+    xs = torch.randn(3, *(() if unbatched else (B,)), I, dtype=torch.float64)
+    grads = []
+    for model in (ours, ref):
+        x = xs.clone().requires_grad_()
+        state = None
+        for t in range(3):  # three steps, BPTT through all of them
+            state = model(x[t], state)
+        (state[0].sum() + 2 * state[1].sum() if lstm else state.sum()).backward()
+        grads.append([x.grad] + [p.grad for p in model.parameters()])
+    for a, b in zip(*grads):
+        _close(a, b, "gradient")
+
+
+def test_classes_state_dicts_and_repr_are_torchs():
+    for cell, (ours_cls, torch_cls, kw) in PAIRS.items():
+        m = ours_cls(I, H, num_layers=2, bidirectional=True, **kw)
+        assert isinstance(m, torch_cls)
+        assert repr(m) == repr(torch_cls(I, H, num_layers=2, bidirectional=True, **kw))
+        assert list(m.state_dict()) == list(torch_cls(I, H, num_layers=2, bidirectional=True,
+                                                      **kw).state_dict())
+        m.flatten_parameters()
+
+
+def test_gradcheck_float64():
+    torch.manual_seed(0)
+    lstm = ft.LSTM(2, 3, num_layers=2, bidirectional=True).double()
+    x = torch.randn(4, 2, 2, dtype=torch.float64, requires_grad=True)
+    h = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
+    c = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
+    params = list(lstm.parameters())
+
+    def f(x, h, c, *ws):
+        with torch.nn.utils.stateless._reparametrize_module(
+                lstm, dict(zip([n for n, _ in lstm.named_parameters()], ws))):
+            out, (hn, cn) = lstm(x, (h, c))
+        return out, hn, cn
+
+    assert torch.autograd.gradcheck(f, (x, h, c, *params), eps=1e-6, atol=1e-8)
+
+
+def test_double_backward_is_a_clear_error():
+    gru = ft.GRU(I, H).double()
+    x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
+    out, _ = gru(x)
+    (g,) = torch.autograd.grad(out.sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward"):
+        g.sum().backward()
+
+
+def test_no_grad_and_inference_mode_save_nothing_and_eval_still_differentiates():
+    lstm = ft.LSTM(I, H, num_layers=2, dropout=0.5)
+    x = torch.randn(T, B, I)
+    before = len(_ops._contexts)
+    with torch.no_grad():
+        out, _ = lstm(x)
+    with torch.inference_mode():
+        lstm.eval()(x)
+    assert len(_ops._contexts) == before and not out.requires_grad
+    lstm.eval()  # as in torch: eval mode without no_grad still builds the graph
+    out, _ = lstm(x)
+    out.sum().backward()
+    assert lstm.weight_hh_l1.grad is not None
+    del out
+    assert len(_ops._contexts) == before  # freed with the graph
+
+
+def test_dropout_follows_torch_manual_seed():
+    lstm = ft.LSTM(I, H, num_layers=3, dropout=0.5)
+    x = torch.randn(T, B, I)
+    torch.manual_seed(7)
+    a, _ = lstm(x)
+    torch.manual_seed(7)
+    b, _ = lstm(x)
+    c, _ = lstm(x)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    lstm.eval()
+    d, _ = lstm(x)
+    e, _ = lstm(x)
+    assert torch.equal(d, e)
+
+
+def _small_model(seed):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Embedding(20, 4), torch.nn.GRU(4, 8),
+                               _Last(), torch.nn.Linear(8, 20)).double()
+
+
+class _Last(torch.nn.Module):
+    def forward(self, pair):
+        return pair[0]
+
+
+def test_convert_swaps_in_place_and_keeps_everything():
+    model = torch.nn.Sequential(torch.nn.LSTM(I, H, num_layers=2), _Last(),
+                                torch.nn.Linear(H, 2)).double().eval()
+    cell = torch.nn.GRUCell(I, H)
+    model.add_module("cell", cell)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    want = model[:3](x)
+    params = list(model.parameters())
+    assert ft.convert(model) is model
+    assert type(model[0]) is ft.LSTM and type(model.cell) is ft.GRUCell
+    assert all(a is b for a, b in zip(params, model.parameters()))
+    assert not model.training and model[0].weight_ih_l0.dtype == torch.float64
+    _close(model[:3](x), want, "converted output")
+    with pytest.raises(ValueError, match="proj_size=2"):
+        ft.convert(torch.nn.LSTM(I, H, proj_size=2))
+
+
+def test_twenty_training_steps_equal_torch():
+    ours, ref = _small_model(0), _small_model(0)
+    ft.convert(ours)
+    opts = [torch.optim.Adam(m.parameters(), lr=0.01) for m in (ours, ref)]
+    g = torch.Generator().manual_seed(5)
+    for _ in range(20):
+        tokens = torch.randint(0, 20, (6, 3), generator=g)
+        for model, opt in zip((ours, ref), opts):
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(tokens[:-1]).reshape(-1, 20),
+                                                     tokens[1:].reshape(-1))
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
+            opt.step()
+    for (name, a), b in zip(ours.named_parameters(), ref.parameters()):
+        assert (a - b).abs().max().item() < 1e-8, name
+
+
+def test_torch_save_load_and_state_dict_exchange():
+    model = ft.convert(_small_model(1))
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    buf.seek(0)
+    with torch.serialization.safe_globals(ft.SAFE_GLOBALS + [
+            torch.nn.Sequential, torch.nn.Embedding, torch.nn.Linear, _Last, set]):
+        loaded = torch.load(buf, weights_only=True)
+    assert type(loaded[1]) is ft.GRU
+    tokens = torch.randint(0, 20, (5, 2))
+    _close(loaded(tokens), model(tokens), "reloaded output")
+    plain = _small_model(2)
+    plain.load_state_dict(model.state_dict())
+    _close(plain(tokens), model(tokens), "torch.nn with fastrnn's weights")
+
+
+def test_torch_compile_fullgraph_forward_and_backward():
+    torch._dynamo.reset()
+    lstm = ft.LSTM(I, H, num_layers=2, bidirectional=True).double()
+    ref = torch.nn.LSTM(I, H, num_layers=2, bidirectional=True).double()
+    ref.load_state_dict(lstm.state_dict())
+    compiled = torch.compile(lstm, fullgraph=True, backend="aot_eager")
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    xs = _leaves(x, x)
+    out, (hn, _) = compiled(xs[0])
+    (out.sum() + hn.sum()).backward()
+    out2, (hn2, _) = ref(xs[1])
+    (out2.sum() + hn2.sum()).backward()
+    _close(out, out2, "compiled output")
+    _close(xs[0].grad, xs[1].grad, "compiled grad input")
+    for a, b in zip(lstm.parameters(), ref.parameters()):
+        _close(a.grad, b.grad, "compiled grad weight")
+
+
+@pytest.mark.parametrize("bad", [
+    (lambda m: m(torch.randn(T, B, I + 1)), RuntimeError, "input.size"),
+    (lambda m: m(torch.randn(T, B, I), torch.randn(2, B, H)), RuntimeError,
+     "Expected hidden size"),
+    (lambda m: m(torch.randn(T, B, I), torch.randn(B, H)), RuntimeError, "should also be 3-D"),
+    (lambda m: m(torch.randn(2, T, B, I)), ValueError, "Expected input to be 2D or 3D"),
+    (lambda m: m(torch.randn(T, B, I, dtype=torch.float16)), TypeError,
+     "torch.float16 is not supported"),
+    (lambda m: m(torch.randn(T, B, I, dtype=torch.bfloat16)), TypeError,
+     "torch.bfloat16 is not supported"),
+    (lambda m: m(torch.randn(T, B, I, dtype=torch.float64)), ValueError,
+     r"input dtype \(torch.float64\) does not match weight dtype"),
+    (lambda m: m.half()(torch.randn(T, B, I, dtype=torch.float16)), TypeError,
+     "torch.float16 is not supported"),
+    (lambda m: m(torch.randn(T, B, I, device="meta")), RuntimeError,
+     "device meta is not supported"),
+], ids=["input-size", "hx-size", "hx-rank", "input-rank", "float16", "bfloat16",
+        "dtype-mismatch", "half-model", "meta"])
+def test_errors_like_torch(bad):
+    fn, kind, match = bad
+    with pytest.raises(kind, match=match):
+        fn(ft.GRU(I, H))
+    with pytest.raises(ValueError, match="proj_size=3 is not supported"):
+        ft.LSTM(I, 5, proj_size=3)
