@@ -70,19 +70,24 @@ def _build_fastrnn(backend, cfg, weights):
     return run, outputs, sync
 
 
-def _build_torch(device, cfg, weights, threads):
+def _build_torch(device, cfg, weights, threads, bridge=False):
+    """torch.nn's layer, or with ``bridge`` fastrnn.torch's (fastrnn's kernels inside
+    PyTorch, autograd included)."""
     import torch
     torch.set_num_threads(threads)
+    nn = torch.nn
+    if bridge:
+        import fastrnn.torch as nn
     if device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
     kw = dict(num_layers=cfg["L"], bidirectional=cfg["D"] == 2)
     if cfg["cell"] == "lstm":
-        model = torch.nn.LSTM(cfg["I"], cfg["H"], **kw)
+        model = nn.LSTM(cfg["I"], cfg["H"], **kw)
     elif cfg["cell"] == "gru":
-        model = torch.nn.GRU(cfg["I"], cfg["H"], **kw)
+        model = nn.GRU(cfg["I"], cfg["H"], **kw)
     else:
-        model = torch.nn.RNN(cfg["I"], cfg["H"], nonlinearity=cfg["cell"].split("_")[1], **kw)
+        model = nn.RNN(cfg["I"], cfg["H"], nonlinearity=cfg["cell"].split("_")[1], **kw)
     model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in weights.items()})
     model = model.to(device)
     x, gout = (torch.from_numpy(a).to(device) for a in _inputs(cfg))
@@ -118,8 +123,11 @@ def _build_torch(device, cfg, weights, threads):
 
 
 def build_contender(name, cfg, weights, threads):
-    """``(run, outputs, sync)`` for a contender name (``fastrnn-<backend>``, ``torch-cpu``,
-    ``torch-cudnn``) on configuration ``cfg`` (a dict of :class:`fastrnn.bench.Config`)."""
+    """``(run, outputs, sync)`` for a contender name (``fastrnn-<backend>``,
+    ``fastrnn-torch``, ``torch-cpu``, ``torch-cudnn``) on configuration ``cfg`` (a dict of
+    :class:`fastrnn.bench.Config`)."""
+    if name == "fastrnn-torch":
+        return _build_torch("cpu", cfg, weights, threads, bridge=True)
     if name.startswith("fastrnn-"):
         return _build_fastrnn(name.split("-", 1)[1], cfg, weights)
     return _build_torch("cuda" if name == "torch-cudnn" else "cpu", cfg, weights, threads)

@@ -132,7 +132,8 @@ def contenders(suite="cpu", backends=None, peer=True):
         except ImportError:
             torch = None
         if torch is not None and suite == "cpu":
-            names.append("torch-cpu")
+            # fastrnn inside PyTorch (fastrnn.torch, autograd included) beside torch.nn
+            names += (["fastrnn-torch"] if "cpu" in chosen else []) + ["torch-cpu"]
         elif torch is not None and suite == "gpu" and torch.cuda.is_available():
             names.append("torch-cudnn")
     return names
@@ -195,7 +196,7 @@ def run(configs, names, rounds=5, reps=3, reference_reps=1, threads=None, quick=
         try:
             outs = {}
             for name in names:
-                if name == "torch-cpu" and config.cell == "rnn_sigmoid":
+                if name in ("torch-cpu", "fastrnn-torch") and config.cell == "rnn_sigmoid":
                     continue  # PyTorch has no sigmoid RNN
                 w = WorkerHandle(name, config, weights, threads)
                 workers[name] = w

@@ -33,7 +33,14 @@ def test_digits_smoke():
     assert "test accuracy" in out
 
 
+@pytest.mark.parametrize("bridge", [[], ["--fastrnn"]], ids=["torch.nn", "fastrnn.torch"])
+def test_word_lm_torch_smoke(bridge):
+    pytest.importorskip("torch")
+    out = _run("word_lm_torch.py", "--smoke", *bridge)
+    assert ("fastrnn.torch" in out) == bool(bridge) and "test perplexity" in out
+
+
 @pytest.mark.parametrize("name", ["char_lm.py", "forecast_sunspots.py", "classify_digits.py",
-                                  "quickstart.py"])
+                                  "quickstart.py", "word_lm_torch.py"])
 def test_help(name):
     assert "usage:" in _run(name, "--help")
