@@ -2,8 +2,8 @@
 
 Unlike ``fastrnn bench`` (one worker process per contender), these run in-process, one
 contender after another, so a peer's idle threads may tax the next contender; use
-``fastrnn bench`` for the numbers in BENCHMARKS.md. ``FASTRNN_BENCH_QUICK=1`` shrinks every
-configuration for a smoke run.
+``fastrnn bench`` for the numbers in BENCHMARKS.md. ``FASTRNN_BENCH_QUICK=1`` runs the
+``--quick`` subset of configurations (full shapes).
 """
 
 import dataclasses
@@ -19,8 +19,7 @@ QUICK = os.environ.get("FASTRNN_BENCH_QUICK") == "1"
 
 
 def configs(suite):
-    cs = bench.select(suite)
-    return [c.shrunk() for c in cs] if QUICK else cs
+    return bench.select(suite, quick=QUICK)
 
 
 def contender_params(suite):

@@ -18,6 +18,8 @@ def environment(results):
             env[mod] = __import__(mod).__version__
         except ImportError:
             pass
+    from ._blas_info import blas
+    env["blas"] = blas()
     if results:
         env["gemm_rate"] = results[0]["gemm_rate"]
         env["threads"] = results[0]["threads"]
@@ -60,7 +62,8 @@ def table(results):
     """A plain-text table for the terminal."""
     head = (f"{'config':<6} {'contender':<15} {'median ms':>10} {'min':>9} {'max':>9} "
             f"{'vs ref':>8} {'vs peer':>8} {'x floor':>8}")
-    lines = [head, "-" * len(head)]
+    from ._blas_info import describe
+    lines = [describe(), head, "-" * len(head)]
     for r in rows(results):
         lines.append(f"{r['config']:<6} {r['contender']:<15} {r['median_ms']:>10.3f} "
                      f"{r['min_ms']:>9.3f} {r['max_ms']:>9.3f} {_fmt_ratio(r['vs_reference']):>8}"
@@ -71,7 +74,9 @@ def table(results):
 def markdown(results):
     """A markdown table for BENCHMARKS.md, with the machine and versions above it."""
     env = environment(results)
-    lines = ["Machine: " + ", ".join(f"{k} {v}" for k, v in env.items() if k != "gemm_rate")]
+    from ._blas_info import describe
+    lines = ["Machine: " + ", ".join(f"{k} {v}" for k, v in env.items()
+                                     if k not in ("gemm_rate", "blas")), describe()]
     if "gemm_rate" in env:
         g = env["gemm_rate"]
         lines.append(f"GEMM rate for the floor: {g['flops_per_s'] / 1e9:.0f} GFLOP/s "

@@ -33,10 +33,6 @@ class Config:
     T: int
     mode: str  # "train" (forward + backward) or "infer" (forward, training=False)
 
-    def shrunk(self):
-        """The ``--quick`` variant: fewer steps, same shapes otherwise."""
-        return dataclasses.replace(self, T=max(4, self.T // 10))
-
     def flops(self):
         """Multiply-add FLOPs of the GEMM work: forward, and twice that again for backward
         (input and weight gradients of both the input and the recurrent products)."""
@@ -75,6 +71,9 @@ SUITES = {
         ("G8", "lstm", 123, 320, 2, 2, 32, 1000, "train"),
     ]),
 }
+# ``--quick``: these configurations at their full shapes (ratios as in the full run, with
+# fewer rounds): inference at batch 1 and 8, LSTM and vanilla-RNN training.
+QUICK = {"cpu": ("C1", "C2", "C5", "C8"), "gpu": ("G1", "G3", "G3i", "G6")}
 REFERENCE = "fastrnn-numpy"
 # Agreement with the reference before timing: float32 sums over long sequences drift, so
 # this checks wiring, not last-bit precision (the test suite does that).
@@ -85,11 +84,14 @@ class BenchmarkError(RuntimeError):
     """A benchmark cannot start (bad arguments) or contenders disagree."""
 
 
-def select(suite="cpu", only=None):
-    """The configurations of ``suite`` (all, or those named in ``only``), in suite order."""
+def select(suite="cpu", only=None, quick=False):
+    """The configurations of ``suite`` (all, those named in ``only``, or with ``quick`` and
+    no ``only`` the :data:`QUICK` ones), in suite order."""
     if suite not in SUITES:
         raise BenchmarkError(f"--suite: expected one of {sorted(SUITES)}, got {suite!r}")
     configs = SUITES[suite]
+    if not only and quick:
+        only = QUICK[suite]
     if not only:
         return list(configs.values())
     unknown = [n for n in only if n not in configs]
@@ -181,7 +183,6 @@ def run(configs, names, rounds=5, reps=3, reference_reps=1, threads=None, quick=
                                   or value < 1):
             raise BenchmarkError(f"{option}: expected a positive integer, got {value!r}")
     if quick:
-        configs = [c.shrunk() for c in configs]
         rounds, reps = min(rounds, 2), min(reps, 2)
     threads = threads or os.cpu_count()
     gpu = any(n in ("fastrnn-gpu", "torch-cudnn") for n in names)

@@ -32,7 +32,11 @@ def info_lines():
             lines.append(f"{mod} {__import__(mod).__version__}")
         except ImportError:
             lines.append(f"{mod} not installed")
-    lines.append(f"selected backend: {get_backend()}")
+    from ._blas_info import describe
+    lines.append(describe())
+    auto = ("cpu" if backends()["cpu"]["available"] else
+            "numpy (the reference: the cpu backend cannot run here)")
+    lines.append(f"selected backend: {get_backend()} (auto runs NumPy arrays on {auto})")
     for name, rep in backends().items():
         state = "available" if rep["available"] else f"unavailable: {rep['reason']}"
         lines.append(f"  {name:6s} ({rep['array_module']} arrays) {state}")
@@ -87,7 +91,8 @@ def bench_main(args):
             raise SystemExit("fastrnn bench: --plot needs matplotlib "
                              "(pip install fastrnn[bench])") from None
     try:
-        configs = bench.select(args.suite, args.only.split(",") if args.only else None)
+        configs = bench.select(args.suite, args.only.split(",") if args.only else None,
+                               quick=args.quick)
         names = bench.contenders(args.suite, args.backend.split(",") if args.backend else None,
                                  peer=not args.no_peer)
         results = bench.run(configs, names, rounds=args.rounds, reps=args.reps,
@@ -117,7 +122,8 @@ def main(argv=None):
     b.add_argument("--backend", help="comma-separated fastrnn backends to time (default: "
                    "every available one for the suite; the reference always runs)")
     b.add_argument("--quick", action="store_true",
-                   help="a smoke run: every configuration with a tenth of its steps")
+                   help="a short run: C1, C2, C5 and C8 (G1, G3, G3i, G6 on the gpu "
+                   "suite) at their full shapes, at most 2 rounds of 2 calls")
     b.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     b.add_argument("--reps", type=int, default=3, help="timed calls per turn (default 3)")
     b.add_argument("--reference-reps", type=int, default=1,

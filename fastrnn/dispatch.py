@@ -9,6 +9,7 @@ Asking for a backend that is unknown or unavailable is an error, never a silent 
 
 import importlib
 import os
+import warnings
 
 import numpy as np
 
@@ -36,7 +37,8 @@ def _load_cpu():
         if exc.name != f"{__package__}.kernels.cpu":
             raise
         raise BackendUnavailableError(
-            "not available yet: the Numba CPU kernels have not landed (issue 4)") from None
+            "this installation lacks the Numba CPU kernels (fastrnn.kernels.cpu); "
+            "reinstall fastrnn") from None
 
 
 def _load_gpu():
@@ -58,7 +60,8 @@ def _load_gpu():
         if exc.name != f"{__package__}.kernels.cuda":
             raise
         raise BackendUnavailableError(
-            "not available yet: the CUDA kernels have not landed (issue 6)") from None
+            "this installation lacks the CUDA kernels (fastrnn.kernels.cuda); reinstall "
+            "fastrnn") from None
 
 
 # name -> (array module the backend works on, loader)
@@ -169,6 +172,20 @@ def array_module(*arrays, names=None):
     return np
 
 
+_warned = set()
+
+
+def _warn_reference_fallback(exc):
+    """Automatic selection runs NumPy arrays on the reference when the cpu backend cannot
+    run: say so once per process, with the reason (``fastrnn info`` says it too)."""
+    if "cpu" in _warned:
+        return
+    _warned.add("cpu")
+    warnings.warn(f"fastrnn: {exc}; automatic backend selection runs NumPy arrays on the "
+                  "NumPy reference, which is many times slower (fastrnn info says more)",
+                  RuntimeWarning, stacklevel=4)
+
+
 def resolve(backend, xp):
     """Pick the backend for a call on arrays of module ``xp``.
 
@@ -194,7 +211,8 @@ def resolve(backend, xp):
             try:
                 _load("cpu")
                 backend = "cpu"
-            except BackendUnavailableError:
+            except BackendUnavailableError as exc:
+                _warn_reference_fallback(exc)
                 backend = "numpy"
     module = _load(backend)
     wanted = _REGISTRY[backend][0]

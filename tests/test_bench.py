@@ -25,7 +25,14 @@ def test_flops_count_both_products_and_backward():
     layer1 = 2 * 2 * 7 * 3 * 60 * (40 + 20)
     assert c.flops() == layer0 + layer1
     assert bench.Config("x", "gru", 10, 20, 2, 2, 3, 7, "train").flops() == 3 * c.flops()
-    assert c.shrunk().T == 4 and bench.SUITES["cpu"]["C7"].shrunk().T == 100
+
+
+def test_quick_keeps_the_shapes_and_takes_a_subset():
+    quick = bench.select("cpu", quick=True)
+    assert [c.name for c in quick] == ["C1", "C2", "C5", "C8"]
+    assert all(c == bench.SUITES["cpu"][c.name] for c in quick)  # full shapes
+    assert [c.name for c in bench.select("cpu", ["C3"], quick=True)] == ["C3"]
+    assert len(bench.select("gpu", quick=True)) == 4
 
 
 def test_bad_names_fail_before_timing():

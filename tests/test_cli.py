@@ -15,7 +15,10 @@ def test_info_lists_versions_and_backends():
     assert f"fastrnn {fastrnn.__version__}" in out
     for name, rep in fastrnn.backends().items():
         line = next(l for l in out.splitlines() if l.startswith(f"  {name} "))
-        assert ("available" in line) and (rep["available"] or rep["reason"] in line)
+        if rep["available"]:
+            assert line.endswith(" available"), line
+        else:
+            assert f"unavailable: {rep['reason']}" in line, line
 
 
 def test_info_names_a_bad_pinning_setting_instead_of_failing():

@@ -80,3 +80,16 @@ def test_env_var_selects_the_backend_used_by_layers(monkeypatch):
     m = fastrnn.RNN(3, 4)
     out, _ = m(np.ones((2, 1, 3), np.float32))
     assert m._guard.ctx["ctx"]["backend"] == "numpy"
+
+
+def test_auto_says_once_when_it_falls_back_to_the_reference(monkeypatch):
+    """Where the cpu backend cannot run, auto uses the reference, with one warning."""
+    monkeypatch.setitem(dispatch._loaded, "cpu",
+                        fastrnn.BackendUnavailableError("numba cannot be imported (test)"))
+    monkeypatch.setattr(dispatch, "_warned", set())
+    with pytest.warns(RuntimeWarning, match="numba cannot be imported.*NumPy reference"):
+        assert dispatch.resolve("auto", np)[0] == "numpy"
+    assert dispatch.resolve("auto", np)[0] == "numpy"  # (a second warning would fail here)
+    from fastrnn.cli import info_lines
+    assert any("auto runs NumPy arrays on numpy (the reference" in line
+               for line in info_lines())

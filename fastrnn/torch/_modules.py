@@ -3,21 +3,22 @@
 Each class subclasses the ``torch.nn`` class of the same name: same constructor, parameters,
 ``state_dict`` keys, ``repr`` and checks of inputs and states (torch's own). ``forward``
 takes and returns what torch's does - a Tensor or a ``PackedSequence`` (sorted or not),
-``hx`` optional, unbatched inputs - and runs :func:`._ops.rnn_op`.
+``hx`` optional, unbatched inputs - and runs :func:`._ops.rnn`.
 """
 
 import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from ._ops import rnn_op
+from ._ops import rnn
 
 _DTYPES = (torch.float32, torch.float64)
 _DEVICES = ("cpu", "cuda")
 
 
-def _check_runnable(who, tensor, params):
+def _check_runnable(who, tensor, params=()):
     """fastrnn runs float32 and float64 on CPU and CUDA tensors: say so, never fall back;
-    input and parameters must agree."""
+    input and parameters must agree (a torch RNN module's parameters share one dtype and
+    device: the first stands for all)."""
     if tensor.dtype not in _DTYPES:
         raise TypeError(f"{who}: input dtype {tensor.dtype} is not supported; fastrnn runs "
                         "float32 and float64 (convert the model and inputs with .float() "
@@ -26,7 +27,7 @@ def _check_runnable(who, tensor, params):
         raise RuntimeError(f"{who}: device {tensor.device} is not supported; fastrnn runs "
                            "on CPU tensors (its cpu backend) and CUDA tensors (its gpu "
                            "backend)")
-    for p in params:
+    for p in params[:1]:
         if p.dtype not in _DTYPES or p.device.type not in _DEVICES:
             raise TypeError(f"{who}: parameters of dtype {p.dtype} on {p.device} are not "
                             "supported; fastrnn runs float32 and float64 on CPU and CUDA")
@@ -84,14 +85,14 @@ class _Sequence:
             states = (zeros, zeros) if lstm else (zeros,)
         params = self._flat_weights
         check_input = x if packed or not self.batch_first or not batched else input
-        _check_runnable(who, x, [])
+        _check_runnable(who, x)
         self.check_forward_args(check_input if not packed else input.data,
                                 states if lstm else states[0], batch_sizes)
         _check_runnable(who, x, params)
         need = _grad_wanted(x, *states, *params)
         cx = states[1] if lstm else x.new_empty(0)
         lens = lengths if lengths is not None else torch.empty(0, dtype=torch.int64)
-        out, h_n, c_n, _ = rnn_op(x, states[0], cx, list(params), lens, self._cell,
+        out, h_n, c_n, _ = rnn(x, states[0], cx, list(params), lens, self._cell,
                                   self.num_layers, self.bidirectional, self.bias,
                                   float(self.dropout), self.training, need,
                                   getattr(self, "backend", None) or "")
@@ -188,7 +189,7 @@ class _Step:
         _check_runnable(who, x, params)
         need = _grad_wanted(x, *states, *params)
         cx = states[1][None] if lstm else x.new_empty(0)
-        _, h_n, c_n, _ = rnn_op(x[None], states[0][None], cx, params,
+        _, h_n, c_n, _ = rnn(x[None], states[0][None], cx, params,
                                 torch.empty(0, dtype=torch.int64), self._cell, 1, False,
                                 self.bias, 0.0, self.training, need,
                                 getattr(self, "backend", None) or "")
