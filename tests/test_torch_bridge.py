@@ -245,12 +245,14 @@ def test_torch_save_load_and_state_dict_exchange():
     _close(plain(tokens), model(tokens), "torch.nn with fastrnn's weights")
 
 
-def test_torch_compile_fullgraph_forward_and_backward():
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_torch_compile_fullgraph_forward_and_backward(backend):
+    """(inductor, torch.compile's default, generates and compiles C++: ~25 s here)"""
     torch._dynamo.reset()
     lstm = ft.LSTM(I, H, num_layers=2, bidirectional=True).double()
     ref = torch.nn.LSTM(I, H, num_layers=2, bidirectional=True).double()
     ref.load_state_dict(lstm.state_dict())
-    compiled = torch.compile(lstm, fullgraph=True, backend="aot_eager")
+    compiled = torch.compile(lstm, fullgraph=True, backend=backend)
     x = torch.randn(T, B, I, dtype=torch.float64)
     xs = _leaves(x, x)
     out, (hn, _) = compiled(xs[0])
