@@ -8,6 +8,13 @@ import numpy as np
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+def positive_int(name, value):
+    """``value`` as an int when it is a positive integer (not a bool), else a clear error."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+    return int(value)
+
+
 def float_dtype(dtype, what="dtype"):
     """Normalise a user's ``dtype=`` to float32 or float64, or raise."""
     try:

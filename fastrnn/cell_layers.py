@@ -9,10 +9,10 @@ import numpy as np
 
 from . import functional
 from ._checks import check_array
-from .layers import _Recurrent, _rnn_cell_name, _split_pair
+from ._recurrent import RecurrentBase, rnn_cell_name, split_pair
 
 
-class _StepCell(_Recurrent):
+class _StepCell(RecurrentBase):
     def __init__(self, cell, input_size, hidden_size, bias, dtype, backend, seed):
         self._setup(cell, input_size, hidden_size, 1, bias, False, 0.0, False, dtype, backend,
                     seed, layer_suffix=False)
@@ -22,6 +22,9 @@ class _StepCell(_Recurrent):
     def _after_to(self, device, xp, dtype):
         super()._after_to(device, xp, dtype)
         self._stack.clear()
+
+    def _picklable(self):
+        return {**super()._picklable(), "_stack": []}
 
     def _state(self, name, s, x):
         if s is None:
@@ -71,7 +74,19 @@ class _StepCell(_Recurrent):
             shape)
 
 
-class RNNCell(_StepCell):
+class _OneStateCell(_StepCell):
+    """forward and backward of the cells with one state (RNNCell, GRUCell)."""
+
+    def forward(self, x, hx=None):
+        return self._step(x, hx, None, ("hx", None))[0]
+
+    def backward(self, grad_h):
+        """Returns ``(grad_x, grad_h_prev)`` and accumulates parameter gradients."""
+        dx, dh, _ = self._step_backward(grad_h, None)
+        return dx, dh
+
+
+class RNNCell(_OneStateCell):
     """One step of an Elman RNN: ``h' = cell(x, h=None)`` with ``x [B,I]`` or ``[I]``.
 
     ``backward(grad_h)`` returns ``(grad_x, grad_h_prev)``. Parameters ``weight_ih``,
@@ -81,23 +96,16 @@ class RNNCell(_StepCell):
     def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh",
                  dtype=np.float32, backend=None, seed=None):
         self.nonlinearity = nonlinearity
-        super().__init__(_rnn_cell_name(nonlinearity), input_size, hidden_size, bias, dtype,
+        super().__init__(rnn_cell_name(nonlinearity), input_size, hidden_size, bias, dtype,
                          backend, seed)
 
-    def forward(self, x, hx=None):
-        return self._step(x, hx, None, ("hx", None))[0]
 
-    def backward(self, grad_h):
-        dx, dh, _ = self._step_backward(grad_h, None)
-        return dx, dh
-
-
-class GRUCell(RNNCell):
+class GRUCell(_OneStateCell):
     """One step of a GRU: ``h' = cell(x, h=None)``; as ``torch.nn.GRUCell``."""
 
     def __init__(self, input_size, hidden_size, bias=True, dtype=np.float32, backend=None,
                  seed=None):
-        _StepCell.__init__(self, "gru", input_size, hidden_size, bias, dtype, backend, seed)
+        super().__init__("gru", input_size, hidden_size, bias, dtype, backend, seed)
 
 
 class LSTMCell(_StepCell):
@@ -112,12 +120,12 @@ class LSTMCell(_StepCell):
         super().__init__("lstm", input_size, hidden_size, bias, dtype, backend, seed)
 
     def forward(self, x, hx=None):
-        h, c = _split_pair("hx", hx)
+        h, c = split_pair("hx", hx)
         if (h is None) != (c is None):
             raise TypeError("hx: expected both h and c, or hx=None")
         return self._step(x, h, c, ("hx[0]", "hx[1]"))
 
     def backward(self, grad_hx):
-        gh, gc = _split_pair("grad_hx", grad_hx)
+        gh, gc = split_pair("grad_hx", grad_hx)
         dx, dh, dc = self._step_backward(gh, gc)
         return dx, (dh, dc)

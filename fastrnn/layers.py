@@ -1,133 +1,19 @@
-"""``RNN``, ``LSTM``, ``GRU`` and their one-step cells, with PyTorch's arguments and names.
+"""``RNN``, ``LSTM``, ``GRU``: sequence layers with PyTorch's arguments and names.
 
 Training mirrors the call: ``output, h_n = layer(x)`` then
 ``grad_x, grad_h0 = layer.backward(grad_output, grad_h_n)`` runs BPTT and accumulates every
 parameter's ``.grad``.
 """
 
-import math
-import warnings
-
 import numpy as np
 
-from . import dispatch, functional
-from ._checks import check_array, float_dtype
-from .kernels.cells import get_cell
-from .module import Module, backend_after_move
-
-_RNN_CELLS = {"tanh": "rnn_tanh", "relu": "rnn_relu", "sigmoid": "rnn_sigmoid"}
+from . import functional
+from ._checks import check_array
+from ._recurrent import RecurrentBase, rnn_cell_name, split_pair
 
 
-def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-    return int(value)
-
-
-def _rnn_cell_name(nonlinearity):
-    if nonlinearity not in _RNN_CELLS:
-        raise ValueError(
-            f"nonlinearity: expected one of {list(_RNN_CELLS)}, got {nonlinearity!r}")
-    return _RNN_CELLS[nonlinearity]
-
-
-class _BackwardGuard:
-    """Remembers what the last forward left for backward, to give clear errors."""
-
-    def __init__(self):
-        self.ctx = None
-        self.state = "none"  # none | train | eval | used
-
-    def record(self, ctx, training):
-        self.ctx, self.state = (ctx, "train") if training else (None, "eval")
-
-    def peek(self, who):
-        """The saved context, or a clear error; a failed check of the gradients that
-        follows leaves it in place, so a corrected call can still run."""
-        if self.state == "none":
-            raise RuntimeError(f"{who}.backward() called before any forward call")
-        if self.state == "eval":
-            raise RuntimeError(
-                f"{who}.backward(): the last forward ran in eval mode, which saves nothing "
-                "for backward; call .train() and run forward again")
-        if self.state == "used":
-            raise RuntimeError(
-                f"{who}.backward() called twice for one forward; run forward again first")
-        return self.ctx
-
-    def consume(self):
-        self.ctx, self.state = None, "used"
-
-
-class _Recurrent(Module):
-    """Shared construction, parameters and forward/backward of the sequence layers."""
-
-    def _setup(self, cell, input_size, hidden_size, num_layers, bias, batch_first, dropout,
-               bidirectional, dtype, backend, seed, layer_suffix=True):
-        super().__init__()
-        self.cell = get_cell(cell).name
-        self.input_size = _positive_int("input_size", input_size)
-        self.hidden_size = _positive_int("hidden_size", hidden_size)
-        self.num_layers = _positive_int("num_layers", num_layers)
-        self.bias = bool(bias)
-        self.batch_first = bool(batch_first)
-        self.bidirectional = bool(bidirectional)
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not (
-                0 <= dropout < 1):
-            raise ValueError(f"dropout: expected a probability in [0, 1), got {dropout!r}")
-        if dropout > 0 and self.num_layers == 1:
-            warnings.warn("dropout acts between layers, so it has no effect with "
-                          f"num_layers=1 (got dropout={dropout})", stacklevel=3)
-        self.dropout = float(dropout)
-        self.dtype = float_dtype(dtype)
-        self.backend = backend
-        xp = dispatch.array_module_for(backend)
-        self._rng = np.random.default_rng(seed)
-        G, H, D = get_cell(cell).gates, self.hidden_size, self.num_directions
-        bound = 1.0 / math.sqrt(H)
-        for layer in range(self.num_layers):
-            for d in range(D):
-                suffix = f"_l{layer}" + ("_reverse" if d else "") if layer_suffix else ""
-                in_size = self.input_size if layer == 0 else D * H
-                shapes = [("weight_ih", (G * H, in_size)), ("weight_hh", (G * H, H))]
-                if self.bias:
-                    shapes += [("bias_ih", (G * H,)), ("bias_hh", (G * H,))]
-                for name, shape in shapes:
-                    values = self._rng.uniform(-bound, bound, shape).astype(self.dtype)
-                    self.register_parameter(name + suffix, xp.asarray(values))
-        self._guard = _BackwardGuard()
-
-    def _after_to(self, device, xp, dtype):
-        self.backend = backend_after_move(self.backend, device)
-        if dtype is not None:
-            self.dtype = dtype
-        self._guard = _BackwardGuard()
-
-    @property
-    def num_directions(self):
-        return 2 if self.bidirectional else 1
-
-    def _weights(self):
-        params = list(self._parameters.values())
-        per = 4 if self.bias else 2
-        groups = []
-        for k in range(0, len(params), per):
-            ws = [p.data for p in params[k:k + per]]
-            groups.append(tuple(ws) if self.bias else (ws[0], ws[1], None, None))
-        return groups
-
-    def _param_module(self):
-        return dispatch.array_module(next(iter(self._parameters.values())).data)
-
-    def _check_input(self, x, xp, ranks=(2, 3)):
-        got = dispatch.array_module(x, names=["x"])
-        if got is not xp:
-            raise TypeError(f"x: this layer's parameters are {xp.__name__} arrays, got a "
-                            f"{got.__name__} array; move the input or the layer")
-        check_array("x", x, ranks, self.dtype)
-        if x.shape[-1] != self.input_size:
-            raise ValueError(f"x: expected {self.input_size} input features (input_size) in "
-                             f"the last dimension, got shape {tuple(x.shape)}")
+class _Sequence(RecurrentBase):
+    """Layouts, states and lengths of whole sequences (the three layers' shared part)."""
 
     def _to_time_major(self, a):
         if a.ndim == 2:
@@ -192,34 +78,6 @@ class _Recurrent(Module):
             dc0 = None if dc0 is None else dc0[:, 0, :]
         return dx, dh0, dc0
 
-    def _bptt(self, ctx, grad_output, grad_h_n, grad_c_n):
-        """:func:`functional.rnn_backward`, its changed-weight error naming the parameter."""
-        try:
-            return functional.rnn_backward(ctx, grad_output, grad_h_n, grad_c_n)
-        except functional.WeightChangedError as err:
-            k, j = err.index
-            name = list(self._parameters)[k * (4 if self.bias else 2) + j]
-            raise RuntimeError(
-                f"{type(self).__name__}.backward(): parameter {name!r} was changed in place "
-                "after the forward call, so the gradients would not match the outputs; run "
-                "forward again after changing weights (an optimizer step belongs after "
-                "backward)") from None
-
-    def extra_repr(self):
-        s = f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}"
-        if self.bidirectional:
-            s += ", bidirectional=True"
-        if self.batch_first:
-            s += ", batch_first=True"
-        return s + f", dtype={self.dtype}"
-
-    def __repr__(self):
-        return f"{type(self).__name__}({self.extra_repr()})"
-
-    def __call__(self, *args, **kwargs):
-        return self.forward(*args, **kwargs)
-
-
 _DOC_ARGS = """
     Parameters
     ----------
@@ -240,20 +98,8 @@ _DOC_ARGS = """
 """
 
 
-class RNN(_Recurrent):
-    __doc__ = """Elman RNN, ``h' = act(W_ih x + b_ih + W_hh h + b_hh)``, as ``torch.nn.RNN``.
-
-    Call ``output, h_n = rnn(x, hx=None, lengths=None)`` with ``x [T,B,I]`` (``[B,T,I]`` if
-    batch_first, ``[T,I]`` unbatched) and ``hx [L*D,B,H]``. ``nonlinearity`` is ``"tanh"``,
-    ``"relu"`` or ``"sigmoid"``.
-    """ + _DOC_ARGS
-
-    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
-                 batch_first=False, dropout=0.0, bidirectional=False, dtype=np.float32,
-                 backend=None, seed=None):
-        self.nonlinearity = nonlinearity
-        self._setup(_rnn_cell_name(nonlinearity), input_size, hidden_size, num_layers, bias,
-                    batch_first, dropout, bidirectional, dtype, backend, seed)
+class _OneState(_Sequence):
+    """forward and backward of the layers with one state (RNN, GRU)."""
 
     def forward(self, x, hx=None, lengths=None):
         out, h_n, _ = self._run(x, hx, None, lengths)
@@ -265,7 +111,23 @@ class RNN(_Recurrent):
         return dx, dh0
 
 
-class GRU(RNN):
+class RNN(_OneState):
+    __doc__ = """Elman RNN, ``h' = act(W_ih x + b_ih + W_hh h + b_hh)``, as ``torch.nn.RNN``.
+
+    Call ``output, h_n = rnn(x, hx=None, lengths=None)`` with ``x [T,B,I]`` (``[B,T,I]`` if
+    batch_first, ``[T,I]`` unbatched) and ``hx [L*D,B,H]``. ``nonlinearity`` is ``"tanh"``,
+    ``"relu"`` or ``"sigmoid"``.
+    """ + _DOC_ARGS
+
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
+                 batch_first=False, dropout=0.0, bidirectional=False, dtype=np.float32,
+                 backend=None, seed=None):
+        self.nonlinearity = nonlinearity
+        self._setup(rnn_cell_name(nonlinearity), input_size, hidden_size, num_layers, bias,
+                    batch_first, dropout, bidirectional, dtype, backend, seed)
+
+
+class GRU(_OneState):
     __doc__ = """Gated recurrent unit as ``torch.nn.GRU`` (gates r, z, n).
 
     Call ``output, h_n = gru(x, hx=None, lengths=None)``; shapes as :class:`RNN`.
@@ -277,16 +139,7 @@ class GRU(RNN):
                     bidirectional, dtype, backend, seed)
 
 
-def _split_pair(name, pair):
-    if pair is None:
-        return None, None
-    if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-        raise TypeError(f"{name}: expected a tuple (h, c) (either may be None), got "
-                        f"{type(pair).__name__}")
-    return pair[0], pair[1]
-
-
-class LSTM(_Recurrent):
+class LSTM(_Sequence):
     __doc__ = """Long short-term memory as ``torch.nn.LSTM`` (gates i, f, g, o).
 
     Call ``output, (h_n, c_n) = lstm(x, (h0, c0)=None, lengths=None)``; shapes as
@@ -300,7 +153,7 @@ class LSTM(_Recurrent):
                     bidirectional, dtype, backend, seed)
 
     def forward(self, x, hx=None, lengths=None):
-        h0, c0 = _split_pair("hx", hx)
+        h0, c0 = split_pair("hx", hx)
         if (h0 is None) != (c0 is None):
             raise TypeError("hx: expected both h0 and c0, or hx=None")
         out, h_n, c_n = self._run(x, h0, c0, lengths)
@@ -308,6 +161,6 @@ class LSTM(_Recurrent):
 
     def backward(self, grad_output, grad_hx=None):
         """BPTT; returns ``(grad_x, (grad_h0, grad_c0))`` and accumulates gradients."""
-        gh, gc = _split_pair("grad_hx", grad_hx)
+        gh, gc = split_pair("grad_hx", grad_hx)
         dx, dh0, dc0 = self._run_backward(grad_output, gh, gc)
         return dx, (dh0, dc0)

@@ -1,6 +1,5 @@
 """``Parameter`` and ``Module``: parameters, names, modes and state dicts, as in PyTorch."""
 
-import importlib
 from collections import OrderedDict, namedtuple
 
 import numpy as np
@@ -167,22 +166,17 @@ class Module:
 
     def __getstate__(self):
         """For ``pickle`` and ``copy.deepcopy``: parameters, gradients, settings and random
-        state. Not what the last forward saved for backward (it may hold what cannot be
-        pickled; a copy runs forward again before its backward, as after :meth:`to`), and
-        the array module by name."""
+        state; not what the last forward saved for backward (it may hold what cannot be
+        pickled; a copy runs forward again before its backward, as after :meth:`to`)."""
         state = self.__dict__.copy()
-        if "_xp" in state:
-            state["_xp"] = state["_xp"].__name__
-        if "_guard" in state:
-            state["_guard"] = type(state["_guard"])()
-        if "_stack" in state:
-            state["_stack"] = []
+        state.update(self._picklable())
         return state
 
-    def __setstate__(self, state):
-        if isinstance(state.get("_xp"), str):
-            state["_xp"] = importlib.import_module(state["_xp"])
-        self.__dict__.update(state)
+    def _picklable(self):
+        """Replacements for this module's attributes that a copy must not carry over, such
+        as what forward saved (default: none); a module's ``__setstate__`` restores any
+        it needs to."""
+        return {}
 
     def state_dict(self):
         """An ordered mapping of parameter names to copies of their arrays."""

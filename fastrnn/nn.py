@@ -7,13 +7,15 @@ parameters decide, through ``backend=``); nothing is copied between host and dev
 The losses live in :mod:`fastrnn.losses` and are re-exported here.
 """
 
+import importlib
 import math
 
 import numpy as np
 
 from . import dispatch
-from ._checks import check_array, check_lengths, float_dtype
-from .layers import _BackwardGuard, _positive_int, _Recurrent
+from ._checks import check_array, check_lengths, float_dtype, positive_int
+from ._recurrent import BackwardGuard
+from .layers import GRU, LSTM, RNN
 from .losses import cross_entropy, mse_loss
 from .module import Module, backend_after_move
 
@@ -30,7 +32,13 @@ class _Layer(Module):
         self.backend = backend
         self._xp = dispatch.array_module_for(backend)
         self._rng = np.random.default_rng(seed)
-        self._guard = _BackwardGuard()
+        self._guard = BackwardGuard()
+
+    def _picklable(self):
+        return {"_guard": BackwardGuard(), "_xp": self._xp.__name__}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, _xp=importlib.import_module(state["_xp"]))
 
     def _after_to(self, device, xp, dtype):
         if xp is not None:
@@ -38,7 +46,7 @@ class _Layer(Module):
             self.backend = backend_after_move(self.backend, device)
         if dtype is not None:
             self.dtype = dtype
-        self._guard = _BackwardGuard()
+        self._guard = BackwardGuard()
 
     def _new(self, values):
         return self._xp.asarray(values.astype(self.dtype))
@@ -68,8 +76,8 @@ class Linear(_Layer):
     def __init__(self, in_features, out_features, bias=True, dtype=np.float32, backend=None,
                  seed=None):
         super().__init__(dtype, backend, seed)
-        self.in_features = _positive_int("in_features", in_features)
-        self.out_features = _positive_int("out_features", out_features)
+        self.in_features = positive_int("in_features", in_features)
+        self.out_features = positive_int("out_features", out_features)
         bound = 1.0 / math.sqrt(self.in_features)
         self.register_parameter("weight", self._new(
             self._rng.uniform(-bound, bound, (self.out_features, self.in_features))))
@@ -118,8 +126,8 @@ class Embedding(_Layer):
     def __init__(self, num_embeddings, embedding_dim, dtype=np.float32, backend=None,
                  seed=None):
         super().__init__(dtype, backend, seed)
-        self.num_embeddings = _positive_int("num_embeddings", num_embeddings)
-        self.embedding_dim = _positive_int("embedding_dim", embedding_dim)
+        self.num_embeddings = positive_int("num_embeddings", num_embeddings)
+        self.embedding_dim = positive_int("embedding_dim", embedding_dim)
         self.register_parameter("weight", self._new(
             self._rng.standard_normal((self.num_embeddings, self.embedding_dim))))
 
@@ -280,7 +288,7 @@ class Sequential(Module):
 
     def forward(self, x, lengths=None):
         for m in self:
-            if isinstance(m, _Recurrent):
+            if isinstance(m, (RNN, GRU, LSTM)):
                 x = m(x, lengths=lengths)[0]
             elif isinstance(m, LastStep):
                 x = m(x, lengths)
@@ -293,7 +301,7 @@ class Sequential(Module):
         when the first module takes indices)."""
         for m in reversed(list(self)):
             grad = m.backward(grad)
-            if isinstance(m, _Recurrent):
+            if isinstance(m, (RNN, GRU, LSTM)):
                 grad = grad[0]
         return grad
 

@@ -13,6 +13,7 @@ are single GEMMs over all ``T*B`` rows. The threads of a call are pinned to dist
 """
 
 import contextlib
+import os
 
 import numba
 import numpy as np
@@ -29,13 +30,24 @@ from ._blas import matmul, single_threaded_blas
 from ._fork import child_safe
 from ._fpu import flush_denormals, restore
 from ._gemm import matvec, pack, pack_blocks, pack_column_blocks, panel_width
-from ._jit import WAIT_SETTINGS, cache_dir, num_threads
+from ._jit import CACHE, WAIT_SETTINGS, num_threads
 from ._loops import backward_loop, forward_loop
 from ._math import CELL_IDS
 from ._split import backward_loop_split, forward_loop_serial, forward_loop_split
 
 __all__ = ["forward", "backward", "cache_dir", "num_threads", "pinned_cpus",
            "WAIT_SETTINGS", "empty_cache", "cache_info", "set_cache_limit"]
+
+
+def cache_dir():
+    """Where Numba caches the compiled kernels (for ``fastrnn info``), or None."""
+    if not CACHE:
+        return None
+    try:  # Numba's own answer: it may fall back from NUMBA_CACHE_DIR to another place
+        return forward_loop._cache._impl.locator.get_cache_path()
+    except AttributeError:  # a Numba without that internal: the documented default
+        return os.environ.get("NUMBA_CACHE_DIR") or os.path.join(
+            os.path.dirname(os.path.abspath(__file__)), "__pycache__")
 
 
 def pinned_cpus():

@@ -22,6 +22,7 @@ import threading
 import numpy as np
 from numba import prange
 
+from . import _blas
 from ._jit import jit
 from ._sync import set_thread_affinity
 
@@ -91,7 +92,6 @@ def _pin_helpers(cpus):
     global _pinned_team
     if _pinned_team == tuple(cpus):
         return
-    from . import _blas
     mine = os.sched_getaffinity(0)
     rc = np.zeros(len(cpus), np.int64)
     try:

@@ -146,18 +146,6 @@ def wide_vectors(typingctx):
     return types.none(), codegen
 
 
-def cache_dir():
-    """Where Numba caches the compiled kernels (for ``fastrnn info``), or None."""
-    if not CACHE:
-        return None
-    from . import _loops
-    try:  # Numba's own answer: it may fall back from NUMBA_CACHE_DIR to another place
-        return _loops.forward_loop._cache._impl.locator.get_cache_path()
-    except AttributeError:  # a Numba without that internal: the documented default
-        return os.environ.get("NUMBA_CACHE_DIR") or os.path.join(
-            os.path.dirname(os.path.abspath(__file__)), "__pycache__")
-
-
 def num_threads():
     """Threads the kernels may use: Numba's setting, which follows NUMBA_NUM_THREADS."""
     return numba.get_num_threads()

@@ -1,0 +1,162 @@
+"""What the recurrent layers and their one-step cells share: parameters with PyTorch's
+names and initialisation, input checks, the guard between forward and backward, BPTT
+through :func:`fastrnn.functional.rnn_backward`."""
+
+import math
+import warnings
+
+import numpy as np
+
+from . import dispatch, functional
+from ._checks import check_array, float_dtype, positive_int
+from .kernels.cells import get_cell
+from .module import Module, backend_after_move
+
+_RNN_CELLS = {"tanh": "rnn_tanh", "relu": "rnn_relu", "sigmoid": "rnn_sigmoid"}
+
+
+def rnn_cell_name(nonlinearity):
+    """fastrnn's cell name for a vanilla RNN's ``nonlinearity``, or a clear error."""
+    if nonlinearity not in _RNN_CELLS:
+        raise ValueError(
+            f"nonlinearity: expected one of {list(_RNN_CELLS)}, got {nonlinearity!r}")
+    return _RNN_CELLS[nonlinearity]
+
+
+def split_pair(name, pair):
+    """``(h, c)`` from an LSTM's state argument (None: both None), or a clear error."""
+    if pair is None:
+        return None, None
+    if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+        raise TypeError(f"{name}: expected a tuple (h, c) (either may be None), got "
+                        f"{type(pair).__name__}")
+    return pair[0], pair[1]
+
+
+class BackwardGuard:
+    """Remembers what the last forward left for backward, to give clear errors."""
+
+    def __init__(self):
+        self.ctx = None
+        self.state = "none"  # none | train | eval | used
+
+    def record(self, ctx, training):
+        self.ctx, self.state = (ctx, "train") if training else (None, "eval")
+
+    def peek(self, who):
+        """The saved context, or a clear error; a failed check of the gradients that
+        follows leaves it in place, so a corrected call can still run."""
+        if self.state == "none":
+            raise RuntimeError(f"{who}.backward() called before any forward call")
+        if self.state == "eval":
+            raise RuntimeError(
+                f"{who}.backward(): the last forward ran in eval mode, which saves nothing "
+                "for backward; call .train() and run forward again")
+        if self.state == "used":
+            raise RuntimeError(
+                f"{who}.backward() called twice for one forward; run forward again first")
+        return self.ctx
+
+    def consume(self):
+        self.ctx, self.state = None, "used"
+
+
+class RecurrentBase(Module):
+    """Parameters, checks and BPTT shared by the sequence layers and the step cells."""
+
+    def _setup(self, cell, input_size, hidden_size, num_layers, bias, batch_first, dropout,
+               bidirectional, dtype, backend, seed, layer_suffix=True):
+        super().__init__()
+        self.cell = get_cell(cell).name
+        self.input_size = positive_int("input_size", input_size)
+        self.hidden_size = positive_int("hidden_size", hidden_size)
+        self.num_layers = positive_int("num_layers", num_layers)
+        self.bias = bool(bias)
+        self.batch_first = bool(batch_first)
+        self.bidirectional = bool(bidirectional)
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not (
+                0 <= dropout < 1):
+            raise ValueError(f"dropout: expected a probability in [0, 1), got {dropout!r}")
+        if dropout > 0 and self.num_layers == 1:
+            warnings.warn("dropout acts between layers, so it has no effect with "
+                          f"num_layers=1 (got dropout={dropout})", stacklevel=3)
+        self.dropout = float(dropout)
+        self.dtype = float_dtype(dtype)
+        self.backend = backend
+        xp = dispatch.array_module_for(backend)
+        self._rng = np.random.default_rng(seed)
+        G, H, D = get_cell(cell).gates, self.hidden_size, self.num_directions
+        bound = 1.0 / math.sqrt(H)
+        for layer in range(self.num_layers):
+            for d in range(D):
+                suffix = f"_l{layer}" + ("_reverse" if d else "") if layer_suffix else ""
+                in_size = self.input_size if layer == 0 else D * H
+                shapes = [("weight_ih", (G * H, in_size)), ("weight_hh", (G * H, H))]
+                if self.bias:
+                    shapes += [("bias_ih", (G * H,)), ("bias_hh", (G * H,))]
+                for name, shape in shapes:
+                    values = self._rng.uniform(-bound, bound, shape).astype(self.dtype)
+                    self.register_parameter(name + suffix, xp.asarray(values))
+        self._guard = BackwardGuard()
+
+    def _after_to(self, device, xp, dtype):
+        self.backend = backend_after_move(self.backend, device)
+        if dtype is not None:
+            self.dtype = dtype
+        self._guard = BackwardGuard()
+
+    @property
+    def num_directions(self):
+        return 2 if self.bidirectional else 1
+
+    def _weights(self):
+        params = list(self._parameters.values())
+        per = 4 if self.bias else 2
+        groups = []
+        for k in range(0, len(params), per):
+            ws = [p.data for p in params[k:k + per]]
+            groups.append(tuple(ws) if self.bias else (ws[0], ws[1], None, None))
+        return groups
+
+    def _param_module(self):
+        return dispatch.array_module(next(iter(self._parameters.values())).data)
+
+    def _check_input(self, x, xp, ranks=(2, 3)):
+        got = dispatch.array_module(x, names=["x"])
+        if got is not xp:
+            raise TypeError(f"x: this layer's parameters are {xp.__name__} arrays, got a "
+                            f"{got.__name__} array; move the input or the layer")
+        check_array("x", x, ranks, self.dtype)
+        if x.shape[-1] != self.input_size:
+            raise ValueError(f"x: expected {self.input_size} input features (input_size) in "
+                             f"the last dimension, got shape {tuple(x.shape)}")
+
+    def _bptt(self, ctx, grad_output, grad_h_n, grad_c_n):
+        """:func:`functional.rnn_backward`, its changed-weight error naming the parameter."""
+        try:
+            return functional.rnn_backward(ctx, grad_output, grad_h_n, grad_c_n)
+        except functional.WeightChangedError as err:
+            k, j = err.index
+            name = list(self._parameters)[k * (4 if self.bias else 2) + j]
+            raise RuntimeError(
+                f"{type(self).__name__}.backward(): parameter {name!r} was changed in place "
+                "after the forward call, so the gradients would not match the outputs; run "
+                "forward again after changing weights (an optimizer step belongs after "
+                "backward)") from None
+
+    def _picklable(self):
+        return {"_guard": BackwardGuard()}
+
+    def extra_repr(self):
+        s = f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}"
+        if self.bidirectional:
+            s += ", bidirectional=True"
+        if self.batch_first:
+            s += ", batch_first=True"
+        return s + f", dtype={self.dtype}"
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.extra_repr()})"
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)

@@ -1,0 +1,75 @@
+"""The house: arrows point down, no import cycles, no private names across modules."""
+
+import ast
+import pathlib
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _imports(path, package):
+    """Modules of ``package`` that ``path`` imports (relative imports, anywhere in it: a
+    late import inside a function closes a cycle as well)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            if node.module:
+                found.add(node.module.split(".")[0])
+            else:
+                found.update(alias.name for alias in node.names)
+    return {m for m in found if (package / f"{m}.py").exists()}
+
+
+def test_the_cpu_kernels_have_no_import_cycle():
+    package = ROOT / "kernels" / "cpu"
+    graph = {p.stem: _imports(p, package) for p in package.glob("*.py")}
+    state = {}
+
+    def visit(node, path):
+        if state.get(node) == "done":
+            return
+        assert state.get(node) != "open", f"import cycle: {' -> '.join(path + [node])}"
+        state[node] = "open"
+        for nxt in sorted(graph.get(node, ())):
+            visit(nxt, path + [node])
+        state[node] = "done"
+
+    for module in sorted(graph):
+        visit(module, [])
+
+
+def test_kernels_import_nothing_from_fastrnn():
+    for path in (ROOT / "kernels").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                assert not (node.module or "").startswith("fastrnn"), path
+                assert node.level <= (len(path.relative_to(ROOT / "kernels").parts)), path
+            elif isinstance(node, ast.Import):
+                assert not any(a.name.startswith("fastrnn") for a in node.names), path
+
+
+def test_only_the_bridges_import_torch():
+    allowed = {"torch", "distributed.py", "_bench_worker.py", "bench.py", "cli.py"}
+    for path in (ROOT / "fastrnn").rglob("*.py"):
+        rel = path.relative_to(ROOT / "fastrnn").parts[0]
+        source = path.read_text()
+        if "import torch" in source:
+            assert rel in allowed, path
+
+
+def test_no_module_imports_another_modules_private_names():
+    for path in list((ROOT / "fastrnn").rglob("*.py")) + list((ROOT / "kernels").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level >= 1 and node.module:
+                private = [a.name for a in node.names
+                           if a.name.startswith("_") and not a.name.startswith("__")]
+                assert not private, f"{path.relative_to(ROOT)} imports {private}"
+
+
+def test_classes_relate_as_in_torch():
+    import fastrnn
+    gru, cell = fastrnn.GRU(2, 3), fastrnn.GRUCell(2, 3)
+    assert not isinstance(gru, fastrnn.RNN) and not isinstance(cell, fastrnn.RNNCell)
+    for c in (fastrnn.RNNCell, fastrnn.LSTMCell, fastrnn.GRUCell):
+        assert not any(issubclass(c, s) for s in (fastrnn.RNN, fastrnn.LSTM, fastrnn.GRU))
+        assert not hasattr(c, "_run")  # no sequence machinery in the step cells
