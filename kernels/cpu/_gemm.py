@@ -25,7 +25,10 @@ from ._jit import AVX512, jit
 from ._math import matmul_nt
 
 _VECTOR_BYTES = 64 if AVX512 else 32
-MR = 8  # rows per tile: 2*MR accumulators + 2 weight vectors + 1 broadcast <= 32 (zmm)
+# Rows per tile: its 2*MR accumulators, 2 weight vectors and 1 broadcast must fit in the
+# vector registers, 32 with AVX-512 (MR=8: 19), 16 with AVX2 (MR=6: 15; with 8 the tile
+# spilled: 20 -> 65 GFLOP/s a Zen 3 core at MR=6, see docs/performance-notes.md).
+MR = 8 if AVX512 else 6
 
 
 def panel_width(dtype):
@@ -206,8 +209,8 @@ def _tile(rows, prefetch=False):
     return tile
 
 
-_t1, _t2, _t4, _t8 = (_tile(r) for r in (1, 2, 4, MR))
-_t8p = _tile(MR, prefetch=True)
+_t1, _t2, _t4, _tmr = (_tile(r) for r in (1, 2, 4, MR))
+_tmr_p = _tile(MR, prefetch=True)
 
 # A walk over at least this many bytes of panels prefetches each next panel into L2 while
 # it computes the current one (see :func:`gemm_panels`).
@@ -244,7 +247,7 @@ def gemm_panels(a, r0, r1, wp, p0, p1, out, step=0):
     lda = a.strides[0] // a.itemsize
     ldo = out.strides[0] // out.itemsize
     fetch = (p1 - p0) * K * NR * wp.itemsize >= _PREFETCH_BYTES
-    tiles = max(1, (r1 - r0) // 8)
+    tiles = max(1, (r1 - r0) // MR)
     pf_step = max(1, NR // tiles)  # elements per k: the tiles share the next panel evenly
     for i in range(p1 - p0):
         back = step % 2 == 1
@@ -253,15 +256,15 @@ def gemm_panels(a, r0, r1, wp, p0, p1, out, step=0):
         w_off = p * K * NR
         r = r0
         tile = 0
-        while r + 8 <= r1:
+        while r + MR <= r1:
             if fetch and i + 1 < p1 - p0:
-                _t8p(a, r * lda, lda, wp, w_off, out, r * ldo + p * NR, ldo, K,
+                _tmr_p(a, r * lda, lda, wp, w_off, out, r * ldo + p * NR, ldo, K,
                      nxt * K * NR + tile * K * pf_step, pf_step)
             else:
-                _t8(a, r * lda, lda, wp, w_off, out, r * ldo + p * NR, ldo, K)
-            r += 8
+                _tmr(a, r * lda, lda, wp, w_off, out, r * ldo + p * NR, ldo, K)
+            r += MR
             tile += 1
-        if r + 4 <= r1:  # the last 1-7 rows as tiles of 4, 2 and 1
+        if r + 4 <= r1:  # the last rows (fewer than MR) as tiles of 4, 2 and 1
             _t4(a, r * lda, lda, wp, w_off, out, r * ldo + p * NR, ldo, K)
             r += 4
         if r + 2 <= r1:
