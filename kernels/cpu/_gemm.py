@@ -348,15 +348,20 @@ _d1, _d4 = _dots(1), _dots(4)
 _d4x2, _d4x4 = _dots(4, 2), _dots(4, 4)
 _d1x2, _d1x4 = _dots(1, 2), _dots(1, 4)
 VECTOR_LANES32 = _VECTOR_BYTES // 4
+# Rows of ``a`` per pass over the weights in :func:`matvec`: four weight rows times 4 rows
+# of ``a`` keep 16 accumulators, 4 weight vectors and a row vector in registers, which fits
+# AVX-512's 32 but not AVX2's 16 (2 rows: 13). Measured on a Zen 3 core, 8 rows by a
+# 1024 x 256 weight: 151 us with 4 rows a pass, 115 with 2.
+_ROWS_PER_PASS = 4 if AVX512 else 2
 
 
 @jit()
 def matvec(a, r0, r1, w, j0, j1, out):
     """``out[r, j] = a[r, :] @ w[j, :]`` for ``r0 <= r < r1``, ``j0 <= j < j1``: the
     product of a few rows on unpacked ``w [M,K]`` (same contract as
-    :func:`._math.matmul_nt`), bound by reading ``w``: four rows of ``a`` a pass over it
-    (``w`` 1024 x 256: 4 rows 27 -> 15-19 us, 16 rows 110 -> 59-88 us against one row of
-    ``a`` a pass; 2048 x 512: 4 rows 550 -> 142-148 us)."""
+    :func:`._math.matmul_nt`), bound by reading ``w``: ``_ROWS_PER_PASS`` rows of ``a``
+    a pass over it (AVX-512, ``w`` 1024 x 256: 4 rows 27 -> 15-19 us, 16 rows 110 -> 59-88
+    us against one row of ``a`` a pass; 2048 x 512: 4 rows 550 -> 142-148 us)."""
     K = w.shape[1]
     lanes = VECTOR_LANES32 if w.itemsize == 4 else VECTOR_LANES32 // 2
     if K % lanes != 0:
@@ -366,8 +371,8 @@ def matvec(a, r0, r1, w, j0, j1, out):
     ldw = w.strides[0] // w.itemsize
     ldo = out.strides[0] // out.itemsize
     r = r0
-    while r < r1:  # up to four rows of ``a`` share each load of the weights
-        vecs = 4 if r + 4 <= r1 else (2 if r + 2 <= r1 else 1)
+    while r < r1:  # up to _ROWS_PER_PASS rows of ``a`` share each load of the weights
+        vecs = 4 if r + 4 <= r1 and _ROWS_PER_PASS == 4 else (2 if r + 2 <= r1 else 1)
         _dot_rows(a, r * lda, lda, w, j0, j1, ldw, out, r * ldo, ldo, K, vecs)
         r += vecs
 
