@@ -26,15 +26,19 @@ def _word_view(xp, a):
     return flat.view(xp.uint64 if flat.nbytes % 8 == 0 else xp.uint32)
 
 
+def _sum_words(u):  # compiled below
+    h = np.uint64(0)
+    for i in range(u.size):
+        h += np.uint64(u[i]) * np.uint64(2 * i + 1)
+    return h
+
+
+_words = None
 if numba is not None:
-    @numba.njit(cache=True, nogil=True)
-    def _words(u):  # pragma: no cover - compiled
-        h = np.uint64(0)
-        for i in range(u.size):
-            h += np.uint64(u[i]) * np.uint64(2 * i + 1)
-        return h
-else:  # pragma: no cover
-    _words = None
+    try:
+        _words = numba.njit(cache=True, nogil=True)(_sum_words)
+    except RuntimeError:  # no writable cache directory: compile in every process
+        _words = numba.njit(nogil=True)(_sum_words)
 
 
 def fingerprint(a):
