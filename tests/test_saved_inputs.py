@@ -99,3 +99,21 @@ def test_functional_api_names_the_weight(backend):
     with pytest.raises(functional.WeightChangedError,
                        match=r"weights\[1\]\[0\] \(w_ih of layer 0, reverse direction\)"):
         functional.rnn_backward(ctx, np.ones_like(out))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("size", [1, 7, 64, 1001])
+def test_fingerprint_sees_every_single_change_and_agrees_with_numpy(dtype, size):
+    from fastrnn.kernels.fingerprint import _word_view, _words_numpy, fingerprint
+    rng = np.random.default_rng(size)
+    a = rng.standard_normal(size).astype(dtype)
+    base = fingerprint(a)
+    assert base == _words_numpy(np, _word_view(np, a)) == fingerprint(a.copy())
+    for k in rng.integers(0, size, 5):
+        b = a.copy()
+        b[k] = np.nextafter(b[k], dtype(np.inf))
+        assert fingerprint(b) != base
+    if size > 1:
+        b = a.copy()
+        b[[0, -1]] = b[[-1, 0]]
+        assert fingerprint(b) != base
