@@ -4,6 +4,10 @@ Unlike ``fastrnn bench`` (one worker process per contender), these run in-proces
 contender after another, so a peer's idle threads may tax the next contender; use
 ``fastrnn bench`` for the numbers in BENCHMARKS.md. ``FASTRNN_BENCH_QUICK=1`` runs the
 ``--quick`` subset of configurations (full shapes).
+
+As in ``fastrnn bench``, a contender is timed only after its outputs (and, for training,
+every gradient) agree with the NumPy reference's on the same weights and inputs; a
+disagreement fails the benchmark.
 """
 
 import dataclasses
@@ -16,6 +20,7 @@ from fastrnn import bench
 from fastrnn._bench_worker import build_contender
 
 QUICK = os.environ.get("FASTRNN_BENCH_QUICK") == "1"
+_reference_outputs = {}  # configuration name -> the reference's outputs
 
 
 def configs(suite):
@@ -51,10 +56,11 @@ def run_benchmark(benchmark, suite, config, name):
     if name == "torch-cpu" and config.cell == "rnn_sigmoid":
         pytest.skip("PyTorch has no sigmoid RNN")
     weights = bench._weights(config)
-    run, _, sync = build_contender(name, dataclasses.asdict(config), weights,
+    run, outputs, sync = build_contender(name, dataclasses.asdict(config), weights,
                                    os.cpu_count())
     run()  # compilation and first-touch costs stay out of the timed calls
     sync()
+    check_against_reference(config, name, weights, outputs())
     benchmark.group = f"{suite}:{config.name}"
     benchmark.extra_info.update(flops=config.flops(), **dataclasses.asdict(config))
 
@@ -64,3 +70,18 @@ def run_benchmark(benchmark, suite, config, name):
 
     rounds = 1 if name == "fastrnn-numpy" and not QUICK else 3
     benchmark.pedantic(timed, rounds=rounds, iterations=1, warmup_rounds=0)
+
+
+def check_against_reference(config, name, weights, got):
+    """Raise :class:`fastrnn.bench.BenchmarkError` unless ``got`` (a contender's outputs)
+    agrees with the NumPy reference's on ``config``."""
+    if config.name not in _reference_outputs:
+        if name == bench.REFERENCE:
+            _reference_outputs[config.name] = got
+            return
+        run, outputs, _ = build_contender(bench.REFERENCE, dataclasses.asdict(config),
+                                          weights, os.cpu_count())
+        run()
+        _reference_outputs[config.name] = outputs()
+    bench.check_agreement(config, {bench.REFERENCE: _reference_outputs[config.name],
+                                   name: got})

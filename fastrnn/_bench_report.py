@@ -96,25 +96,57 @@ def to_json(results):
     return json.dumps({"environment": environment(results), "results": results}, indent=2)
 
 
-def plot(results, path):
-    """A PNG bar chart of each contender's speedup over the NumPy reference (log scale)."""
+# One colour per contender, the same in every chart (matplotlib's tab10 palette); other
+# names take the remaining colours in name order.
+COLOURS = {
+    "fastrnn-cpu": "#1f77b4", "fastrnn-torch": "#17becf", "fastrnn-gpu": "#2ca02c",
+    "torch-cpu": "#d62728", "torch-cudnn": "#ff7f0e", "onnxruntime": "#9467bd",
+    "openvino": "#8c564b",
+}
+_SPARE = ("#e377c2", "#7f7f7f", "#bcbd22", "#aec7e8", "#ffbb78", "#98df8a")
+
+
+def colour(name, others=()):
+    """The chart colour of contender ``name`` (``others``: every unknown name in the chart,
+    which share the spare colours in name order)."""
+    if name in COLOURS:
+        return COLOURS[name]
+    spare = sorted(n for n in set(others) | {name} if n not in COLOURS)
+    return _SPARE[spare.index(name) % len(_SPARE)]
+
+
+def plot(results, path, suite="cpu"):
+    """A PNG bar chart of each contender's speedup over the NumPy reference, on a log2 axis
+    labelled 1x, 2x, 4x, ..., titled with the machine and the suite."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, NullLocator
 
     configs = [r["config"]["name"] for r in results]
     names = sorted({n for r in results for n in r["contenders"]} - {"fastrnn-numpy"})
-    fig, ax = plt.subplots(figsize=(1.2 * len(configs) + 3, 4))
+    fig, ax = plt.subplots(figsize=(1.2 * len(configs) + 3, 4.5))
     width = 0.8 / max(len(names), 1)
+    top = 1.0
     for k, name in enumerate(names):
         vals = [r["contenders"].get(name, {}).get("speedup_vs_reference") or 0
                 for r in results]
-        ax.bar(np.arange(len(configs)) + k * width, vals, width, label=name)
+        top = max([top] + vals)
+        ax.bar(np.arange(len(configs)) + k * width, vals, width, label=name,
+               color=colour(name, names))
     ax.set_xticks(np.arange(len(configs)) + width * (len(names) - 1) / 2, configs)
-    ax.set_yscale("log")
+    ax.set_yscale("log", base=2)
+    ticks = [2.0 ** k for k in range(-2, int(np.ceil(np.log2(top))) + 1)]
+    ax.yaxis.set_major_locator(FixedLocator(ticks))
+    ax.yaxis.set_minor_locator(NullLocator())
+    ax.set_yticklabels([f"{t:g}x" for t in ticks])
+    ax.set_ylim(0.25, ticks[-1] * 1.2)
     ax.axhline(1, color="grey", lw=0.8)
     ax.set_ylabel("speedup over the NumPy reference")
-    ax.legend()
+    env = environment(results)
+    ax.set_title(f"fastrnn {suite} suite: {env['processor']}, {env.get('threads', env['cpus'])}"
+                 f" threads", fontsize=10)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

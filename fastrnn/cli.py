@@ -108,7 +108,7 @@ def bench_main(args):
         with open(args.markdown, "w") as f:
             f.write(report.markdown(results))
     if args.plot:
-        report.plot(results, args.plot)
+        report.plot(results, args.plot, suite=args.suite)
     return 0
 
 

@@ -1,5 +1,6 @@
 """The benchmark runner: suites as data, argument errors, the agreement check, reports."""
 
+import dataclasses
 import json
 import os
 
@@ -111,3 +112,64 @@ def test_a_tiny_run_checks_times_and_reports(tmp_path):
     data = json.loads(report.to_json(results))
     assert data["results"][0]["config"]["name"] == "tiny"
     assert "tiny" in report.table(results)
+
+
+def _benchmarks_conftest():
+    import importlib.util
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "conftest.py")
+    spec = importlib.util.spec_from_file_location("fastrnn_benchmarks_conftest", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_pytest_benchmark_files_time_only_what_agrees_with_the_reference():
+    conftest = _benchmarks_conftest()
+    cfg = bench.Config("tiny", "lstm", 5, 6, 1, 1, 3, 4, "train")
+    weights = bench._weights(cfg)
+    run, outputs, _ = conftest.build_contender("fastrnn-cpu", dataclasses.asdict(cfg), weights, 1)
+    run()
+    got = outputs()
+    conftest.check_against_reference(cfg, "fastrnn-cpu", weights, got)  # agrees
+    key = next(k for k in got if k.startswith("grad:"))
+    wrong = dict(got, **{key: got[key] * 1.05 + 1e-3})
+    with pytest.raises(bench.BenchmarkError, match=f"tiny: fastrnn-cpu disagrees .* {key}"):
+        conftest.check_against_reference(cfg, "fastrnn-cpu", weights, wrong)
+
+
+def test_plot_axis_title_and_colours(tmp_path):
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def result(name, speedups):
+        contenders = {n: {"speedup_vs_reference": s} for n, s in speedups.items()}
+        contenders[bench.REFERENCE] = {"speedup_vs_reference": 1.0}
+        return {"config": {"name": name}, "contenders": contenders, "threads": 2,
+                "gemm_rate": {"flops_per_s": 1e11, "what": "test"}}
+
+    results = [result("C1", {"fastrnn-cpu": 5.0, "torch-cpu": 3.0, "mine": 1.5}),
+               result("C2", {"fastrnn-cpu": 9.0, "torch-cpu": 2.0, "mine": 0.7})]
+    seen = {}
+    real_savefig = plt.Figure.savefig
+
+    def capture(fig, path, **kw):
+        seen["fig"] = fig
+        return real_savefig(fig, path, **kw)
+
+    plt.Figure.savefig = capture
+    try:
+        report.plot(results, str(tmp_path / "p.png"), suite="cpu")
+    finally:
+        plt.Figure.savefig = real_savefig
+    assert (tmp_path / "p.png").stat().st_size > 0
+    ax = seen["fig"].axes[0]
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels[labels.index("1x"):] == ["1x", "2x", "4x", "8x", "16x"]
+    assert ax.get_title().startswith("fastrnn cpu suite: ") and "2 threads" in ax.get_title()
+    colours = {p.get_label(): p.patches[0].get_facecolor() for p in ax.containers}
+    assert matplotlib.colors.to_hex(colours["fastrnn-cpu"]) == report.COLOURS["fastrnn-cpu"]
+    assert matplotlib.colors.to_hex(colours["torch-cpu"]) == report.COLOURS["torch-cpu"]
+    assert len(set(map(tuple, colours.values()))) == 3
+    assert report.colour("mine", ["mine", "yours"]) != report.colour("yours", ["mine",
+                                                                               "yours"])

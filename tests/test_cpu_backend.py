@@ -71,18 +71,13 @@ def test_thread_count_follows_numba_and_gives_the_same_numbers(monkeypatch):
         assert_close(a, b, np.float32)
 
 
-def test_partition_uses_one_thread_for_tiny_calls_and_balances_rows():
+@pytest.mark.parametrize("T,B,H", [(1, 4, 3), (1000, 20, 32), (7, 3, 64), (50, 129, 8)])
+def test_row_blocks_cover_the_batch_once_and_balance(T, B, H):
     from fastrnn.kernels import cpu
-    assert list(cpu._chunks(1, 4, 12, 3)) == [0, 4]  # a one-step cell call
-    # one step at batch 1: one unit block (one thread, w_hh read unpacked)
-    assert list(cpu._unit_split(1, 1, 1024, 256)) == [0, 256]
-    assert list(cpu._unit_split(1, 4, 1024, 256)) == [0, 256]  # 4 rows in all: the same
-    assert cpu._unit_split(100, 4, 1024, 256) is None  # 400 rows: the batch split
-    assert cpu._threads_for((1, 1, 256), (1024, 256)) == 1  # nor pinning
-    chunks = cpu._chunks(1000, 20, 128, 32)
-    if cpu.num_threads() >= 2:
-        sizes = np.diff(chunks)
-        assert sizes.sum() == 20 and sizes.max() - sizes.min() <= 1
+    chunks = cpu._chunks(T, B, 4 * H, H)
+    sizes = np.diff(chunks)
+    assert chunks[0] == 0 and chunks[-1] == B and (sizes > 0).all()
+    assert sizes.max() - sizes.min() <= 1
 
 
 def test_runs_when_the_cache_directory_is_not_writable(tmp_path):
@@ -206,25 +201,6 @@ def test_in_loop_projection_on_whole_vectors_matches_the_reference(cell, dtype,
     if cpu.num_threads() >= 2 and len(os.sched_getaffinity(0)) >= 2:
         # every forward (3 batches x 2 modes x 2 directions) projected inside the loop
         assert per == [cpu._UNIT_PROJECTION_STEPS] * 12
-
-
-def test_where_the_input_projection_is_computed():
-    from fastrnn.kernels import cpu
-    units = np.array([0, 128, 256])
-    # batch 1-2, both weights of a thread (1 MB for an LSTM at H=256) within half its L2
-    assert cpu._projection(150, 1, 256, 1024, 256, 4, 2, units) == "units"
-    assert cpu._projection(150, 2, 256, 1024, 256, 8, 2, units) == "gemm"  # float64: 2 MB
-    assert cpu._projection(100, 1, 512, 2048, 512, 4, 2, units) == "gemm"  # 4 MB a thread
-    assert cpu._projection(150, 4, 256, 1024, 256, 4, 2, units) == "gemm"  # batch 4
-    assert cpu._projection(2, 64, 256, 1024, 256, 4, 2, units) == "units"  # 128 rows
-    assert cpu._projection(1, 129, 256, 1024, 256, 4, 2, units) == "gemm"  # 129 rows
-    assert cpu._projection(150, 1, 256, 1024, 256, 4, 2, np.array([0, 256])) == "gemm"
-    # one thread, a few rows: the row-dot kernel before the loop
-    assert cpu._projection(1, 16, 256, 1024, 256, 4, 1, np.array([0, 256])) == "rowdot"
-    assert cpu._projection(2, 16, 256, 1024, 256, 4, 1, np.array([0, 256])) == "gemm"
-    # batch split: inside the loop when the weights are small
-    assert cpu._projection(500, 8, 128, 384, 128, 4, 2, None) == "batch"
-    assert cpu._projection(100, 32, 512, 1536, 512, 4, 2, None) == "gemm"
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])

@@ -56,10 +56,8 @@ def pinned_cpus():
     return _pin_plan(num_threads())
 
 # Below this many multiply-adds per thread over a whole call, waking a second (sleeping)
-# thread costs more than it saves: a one-step cell call stays on one thread. Measured (LSTM
-# inference, H=256, one thread against two, back to back): T=1 B=4 (2.1M multiply-adds in
-# all) 251 vs 361 us, B=8 (4.2M) 323 vs 463, B=16 (8.4M) 420 vs 437, T=4 B=8 (16.8M) 606
-# vs 576, T=30 B=2 (31.5M) 973 vs 808: two threads from about 8M on.
+# thread costs more than it saves: a one-step cell call stays on one thread
+# (docs/performance-notes.md, "Threads").
 _MIN_WORK_PER_THREAD = 4_000_000
 
 
@@ -105,15 +103,8 @@ _UNIT_PROJECTION_BYTES = 1 << 20
 def _rowdot(T, B):
     """Whether the unit-split forward reads ``w_hh`` as it is (the row-dot kernel) rather
     than packing it: at batch 1-2 a step is bound by reading the weights, and for a call of
-    a few rows in all (a step of batched generation) packing costs more than it saves.
-    Measured (inference, T=1 unless given, packing against not, medians of 61 calls back to
-    back, each setting in its own process), with the row-dot kernel taking four rows a pass:
-    128 rows: LSTM H=256 1232-1273 -> 1060-1066 us, T=2 batch 64 1199-1234 -> 1017-1073, GRU
-    H=256 1027-1065 -> 860-912, LSTM H=512 3300-3443 -> 3036-3182, GRU H=512 2602-2672 ->
-    2182-2438, LSTM H=1024 12581-12686 -> 11691-11809, LSTM H=128 438-449 -> 449-462; 256
-    rows: LSTM H=256 1806-1813 -> 1786-1961, GRU H=512 3989-4170 -> 4108-4463, LSTM H=128
-    T=2 batch 128 558-570 -> 711-725, so the line is at 128. (With one row a pass the
-    line was 64.)"""
+    a few rows in all (a step of batched generation) packing costs more than it saves
+    (docs/performance-notes.md, "Splitting work")."""
     return B <= _SPLIT_MAX_BATCH or T * B <= _ROWDOT_MAX_ROWS
 
 
@@ -121,8 +112,7 @@ def _unit_split(T, B, GH, H, itemsize=4):
     """``units [threads+1]`` for the loops of :mod:`._split`, or None to split the batch.
     A call of few rows (:func:`_rowdot`) with too little work to wake a second thread (a
     one-step cell call, a step of generation) gets one block, so that it still reads
-    ``w_hh`` as it is instead of packing it (one LSTM step at H=256, batch 1: 437 -> 170
-    us)."""
+    ``w_hh`` as it is instead of packing it."""
     # (never more threads than usable CPUs: they meet every step, and a thread waiting for
     # one that has no CPU would have to yield at every barrier)
     small = _rowdot(T, B) and GH * H >= _SPLIT_MIN_WEIGHTS
@@ -141,10 +131,8 @@ def _unit_split(T, B, GH, H, itemsize=4):
 
 # The batch-split forward computes the input projection inside the time loop (one product
 # every few steps, see :mod:`._loops`) when both weight matrices together are at most this
-# size: measured (in-process A/B, medians of 10, with a product every step) C8 4.90 -> 4.34
-# ms, C7's layers 34.8 -> 34.0 and 13.9 -> 13.1 ms; with larger weights the one big GEMM
-# before the loop wins (C2 32.8 vs 33.7 ms, C4 123 vs 132, C6's second layer 97 vs 107;
-# still so with a product every 8 steps: C2's forward 8.9 vs 9.4 ms, C4's 34.7 vs 36.1).
+# size; with larger weights the one big GEMM before the loop is faster
+# (docs/performance-notes.md, "Where the input projection is computed").
 _FUSE_MAX_BYTES = 512 * 1024
 
 
@@ -154,11 +142,8 @@ def _fuse_projection(I, GH, H, itemsize):
 
 
 # Inside the loop the projection is one product every few steps, over those steps' rows
-# copied together: with 4 rows a thread (C8) a product per step ran on half-empty row tiles
-# (measured: loop C8 inference 1.08-1.20x, C7's first layer 1.09-1.13x faster with 8 steps
-# a product; 4 and 16 alike; 7 steps of C7's 10 rows, 70 rows, 3% slower than 8 steps).
-# Fewer steps where a product would exceed _PROJECTION_ROWS rows a thread: with many rows,
-# a product per step already fills its tiles, and the chunk's buffers stay small.
+# copied together, so that a thread's few rows a step still fill the microkernel's row
+# tiles; fewer steps where a product would exceed _PROJECTION_ROWS rows a thread.
 _PROJECTION_STEPS = 8
 _PROJECTION_ROWS = 256
 
@@ -178,13 +163,8 @@ def _projection(T, B, I, GH, H, itemsize, threads, units):
     needs no BLAS GEMM and no GEMM thread), ``"rowdot"`` (the row-dot kernel before the
     loop: a one-thread call of a few rows) or ``"gemm"`` (one BLAS GEMM before the loop).
 
-    ``"units"`` measured (LSTM inference at H=256, each version in its own process): T=150
-    batch 1, medians of 61 calls back to back / 41 after 50 ms idle, 1.67-1.75 -> 1.37-1.38
-    ms / 2.45-2.51 -> 1.87-1.94, the GRU's 1.43-1.44 -> 1.06-1.26 / 2.08-2.24 -> 1.71-1.89,
-    4 and 16 steps alike; calls of a few rows, back to back, T=1 batch 32 519-523 -> 325-356
-    us, T=2 batch 16 500 -> 292-340, T=4 batch 8 498-500 -> 317-321, T=1 batch 64 672-677 ->
-    525-550, batch 128 1079-1123 -> 938-990, GRU T=2 batch 64 869-918 -> 713-733. An LSTM
-    at H=512 (4 MB a thread) went 4.6-5.2 -> 6.0-6.8 ms: w_hh no longer stays in L2."""
+    The lines between them are measured in docs/performance-notes.md, "Where the input
+    projection is computed"."""
     if units is None:
         return "batch" if _fuse_projection(I, GH, H, itemsize) else "gemm"
     if (threads > 1 and _rowdot(T, B)
@@ -199,10 +179,7 @@ def _projection(T, B, I, GH, H, itemsize, threads, units):
 def _at_most(threads):
     """Run the body's compiled code on at most ``threads`` threads (Numba's setting is per
     calling thread; the caller's is put back). A call too small for two threads then runs
-    its parallel loops on the caller alone instead of waking Numba's others: an empty
-    parallel loop took 0.8 us instead of 2.1 back to back, 14 us instead of ~5 ms after
-    10 ms idle (unpinned threads in this guest); a one-step LSTM call at H=256, batch 1,
-    461 -> 350 us back to back (before it also stopped packing ``w_hh``)."""
+    its parallel loops on the caller alone instead of waking Numba's others."""
     before = num_threads()
     if threads >= before:
         yield
@@ -216,8 +193,8 @@ def _at_most(threads):
 
 def _writable(a):
     """``a``, or a copy of it when it is read-only (a memory-mapped file, a buffer): compiled
-    code is specialised on whether an array is writable, and read-only arguments compiled
-    every loop once more (7 s for an LSTM's forward, 12 s with backward, on first use)."""
+    code is specialised on whether an array is writable, and read-only arguments would
+    compile every loop once more."""
     return a if a is None or a.flags.writeable else a.copy()
 
 
@@ -234,7 +211,7 @@ def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None, reverse=False
     try:
         if plan[2] == "rowdot":
             # no BLAS and no parallel region: nothing to hold back or pin (a step of
-            # generation; GRU at H=256, batch 1: 59 -> 45 us a call)
+            # generation)
             return _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse,
                             training, plan)
         with single_threaded_blas(), _at_most(threads), pinned(threads):

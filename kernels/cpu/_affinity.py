@@ -1,9 +1,8 @@
 """Keep the threads of one kernel call on different CPUs.
 
-Measured on a 2-vCPU guest: a thread woken by another is often placed on the waker's CPU
-(the scheduler's wake-affine heuristic) and stays there for milliseconds while the other
-CPU idles, so a call split over two threads ran no faster than one thread, or slower (a
-split GEMM after 10 ms idle: 4.2 ms, 1.7-2.4 ms pinned, 2.7 ms on one thread). So the
+A thread woken by another is often placed on the waker's CPU (the scheduler's wake-affine
+heuristic) and stays there for milliseconds while the other CPU idles, so a call split over
+two threads can run slower than one (docs/performance-notes.md, "Threads"). So the
 kernels' helper threads - Numba's workers and the GEMM pool - are pinned once, each to its
 own CPU of the process's allowed set, and the calling thread is held on the remaining one
 for the duration of a multi-threaded call, then given back its own affinity.

@@ -2,8 +2,7 @@
 
 OpenBLAS's worker threads spin for about 2**28 cycles (~0.1 s) after every multi-threaded
 call. On a 2-core machine they then take half a core from the compiled time loop that runs
-next (measured: the LSTM forward loop of C2 took 23.6 ms after a threaded GEMM, 12.5 ms
-without). So during a kernel call NumPy's OpenBLAS is held at one thread, and a GEMM is split
+next (docs/performance-notes.md, "The large GEMMs"). So during a kernel call NumPy's OpenBLAS is held at one thread, and a GEMM is split
 (by output rows or columns, or along its inner dimension) over a small pool of Python
 threads (NumPy releases the GIL in ``matmul``), whose idle threads sleep instead of
 spinning. The user's own thread setting is restored when the call ends. Where NumPy's BLAS
@@ -128,13 +127,10 @@ def matmul(a, b, out):
     dimension (a weight gradient over many ``T*B`` rows), the inner dimension split and the
     threads' partial products summed.
 
-    Each thread's BLAS call packs all of the other operand, so a short dimension split two
-    ways doubles the packing: C1's projection (150 x 256 by 256 x 1024) took 0.38 ms per
-    half split by rows, 0.29 split by columns, 0.57 on one thread. Likewise C7's weight
-    gradients (128 x 20000 by 20000 x 344): 7.2-7.4 ms split by columns, 6.5-6.8 split
-    along the 20000 (by 20000 x 32: 1.21 -> 1.03 ms; interleaved A/B); with K only 2-3
-    times M or N (C3, C4, C6) the two splits tie or the inner one loses a little, and it
-    needs an output-sized buffer.
+    Each thread's BLAS call packs all of the other operand, so splitting a short dimension
+    two ways doubles the packing; the inner split needs an output-sized buffer and pays only
+    when the inner dimension is several times the outer ones (docs/performance-notes.md,
+    "The large GEMMs").
     Call inside :func:`single_threaded_blas` so that each piece runs on one thread.
     """
     M, N = out.shape

@@ -1,8 +1,8 @@
 """Flush-to-zero for the CPU kernels: denormal floats cost ~100 cycles per operation on x86.
 
 Gradients that decay through many steps (a GRU's ``z * dh`` path, inputs of 1e-30) reach
-the denormal range; measured on C2's shapes with inputs scaled by 1e-30, the GRU ran 14x
-slower. The kernels set MXCSR's flush-to-zero and denormals-are-zero bits while they run
+the denormal range, where a GRU ran 14x slower (docs/performance-notes.md, "Memory"). The
+kernels set MXCSR's flush-to-zero and denormals-are-zero bits while they run
 (on every thread that works for them) and restore the caller's bits afterwards. Values below
 float32's 1.2e-38 (float64's 2.2e-308) become zero: far below any tolerance.
 """

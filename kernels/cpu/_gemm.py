@@ -8,10 +8,10 @@ broadcasts ``MR`` values of ``a`` and issues ``2*MR`` FMAs. It is written as LLV
 (a Numba intrinsic): Numba's own loops over the same tile left the accumulators in memory.
 The vector width follows the host: 16 float32 lanes with AVX-512, else 8.
 
-The row-dot kernel it replaces (:func:`._math.matmul_nt`) reduced along ``K`` and paid a
-horizontal sum per output; it ran at ~85 GFLOP/s per core here. Batch 1-2 loops use
-:func:`matvec` instead, on the unpacked weights: a matrix-vector product is bound by reading
-the weights, and packing them costs more than it saves there.
+A kernel that reduces along ``K`` pays a horizontal sum per output and runs at about half
+the rate. Batch 1-2 loops use :func:`matvec` instead, on the unpacked weights: a
+matrix-vector product is bound by reading the weights, and packing them costs more than it
+saves there (docs/performance-notes.md, "The per-step product").
 """
 
 import numpy as np
@@ -26,8 +26,7 @@ from ._math import matmul_nt
 
 _VECTOR_BYTES = 64 if AVX512 else 32
 # Rows per tile: its 2*MR accumulators, 2 weight vectors and 1 broadcast must fit in the
-# vector registers, 32 with AVX-512 (MR=8: 19), 16 with AVX2 (MR=6: 15; with 8 the tile
-# spilled: 20 -> 65 GFLOP/s a Zen 3 core at MR=6, see docs/performance-notes.md).
+# vector registers, 32 with AVX-512 (MR=8: 19), 16 with AVX2 (MR=6: 15).
 MR = 8 if AVX512 else 6
 
 
@@ -58,7 +57,7 @@ def pack_blocks(w, blocks):
     return _pack(w, blocks, columns=False)
 
 
-# Weights at least this large are packed by all threads (C5's two 4 MB packs: 1.7 -> 1.2 ms).
+# Weights at least this large are packed by all threads.
 _PARALLEL_PACK_BYTES = 1 << 20
 
 
@@ -80,10 +79,8 @@ def _pack(w, blocks, columns):
 def _pack_panel(w, columns, bounds, starts, owner, wp, gp):
     """Panel ``gp``: ``W``'s columns ``p*NR..`` of its block (``W = w[r0:r1].T`` for row
     blocks, ``w[:, j0:j1]`` for column blocks), zero past the block's end. Row blocks write
-    the panel in order, gathering each of its rows from ``NR`` rows of ``w`` (4 MB, two
-    threads: 0.51 -> 0.36-0.44 ms against walking ``k`` in blocks of 16 and writing a
-    column at a time; 1536 x 512 0.39 -> 0.29-0.30 ms; in a C5 training call both packs
-    2.2 -> 1.4 ms)."""
+    the panel in order, gathering each of its rows from ``NR`` rows of ``w`` (faster than
+    writing a column at a time)."""
     K, NR = wp.shape[1], wp.shape[2]
     zero = np.float32(0)
     i = owner[gp]
@@ -231,18 +228,13 @@ def gemm_panels(a, r0, r1, wp, p0, p1, out, step=0):
 
     A time loop passes its step number: odd steps walk the panels in reverse, so a step
     starts on the panels the previous one used last, which are still in L2. Weights a bit
-    larger than L2 then mostly come from L2 instead of all from L3 every step: measured
-    (two threads, per-step products alone) 3 MB of weights 19.5 -> 17.6 ms, 4 MB 44.6 ->
-    42.3 ms; no change when they fit.
+    larger than L2 then mostly come from L2 instead of all from L3 every step.
 
     A walk over at least ``_PREFETCH_BYTES`` also prefetches the next panel into L2 while
     it computes the current one, the panel's ``MR``-row tiles each asking for an equal
     share of it, so the panel's first tile no longer waits on L3 (weights larger than a
-    core's L2, or sharing it with a step's other arrays). Measured (training calls of the
-    kernels, each version in its own process, medians over 4-5 processes of their medians
-    of 11): C4's shape forward 38.1 -> 35.2 ms, backward 74.7 -> 69.7; C5's 13.8 -> 13.3
-    and 25.2 -> 24.7; C3's 96.0 -> 92.1 and 185.4 -> 182.2; C2 and C6 (1-1.6 MB)
-    unchanged."""
+    core's L2, or sharing it with a step's other arrays). Measurements of both: see
+    docs/performance-notes.md, "The per-step product"."""
     K, NR = wp.shape[1], wp.shape[2]
     lda = a.strides[0] // a.itemsize
     ldo = out.strides[0] // out.itemsize
@@ -350,8 +342,7 @@ _d1x2, _d1x4 = _dots(1, 2), _dots(1, 4)
 VECTOR_LANES32 = _VECTOR_BYTES // 4
 # Rows of ``a`` per pass over the weights in :func:`matvec`: four weight rows times 4 rows
 # of ``a`` keep 16 accumulators, 4 weight vectors and a row vector in registers, which fits
-# AVX-512's 32 but not AVX2's 16 (2 rows: 13). Measured on a Zen 3 core, 8 rows by a
-# 1024 x 256 weight: 151 us with 4 rows a pass, 115 with 2.
+# AVX-512's 32 but not AVX2's 16 (2 rows: 13).
 _ROWS_PER_PASS = 4 if AVX512 else 2
 
 
@@ -360,8 +351,7 @@ def matvec(a, r0, r1, w, j0, j1, out):
     """``out[r, j] = a[r, :] @ w[j, :]`` for ``r0 <= r < r1``, ``j0 <= j < j1``: the
     product of a few rows on unpacked ``w [M,K]`` (same contract as
     :func:`._math.matmul_nt`), bound by reading ``w``: ``_ROWS_PER_PASS`` rows of ``a``
-    a pass over it (AVX-512, ``w`` 1024 x 256: 4 rows 27 -> 15-19 us, 16 rows 110 -> 59-88
-    us against one row of ``a`` a pass; 2048 x 512: 4 rows 550 -> 142-148 us)."""
+    a pass over it."""
     K = w.shape[1]
     lanes = VECTOR_LANES32 if w.itemsize == 4 else VECTOR_LANES32 // 2
     if K % lanes != 0:

@@ -17,9 +17,9 @@ from numba.extending import intrinsic
 from numba.np.ufunc import parallel as _parallel
 
 
-# How long Numba's (GNU OpenMP) workers keep polling for the next parallel region before
-# they sleep: about 0.1-0.2 ms here (measured: a two-thread region right after another took
-# 7 us up to a 100 us gap, 39-54 us from 200 us on).
+# How long Numba's (GNU OpenMP) workers poll for the next parallel region before they
+# sleep (~0.1-0.2 ms): long enough to catch the next call's region, short enough to leave
+# the core to the GEMM that follows (docs/performance-notes.md, "Threads").
 _SPIN_COUNT = 10_000
 
 
@@ -47,22 +47,13 @@ def _start_threads():
     """Start Numba's thread pool with workers that poll briefly after a parallel region,
     then sleep.
 
-    Idle OpenMP workers spin for milliseconds after each region by default (GNU: 300,000
-    spins; LLVM/Intel: 200 ms) and take the core from the BLAS work that follows. Sleeping
-    at once instead costs every region two wake-ups across cores, each an idle vCPU to
-    rouse: measured here, an empty two-thread region with the caller pinned took ~90 us,
-    whatever the gap since the last one. A GNU runtime polls for ``_SPIN_COUNT`` spins
-    (~0.1-0.2 ms) and then sleeps: a region within that time of the last took 7 us, later
-    ones 39-54 us (the caller polls at the join too). Whole calls, each setting in its own
-    process, medians of 400 back to back: LSTM inference at H=256, T=1 batch 32, 340-355 ->
-    247-283 us; T=4 batch 8 318-370 -> 255-269; H=128, T=2 batch 64 340-347 -> 266-275;
-    GRU H=256, T=1 batch 64 414-475 -> 347-366; GRU H=512 T=1 batch 16 (a split GEMM, then
-    the loop) 805-838 -> 790-843; training calls C2, C6, C7 within noise. Other OpenMP
-    runtimes sleep at once (``OMP_WAIT_POLICY=PASSIVE``: LLVM's would spin forever under
-    ACTIVE). The settings are read once, when the pool's runtime loads, so they are set
-    only around that moment: other libraries (and child processes) keep the user's
-    environment. A user's own OMP_WAIT_POLICY or GOMP_SPINCOUNT wins; a pool that is
-    already running is left as it is.
+    Idle OpenMP workers spin for milliseconds after each region by default and take the core
+    from the BLAS work that follows; sleeping at once costs every region two cross-core
+    wake-ups. A GNU runtime polls for ``_SPIN_COUNT`` spins, then sleeps; other runtimes
+    sleep at once (``OMP_WAIT_POLICY=PASSIVE``: LLVM's would spin forever under ACTIVE).
+    The settings are read once, when the pool's runtime loads, so they are set only around
+    that moment: other libraries and child processes keep the user's environment. A user's
+    own OMP_WAIT_POLICY or GOMP_SPINCOUNT wins; a pool already running is left as it is.
     """
     settings = wait_settings(os.environ, _gnu_openmp())
     os.environ.update(settings)
@@ -138,7 +129,7 @@ def wide_vectors(typingctx):
     """Let LLVM vectorise the loops of the function this is called in with 512-bit vectors
     where the host has AVX-512. LLVM prefers 256-bit ones on AVX-512 cores by default (for
     older cores that slow their clock for wide vectors); the microkernel already runs 512-bit
-    code. Measured: a float32 sigmoid loop 0.34 -> 0.24 ns an element."""
+    code, so the clock is already where it goes."""
     def codegen(context, builder, sig, args):
         if AVX512:  # (a string attribute: llvmlite's add() accepts only flag names)
             set.add(builder.function.attributes, '"prefer-vector-width"="512"')

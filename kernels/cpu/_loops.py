@@ -5,7 +5,7 @@ rows and walks all ``T`` steps for them with no synchronisation until the end (o
 join per call, never one per step). Per step and row block: one register-tiled recurrent
 matmul, then the fused pointwise work over the gates, written as a few short loops that
 each touch at most four arrays: more arrays per loop exceed LLVM's budget of run-time alias
-checks and the loop stays scalar (measured: 2x slower steps at H=128).
+checks and the loop stays scalar.
 
 Shapes (DESIGN.md legend): ``xg [T,B,G*H]`` (input projection plus ``b_ih``), states
 ``[B,H]``; ``w_packed`` is ``w_hh.T`` (forward) or ``w_hh`` (backward) in the panels of
@@ -73,8 +73,8 @@ def forward_loop(cell, xg, x, wx_packed, per, b_ih, b_gates, w_packed, b_hh, h0,
             gemm_packed(h, r0, r1, w_packed, hg, s)
             for b in range(r0, r1):
                 if t >= lengths[b]:
-                    for j in range(H):  # (explicit loops: a slice fill inside prange
-                        y[t, b, j] = ZERO  # was seen to go missing in backward_loop)
+                    for j in range(H):  # (explicit loops: Numba miscompiles a
+                        y[t, b, j] = ZERO  # slice fill inside prange)
                     if cell == LSTM:
                         copy(c_all[ts, b], c[b])
                     continue
@@ -88,7 +88,7 @@ def forward_loop(cell, xg, x, wx_packed, per, b_ih, b_gates, w_packed, b_hh, h0,
                     for j in range(2 * H):  # i, f
                         ar[j] = sigmoid(gr[j] + xr[j] + b_gates[j])
                     # (loops from 0 with offset indices: a range starting at 2*H keeps
-                    # Numba's negative-index wraparound in the loop; measured 1.8x slower)
+                    # Numba's negative-index wraparound check in the loop)
                     g0, o0 = 2 * H, 3 * H
                     for j in range(H):  # g
                         ar[g0 + j] = tanh(gr[g0 + j] + xr[g0 + j] + b_gates[g0 + j])
@@ -129,8 +129,8 @@ def backward_loop(cell, w_packed, dy, dh_n, dc_n, c0, lengths, reverse, chunks,
 
     ``db [chunks, G*H + H]`` (zeroed) receives each row block's sums of ``dgx`` over steps
     and rows (the bias gradient), then for the GRU those of ``dgh``'s ``n`` block: summed
-    here while the values are in L1, a separate reduction over ``dgx`` after the loop read
-    it all back from memory (C4: 2.4 ms a call)."""
+    here while the values are in L1, instead of reading them back from memory after the
+    loop."""
     T, B, GH = dgh.shape
     H = dh_n.shape[1]
     P, _, NR = w_packed.shape

@@ -114,8 +114,7 @@ def _rnn_activation_grad_impl(cell, dh, a):
 @jit()
 def copy(dst, src):
     """``dst[:] = src`` for 1-D arrays of one length, as a plain loop: Numba's slice
-    assignment checks for overlap and copies element by element without vectorising
-    (measured: ~1 us a step of C2's pointwise work at 8 rows)."""
+    assignment checks for overlap and copies element by element without vectorising."""
     for j in range(dst.size):
         dst[j] = src[j]
 

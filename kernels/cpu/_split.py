@@ -54,7 +54,7 @@ def _units_step(cell, t, ts, q, u0, u1, xg, w_hh, wp, starts, b_ih, b_gates, b_h
         if t >= lengths[b]:  # padding: the state passes through, the output is zero
             copy(hx, hc)
             yb = y[t, b]
-            for j in range(u0, u1):  # (a slice fill inside prange was once miscompiled)
+            for j in range(u0, u1):  # (Numba miscompiles a slice fill in prange)
                 yb[j] = ZERO
             if cell == LSTM:
                 copy(c_all[ts, b, u0:u1], c[b, u0:u1])
