@@ -17,6 +17,7 @@ import numpy as np
 
 from . import dispatch
 from ._bench_worker import WorkerHandle, gemm_rate_worker
+from .kernels.cells import get_cell
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +37,7 @@ class Config:
     def flops(self):
         """Multiply-add FLOPs of the GEMM work: forward, and twice that again for backward
         (input and weight gradients of both the input and the recurrent products)."""
-        G = {"lstm": 4, "gru": 3}.get(self.cell, 1)
+        G = get_cell(self.cell).gates
         fwd = 0
         for layer in range(self.L):
             in_size = self.I if layer == 0 else self.D * self.H

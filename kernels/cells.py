@@ -51,6 +51,9 @@ class CellSpec:
         The vanilla RNN's activation (``"tanh"``, ``"relu"``, ``"sigmoid"``); ``""`` otherwise.
     torch_mode : str
         The matching ``torch.nn`` mode name, for parity tests and weight exchange.
+    id : int
+        The cell's number in compiled code (the CPU loops take it as a run-time argument,
+        the CUDA kernels as a template parameter): every backend reads it from here.
     """
 
     name: str
@@ -59,15 +62,17 @@ class CellSpec:
     has_cell_state: bool
     activation: str
     torch_mode: str
+    id: int
 
 
 CELLS = {
-    "rnn_tanh": CellSpec("rnn_tanh", 1, ("h",), False, "tanh", "RNN_TANH"),
-    "rnn_relu": CellSpec("rnn_relu", 1, ("h",), False, "relu", "RNN_RELU"),
-    "rnn_sigmoid": CellSpec("rnn_sigmoid", 1, ("h",), False, "sigmoid", ""),
-    "lstm": CellSpec("lstm", 4, ("i", "f", "g", "o"), True, "", "LSTM"),
-    "gru": CellSpec("gru", 3, ("r", "z", "n"), False, "", "GRU"),
+    "rnn_tanh": CellSpec("rnn_tanh", 1, ("h",), False, "tanh", "RNN_TANH", 0),
+    "rnn_relu": CellSpec("rnn_relu", 1, ("h",), False, "relu", "RNN_RELU", 1),
+    "rnn_sigmoid": CellSpec("rnn_sigmoid", 1, ("h",), False, "sigmoid", "", 2),
+    "lstm": CellSpec("lstm", 4, ("i", "f", "g", "o"), True, "", "LSTM", 3),
+    "gru": CellSpec("gru", 3, ("r", "z", "n"), False, "", "GRU", 4),
 }
+assert sorted(s.id for s in CELLS.values()) == list(range(len(CELLS)))
 
 
 def get_cell(name):

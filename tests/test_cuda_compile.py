@@ -15,13 +15,25 @@ NVCC = shutil.which("nvcc")
 pytestmark = pytest.mark.skipif(NVCC is None, reason="nvcc is not installed")
 
 
+def _names():
+    """``kernels/cuda/names.py`` without the backend's package, which needs CuPy."""
+    spec = importlib.util.spec_from_file_location("fastrnn.kernels.cuda.names",
+                                                  os.path.join(CUDA_DIR, "names.py"))
+    names = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(names)
+    return names
+
+
+DEFINES = list(_names().defines())
+
+
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 @pytest.mark.parametrize("source", sorted(os.path.basename(p) for p in
                                           glob.glob(os.path.join(CUDA_DIR, "*.cu"))))
 def test_compiles(source, arch, tmp_path):
     ptx = tmp_path / "out.ptx"
-    result = subprocess.run([NVCC, "-std=c++17", f"-arch={arch}", "-I", CUDA_DIR, "--ptx",
-                             "-o", str(ptx), os.path.join(CUDA_DIR, source)],
+    result = subprocess.run([NVCC, "-std=c++17", f"-arch={arch}", "-I", CUDA_DIR, *DEFINES,
+                             "--ptx", "-o", str(ptx), os.path.join(CUDA_DIR, source)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     if source == "instantiate.cu":
@@ -31,15 +43,12 @@ def test_compiles(source, arch, tmp_path):
 
 def test_launcher_names_are_exactly_the_instantiated_kernels(tmp_path):
     """The names CuPy compiles and launches are the kernels instantiate.cu checks."""
-    names_py = os.path.join(CUDA_DIR, "names.py")
-    spec = importlib.util.spec_from_file_location("cuda_names", names_py)
-    names = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(names)  # CuPy-free: no need to import the backend
+    names = _names()
     filt = shutil.which("c++filt")
     if filt is None:
         pytest.skip("c++filt is not installed")
     ptx = tmp_path / "all.ptx"
-    subprocess.run([NVCC, "-std=c++17", "-arch=sm_90", "-I", CUDA_DIR, "--ptx", "-o",
+    subprocess.run([NVCC, "-std=c++17", "-arch=sm_90", "-I", CUDA_DIR, *DEFINES, "--ptx", "-o",
                     str(ptx), os.path.join(CUDA_DIR, "instantiate.cu")], check=True,
                    capture_output=True, timeout=300)
     mangled = re.findall(r"\.entry\s+(\S+)\(", ptx.read_text())
@@ -47,3 +56,11 @@ def test_launcher_names_are_exactly_the_instantiated_kernels(tmp_path):
                                text=True, check=True).stdout.split("\n")
     compiled = {d.split("(")[0].removeprefix("void ") for d in demangled if d}
     assert compiled == set(names.all_names())
+
+
+def test_sources_need_the_cells_from_kernels_cells(tmp_path):
+    """Without the ids and gate counts of kernels/cells.py the sources do not compile."""
+    result = subprocess.run([NVCC, "-std=c++17", "-arch=sm_90", "-I", CUDA_DIR, "--ptx",
+                             "-o", str(tmp_path / "x.ptx"), os.path.join(CUDA_DIR, "rnn.cu")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "defines()" in result.stderr

@@ -73,3 +73,32 @@ def test_classes_relate_as_in_torch():
     for c in (fastrnn.RNNCell, fastrnn.LSTMCell, fastrnn.GRUCell):
         assert not any(issubclass(c, s) for s in (fastrnn.RNN, fastrnn.LSTM, fastrnn.GRU))
         assert not hasattr(c, "_run")  # no sequence machinery in the step cells
+
+
+def _sources():
+    for folder in ("fastrnn", "kernels"):
+        for path in (ROOT / folder).rglob("*"):
+            if path.suffix in (".py", ".cu", ".cuh") and "__pycache__" not in path.parts:
+                yield path
+
+
+def test_cell_ids_and_gate_counts_are_typed_only_in_cells_py():
+    import re
+    mapping = re.compile(r"""["'](rnn_tanh|rnn_relu|rnn_sigmoid|lstm|gru)["']\s*:\s*\d""")
+    enum = re.compile(r"\b(RNN_TANH|RNN_RELU|RNN_SIGMOID|LSTM|GRU)\s*=\s*\d")
+    for path in _sources():
+        if path == ROOT / "kernels" / "cells.py":
+            continue
+        text = path.read_text()
+        assert not mapping.search(text), f"{path}: a cell's id or gate count typed here"
+        assert not enum.search(text), f"{path}: a cell id typed here"
+
+
+def test_the_cpu_loops_take_each_cells_math_from_one_place():
+    """The loops call the pointwise step of kernels/cpu/_cells.py; no activation of the
+    gate math appears in them."""
+    for name in ("_loops.py", "_split.py"):
+        text = (ROOT / "kernels" / "cpu" / name).read_text()
+        assert "forward_step(" in text
+        for word in ("sigmoid(", "tanh(", "rnn_activation"):
+            assert word not in text, f"kernels/cpu/{name} computes {word[:-1]} itself"

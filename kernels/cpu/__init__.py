@@ -23,6 +23,7 @@ from ..gate_grads import input_and_weight_grads
 from ._affinity import plan as _pin_plan
 from ._affinity import pinned, usable_cpus
 from ._alloc import empty
+from ._args import Biases, Grads, Outputs, Plan, Projection, Saved, Sequence, UnitWeights
 from ._alloc import empty_cache
 from ._alloc import info as cache_info
 from ._alloc import set_limit as set_cache_limit
@@ -206,10 +207,10 @@ def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None, reverse=False
     (T, B, I), (GH, H) = x.shape, w_hh.shape
     threads = _threads_for(x.shape, w_hh.shape)
     units = _unit_split(T, B, GH, H, x.dtype.itemsize)
-    plan = (threads, units, _projection(T, B, I, GH, H, x.dtype.itemsize, threads, units))
+    plan = Plan(threads, units, _projection(T, B, I, GH, H, x.dtype.itemsize, threads, units))
     fpu = flush_denormals()
     try:
-        if plan[2] == "rowdot":
+        if plan.projection == "rowdot":
             # no BLAS and no parallel region: nothing to hold back or pin (a step of
             # generation)
             return _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse,
@@ -239,7 +240,7 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training
     T, B, I = x.shape
     GH, H = w_hh.shape
     dt = x.dtype
-    threads, units, projection = plan
+    units, projection = plan.units, plan.projection
     b_ih_ = b_ih if b_ih is not None else np.zeros(GH, dt)
     if projection == "batch":
         xg, wx = np.empty((0, B, GH), dt), pack(w_ih, transpose=True)
@@ -254,23 +255,23 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training
     elif projection == "gemm":
         matmul(x.reshape(T * B, I), w_ih.T, xg.reshape(T * B, GH))
     b_hh_ = b_hh if b_hh is not None else np.zeros(GH, dt)
+    bias = Biases(b_ih_, b_hh_, b_ih_ + b_hh_)
     lens = np.full(B, T, np.int64) if lengths is None else np.array(lengths, np.int64)
+    seq = Sequence(lens, bool(reverse))
     c0_ = c0 if spec.has_cell_state else np.zeros((B, H), dt)
     steps = T if training else 1
     y = empty((T, B, H), dt)
     h_n = np.empty((B, H), dt)
     c_n = np.empty((B, H), dt)
-    acts = empty((steps, B, GH), dt)
-    h_prev = empty((steps, B, H), dt)
-    c_all = empty((steps if spec.has_cell_state else 1, B, H), dt)
-    hn_all = empty((steps if spec.name == "gru" else 1, B, H), dt)
+    saved = Saved(acts=empty((steps, B, GH), dt), h_prev=empty((steps, B, H), dt),
+                  c_all=empty((steps if spec.has_cell_state else 1, B, H), dt),
+                  hn_all=empty((steps if spec.name == "gru" else 1, B, H), dt))
     if units is None:
         x_steps = np.ascontiguousarray(x) if projection == "batch" else xg  # (else unread)
         chunks = _chunks(T, B, GH, H)
-        forward_loop(CELL_IDS[spec.name], xg, x_steps, wx, _projection_steps(chunks), b_ih_,
-                     b_ih_ + b_hh_, pack(w_hh, transpose=True), b_hh_,
-                     np.ascontiguousarray(h0), np.ascontiguousarray(c0_), lens, reverse,
-                     chunks, y, h_n, c_n, acts, h_prev, c_all, hn_all)
+        forward_loop(CELL_IDS[spec.name], Projection(xg, x_steps, wx, _projection_steps(chunks)),
+                     pack(w_hh, transpose=True), bias, np.ascontiguousarray(h0),
+                     np.ascontiguousarray(c0_), seq, chunks, Outputs(y, h_n, c_n), saved)
     else:
         hbuf = np.empty((2, B, H), dt)
         hbuf[0] = h0
@@ -283,26 +284,26 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training
             wp, starts = pack_blocks(w_hh, [(g * H + units[q], g * H + units[q + 1])
                                             for q in range(units.size - 1) for g in range(G)])
             hg = np.empty((B, starts[-1] * panel_width(dt)), dt)
-        args = (CELL_IDS[spec.name], xg, np.ascontiguousarray(w_hh), wp, starts, b_ih_,
-                b_ih_ + b_hh_, b_hh_, hbuf, c_n, hg, lens, reverse, units)
-        if threads == 1:
-            forward_loop_serial(*args, y, acts, h_prev, c_all, hn_all)
+        weights = UnitWeights(np.ascontiguousarray(w_hh), wp, starts)
+        if plan.threads == 1:
+            forward_loop_serial(CELL_IDS[spec.name], xg, weights, bias, hbuf, c_n, hg, seq,
+                                units, y, saved)
         else:
             per = _UNIT_PROJECTION_STEPS if projection == "units" else 0
-            forward_loop_split(*args, np.zeros(3, np.int64), y, acts, h_prev, c_all, hn_all,
-                               x2, w_ih2, xg.reshape(T * B, GH), per)
+            forward_loop_split(CELL_IDS[spec.name], Projection(xg, x2, w_ih2, per), weights,
+                               bias, hbuf, c_n, hg, seq, units, np.zeros(3, np.int64), y,
+                               saved)
         h_n[...] = hbuf[T % 2]
-    saved = None
+    keep = None
     if training:
-        saved = dict(x=x, w_ih=w_ih, w_hh=w_hh, has_bias=b_ih is not None, lens=lens,
-                     reverse=reverse, acts=acts, h_prev=h_prev, c_all=c_all, hn_all=hn_all,
-                     c0=c0_)
-    return y, h_n, (c_n if spec.has_cell_state else None), saved
+        keep = dict(x=x, w_ih=w_ih, w_hh=w_hh, has_bias=b_ih is not None, seq=seq,
+                    saved=saved, c0=c0_)
+    return y, h_n, (c_n if spec.has_cell_state else None), keep
 
 
 def _backward(cell, saved, dy, dh_n, dc_n):
     spec = get_cell(cell)
-    x, w_ih, w_hh = saved["x"], saved["w_ih"], saved["w_hh"]
+    x, w_ih, w_hh, kept = saved["x"], saved["w_ih"], saved["w_hh"], saved["saved"]
     T, B, I = x.shape
     GH, H = w_hh.shape
     dt = x.dtype
@@ -312,32 +313,29 @@ def _backward(cell, saved, dy, dh_n, dc_n):
     dgx = empty((T, B, GH), dt) if spec.name == "gru" else dgh
     units = _unit_split(T, B, GH, H, dt.itemsize)
     if units is None:
-        dh0 = np.empty((B, H), dt)
-        dc0 = np.empty((B, H), dt)
         chunks = _chunks(T, B, GH, H)
-        db = np.zeros((chunks.size - 1, GH + H), dt)
+        grads = Grads(dgx, dgh, np.empty((B, H), dt), np.empty((B, H), dt),
+                      np.zeros((chunks.size - 1, GH + H), dt))
         backward_loop(CELL_IDS[spec.name], pack(w_hh, transpose=False),
-                      np.ascontiguousarray(dy), dh_n, dc_n, saved["c0"], saved["lens"],
-                      saved["reverse"], chunks, saved["acts"], saved["h_prev"],
-                      saved["c_all"], saved["hn_all"], dgx, dgh, dh0, dc0, db)
+                      np.ascontiguousarray(dy), dh_n, dc_n, saved["c0"], saved["seq"], chunks,
+                      kept, grads)
     else:
-        dh0, dc0 = dh_n.copy(), dc_n.copy()
-        db = np.zeros((1, GH + H), dt)
+        grads = Grads(dgx, dgh, dh_n.copy(), dc_n.copy(), np.zeros((1, GH + H), dt))
         wp, starts = pack_column_blocks(w_hh, [(units[q], units[q + 1])
                                                for q in range(units.size - 1)])
-        backward_loop_split(CELL_IDS[spec.name], wp, starts, np.ascontiguousarray(dy), dh0,
-                            dc0, saved["c0"], saved["lens"], saved["reverse"], units,
-                            np.zeros(3, np.int64), saved["acts"], saved["h_prev"],
-                            saved["c_all"], saved["hn_all"], dgx, dgh,
+        backward_loop_split(CELL_IDS[spec.name], UnitWeights(w_hh, wp, starts),
+                            np.ascontiguousarray(dy), grads.dh0, grads.dc0, saved["c0"],
+                            saved["seq"], units, np.zeros(3, np.int64), kept, grads,
                             np.empty((B, starts[-1] * panel_width(dt)), dt),
-                            np.zeros((B, H), dt), db)
+                            np.zeros((B, H), dt))
     # (the loops summed the bias gradients: the shared helper gets has_bias=False)
     dx, dw_ih, dw_hh, _, _ = input_and_weight_grads(
-        np, matmul, dgx, dgh, x, saved["h_prev"], w_ih, False, spec.name == "gru", empty)
+        np, matmul, dgx, dgh, x, kept.h_prev, w_ih, False, spec.name == "gru", empty)
     db_ih = db_hh = None
     if saved["has_bias"]:
-        sums = db.sum(axis=0)
+        sums = grads.db.sum(axis=0)
         db_ih, db_hh = sums[:GH].copy(), sums[:GH].copy()
         if spec.name == "gru":  # b_hn sits inside r * (.): its gradient is dgh's n block
             db_hh[2 * H:] = sums[GH:]
-    return dx, dh0, (dc0 if spec.has_cell_state else None), dw_ih, dw_hh, db_ih, db_hh
+    return (dx, grads.dh0, (grads.dc0 if spec.has_cell_state else None), dw_ih, dw_hh,
+            db_ih, db_hh)

@@ -12,6 +12,7 @@ from numba import types
 from numba.extending import overload
 from numpy.polynomial import polynomial as _poly
 
+from ..cells import CELLS
 from ._jit import OPTIONS, jit
 
 
@@ -33,9 +34,10 @@ F32_HALF = np.float32(0.5)
 
 
 # Cell ids of the compiled loops (a run-time argument: one compiled loop serves every cell).
-RNN_TANH, RNN_RELU, RNN_SIGMOID, LSTM, GRU = 0, 1, 2, 3, 4
-CELL_IDS = {"rnn_tanh": RNN_TANH, "rnn_relu": RNN_RELU, "rnn_sigmoid": RNN_SIGMOID,
-            "lstm": LSTM, "gru": GRU}
+CELL_IDS = {name: spec.id for name, spec in CELLS.items()}
+RNN_TANH, RNN_RELU, RNN_SIGMOID = CELL_IDS["rnn_tanh"], CELL_IDS["rnn_relu"], \
+    CELL_IDS["rnn_sigmoid"]
+LSTM, GRU = CELL_IDS["lstm"], CELL_IDS["gru"]
 
 
 def tanh(x):

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..cells import get_cell
 from ..gate_grads import input_and_weight_grads
-from .names import CTYPES, all_names, backward_name, forward_name
+from .names import CTYPES, all_names, backward_name, defines, forward_name
 
 __all__ = ["forward", "backward", "plan"]
 
@@ -35,7 +35,7 @@ def _module():
     if device not in _modules:
         with open(os.path.join(_DIR, "rnn.cu")) as f:
             source = f.read()
-        _modules[device] = cp.RawModule(code=source, options=("-std=c++17", f"-I{_DIR}"),
+        _modules[device] = cp.RawModule(code=source, options=("-std=c++17", f"-I{_DIR}", *defines()),
                                         name_expressions=all_names(),
                                         enable_cooperative_groups=True)
     return _modules[device]

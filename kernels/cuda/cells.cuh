@@ -4,11 +4,27 @@
 
 namespace fastrnn {
 
-enum Cell { RNN_TANH = 0, RNN_RELU = 1, RNN_SIGMOID = 2, LSTM = 3, GRU = 4 };
+// Ids and gate counts come from kernels/cells.py, through the compile options of
+// kernels/cuda/names.py: defines().
+#if !defined(FASTRNN_NUM_CELLS)
+#error "compile with the options of fastrnn.kernels.cuda.names.defines()"
+#endif
+enum Cell {
+    RNN_TANH = FASTRNN_ID_RNN_TANH,
+    RNN_RELU = FASTRNN_ID_RNN_RELU,
+    RNN_SIGMOID = FASTRNN_ID_RNN_SIGMOID,
+    LSTM = FASTRNN_ID_LSTM,
+    GRU = FASTRNN_ID_GRU,
+};
+static_assert(FASTRNN_NUM_CELLS == 5, "kernels/cells.py has a cell these kernels lack");
 
 template <int CELL>
 struct Gates {
-    static constexpr int G = CELL == LSTM ? 4 : (CELL == GRU ? 3 : 1);
+    static constexpr int G = CELL == LSTM          ? FASTRNN_GATES_LSTM
+                             : CELL == GRU         ? FASTRNN_GATES_GRU
+                             : CELL == RNN_TANH    ? FASTRNN_GATES_RNN_TANH
+                             : CELL == RNN_RELU    ? FASTRNN_GATES_RNN_RELU
+                                                   : FASTRNN_GATES_RNN_SIGMOID;
 };
 
 // exp only ever sees -|x|, so inputs of +-1e4 give finite results.

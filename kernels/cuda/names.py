@@ -1,8 +1,22 @@
-"""The kernel specialisations the gpu backend launches (CuPy-free, so that the compile test
-can check them against ``instantiate.cu`` on machines without a GPU)."""
+"""The kernel specialisations the gpu backend launches and the compile options that give the
+CUDA sources the cells of :mod:`..cells` (CuPy-free, so that the compile test can check them
+against ``instantiate.cu`` on machines without a GPU)."""
 
-CELL_IDS = {"rnn_tanh": 0, "rnn_relu": 1, "rnn_sigmoid": 2, "lstm": 3, "gru": 4}
+from ..cells import CELLS
+
+CELL_IDS = {name: spec.id for name, spec in CELLS.items()}
 CTYPES = {"float32": "float", "float64": "double"}
+
+
+def defines():
+    """The ``-D`` options every compile of the CUDA sources takes: the cells' ids (the enum
+    ``Cell``) and gate counts, from :data:`..cells.CELLS`."""
+    # (one option a value: nvcc splits option values at commas)
+    out = [f"-DFASTRNN_NUM_CELLS={len(CELLS)}"]
+    for spec in CELLS.values():
+        out += [f"-DFASTRNN_ID_{spec.name.upper()}={spec.id}",
+                f"-DFASTRNN_GATES_{spec.name.upper()}={spec.gates}"]
+    return tuple(out)
 
 
 def _flag(value):
