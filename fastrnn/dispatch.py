@@ -55,9 +55,10 @@ def _load_gpu():
     if count == 0:
         raise BackendUnavailableError("CuPy is installed but no CUDA device is visible")
     try:
-        return importlib.import_module(".kernels.cuda", __package__)
+        return importlib.import_module(".kernels.cuda.device", __package__)
     except ModuleNotFoundError as exc:
-        if exc.name != f"{__package__}.kernels.cuda":
+        ours = {f"{__package__}.kernels{sub}" for sub in ("", ".cuda", ".cuda.device")}
+        if exc.name not in ours:
             raise
         raise BackendUnavailableError(
             "this installation lacks the CUDA kernels (fastrnn.kernels.cuda); reinstall "

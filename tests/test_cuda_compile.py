@@ -2,7 +2,6 @@
 every specialisation the gpu backend launches instantiated (kernels/cuda/instantiate.cu)."""
 
 import glob
-import importlib.util
 import os
 import re
 import shutil
@@ -16,11 +15,7 @@ pytestmark = pytest.mark.skipif(NVCC is None, reason="nvcc is not installed")
 
 
 def _names():
-    """``kernels/cuda/names.py`` without the backend's package, which needs CuPy."""
-    spec = importlib.util.spec_from_file_location("fastrnn.kernels.cuda.names",
-                                                  os.path.join(CUDA_DIR, "names.py"))
-    names = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(names)
+    from fastrnn.kernels.cuda import names  # CuPy-free
     return names
 
 

@@ -289,3 +289,36 @@ def test_errors_like_torch(bad):
         fn(ft.GRU(I, H))
     with pytest.raises(ValueError, match="proj_size=3 is not supported"):
         ft.LSTM(I, 5, proj_size=3)
+
+
+def _gpu_reason():
+    import fastrnn
+    if not torch.cuda.is_available():
+        return "PyTorch sees no CUDA device"
+    rep = fastrnn.backends()["gpu"]
+    return None if rep["available"] else f"gpu: {rep['reason']}"
+
+
+@pytest.mark.skipif(_gpu_reason() is not None, reason=str(_gpu_reason()))
+@pytest.mark.parametrize("cell", sorted(PAIRS))
+def test_cuda_tensors_match_torch_nn(cell):
+    """On CUDA tensors the layer runs the gpu backend on torch's stream; outputs, states and
+    every gradient equal torch.nn's (cuDNN) in float64."""
+    torch.manual_seed(5)
+    ours, ref = _pair(cell, num_layers=2, bidirectional=True)
+    ours, ref = ours.cuda(), ref.cuda()
+    x = torch.randn(T, B, I, dtype=torch.float64, device="cuda")
+    results = []
+    for model in (ours, ref):
+        (inp,) = _leaves(x)
+        out = model(inp)
+        y = out[0]
+        (y.square().sum() + sum(s.sum() for s in (out[1] if cell == "lstm" else (out[1],))
+                                )).backward()
+        results.append((y, inp.grad, [p.grad for p in model.parameters()]))
+    (y0, g0, p0), (y1, g1, p1) = results
+    assert y0.device.type == "cuda"
+    _close(y0, y1, "output", 1e-9)
+    _close(g0, g1, "input gradient", 1e-9)
+    for a, b in zip(p0, p1):
+        _close(a, b, "parameter gradient", 1e-9)

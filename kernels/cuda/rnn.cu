@@ -8,7 +8,9 @@
 // from global memory / L2 (the fallback for large H), and meets the other blocks at one
 // grid.sync() per step. Recurrent products: one warp per (gate row, batch row) dot product,
 // lanes striding over H, a fixed-order shuffle reduction (deterministic, no atomics).
-// Specialised at compile time on dtype, cell, training and where the weights live.
+// A layer small enough for one block (the plan decides) skips the grid barrier: the block's
+// own barrier then orders the steps. Specialised at compile time on dtype, cell, training
+// and where the weights live.
 
 #include <cooperative_groups.h>
 
@@ -16,6 +18,15 @@
 
 namespace cg = cooperative_groups;
 using namespace fastrnn;
+
+// The barrier between steps: the whole grid's, or the block's when it is the whole grid.
+__device__ __forceinline__ void step_barrier(cg::grid_group& grid) {
+    if (gridDim.x == 1) {
+        __syncthreads();
+    } else {
+        grid.sync();
+    }
+}
 
 // Load this block's rows (rows_of_block) of a [R, K] row-major matrix into shared memory:
 // local row g*U + uu holds global row g*stride + u0 + uu.
@@ -43,7 +54,7 @@ __global__ void __launch_bounds__(256) rnn_forward(
     int steps, int B, int H, int units, int reverse) {
     constexpr int G = Gates<CELL>::G;
     cg::grid_group grid = cg::this_grid();
-    extern __shared__ unsigned char smem_raw[];
+    extern __shared__ __align__(16) unsigned char smem_raw[];  // reused as T*
     T* w_s = reinterpret_cast<T*>(smem_raw);
     const int u0 = blockIdx.x * units;
     const int U = max(0, min(units, H - u0));
@@ -110,7 +121,7 @@ __global__ void __launch_bounds__(256) rnn_forward(
             hnext[bh] = hv;
             y[tbh] = hv;
         }
-        grid.sync();  // every unit of step s is written before any block reads it
+        step_barrier(grid);  // every unit of step s is written before any block reads it
     }
 }
 
@@ -123,12 +134,13 @@ __global__ void __launch_bounds__(256) rnn_backward(
     T* __restrict__ dh,      // [B,H]: dh_n on entry, dh0 on exit
     T* __restrict__ dc,      // [B,H]: dc_n on entry, dc0 on exit (LSTM)
     T* __restrict__ direct,  // [B,H] scratch: the GRU's z * dh path to the previous state
-    T* __restrict__ dgx,     // [T,B,G*H] pre-activation gradients, input side
-    T* __restrict__ dgh,     // [T,B,G*H] recurrent side (the same array except for the GRU)
+    // (not __restrict__: the same array except for the GRU)
+    T* dgx,                  // [T,B,G*H] pre-activation gradients, input side
+    T* dgh,                  // [T,B,G*H] recurrent side
     int steps, int B, int H, int units, int reverse) {
     constexpr int G = Gates<CELL>::G;
     cg::grid_group grid = cg::this_grid();
-    extern __shared__ unsigned char smem_raw[];
+    extern __shared__ __align__(16) unsigned char smem_raw[];  // reused as T*
     T* w_s = reinterpret_cast<T*>(smem_raw);  // [U, G*H]: this block's columns of w_hh
     const int u0 = blockIdx.x * units;
     const int U = max(0, min(units, H - u0));
@@ -174,7 +186,7 @@ __global__ void __launch_bounds__(256) rnn_backward(
                 gh[u] = dht * activation_grad<CELL>(ar[u]);
             }
         }
-        grid.sync();  // every gate gradient of step t is written
+        step_barrier(grid);  // every gate gradient of step t is written
         for (int p = warp; p < U * B; p += warps) {
             const int uu = p / B, b = p - uu * B, u = u0 + uu;
             const T* w = SMEM_W ? w_s + (size_t)uu * GH : w_hh_t + (size_t)u * GH;

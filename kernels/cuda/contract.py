@@ -1,0 +1,118 @@
+"""The kernel contract of the gpu backend, independent of where the kernels run.
+
+``forward`` and ``backward`` prepare the persistent kernels of ``rnn.cu`` - the plan of
+blocks and shared memory, the buffers, the argument lists - and hand them to a *runtime*:
+CuPy on a CUDA device (:mod:`.device`, the backend), or the CPU execution of the same
+source (:mod:`.emulation`), which the tests run on machines without a
+GPU. A runtime has:
+
+- ``xp``: its array module (CuPy or NumPy);
+- ``sms``, ``smem_optin``: the device's multiprocessor count and the shared memory a block
+  may opt in to;
+- ``launch(name, blocks, threads, smem, args)``: run kernel ``name`` (a name expression of
+  :mod:`.names`) as a cooperative grid;
+- ``matmul(a, b, out)``: ``out[:] = a @ b``.
+
+Shapes (DESIGN.md legend): ``x [T,B,I]``, ``h0, c0 [B,H]``, ``w_ih [G*H,I]``,
+``w_hh [G*H,H]``, ``b_ih, b_hh [G*H]`` or None.
+"""
+
+import math
+from collections import namedtuple
+
+import numpy as np
+
+from ..cells import get_cell
+from ..gate_grads import input_and_weight_grads
+from .names import CTYPES, backward_name, forward_name
+
+THREADS = 256  # threads a block (the kernels' __launch_bounds__)
+# Layers of at most this many hidden units run in one block: no grid barrier a step, only the
+# block's own (the step's work is then too small to share between multiprocessors).
+ONE_BLOCK_MAX_H = 32
+
+Plan = namedtuple("Plan", "blocks units smem on_chip")
+
+
+def plan(G, H, itemsize, sms, smem_optin):
+    """How a layer of ``H`` units with ``G`` gates runs on a device of ``sms``
+    multiprocessors whose blocks may opt in to ``smem_optin`` bytes of shared memory.
+
+    One block per multiprocessor (or per unit when ``H`` is smaller; one block for at most
+    :data:`ONE_BLOCK_MAX_H` units), each owning ``units`` hidden units with all their
+    gates; the block's ``G*units*H`` recurrent weights go to shared memory when they fit
+    (``on_chip``), otherwise the kernels read them from global memory (through L2)."""
+    blocks = 1 if H <= ONE_BLOCK_MAX_H else max(1, min(H, sms))
+    units = max(1, math.ceil(H / blocks))
+    blocks = max(1, math.ceil(H / units))
+    smem = G * units * H * itemsize
+    on_chip = smem <= smem_optin
+    return Plan(blocks, units, smem if on_chip else 0, on_chip)
+
+
+def forward(runtime, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None, reverse=False,
+            training=True):
+    """Kernel contract forward on ``runtime``'s arrays of ``x``'s dtype."""
+    xp = runtime.xp
+    spec = get_cell(cell)
+    T, B, I = x.shape
+    GH, H = w_hh.shape
+    dt = x.dtype
+    xg = xp.empty((T, B, GH), dt)
+    runtime.matmul(x.reshape(T * B, I), w_ih.T, xg.reshape(T * B, GH))
+    if b_ih is not None:
+        xg += b_ih
+    b_hh_ = xp.ascontiguousarray(b_hh) if b_hh is not None else xp.zeros(GH, dt)
+    lens = np.full(B, T, np.int64) if lengths is None else np.asarray(lengths, np.int64)
+    lens_d = xp.asarray(lens)
+    hbuf = xp.empty((2, B, H), dt)
+    hbuf[0] = h0
+    c = xp.array(c0, dt) if spec.has_cell_state else xp.zeros(1, dt)
+    y = xp.empty((T, B, H), dt)
+
+    def kept(shape, wanted):  # what backward reads, or a buffer of its own never written
+        return xp.empty(shape if wanted else (1,), dt)
+
+    acts = kept((T, B, GH), training)
+    h_prev = kept((T, B, H), training)
+    c_all = kept((T, B, H), training and spec.has_cell_state)
+    hn_all = kept((T, B, H), training and spec.name == "gru")
+    p = plan(spec.gates, H, dt.itemsize, runtime.sms, runtime.smem_optin)
+    name = forward_name(CTYPES[dt.name], spec.name, training, p.on_chip)
+    runtime.launch(name, p.blocks, THREADS, p.smem, (
+        xp.ascontiguousarray(xg), xp.ascontiguousarray(w_hh), b_hh_, lens_d, hbuf, c,
+        xp.empty((GH, B), dt), y, acts, h_prev, c_all, hn_all,
+        np.int32(T), np.int32(B), np.int32(H), np.int32(p.units), np.int32(bool(reverse))))
+    h_n = hbuf[T % 2].copy()
+    saved = None
+    if training:
+        saved = dict(x=x, w_ih=w_ih, w_hh=w_hh, has_bias=b_ih is not None, lens=lens_d,
+                     reverse=reverse, acts=acts, h_prev=h_prev, c_all=c_all, hn_all=hn_all,
+                     c0=xp.ascontiguousarray(c0) if spec.has_cell_state else xp.empty(1, dt))
+    return y, h_n, (c if spec.has_cell_state else None), saved
+
+
+def backward(runtime, cell, saved, dy, dh_n, dc_n):
+    """Kernel contract backward on ``runtime``'s arrays."""
+    xp = runtime.xp
+    spec = get_cell(cell)
+    x, w_ih, w_hh = saved["x"], saved["w_ih"], saved["w_hh"]
+    T, B, I = x.shape
+    GH, H = w_hh.shape
+    dt = x.dtype
+    dh = xp.zeros((B, H), dt) if dh_n is None else xp.array(dh_n, dt)
+    dc = xp.zeros((B, H), dt) if dc_n is None else xp.array(dc_n, dt)
+    dgh = xp.empty((T, B, GH), dt)
+    dgx = xp.empty((T, B, GH), dt) if spec.name == "gru" else dgh
+    p = plan(spec.gates, H, dt.itemsize, runtime.sms, runtime.smem_optin)
+    name = backward_name(CTYPES[dt.name], spec.name, p.on_chip)
+    runtime.launch(name, p.blocks, THREADS, p.smem, (
+        xp.ascontiguousarray(w_hh.T), xp.ascontiguousarray(dy), saved["lens"],
+        saved["acts"], saved["h_prev"], saved["c_all"], saved["hn_all"], saved["c0"],
+        dh, dc, xp.zeros((B, H), dt), dgx, dgh,
+        np.int32(T), np.int32(B), np.int32(H), np.int32(p.units),
+        np.int32(bool(saved["reverse"]))))
+    dx, dw_ih, dw_hh, db_ih, db_hh = input_and_weight_grads(
+        xp, runtime.matmul, dgx, dgh, x, saved["h_prev"], w_ih, saved["has_bias"],
+        spec.name == "gru")
+    return dx, dh, (dc if spec.has_cell_state else None), dw_ih, dw_hh, db_ih, db_hh

@@ -1,0 +1,127 @@
+"""The gpu backend's CUDA kernels (``kernels/cuda/rnn.cu``, compiled as it is for the CPU by
+``kernels/cuda/emulation.py``) against the NumPy reference, launched by the same code that
+launches them on a GPU (``kernels/cuda/contract.py``): every cell, training forward and
+backward and inference, weights in shared and in global memory, one block and several,
+padding, reverse, float32 and float64. Small shapes: every CUDA thread is a fiber here."""
+
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import ALL_CELLS, assert_close
+from fastrnn.kernels import reference
+from fastrnn.kernels.cells import get_cell
+
+pytestmark = [pytest.mark.cuda_emulated,
+              pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                                 reason="no host C++ compiler for the CUDA emulation")]
+
+# (multiprocessors, shared memory a block may opt in to, H): how the layer runs
+LAYOUTS = {
+    "blocks-smem": (3, 48 * 1024, 40),   # 3 blocks of 14 units, weights in shared memory
+    "blocks-global": (3, 0, 40),         # the same with every weight in global memory
+    "one-block": (3, 48 * 1024, 24),     # H <= 32: one block, no grid barrier
+    "uneven": (4, 48 * 1024, 37),        # 4 blocks of 10 units, the last with 7
+}
+
+
+@pytest.fixture(scope="module")
+def emulation():
+    from fastrnn.kernels.cuda import emulation
+    try:
+        emulation.build()
+    except emulation.EmulationUnavailableError as exc:
+        pytest.fail(str(exc))  # a compiler is present: the kernels must build
+    return emulation
+
+
+def _problem(cell, T, B, I, H, dtype, seed):
+    rng = np.random.default_rng(seed)
+    G = get_cell(cell).gates
+    scale = 1 / np.sqrt(H)
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    h0 = rng.standard_normal((B, H)).astype(dtype)
+    c0 = rng.standard_normal((B, H)).astype(dtype) if cell == "lstm" else None
+    w = [rng.uniform(-scale, scale, s).astype(dtype)
+         for s in ((G * H, I), (G * H, H), (G * H,), (G * H,))]
+    return x, h0, c0, w, rng
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_training_forward_and_backward_match_the_reference(emulation, cell, layout, dtype):
+    sms, smem, H = LAYOUTS[layout]
+    T, B, I = 6, 3, 5
+    rt = emulation.Runtime(sms=sms, smem_optin=smem)
+    for k, (reverse, lengths) in enumerate([(False, None), (True, [6, 2, 0]),
+                                            (False, [1, 6, 4])]):
+        x, h0, c0, w, rng = _problem(cell, T, B, I, H, dtype, seed=k)
+        bias = w[2:] if k != 2 else [None, None]  # the last case without biases
+        args = (x, h0, c0, w[0], w[1], *bias)
+        want = reference.forward(cell, *args, lengths=lengths, reverse=reverse)
+        got = rt.forward(cell, *args, lengths=lengths, reverse=reverse)
+        what = f"{cell} {layout} reverse={reverse} lengths={lengths}"
+        for name, g, r in zip(("y", "h_n", "c_n"), got[:3], want[:3]):
+            if r is None:
+                assert g is None
+            else:
+                assert_close(g, r, dtype, f"{what}: {name}")
+        dy = rng.standard_normal(x.shape[:2] + (H,)).astype(dtype)
+        dh_n = rng.standard_normal((B, H)).astype(dtype)
+        dc_n = rng.standard_normal((B, H)).astype(dtype) if cell == "lstm" else None
+        grads_want = reference.backward(cell, want[3], dy, dh_n, dc_n)
+        grads_got = rt.backward(cell, got[3], dy, dh_n, dc_n)
+        names = ("dx", "dh0", "dc0", "dw_ih", "dw_hh", "db_ih", "db_hh")
+        for name, g, r in zip(names, grads_got, grads_want):
+            if r is None:
+                assert g is None, f"{what}: {name}"
+            else:
+                assert_close(g, r, dtype, f"{what}: {name}")
+    # the plan really ran the layout under test
+    blocks = {name: b for name, b, _, _ in rt.launches}
+    on_chip = [name.endswith("true>") for name in blocks]
+    assert all(on_chip) if smem else not any(on_chip)
+    expected_blocks = 1 if H <= 32 else -(-H // -(-H // sms))
+    assert set(blocks.values()) == {expected_blocks}
+
+
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_inference_matches_the_reference(emulation, cell):
+    rt = emulation.Runtime(sms=3, smem_optin=48 * 1024)
+    x, h0, c0, w, _ = _problem(cell, 5, 2, 4, 36, np.float64, seed=7)
+    lengths = [5, 3]
+    want = reference.forward(cell, x, h0, c0, *w, lengths=lengths, training=False)
+    got = rt.forward(cell, x, h0, c0, *w, lengths=lengths, training=False)
+    assert got[3] is None
+    for name, g, r in zip(("y", "h_n", "c_n"), got[:3], want[:3]):
+        if r is not None:
+            assert_close(g, r, np.float64, f"{cell}: {name}")
+    assert all("false, true>" in name for name, _, _, _ in rt.launches)  # TRAINING=false
+
+
+def test_a_wrong_launch_is_seen(emulation, monkeypatch):
+    """The comparison can fail: blocks that together own fewer units than the layer has
+    (a plan of 3 blocks of 5 units for 40) leave units unwritten."""
+    from fastrnn.kernels.cuda import contract
+    rt = emulation.Runtime(sms=3, smem_optin=48 * 1024)
+    x, h0, c0, w, _ = _problem("gru", 6, 3, 5, 40, np.float64, seed=3)
+    want = reference.forward("gru", x, h0, c0, *w)[0]
+    assert_close(rt.forward("gru", x, h0, c0, *w)[0], want, np.float64, "right plan")
+    real = contract.plan
+    monkeypatch.setattr(contract, "plan", lambda *a: real(*a)._replace(units=5, smem=0,
+                                                                       on_chip=False))
+    y = rt.forward("gru", x, h0, c0, *w)[0]
+    assert np.isnan(y[:, :, 15:]).all()  # unwritten: the emulation's buffers start as NaN
+    # the owned units' first step is right; later steps read the unwritten ones
+    assert_close(y[0, :, :15], want[0, :, :15], np.float64, "step 0, the units owned")
+    assert np.isnan(y[1:]).all()
+
+
+def test_unknown_kernel_and_too_much_shared_memory_are_clear_errors(emulation):
+    rt = emulation.Runtime()
+    with pytest.raises(RuntimeError, match="no kernel of that name"):
+        rt.launch("rnn_forward<int, 9, true, true>", 1, 32, 0, ())
+    with pytest.raises(RuntimeError, match="more dynamic shared memory"):
+        rt.launch("rnn_forward<float, 0, true, true>", 1, 32, 10 ** 7, ())
