@@ -28,6 +28,32 @@ is computed, as in PyTorch and cuDNN)::
     z = sigmoid(W_iz x + b_iz + W_hz h + b_hz)
     n = tanh   (W_in x + b_in + r * (W_hn h + b_hn))
     h' = (1 - z) * n + z * h
+
+``gru_reset_before`` (the same gates and weights; the reset gate multiplies the state
+*before* the recurrent product: Cho et al.'s GRU, Keras ``reset_after=False``, ONNX
+``linear_before_reset=0``)::
+
+    n = tanh   (W_in x + b_in + W_hn (r * h) + b_hn)
+
+Backward (``dh`` the gradient reaching ``h'``, ``dc`` the one reaching ``c'``; ``d*`` of a
+gate is the gradient of its pre-activation; ``^T`` a transpose)::
+
+    rnn:   da = dh * act'(a)                 dh_prev = W_hh^T da
+    lstm:  dc_t = dc + dh * o * (1 - tanh(c')^2)
+           di = dc_t * g * i(1-i)   df = dc_t * c * f(1-f)   dg = dc_t * i * (1-g^2)
+           do = dh * tanh(c') * o(1-o)
+           dc_prev = dc_t * f       dh_prev = W_hh^T [di df dg do]
+    gru:   dn = dh * (1-z) * (1-n^2)   dz = dh * (h - n) * z(1-z)
+           dr = dn * (W_hn h + b_hn) * r(1-r)
+           dh_prev = W_h[rz]^T [dr dz] + W_hn^T (r * dn) + z * dh
+           dW_hn = sum (r * dn) h^T     db_hn = sum r * dn
+    gru_reset_before:   dn, dz as for gru;   d(rh) = W_hn^T dn
+           dr = d(rh) * h * r(1-r)
+           dh_prev = W_h[rz]^T [dr dz] + r * d(rh) + z * dh
+           dW_hn = sum dn (r * h)^T     db_hn = sum dn
+
+and for every cell ``dx = W_ih^T d[gates]``, ``dW_ih = sum d[gates] x^T``, ``db_ih = sum
+d[gates]``, ``dW_h? = sum d? h^T`` and ``db_h? = sum d?`` where not given above.
 """
 
 from dataclasses import dataclass
@@ -50,10 +76,15 @@ class CellSpec:
     activation : str
         The vanilla RNN's activation (``"tanh"``, ``"relu"``, ``"sigmoid"``); ``""`` otherwise.
     torch_mode : str
-        The matching ``torch.nn`` mode name, for parity tests and weight exchange.
+        The matching ``torch.nn`` mode name, for parity tests and weight exchange; ``""``
+        where PyTorch has no such cell.
     id : int
         The cell's number in compiled code (the CPU loops take it as a run-time argument,
         the CUDA kernels as a template parameter): every backend reads it from here.
+    family : str
+        ``"rnn"``, ``"lstm"`` or ``"gru"``: the layer class that runs the cell.
+    reset_before : bool
+        The GRU whose reset gate multiplies the state before the recurrent product.
     """
 
     name: str
@@ -63,14 +94,18 @@ class CellSpec:
     activation: str
     torch_mode: str
     id: int
+    family: str
+    reset_before: bool = False
 
 
 CELLS = {
-    "rnn_tanh": CellSpec("rnn_tanh", 1, ("h",), False, "tanh", "RNN_TANH", 0),
-    "rnn_relu": CellSpec("rnn_relu", 1, ("h",), False, "relu", "RNN_RELU", 1),
-    "rnn_sigmoid": CellSpec("rnn_sigmoid", 1, ("h",), False, "sigmoid", "", 2),
-    "lstm": CellSpec("lstm", 4, ("i", "f", "g", "o"), True, "", "LSTM", 3),
-    "gru": CellSpec("gru", 3, ("r", "z", "n"), False, "", "GRU", 4),
+    "rnn_tanh": CellSpec("rnn_tanh", 1, ("h",), False, "tanh", "RNN_TANH", 0, "rnn"),
+    "rnn_relu": CellSpec("rnn_relu", 1, ("h",), False, "relu", "RNN_RELU", 1, "rnn"),
+    "rnn_sigmoid": CellSpec("rnn_sigmoid", 1, ("h",), False, "sigmoid", "", 2, "rnn"),
+    "lstm": CellSpec("lstm", 4, ("i", "f", "g", "o"), True, "", "LSTM", 3, "lstm"),
+    "gru": CellSpec("gru", 3, ("r", "z", "n"), False, "", "GRU", 4, "gru"),
+    "gru_reset_before": CellSpec("gru_reset_before", 3, ("r", "z", "n"), False, "", "", 5,
+                                 "gru", reset_before=True),
 }
 assert sorted(s.id for s in CELLS.values()) == list(range(len(CELLS)))
 

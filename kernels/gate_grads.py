@@ -4,12 +4,14 @@ over all ``T*B`` rows, and the bias gradients single reductions.
 
 Shapes (DESIGN.md legend): ``dgx``, ``dgh [T,B,G*H]`` (input-side and recurrent-side gate
 gradients; the same array except for the GRU, whose ``n`` gate sees ``r * (W_hn h + b_hn)``),
-``x [T,B,I]``, ``h_prev [T,B,H]`` (the state each step started from).
+``x [T,B,I]``, ``h_prev [T,B,H]`` (the state each step started from); for
+``gru_reset_before``, ``rh [T,B,H]`` (``r * h``, what ``W_hn`` multiplied) and ``dgh``'s
+``n`` block zero, ``dgx``'s holding that gate's gradient.
 """
 
 
 def input_and_weight_grads(xp, matmul, dgx, dgh, x, h_prev, w_ih, has_bias, gru,
-                           empty=None):
+                           empty=None, rh=None):
     """Return ``dx [T,B,I], dw_ih [G*H,I], dw_hh [G*H,H], db_ih, db_hh`` (None without bias).
 
     ``matmul(a, b, out)`` is the backend's GEMM (``out[:] = a @ b``, returns ``out``);
@@ -24,6 +26,8 @@ def input_and_weight_grads(xp, matmul, dgx, dgh, x, h_prev, w_ih, has_bias, gru,
     matmul(gx2, w_ih, dx.reshape(T * B, I))
     dw_ih = matmul(gx2.T, x.reshape(T * B, I), empty((GH, I), x.dtype))
     dw_hh = matmul(gh2.T, h_prev.reshape(T * B, H), empty((GH, H), x.dtype))
+    if rh is not None:  # W_hn multiplied r * h
+        matmul(xp.ascontiguousarray(gx2[:, 2 * H:]).T, rh.reshape(T * B, H), dw_hh[2 * H:])
     db_ih = db_hh = None
     if has_bias:
         db_ih = gx2.sum(axis=0)

@@ -104,7 +104,8 @@ def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None, reverse=False
     acts = np.empty((T, B, spec.gates * H), dtype=x.dtype)
     c_prev = np.empty((T, B, H), dtype=x.dtype) if spec.has_cell_state else None
     c_out = np.empty((T, B, H), dtype=x.dtype) if spec.has_cell_state else None
-    hn = np.empty((T, B, H), dtype=x.dtype) if spec.name == "gru" else None
+    # the GRU's W_hn h + b_hn (reset after) or r * h (reset before), kept for backward
+    hn = np.empty((T, B, H), dtype=x.dtype) if spec.family == "gru" else None
 
     h, c = h0, c0
     for t in _time_order(T, reverse):
@@ -128,6 +129,17 @@ def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None, reverse=False
             h_new = (1 - z) * n + z * h
             acts[t] = np.concatenate([r, z, n], axis=1)
             hn[t] = hg[:, 2 * H:]
+        elif spec.name == "gru_reset_before":
+            r = sigmoid(xg[t, :, 0:H] + hg[:, 0:H])
+            z = sigmoid(xg[t, :, H:2 * H] + hg[:, H:2 * H])
+            rh = r * h
+            hrn = rh @ w_hh[2 * H:].T
+            if b_hh is not None:
+                hrn = hrn + b_hh[2 * H:]
+            n = np.tanh(xg[t, :, 2 * H:] + hrn)
+            h_new = (1 - z) * n + z * h
+            acts[t] = np.concatenate([r, z, n], axis=1)
+            hn[t] = rh
         else:
             h_new = _activate(spec.activation, xg[t] + hg)
             acts[t] = h_new
@@ -182,6 +194,10 @@ def backward(cell, saved, dy, dh_n, dc_n):
         dc = np.zeros((B, H), x.dtype) if dc_n is None else dc_n
     dgx = np.zeros((T, B, spec.gates * H), dtype=x.dtype)
     dgh = np.zeros((T, B, spec.gates * H), dtype=x.dtype)
+    w_in = h_prev  # what each gate's recurrent weights multiplied: h, except ...
+    if spec.reset_before:  # ... the n gate's r * h
+        w_in = np.concatenate([np.repeat(h_prev[:, :, None, :], 2, axis=2),
+                               saved["hn"][:, :, None, :]], axis=2)
 
     # Walk the steps in the opposite order to the forward pass.
     for t in _time_order(T, not saved["reverse"]):
@@ -209,6 +225,14 @@ def backward(cell, saved, dy, dh_n, dc_n):
             gates = np.concatenate([dr, dz, dn], axis=1)
             gates_h = np.concatenate([dr, dz, dn * r], axis=1)
             direct = dh_t * z
+        elif spec.name == "gru_reset_before":
+            r, z, n = a[:, 0:H], a[:, H:2 * H], a[:, 2 * H:]
+            dn = dh_t * (1 - z) * (1 - n * n)
+            drh = dn @ w_hh[2 * H:]  # the gradient reaching r * h
+            dr = drh * h_prev[t] * r * (1 - r)
+            dz = dh_t * (h_prev[t] - n) * z * (1 - z)
+            gates = gates_h = np.concatenate([dr, dz, dn], axis=1)
+            direct = dh_t * z + drh * r
         else:
             gates = dh_t * _activation_grad(spec.activation, a)
             gates_h = gates
@@ -216,7 +240,10 @@ def backward(cell, saved, dy, dh_n, dc_n):
         if m is not None:
             gates, gates_h = np.where(m, gates, 0), np.where(m, gates_h, 0)
         dgx[t], dgh[t] = gates, gates_h
-        dh_prev = gates_h @ w_hh + direct
+        if spec.reset_before:  # n's product saw r * h: its part is in direct
+            dh_prev = gates_h[:, :2 * H] @ w_hh[:2 * H] + direct
+        else:
+            dh_prev = gates_h @ w_hh + direct
         if m is not None:
             # A step past the sequence's end passed the state through unchanged.
             dh_prev = np.where(m, dh_prev, dh_t)
@@ -229,7 +256,12 @@ def backward(cell, saved, dy, dh_n, dc_n):
     G_H = spec.gates * H
     dx = dgx @ w_ih
     dw_ih = dgx.reshape(T * B, G_H).T @ x.reshape(T * B, x.shape[2])  # (-1 fails at T*B=0)
-    dw_hh = dgh.reshape(T * B, G_H).T @ h_prev.reshape(T * B, H)
+    if spec.reset_before:
+        dw_hh = np.concatenate([
+            dgh[:, :, g * H:(g + 1) * H].reshape(T * B, H).T @ w_in[:, :, g].reshape(T * B, H)
+            for g in range(3)])
+    else:
+        dw_hh = dgh.reshape(T * B, G_H).T @ h_prev.reshape(T * B, H)
     db_ih = dgx.sum(axis=(0, 1)) if saved["has_bias"] else None
     db_hh = dgh.sum(axis=(0, 1)) if saved["has_bias"] else None
     return dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh

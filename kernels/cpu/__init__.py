@@ -109,6 +109,13 @@ def _rowdot(T, B):
     return B <= _SPLIT_MAX_BATCH or T * B <= _ROWDOT_MAX_ROWS
 
 
+def _units_for(cell, T, B, GH, H, itemsize):
+    """:func:`_unit_split` for ``cell``: None (the batch split) for ``gru_reset_before``,
+    whose second product per step needs every unit's ``r * h`` (a second barrier a step in
+    the unit split, which it does not have)."""
+    return None if get_cell(cell).reset_before else _unit_split(T, B, GH, H, itemsize)
+
+
 def _unit_split(T, B, GH, H, itemsize=4):
     """``units [threads+1]`` for the loops of :mod:`._split`, or None to split the batch.
     A call of few rows (:func:`_rowdot`) with too little work to wake a second thread (a
@@ -206,7 +213,7 @@ def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None, reverse=False
     x, h0, c0, w_ih, w_hh, b_ih, b_hh = map(_writable, (x, h0, c0, w_ih, w_hh, b_ih, b_hh))
     (T, B, I), (GH, H) = x.shape, w_hh.shape
     threads = _threads_for(x.shape, w_hh.shape)
-    units = _unit_split(T, B, GH, H, x.dtype.itemsize)
+    units = _units_for(cell, T, B, GH, H, x.dtype.itemsize)
     plan = Plan(threads, units, _projection(T, B, I, GH, H, x.dtype.itemsize, threads, units))
     fpu = flush_denormals()
     try:
@@ -265,12 +272,18 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training
     c_n = np.empty((B, H), dt)
     saved = Saved(acts=empty((steps, B, GH), dt), h_prev=empty((steps, B, H), dt),
                   c_all=empty((steps if spec.has_cell_state else 1, B, H), dt),
-                  hn_all=empty((steps if spec.name == "gru" else 1, B, H), dt))
+                  hn_all=empty((steps if spec.family == "gru" else 1, B, H), dt))
     if units is None:
         x_steps = np.ascontiguousarray(x) if projection == "batch" else xg  # (else unread)
         chunks = _chunks(T, B, GH, H)
+        if spec.reset_before:  # r, z panels, then n's (a second product, over r * h)
+            wp, starts = pack_blocks(w_hh, [(0, 2 * H), (2 * H, 3 * H)])
+            gate_at, second = (0, H, int(starts[1]) * panel_width(dt), 0), int(starts[1])
+        else:
+            wp = pack(w_hh, transpose=True)
+            gate_at, second = (0, H, 2 * H, 3 * H), wp.shape[0]
         forward_loop(CELL_IDS[spec.name], Projection(xg, x_steps, wx, _projection_steps(chunks)),
-                     pack(w_hh, transpose=True), bias, np.ascontiguousarray(h0),
+                     wp, gate_at, second, bias, np.ascontiguousarray(h0),
                      np.ascontiguousarray(c0_), seq, chunks, Outputs(y, h_n, c_n), saved)
     else:
         hbuf = np.empty((2, B, H), dt)
@@ -310,13 +323,15 @@ def _backward(cell, saved, dy, dh_n, dc_n):
     dh_n = np.zeros((B, H), dt) if dh_n is None else np.ascontiguousarray(dh_n)
     dc_n = np.zeros((B, H), dt) if dc_n is None else np.ascontiguousarray(dc_n)
     dgh = empty((T, B, GH), dt)  # the loop writes every step, padding included
-    dgx = empty((T, B, GH), dt) if spec.name == "gru" else dgh
-    units = _unit_split(T, B, GH, H, dt.itemsize)
+    dgx = empty((T, B, GH), dt) if spec.family == "gru" else dgh
+    units = _units_for(cell, T, B, GH, H, dt.itemsize)
     if units is None:
         chunks = _chunks(T, B, GH, H)
         grads = Grads(dgx, dgh, np.empty((B, H), dt), np.empty((B, H), dt),
                       np.zeros((chunks.size - 1, GH + H), dt))
-        backward_loop(CELL_IDS[spec.name], pack(w_hh, transpose=False),
+        w_n = (pack(np.ascontiguousarray(w_hh[2 * H:]), transpose=False)
+               if spec.reset_before else np.empty((0, 1, panel_width(dt)), dt))
+        backward_loop(CELL_IDS[spec.name], pack(w_hh, transpose=False), w_n,
                       np.ascontiguousarray(dy), dh_n, dc_n, saved["c0"], saved["seq"], chunks,
                       kept, grads)
     else:
@@ -330,7 +345,8 @@ def _backward(cell, saved, dy, dh_n, dc_n):
                             np.zeros((B, H), dt))
     # (the loops summed the bias gradients: the shared helper gets has_bias=False)
     dx, dw_ih, dw_hh, _, _ = input_and_weight_grads(
-        np, matmul, dgx, dgh, x, kept.h_prev, w_ih, False, spec.name == "gru", empty)
+        np, matmul, dgx, dgh, x, kept.h_prev, w_ih, False, spec.name == "gru", empty,
+        rh=kept.hn_all if spec.reset_before else None)
     db_ih = db_hh = None
     if saved["has_bias"]:
         sums = grads.db.sum(axis=0)

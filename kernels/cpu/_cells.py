@@ -16,9 +16,27 @@ a run-time value keeps Numba's negative-index check in the loop (docs/performanc
 import numpy as np
 
 from ._jit import jit
-from ._math import GRU, LSTM, copy, rnn_activation, rnn_activation_grad, sigmoid, tanh
+from ._math import (GRU, GRU_RB, LSTM, copy, rnn_activation, rnn_activation_grad, sigmoid,
+                    tanh)
 
 ONE = np.float32(1)  # float32 literals: a Python float would promote float32 loops
+ZERO = np.float32(0)
+
+
+@jit()
+def forward_first(u0, n, H, gr, gate_at, xr, bias, hp, ar, rh):
+    """The part of a ``gru_reset_before`` step before its second product: ``r`` and ``z``
+    of units ``[u0, u0+n)`` into ``ar``, and ``rh = r * h`` (the second product's input,
+    kept for backward)."""
+    bg = bias.gates
+    for g in range(2):
+        o = g * H + u0
+        gq, xq, bq, aq = gr[gate_at[g]:gate_at[g] + n], xr[o:o + n], bg[o:o + n], ar[o:o + n]
+        for j in range(n):
+            aq[j] = sigmoid(gq[j] + xq[j] + bq[j])
+    ar_ = ar[u0:u0 + n]
+    for j in range(n):
+        rh[j] = ar_[j] * hp[j]
 
 
 @jit()
@@ -68,6 +86,14 @@ def forward_step(cell, u0, n, H, gr, gate_at, xr, bias, hp, hx, c, ar, hn):
         az = ar[H + u0:H + u0 + n]
         for j in range(n):  # h' = (1 - z) * n + z * h
             hx[j] = an[j] + az[j] * (hp[j] - an[j])
+    elif cell == GRU_RB:  # after forward_first and the product over r * h
+        o = 2 * H + u0
+        gq, xq, bq, an = gr[gate_at[2]:gate_at[2] + n], xr[o:o + n], bg[o:o + n], ar[o:o + n]
+        for j in range(n):  # n = tanh(W_in x + b_in + W_hn (r * h) + b_hn)
+            an[j] = tanh(gq[j] + xq[j] + bq[j])
+        az = ar[H + u0:H + u0 + n]
+        for j in range(n):
+            hx[j] = an[j] + az[j] * (hp[j] - an[j])
     else:
         gq, xq, bq, aq = gr[gate_at[0]:gate_at[0] + n], xr[u0:u0 + n], bg[u0:u0 + n], \
             ar[u0:u0 + n]
@@ -77,13 +103,29 @@ def forward_step(cell, u0, n, H, gr, gate_at, xr, bias, hp, hx, c, ar, hn):
 
 
 @jit()
+def backward_first(u0, n, H, dh, ar, gx, gh, dn):
+    """The part of a ``gru_reset_before`` step's gradients before its product ``dn @
+    W_hn``: ``dn`` (the ``n`` gate's) into ``gx`` and the contiguous ``dn``; ``gh``'s ``n``
+    block is zero, so that the step's other product (``dgh @ W_hh``) covers ``r`` and
+    ``z`` only (the weight gradient of ``W_hn`` comes from ``gx``)."""
+    az, an = ar[H + u0:H + u0 + n], ar[2 * H + u0:2 * H + u0 + n]
+    xn, hn_ = gx[2 * H + u0:2 * H + u0 + n], gh[2 * H + u0:2 * H + u0 + n]
+    for j in range(n):
+        dn[j] = dh[j] * (ONE - az[j]) * (ONE - an[j] * an[j])
+    copy(xn, dn)
+    for j in range(n):
+        hn_[j] = ZERO
+
+
+@jit()
 def backward_step(cell, u0, n, H, dh, ar, cr, cp, dc, hp, hn, gx, gh, direct, tc, db):
     """Gate gradients of units ``[u0, u0+n)`` of one row at one step.
 
     ``dh``: the units' total state gradient reaching the step (output gradient included);
     ``ar [G*H]``: the step's activations; ``cr``, ``cp``: the units' cell state after and
     before the step, ``dc`` its gradient (LSTM: in, the gradient after the step; out, the
-    one before it); ``hp``: the state before the step, ``hn``: the GRU's ``W_hn h + b_hn``;
+    one before it); ``hp``: the state before the step, ``hn``: the GRU's ``W_hn h + b_hn``
+    (``gru_reset_before``: ``d(r*h) = W_hn^T dn``, after :func:`backward_first`);
     ``gx``, ``gh [G*H]`` receive the input-side and recurrent-side pre-activation gradients
     (the same array except for the GRU); ``direct``: the GRU's ``z * dh`` path to the
     previous state (written); ``tc``: scratch of ``n``; ``db [G*H + H]``: bias-gradient
@@ -127,6 +169,17 @@ def backward_step(cell, u0, n, H, dh, ar, cr, cp, dc, hp, hn, gx, gh, direct, tc
         dbn = db[G * H + u0:G * H + u0 + n]
         for j in range(n):
             dbn[j] += hn_[j]
+    elif cell == GRU_RB:
+        ar_, az, an = ar[u0:u0 + n], ar[H + u0:H + u0 + n], ar[2 * H + u0:2 * H + u0 + n]
+        xr_, xz = gx[u0:u0 + n], gx[H + u0:H + u0 + n]
+        for j in range(n):  # hn holds d(r*h)
+            xr_[j] = hn[j] * hp[j] * ar_[j] * (ONE - ar_[j])
+        for j in range(n):
+            xz[j] = dh[j] * (hp[j] - an[j]) * az[j] * (ONE - az[j])
+        copy(gh[u0:u0 + n], xr_)
+        copy(gh[H + u0:H + u0 + n], xz)
+        for j in range(n):
+            direct[j] = dh[j] * az[j] + hn[j] * ar_[j]
     else:
         aq, gq = ar[u0:u0 + n], gh[u0:u0 + n]
         for j in range(n):

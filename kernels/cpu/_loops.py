@@ -14,19 +14,23 @@ Shapes (DESIGN.md legend): ``xg [T,B,G*H]`` (input projection, without bias), st
 import numpy as np
 from numba import prange
 
-from ._cells import backward_step, forward_step
+from ._cells import backward_first, backward_step, forward_first, forward_step
 from ._fpu import flush_denormals, restore
-from ._gemm import gemm_packed
+from ._gemm import gemm_packed, gemm_panels
 from ._jit import jit, wide_vectors
-from ._math import GRU, LSTM, copy
+from ._math import GRU, GRU_RB, LSTM, copy
 
 ZERO = np.float32(0)  # unifies with float64 in float64 kernels
 
 
 @jit(parallel=True)
-def forward_loop(cell, proj, w_packed, bias, h0, c0, seq, chunks, out, saved):
+def forward_loop(cell, proj, w_packed, gate_at, second, bias, h0, c0, seq, chunks, out,
+                 saved):
     """Run the recurrence over the row blocks ``chunks [threads+1]``; ``out``: :class:`Outputs`
-    (``h_n``, ``c_n`` written at the end), ``saved``: :class:`Saved`.
+    (``h_n``, ``c_n`` written at the end), ``saved``: :class:`Saved`. The recurrent product
+    of gate ``g`` starts at column ``gate_at[g]`` of a step's product; for
+    ``gru_reset_before`` the panels from ``second`` on (the ``n`` gate's) multiply ``r * h``
+    in a second product, the others ``h``.
 
     ``proj = (xg, x, w_packed, per)``: the input projection is either given (``xg``) or,
     when ``xg`` is empty, computed in the loop from ``x`` and ``w_packed`` (``w_ih.T``
@@ -39,7 +43,6 @@ def forward_loop(cell, proj, w_packed, bias, h0, c0, seq, chunks, out, saved):
     P, _, NR = w_packed.shape
     fused = xg.shape[0] == 0
     keep = saved.acts.shape[0] == T
-    gate_at = (0, H, 2 * H, 3 * H)
     for ci in prange(chunks.size - 1):
         wide_vectors()
         fpu = flush_denormals()
@@ -64,7 +67,20 @@ def forward_loop(cell, proj, w_packed, bias, h0, c0, seq, chunks, out, saved):
                     for b in range(nr):
                         copy(xa[kk * nr + b], x[tk, r0 + b])
                 gemm_packed(xa, 0, steps * nr, wx_packed, xs, s // per)
-            gemm_packed(h, r0, r1, w_packed, hg, s)
+            if cell == GRU_RB:
+                gemm_panels(h, r0, r1, w_packed, 0, second, hg, s)
+                rh = saved.hn_all[ts]  # r * h, the second product's input
+                for b in range(r0, r1):
+                    if t >= lengths[b]:
+                        for j in range(H):
+                            rh[b, j] = ZERO
+                        continue
+                    xr = xs[k * nr + b - r0] if fused else xg[t, b]
+                    forward_first(0, H, H, hg[b], gate_at, xr, bias, h[b], saved.acts[ts, b],
+                                  rh[b])
+                gemm_panels(rh, r0, r1, w_packed, second, P, hg, s)
+            else:
+                gemm_packed(h, r0, r1, w_packed, hg, s)
             for b in range(r0, r1):
                 if t >= lengths[b]:
                     for j in range(H):  # (explicit loops: Numba miscompiles a
@@ -85,9 +101,11 @@ def forward_loop(cell, proj, w_packed, bias, h0, c0, seq, chunks, out, saved):
 
 
 @jit(parallel=True)
-def backward_loop(cell, w_packed, dy, dh_n, dc_n, c0, seq, chunks, saved, grads):
+def backward_loop(cell, w_packed, w_n_packed, dy, dh_n, dc_n, c0, seq, chunks, saved, grads):
     """Walk the steps in reverse processing order; ``grads``: :class:`Grads`, whose ``db``
-    has a row per row block (zeroed), summed here while the values are in L1."""
+    has a row per row block (zeroed), summed here while the values are in L1. For
+    ``gru_reset_before``, ``w_n_packed`` holds ``W_hn`` (:func:`._gemm.pack`, not
+    transposed) for the step's first product, ``d(r*h) = dn @ W_hn``."""
     lengths, reverse = seq
     dgx, dgh, dh0, dc0, db = grads
     acts, h_prev, c_all, hn_all = saved
@@ -103,6 +121,9 @@ def backward_loop(cell, w_packed, dy, dh_n, dc_n, c0, seq, chunks, saved, grads)
         direct = np.zeros((B, H), dgh.dtype)  # the GRU's z * dh path to h_prev
         dhp = np.empty((B, P * NR), dgh.dtype)
         tc = np.empty(H, dgh.dtype)
+        rb = cell == GRU_RB
+        dn = np.zeros((B if rb else 0, H), dgh.dtype)
+        drh = np.zeros((B if rb else 0, w_n_packed.shape[0] * NR), dgh.dtype)
         for s in range(T):
             t = s if reverse else T - 1 - s
             first = t == (T - 1 if reverse else 0)
@@ -117,11 +138,21 @@ def backward_loop(cell, w_packed, dy, dh_n, dc_n, c0, seq, chunks, saved, grads)
                 dyb = dy[t, b]
                 for j in range(H):
                     dhb[j] += dyb[j]  # now the total gradient reaching this step's h
+                if rb:
+                    backward_first(0, H, H, dhb, acts[t, b], gx, gh, dn[b])
+                    continue
                 tl = t if cell == LSTM else 0  # (c_all, hn_all: one-step scratch
                 tn = t if cell == GRU else 0   # for the other cells)
                 cp = c0[b] if first or cell != LSTM else c_all[tp, b]
                 backward_step(cell, 0, H, H, dhb, acts[t, b], c_all[tl, b], cp, dc[b],
                               h_prev[t, b], hn_all[tn, b], gx, gh, direct[b], tc, db[ci])
+            if rb:  # d(r*h) = dn @ W_hn, then the gradients of r and z
+                gemm_packed(dn, r0, r1, w_n_packed, drh, s)
+                for b in range(r0, r1):
+                    if t < lengths[b]:
+                        backward_step(cell, 0, H, H, dh[b], acts[t, b], c_all[0, b], c0[b],
+                                      dc[b], h_prev[t, b], drh[b], dgx[t, b], dgh[t, b],
+                                      direct[b], tc, db[ci])
             gemm_packed(dgh[t], r0, r1, w_packed, dhp, s)
             for b in range(r0, r1):
                 if t < lengths[b]:

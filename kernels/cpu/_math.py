@@ -37,7 +37,7 @@ F32_HALF = np.float32(0.5)
 CELL_IDS = {name: spec.id for name, spec in CELLS.items()}
 RNN_TANH, RNN_RELU, RNN_SIGMOID = CELL_IDS["rnn_tanh"], CELL_IDS["rnn_relu"], \
     CELL_IDS["rnn_sigmoid"]
-LSTM, GRU = CELL_IDS["lstm"], CELL_IDS["gru"]
+LSTM, GRU, GRU_RB = CELL_IDS["lstm"], CELL_IDS["gru"], CELL_IDS["gru_reset_before"]
 
 
 def tanh(x):

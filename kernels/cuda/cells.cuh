@@ -1,5 +1,6 @@
-// Cell math for the CUDA kernels: ids, gate counts and overflow-safe activations.
-// Equations and gate order: kernels/cells.py (PyTorch's and cuDNN's).
+// Cell math for the CUDA kernels: ids, gate counts, overflow-safe activations and each
+// cell's pointwise step, forward and backward, written once. Equations and gate order:
+// kernels/cells.py (PyTorch's and cuDNN's).
 #pragma once
 
 namespace fastrnn {
@@ -15,13 +16,15 @@ enum Cell {
     RNN_SIGMOID = FASTRNN_ID_RNN_SIGMOID,
     LSTM = FASTRNN_ID_LSTM,
     GRU = FASTRNN_ID_GRU,
+    GRU_RB = FASTRNN_ID_GRU_RESET_BEFORE,
 };
-static_assert(FASTRNN_NUM_CELLS == 5, "kernels/cells.py has a cell these kernels lack");
+static_assert(FASTRNN_NUM_CELLS == 6, "kernels/cells.py has a cell these kernels lack");
 
 template <int CELL>
 struct Gates {
     static constexpr int G = CELL == LSTM          ? FASTRNN_GATES_LSTM
                              : CELL == GRU         ? FASTRNN_GATES_GRU
+                             : CELL == GRU_RB      ? FASTRNN_GATES_GRU_RESET_BEFORE
                              : CELL == RNN_TANH    ? FASTRNN_GATES_RNN_TANH
                              : CELL == RNN_RELU    ? FASTRNN_GATES_RNN_RELU
                                                    : FASTRNN_GATES_RNN_SIGMOID;
@@ -53,6 +56,91 @@ __device__ __forceinline__ T activation_grad(T y) {
     if (CELL == RNN_TANH) return T(1) - y * y;
     if (CELL == RNN_RELU) return y > T(0) ? T(1) : T(0);
     return y * (T(1) - y);
+}
+
+// The pointwise steps. xr: the row's input projection (b_ih included) [G*H]; hg: the
+// step's recurrent products (b_hh included) as [G*H, B]; unit u of batch row b.
+template <typename T>
+__device__ __forceinline__ T product(const T* hg, int row, int b, int B) {
+    return hg[(size_t)row * B + b];
+}
+
+// The GRU_RB reset gate, for r * h before the second product.
+template <typename T>
+__device__ __forceinline__ T gru_reset(const T* xr, const T* hg, int u, int b, int B, int H) {
+    return sigmoid(xr[u] + product(hg, u, b, B));
+}
+
+// Forward: returns h'; ar receives the gates (training); cn the LSTM's c', hn the GRU's
+// W_hn h + b_hn.
+template <int CELL, bool TRAINING, typename T>
+__device__ __forceinline__ T cell_forward(const T* xr, const T* hg, int u, int b, int B,
+                                          int H, T hp, T cp, T* ar, T& cn, T& hn) {
+    if (CELL == LSTM) {
+        const T i = sigmoid(xr[u] + product(hg, u, b, B));
+        const T f = sigmoid(xr[H + u] + product(hg, H + u, b, B));
+        const T g = tanh(xr[2 * H + u] + product(hg, 2 * H + u, b, B));
+        const T o = sigmoid(xr[3 * H + u] + product(hg, 3 * H + u, b, B));
+        cn = f * cp + i * g;
+        if (TRAINING) { ar[u] = i; ar[H + u] = f; ar[2 * H + u] = g; ar[3 * H + u] = o; }
+        return o * tanh(cn);
+    } else if (CELL == GRU || CELL == GRU_RB) {
+        const T r = sigmoid(xr[u] + product(hg, u, b, B));
+        const T z = sigmoid(xr[H + u] + product(hg, H + u, b, B));
+        hn = product(hg, 2 * H + u, b, B);  // GRU_RB: W_hn (r * h) + b_hn
+        const T n = tanh(xr[2 * H + u] + (CELL == GRU ? r * hn : hn));
+        if (TRAINING) { ar[u] = r; ar[H + u] = z; ar[2 * H + u] = n; }
+        return n + z * (hp - n);
+    } else {
+        const T a = activate<CELL>(xr[u] + product(hg, u, b, B));
+        if (TRAINING) ar[u] = a;
+        return a;
+    }
+}
+
+// GRU_RB backward, first part: the n gate's gradient (needed by every unit's d(r*h)).
+template <typename T>
+__device__ __forceinline__ T gru_reset_before_dn(const T* ar, T dht, int u, int H) {
+    const T z = ar[H + u], n = ar[2 * H + u];
+    return dht * (T(1) - z) * (T(1) - n * n);
+}
+
+// Backward: writes the gate gradients of unit u into gx (input side) and gh (recurrent
+// side; the same array but for the GRUs), updates the LSTM's dc (in: after the step, out:
+// before it), returns the GRU's direct path to dh_prev. dht: the state's whole gradient;
+// hn: the GRU's W_hn h + b_hn; drh: GRU_RB's d(r*h).
+template <int CELL, typename T>
+__device__ __forceinline__ T cell_backward(const T* ar, T dht, int u, int H, T hp, T ct,
+                                           T cp, T& dc, T hn, T drh, T* gx, T* gh) {
+    if (CELL == LSTM) {
+        const T i = ar[u], f = ar[H + u], g = ar[2 * H + u], o = ar[3 * H + u];
+        const T tc = tanh(ct);
+        const T dct = dc + dht * o * (T(1) - tc * tc);
+        gh[u] = dct * g * i * (T(1) - i);
+        gh[H + u] = dct * cp * f * (T(1) - f);
+        gh[2 * H + u] = dct * i * (T(1) - g * g);
+        gh[3 * H + u] = dht * tc * o * (T(1) - o);
+        dc = dct * f;
+        return T(0);
+    } else if (CELL == GRU) {
+        const T r = ar[u], z = ar[H + u], n = ar[2 * H + u];
+        const T dn = dht * (T(1) - z) * (T(1) - n * n);
+        const T dr = dn * hn * r * (T(1) - r);
+        const T dz = dht * (hp - n) * z * (T(1) - z);
+        gx[u] = dr; gx[H + u] = dz; gx[2 * H + u] = dn;
+        gh[u] = dr; gh[H + u] = dz; gh[2 * H + u] = dn * r;
+        return dht * z;
+    } else if (CELL == GRU_RB) {  // (the n gate's gradient is written already)
+        const T r = ar[u], z = ar[H + u], n = ar[2 * H + u];
+        const T dr = drh * hp * r * (T(1) - r);
+        const T dz = dht * (hp - n) * z * (T(1) - z);
+        gx[u] = dr; gx[H + u] = dz;
+        gh[u] = dr; gh[H + u] = dz;
+        return dht * z + drh * r;
+    } else {
+        gh[u] = dht * activation_grad<CELL>(ar[u]);
+        return T(0);
+    }
 }
 
 // Sum over the 32 lanes of a warp (fixed order: deterministic).

@@ -67,7 +67,10 @@ def forward(runtime, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None, reve
     lens_d = xp.asarray(lens)
     hbuf = xp.empty((2, B, H), dt)
     hbuf[0] = h0
-    c = xp.array(c0, dt) if spec.has_cell_state else xp.zeros(1, dt)
+    if spec.has_cell_state:
+        c = xp.array(c0, dt)
+    else:  # (gru_reset_before: r * h of the step, for its second product)
+        c = xp.zeros((B, H) if spec.reset_before else 1, dt)
     y = xp.empty((T, B, H), dt)
 
     def kept(shape, wanted):  # what backward reads, or a buffer of its own never written
@@ -76,7 +79,7 @@ def forward(runtime, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None, reve
     acts = kept((T, B, GH), training)
     h_prev = kept((T, B, H), training)
     c_all = kept((T, B, H), training and spec.has_cell_state)
-    hn_all = kept((T, B, H), training and spec.name == "gru")
+    hn_all = kept((T, B, H), training and spec.family == "gru")
     p = plan(spec.gates, H, dt.itemsize, runtime.sms, runtime.smem_optin)
     name = forward_name(CTYPES[dt.name], spec.name, training, p.on_chip)
     runtime.launch(name, p.blocks, THREADS, p.smem, (
@@ -103,7 +106,7 @@ def backward(runtime, cell, saved, dy, dh_n, dc_n):
     dh = xp.zeros((B, H), dt) if dh_n is None else xp.array(dh_n, dt)
     dc = xp.zeros((B, H), dt) if dc_n is None else xp.array(dc_n, dt)
     dgh = xp.empty((T, B, GH), dt)
-    dgx = xp.empty((T, B, GH), dt) if spec.name == "gru" else dgh
+    dgx = xp.empty((T, B, GH), dt) if spec.family == "gru" else dgh
     p = plan(spec.gates, H, dt.itemsize, runtime.sms, runtime.smem_optin)
     name = backward_name(CTYPES[dt.name], spec.name, p.on_chip)
     runtime.launch(name, p.blocks, THREADS, p.smem, (
@@ -114,5 +117,5 @@ def backward(runtime, cell, saved, dy, dh_n, dc_n):
         np.int32(bool(saved["reverse"]))))
     dx, dw_ih, dw_hh, db_ih, db_hh = input_and_weight_grads(
         xp, runtime.matmul, dgx, dgh, x, saved["h_prev"], w_ih, saved["has_bias"],
-        spec.name == "gru")
+        spec.name == "gru", rh=saved["hn_all"] if spec.reset_before else None)
     return dx, dh, (dc if spec.has_cell_state else None), dw_ih, dw_hh, db_ih, db_hh

@@ -39,20 +39,41 @@ __device__ void load_rows(T* dst, const T* __restrict__ src, int u0, int U, int 
     }
 }
 
+// One warp per (gate row, batch row) dot product of this block's rows of gates [g0, g1)
+// with the batch's vectors `v` ([B,H]), lanes striding over H, a fixed-order shuffle
+// reduction; hg[row, b] = product + b_hh[row].
+template <typename T, int G, bool SMEM_W>
+__device__ void gate_products(const T* w_s, const T* __restrict__ w_hh,
+                              const T* __restrict__ b_hh, const T* v, T* hg, int g0, int g1,
+                              int u0, int U, int B, int H) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    for (int p = warp + g0 * U * B; p < g1 * U * B; p += warps) {
+        const int r = p / B, b = p - r * B;
+        const int g = r / U, row = g * H + u0 + (r - g * U);
+        const T* w = SMEM_W ? w_s + (size_t)r * H : w_hh + (size_t)row * H;
+        const T* h = v + (size_t)b * H;
+        T acc = T(0);
+        for (int k = lane; k < H; k += 32) acc += w[k] * h[k];
+        acc = warp_sum(acc);
+        if (lane == 0) hg[(size_t)row * B + b] = acc + b_hh[row];
+    }
+}
+
 template <typename T, int CELL, bool TRAINING, bool SMEM_W>
 __global__ void __launch_bounds__(256) rnn_forward(
     const T* __restrict__ xg, const T* __restrict__ w_hh, const T* __restrict__ b_hh,
     const long long* __restrict__ lengths,
     T* __restrict__ hbuf,    // [2,B,H]: hbuf[0] = h0 on entry; the final state ends in hbuf[T%2]
-    T* __restrict__ c,       // [B,H]: c0 on entry, c_n on exit (LSTM)
+    T* __restrict__ c,       // [B,H]: c0 on entry, c_n on exit (LSTM); r * h (GRU_RB)
     T* __restrict__ hg,      // [G*H,B] scratch: recurrent products of the current step
     T* __restrict__ y,       // [T,B,H]
     T* __restrict__ acts,    // [T,B,G*H] gate activations (training)
     T* __restrict__ h_prev,  // [T,B,H] state before each step (training)
     T* __restrict__ c_all,   // [T,B,H] cell state after each step (training, LSTM)
-    T* __restrict__ hn_all,  // [T,B,H] W_hn h + b_hn (training, GRU)
+    T* __restrict__ hn_all,  // [T,B,H] W_hn h + b_hn (GRU) or r * h (GRU_RB) (training)
     int steps, int B, int H, int units, int reverse) {
     constexpr int G = Gates<CELL>::G;
+    constexpr bool RB = CELL == GRU_RB;  // a second product a step, over r * h
     cg::grid_group grid = cg::this_grid();
     extern __shared__ __align__(16) unsigned char smem_raw[];  // reused as T*
     T* w_s = reinterpret_cast<T*>(smem_raw);
@@ -61,23 +82,26 @@ __global__ void __launch_bounds__(256) rnn_forward(
     const int GH = G * H;
     if (SMEM_W) load_rows<T, G>(w_s, w_hh, u0, U, H, H);
     __syncthreads();
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
 
     for (int s = 0; s < steps; ++s) {
         const int t = reverse ? steps - 1 - s : s;
         const T* hcur = hbuf + (size_t)(s & 1) * B * H;
         T* hnext = hbuf + (size_t)((s + 1) & 1) * B * H;
-        for (int p = warp; p < G * U * B; p += warps) {
-            const int r = p / B, b = p - r * B;
-            const int g = r / U, row = g * H + u0 + (r - g * U);
-            const T* w = SMEM_W ? w_s + (size_t)r * H : w_hh + (size_t)row * H;
-            const T* h = hcur + (size_t)b * H;
-            T acc = T(0);
-            for (int k = lane; k < H; k += 32) acc += w[k] * h[k];
-            acc = warp_sum(acc);
-            if (lane == 0) hg[(size_t)row * B + b] = acc + b_hh[row];
-        }
+        gate_products<T, G, SMEM_W>(w_s, w_hh, b_hh, hcur, hg, 0, RB ? 2 : G, u0, U, B, H);
         __syncthreads();
+        if (RB) {  // r * h of the block's units for every row, then everyone's for n
+            for (int p = threadIdx.x; p < U * B; p += blockDim.x) {
+                const int uu = p / B, b = p - uu * B, u = u0 + uu;
+                const size_t bh = (size_t)b * H + u, tbh = ((size_t)t * B + b) * H + u;
+                const T* xr = xg + ((size_t)t * B + b) * GH;
+                const T rh = t < lengths[b] ? gru_reset(xr, hg, u, b, B, H) * hcur[bh] : T(0);
+                c[bh] = rh;
+                if (TRAINING) hn_all[tbh] = rh;
+            }
+            step_barrier(grid);
+            gate_products<T, G, SMEM_W>(w_s, w_hh, b_hh, c, hg, 2, 3, u0, U, B, H);
+            __syncthreads();
+        }
         for (int p = threadIdx.x; p < U * B; p += blockDim.x) {
             const int uu = p / B, b = p - uu * B, u = u0 + uu;
             const size_t bh = (size_t)b * H + u, tbh = ((size_t)t * B + b) * H + u;
@@ -91,33 +115,14 @@ __global__ void __launch_bounds__(256) rnn_forward(
             }
             const T* xr = xg + ((size_t)t * B + b) * GH;
             T* ar = acts + ((size_t)t * B + b) * GH;
-            T hv;
+            T cn = T(0), hn = T(0);
+            const T hv = cell_forward<CELL, TRAINING>(xr, hg, u, b, B, H, hp,
+                                                      CELL == LSTM ? c[bh] : T(0), ar, cn, hn);
             if (CELL == LSTM) {
-                const T i = sigmoid(xr[u] + hg[(size_t)u * B + b]);
-                const T f = sigmoid(xr[H + u] + hg[(size_t)(H + u) * B + b]);
-                const T gg = tanh(xr[2 * H + u] + hg[(size_t)(2 * H + u) * B + b]);
-                const T o = sigmoid(xr[3 * H + u] + hg[(size_t)(3 * H + u) * B + b]);
-                const T cn = f * c[bh] + i * gg;
                 c[bh] = cn;
-                hv = o * tanh(cn);
-                if (TRAINING) {
-                    ar[u] = i; ar[H + u] = f; ar[2 * H + u] = gg; ar[3 * H + u] = o;
-                    c_all[tbh] = cn;
-                }
-            } else if (CELL == GRU) {
-                const T r = sigmoid(xr[u] + hg[(size_t)u * B + b]);
-                const T z = sigmoid(xr[H + u] + hg[(size_t)(H + u) * B + b]);
-                const T hn = hg[(size_t)(2 * H + u) * B + b];
-                const T n = tanh(xr[2 * H + u] + r * hn);
-                hv = n + z * (hp - n);
-                if (TRAINING) {
-                    ar[u] = r; ar[H + u] = z; ar[2 * H + u] = n;
-                    hn_all[tbh] = hn;
-                }
-            } else {
-                hv = activate<CELL>(xr[u] + hg[(size_t)u * B + b]);
-                if (TRAINING) ar[u] = hv;
+                if (TRAINING) c_all[tbh] = cn;
             }
+            if (TRAINING && CELL == GRU) hn_all[tbh] = hn;
             hnext[bh] = hv;
             y[tbh] = hv;
         }
@@ -134,11 +139,12 @@ __global__ void __launch_bounds__(256) rnn_backward(
     T* __restrict__ dh,      // [B,H]: dh_n on entry, dh0 on exit
     T* __restrict__ dc,      // [B,H]: dc_n on entry, dc0 on exit (LSTM)
     T* __restrict__ direct,  // [B,H] scratch: the GRU's z * dh path to the previous state
-    // (not __restrict__: the same array except for the GRU)
+    // (not __restrict__: the same array except for the GRUs)
     T* dgx,                  // [T,B,G*H] pre-activation gradients, input side
     T* dgh,                  // [T,B,G*H] recurrent side
     int steps, int B, int H, int units, int reverse) {
     constexpr int G = Gates<CELL>::G;
+    constexpr bool RB = CELL == GRU_RB;  // n's product saw r * h: d(r*h) = W_hn^T dn first
     cg::grid_group grid = cg::this_grid();
     extern __shared__ __align__(16) unsigned char smem_raw[];  // reused as T*
     T* w_s = reinterpret_cast<T*>(smem_raw);  // [U, G*H]: this block's columns of w_hh
@@ -148,11 +154,38 @@ __global__ void __launch_bounds__(256) rnn_backward(
     if (SMEM_W) load_rows<T, 1>(w_s, w_hh_t, u0, U, 0, GH);
     __syncthreads();
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    // dot product of row u of w_hh_t (columns [j0, j1)) with step t's gate gradients of b
+    auto column_dot = [&](int uu, int b, int t, int j0, int j1) {
+        const T* w = SMEM_W ? w_s + (size_t)uu * GH : w_hh_t + (size_t)(u0 + uu) * GH;
+        const T* g = dgh + ((size_t)t * B + b) * GH;
+        T acc = T(0);
+        for (int j = j0 + lane; j < j1; j += 32) acc += w[j] * g[j];
+        return warp_sum(acc);
+    };
 
     for (int s = 0; s < steps; ++s) {
         const int t = reverse ? s : steps - 1 - s;  // reverse of the forward walk
         const bool first = t == (reverse ? steps - 1 : 0);
         const int tp = reverse ? t + 1 : t - 1;
+        if (RB) {  // dn of the block's units, then everyone's for d(r*h) = W_hn^T dn
+            for (int p = threadIdx.x; p < U * B; p += blockDim.x) {
+                const int uu = p / B, b = p - uu * B, u = u0 + uu;
+                const size_t bh = (size_t)b * H + u, tbh = ((size_t)t * B + b) * H + u;
+                const size_t row = ((size_t)t * B + b) * GH;
+                const T* ar = acts + row;
+                const T dn = t < lengths[b] ? gru_reset_before_dn(ar, dh[bh] + dy[tbh], u, H)
+                                            : T(0);
+                dgx[row + 2 * H + u] = dn;
+                dgh[row + 2 * H + u] = dn;
+            }
+            step_barrier(grid);
+            for (int p = warp; p < U * B; p += warps) {
+                const int uu = p / B, b = p - uu * B;
+                const T acc = column_dot(uu, b, t, 2 * H, 3 * H);
+                if (lane == 0) direct[(size_t)b * H + u0 + uu] = acc;  // d(r*h) for now
+            }
+            __syncthreads();
+        }
         for (int p = threadIdx.x; p < U * B; p += blockDim.x) {
             const int uu = p / B, b = p - uu * B, u = u0 + uu;
             const size_t bh = (size_t)b * H + u, tbh = ((size_t)t * B + b) * H + u;
@@ -163,40 +196,23 @@ __global__ void __launch_bounds__(256) rnn_backward(
                 continue;
             }
             const T* ar = acts + ((size_t)t * B + b) * GH;
-            const T dht = dh[bh] + dy[tbh];
-            if (CELL == LSTM) {
-                const T i = ar[u], f = ar[H + u], gg = ar[2 * H + u], o = ar[3 * H + u];
-                const T tc = tanh(c_all[tbh]);
-                const T cp = first ? c0[bh] : c_all[((size_t)tp * B + b) * H + u];
-                const T dct = dc[bh] + dht * o * (T(1) - tc * tc);
-                gh[u] = dct * gg * i * (T(1) - i);
-                gh[H + u] = dct * cp * f * (T(1) - f);
-                gh[2 * H + u] = dct * i * (T(1) - gg * gg);
-                gh[3 * H + u] = dht * tc * o * (T(1) - o);
-                dc[bh] = dct * f;
-            } else if (CELL == GRU) {
-                const T r = ar[u], z = ar[H + u], n = ar[2 * H + u];
-                const T dn = dht * (T(1) - z) * (T(1) - n * n);
-                const T dr = dn * hn_all[tbh] * r * (T(1) - r);
-                const T dz = dht * (h_prev[tbh] - n) * z * (T(1) - z);
-                gx[u] = dr; gx[H + u] = dz; gx[2 * H + u] = dn;
-                gh[u] = dr; gh[H + u] = dz; gh[2 * H + u] = dn * r;
-                direct[bh] = dht * z;
-            } else {
-                gh[u] = dht * activation_grad<CELL>(ar[u]);
-            }
+            const T cp = CELL == LSTM ? (first ? c0[bh] : c_all[((size_t)tp * B + b) * H + u])
+                                      : T(0);
+            T dcv = CELL == LSTM ? dc[bh] : T(0);
+            const T dir = cell_backward<CELL>(ar, dh[bh] + dy[tbh], u, H, h_prev[tbh],
+                                              CELL == LSTM ? c_all[tbh] : T(0), cp, dcv,
+                                              CELL == GRU || RB ? hn_all[tbh] : T(0),
+                                              RB ? direct[bh] : T(0), gx, gh);
+            if (CELL == LSTM) dc[bh] = dcv;
+            if (CELL == GRU || RB) direct[bh] = dir;
         }
         step_barrier(grid);  // every gate gradient of step t is written
         for (int p = warp; p < U * B; p += warps) {
             const int uu = p / B, b = p - uu * B, u = u0 + uu;
-            const T* w = SMEM_W ? w_s + (size_t)uu * GH : w_hh_t + (size_t)u * GH;
-            const T* g = dgh + ((size_t)t * B + b) * GH;
-            T acc = T(0);
-            for (int j = lane; j < GH; j += 32) acc += w[j] * g[j];
-            acc = warp_sum(acc);
+            const T acc = column_dot(uu, b, t, 0, RB ? 2 * H : GH);
             if (lane == 0 && t < lengths[b]) {
                 const size_t bh = (size_t)b * H + u;
-                dh[bh] = acc + (CELL == GRU ? direct[bh] : T(0));
+                dh[bh] = acc + (CELL == GRU || RB ? direct[bh] : T(0));
             }
         }
         __syncthreads();  // dh of owned units is final before the next step reads it
