@@ -15,6 +15,15 @@ from .module import Module, backend_after_move
 _RNN_CELLS = {"tanh": "rnn_tanh", "relu": "rnn_relu", "sigmoid": "rnn_sigmoid"}
 
 
+def gru_cell_name(reset_after):
+    """fastrnn's cell name for a GRU: ``reset_after`` True (PyTorch's and cuDNN's form, the
+    reset gate applied to the recurrent product) or False (applied to the state before it:
+    Keras ``reset_after=False``, ONNX ``linear_before_reset=0``)."""
+    if not isinstance(reset_after, bool):
+        raise TypeError(f"reset_after: expected True or False, got {reset_after!r}")
+    return "gru" if reset_after else "gru_reset_before"
+
+
 def rnn_cell_name(nonlinearity):
     """fastrnn's cell name for a vanilla RNN's ``nonlinearity``, or a clear error."""
     if nonlinearity not in _RNN_CELLS:
@@ -153,6 +162,8 @@ class RecurrentBase(Module):
             s += ", bidirectional=True"
         if self.batch_first:
             s += ", batch_first=True"
+        if get_cell(self.cell).reset_before:
+            s += ", reset_after=False"
         return s + f", dtype={self.dtype}"
 
     def __repr__(self):

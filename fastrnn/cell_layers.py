@@ -9,7 +9,8 @@ import numpy as np
 
 from . import functional
 from ._checks import check_array
-from ._recurrent import RecurrentBase, rnn_cell_name, split_pair
+from ._recurrent import RecurrentBase, gru_cell_name, rnn_cell_name, split_pair
+from .kernels.cells import get_cell
 
 
 class _StepCell(RecurrentBase):
@@ -101,11 +102,17 @@ class RNNCell(_OneStateCell):
 
 
 class GRUCell(_OneStateCell):
-    """One step of a GRU: ``h' = cell(x, h=None)``; as ``torch.nn.GRUCell``."""
+    """One step of a GRU: ``h' = cell(x, h=None)``; as ``torch.nn.GRUCell``.
+    ``reset_after``: see :class:`fastrnn.GRU`."""
 
     def __init__(self, input_size, hidden_size, bias=True, dtype=np.float32, backend=None,
-                 seed=None):
-        super().__init__("gru", input_size, hidden_size, bias, dtype, backend, seed)
+                 seed=None, reset_after=True):
+        super().__init__(gru_cell_name(reset_after), input_size, hidden_size, bias, dtype,
+                         backend, seed)
+
+    @property
+    def reset_after(self):
+        return not get_cell(self.cell).reset_before
 
 
 class LSTMCell(_StepCell):

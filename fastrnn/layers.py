@@ -9,7 +9,8 @@ import numpy as np
 
 from . import functional
 from ._checks import check_array
-from ._recurrent import RecurrentBase, rnn_cell_name, split_pair
+from ._recurrent import RecurrentBase, gru_cell_name, rnn_cell_name, split_pair
+from .kernels.cells import get_cell
 
 
 class _Sequence(RecurrentBase):
@@ -131,12 +132,21 @@ class GRU(_OneState):
     __doc__ = """Gated recurrent unit as ``torch.nn.GRU`` (gates r, z, n).
 
     Call ``output, h_n = gru(x, hx=None, lengths=None)``; shapes as :class:`RNN`.
+    ``reset_after=False`` applies the reset gate to the state before the recurrent product,
+    ``n = tanh(W_in x + b_in + W_hn (r * h) + b_hn)`` (Keras ``reset_after=False``, ONNX
+    ``linear_before_reset=0``); the default is PyTorch's and cuDNN's form,
+    ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``. Both have the same parameters.
     """ + _DOC_ARGS
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, dtype=np.float32, backend=None, seed=None):
-        self._setup("gru", input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                    bidirectional, dtype, backend, seed)
+                 dropout=0.0, bidirectional=False, dtype=np.float32, backend=None, seed=None,
+                 reset_after=True):
+        self._setup(gru_cell_name(reset_after), input_size, hidden_size, num_layers, bias,
+                    batch_first, dropout, bidirectional, dtype, backend, seed)
+
+    @property
+    def reset_after(self):
+        return not get_cell(self.cell).reset_before
 
 
 class LSTM(_Sequence):

@@ -1,0 +1,325 @@
+"""``export``: a fastrnn layer (or a ``Sequential`` of layers with an obvious ONNX form) as an
+ONNX model that ONNX Runtime runs; ``load``: the layers back from such a file."""
+
+import json
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from ..kernels.cells import get_cell
+from ..layers import GRU, LSTM, RNN
+from ..nn import Dropout, Embedding, Linear, Sequential
+from ._convert import OP_TYPE, from_onnx, to_onnx
+from ._nodes import UnsupportedNodeError, _name
+
+OPSET = 17
+_META = "fastrnn"
+_ELEM = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float64): TensorProto.DOUBLE}
+
+
+def _host(a):
+    return np.asarray(a) if isinstance(a, np.ndarray) else a.get()
+
+
+class _Graph:
+    def __init__(self, dtype):
+        self.nodes, self.inits, self.dtype = [], [], np.dtype(dtype)
+        self.count = 0
+
+    def name(self, stem):
+        self.count += 1
+        return f"{stem}_{self.count}"
+
+    def init(self, name, value):
+        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+        return name
+
+    def node(self, op, inputs, n_out=1, **attrs):
+        outs = [self.name(op.lower()) for _ in range(n_out)]
+        self.nodes.append(helper.make_node(op, inputs, outs, name=self.name(op), **attrs))
+        return outs if n_out > 1 else outs[0]
+
+
+def _recurrent(g, layer, x, prefix, lengths_name, h0_name, c0_name):
+    """Nodes of a recurrent layer on the time-major ``x``; returns (output, h_n, c_n)."""
+    spec = get_cell(layer.cell)
+    D, H, L = layer.num_directions, layer.hidden_size, layer.num_layers
+    params = {n: _host(p.data) for n, p in layer._parameters.items()}
+    op = OP_TYPE[spec.family]
+    attrs = {"hidden_size": H, "direction": "bidirectional" if D == 2 else "forward"}
+    if spec.family == "rnn":
+        attrs["activations"] = [spec.activation.capitalize()] * D
+    if spec.family == "gru":
+        attrs["linear_before_reset"] = 0 if spec.reset_before else 1
+    hs, cs = [], []
+    for layer_k in range(L):
+        Ws, Rs, Bs = [], [], []
+        for d in range(D):
+            sfx = f"_l{layer_k}" + ("_reverse" if d else "")
+            W, R, B = to_onnx(spec.family, H, params["weight_ih" + sfx], params["weight_hh" + sfx],
+                              params.get("bias_ih" + sfx), params.get("bias_hh" + sfx))
+            Ws.append(W), Rs.append(R), Bs.append(B)
+        inputs = [x, g.init(f"{prefix}W_l{layer_k}", np.stack(Ws)),
+                  g.init(f"{prefix}R_l{layer_k}", np.stack(Rs)),
+                  g.init(f"{prefix}B_l{layer_k}", np.stack(Bs)) if layer.bias else "",
+                  lengths_name or ""]
+        for state in ((h0_name, c0_name) if op == "LSTM" else (h0_name,)):
+            if state:
+                starts = g.init(g.name("start"), np.array([layer_k * D], np.int64))
+                ends = g.init(g.name("end"), np.array([(layer_k + 1) * D], np.int64))
+                inputs.append(g.node("Slice", [state, starts, ends]))
+            else:
+                inputs.append("")
+        while inputs and inputs[-1] == "":
+            inputs.pop()
+        outs = g.node(op, inputs, n_out=3 if op == "LSTM" else 2, **attrs)
+        y, h = outs[0], outs[1]
+        hs.append(h)
+        if op == "LSTM":
+            cs.append(outs[2])
+        # Y [T, D, B, H] -> [T, B, D*H], the next layer's input
+        y = g.node("Transpose", [y], perm=[0, 2, 1, 3])
+        x = g.node("Reshape", [y, g.init(g.name("shape"), np.array([0, 0, -1], np.int64))])
+    h_n = hs[0] if L == 1 else g.node("Concat", hs, axis=0)
+    c_n = None
+    if op == "LSTM":
+        c_n = cs[0] if L == 1 else g.node("Concat", cs, axis=0)
+    return x, h_n, c_n
+
+
+def _describe(module):
+    """What :func:`load` needs to rebuild ``module`` besides its weights."""
+    if isinstance(module, (RNN, GRU, LSTM)):
+        d = {"type": type(module).__name__, "input_size": module.input_size,
+             "hidden_size": module.hidden_size, "num_layers": module.num_layers,
+             "bias": module.bias, "batch_first": module.batch_first,
+             "bidirectional": module.bidirectional}
+        if isinstance(module, RNN):
+            d["nonlinearity"] = module.nonlinearity
+        if isinstance(module, GRU):
+            d["reset_after"] = module.reset_after
+        return d
+    if isinstance(module, Linear):
+        return {"type": "Linear", "in_features": module.in_features,
+                "out_features": module.out_features, "bias": "bias" in module._parameters}
+    if isinstance(module, Embedding):
+        return {"type": "Embedding", "num_embeddings": module.num_embeddings,
+                "embedding_dim": module.embedding_dim}
+    if isinstance(module, Dropout):
+        return {"type": "Dropout", "p": module.p}
+    raise TypeError(f"model: fastrnn.onnx.export cannot write a {type(module).__name__}: it "
+                    "writes RNN, LSTM, GRU, and Sequentials of them with Linear, Embedding "
+                    "and Dropout")
+
+
+def export(model, path, *, lengths=True, initial_states=False, opset=OPSET):
+    """Write ``model`` - an ``RNN``, ``LSTM`` or ``GRU`` layer, or a ``Sequential`` of such
+    layers, ``Linear``, ``Embedding`` and ``Dropout`` (the identity: the export is for
+    inference) - to ``path`` as an ONNX model (opset ``opset``, at least 14).
+
+    Inputs: ``input`` (as the model takes it: ``[T,B,I]``, or ``[B,T,I]`` with
+    ``batch_first``; integer indices ``[T,B]`` for a leading ``Embedding``), with
+    ``lengths`` an int32 ``sequence_lens [B]`` (outputs past a sequence's length are zero,
+    final states taken at its last step), with ``initial_states`` a layer's ``h0``
+    (and ``c0``) ``[L*D,B,H]``. Outputs: ``output``, and for a layer ``h_n`` (and ``c_n``).
+    Returns the ``onnx.ModelProto`` it wrote."""
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset < 14:
+        raise ValueError(f"opset: expected an integer >= 14, got {opset!r}")
+    modules = list(model) if isinstance(model, Sequential) else [model]
+    if not modules:
+        raise ValueError("model: an empty Sequential has nothing to export")
+    meta = [_describe(m) for m in modules]
+    recurrent = [m for m in modules if isinstance(m, (RNN, GRU, LSTM))]
+    if initial_states and (isinstance(model, Sequential) or not recurrent):
+        raise ValueError("initial_states: only a single recurrent layer takes initial states")
+    dtype = np.dtype(modules[0].dtype)
+    if dtype not in _ELEM:
+        raise ValueError(f"model: dtype {dtype} has no ONNX form here (float32, float64)")
+    g = _Graph(dtype)
+    batch_first = bool(recurrent) and recurrent[0].batch_first
+    first = modules[0]
+    if isinstance(first, Embedding):
+        graph_inputs = [helper.make_tensor_value_info(
+            "input", TensorProto.INT64, ["batch", "seq"] if batch_first else ["seq", "batch"])]
+    else:
+        in_size = first.input_size if not isinstance(first, Linear) else first.in_features
+        graph_inputs = [helper.make_tensor_value_info(
+            "input", _ELEM[dtype],
+            (["batch", "seq"] if batch_first else ["seq", "batch"]) + [in_size])]
+    lengths_name = h0_name = c0_name = None
+    if lengths and recurrent:
+        lengths_name = "sequence_lens"
+        graph_inputs.append(helper.make_tensor_value_info(lengths_name, TensorProto.INT32,
+                                                          ["batch"]))
+    if initial_states:
+        layer = recurrent[0]
+        shape = [layer.num_layers * layer.num_directions, "batch", layer.hidden_size]
+        h0_name = "h0"
+        graph_inputs.append(helper.make_tensor_value_info("h0", _ELEM[dtype], shape))
+        if isinstance(layer, LSTM):
+            c0_name = "c0"
+            graph_inputs.append(helper.make_tensor_value_info("c0", _ELEM[dtype], shape))
+    x = "input"
+    if batch_first:  # everything below is time-major
+        x = g.node("Transpose", [x], perm=[1, 0] if isinstance(first, Embedding) else [1, 0, 2])
+    h_n = c_n = None
+    for k, m in enumerate(modules):
+        prefix = f"{k}." if isinstance(model, Sequential) else ""
+        if isinstance(m, (RNN, GRU, LSTM)):
+            x, h_n, c_n = _recurrent(g, m, x, prefix, lengths_name, h0_name, c0_name)
+        elif isinstance(m, Linear):
+            w = _host(m._parameters["weight"].data)
+            x = g.node("MatMul", [x, g.init(prefix + "weight_T", w.T)])
+            if "bias" in m._parameters:
+                x = g.node("Add", [x, g.init(prefix + "bias", _host(m._parameters["bias"].data))])
+        elif isinstance(m, Embedding):
+            x = g.node("Gather", [g.init(prefix + "weight", _host(m._parameters["weight"].data)),
+                                  x], axis=0)
+        else:  # Dropout: the identity in inference
+            x = g.node("Identity", [x])
+    if batch_first:
+        x = g.node("Transpose", [x], perm=[1, 0, 2])
+    last = modules[-1]
+    features = (last.out_features if isinstance(last, Linear) else last.embedding_dim
+                if isinstance(last, Embedding) else None)
+    for m in reversed(modules):
+        if features is None and isinstance(m, (RNN, GRU, LSTM)):
+            features = m.num_directions * m.hidden_size
+        elif features is None and isinstance(m, Linear):
+            features = m.out_features
+    lead = ["batch", "seq"] if batch_first else ["seq", "batch"]
+    outputs = [("output", x, lead + [features])]
+    if not isinstance(model, Sequential):
+        states = [model.num_layers * model.num_directions, "batch", model.hidden_size]
+        outputs += [("h_n", h_n, states)] + ([("c_n", c_n, states)] if c_n is not None else [])
+    for name, src, _ in outputs:
+        g.nodes.append(helper.make_node("Identity", [src], [name], name=f"out_{name}"))
+    graph = helper.make_graph(
+        g.nodes, "fastrnn", graph_inputs,
+        [helper.make_tensor_value_info(name, _ELEM[dtype], shape)
+         for name, _, shape in outputs],
+        initializer=g.inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+                              producer_name="fastrnn")
+    helper.set_model_props(proto, {_META: json.dumps(
+        {"sequential": isinstance(model, Sequential), "modules": meta})})
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+    return proto
+
+
+def load(path, *, dtype=None, backend=None):
+    """The fastrnn model :func:`export` wrote to ``path``, weights included; or, for another
+    producer's file, a layer from a graph of one ``LSTM``, ``GRU`` or ``RNN`` node. Other
+    graphs get :class:`UnsupportedNodeError` naming the node that is not understood."""
+    proto = onnx.load(str(path))
+    inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    props = {p.key: p.value for p in proto.metadata_props}
+    if _META not in props:
+        return _load_foreign(proto, inits, dtype, backend)
+    meta = json.loads(props[_META])
+    rec = [n for n in proto.graph.node if n.op_type in ("LSTM", "GRU", "RNN")]
+    modules, k_rec = [], 0
+    for k, d in enumerate(meta["modules"]):
+        prefix = f"{k}." if meta["sequential"] else ""
+        kind = d["type"]
+        if kind in ("RNN", "GRU", "LSTM"):
+            cls = {"RNN": RNN, "GRU": GRU, "LSTM": LSTM}[kind]
+            kw = {key: d[key] for key in ("num_layers", "bias", "batch_first",
+                                          "bidirectional")}
+            if kind == "RNN":
+                kw["nonlinearity"] = d["nonlinearity"]
+            if kind == "GRU":
+                kw["reset_after"] = d["reset_after"]
+            m = cls(d["input_size"], d["hidden_size"], dtype=dtype or np.float32,
+                    backend=backend, **kw)
+            spec = get_cell(m.cell)
+            D, H = m.num_directions, m.hidden_size
+            state = {}
+            for layer_k in range(m.num_layers):
+                node = rec[k_rec]
+                k_rec += 1
+                W, R = inits[f"{prefix}W_l{layer_k}"], inits[f"{prefix}R_l{layer_k}"]
+                B = inits.get(f"{prefix}B_l{layer_k}")
+                for dd in range(D):
+                    w = from_onnx(spec.family, H, W[dd], R[dd], None if B is None else B[dd])
+                    sfx = f"_l{layer_k}" + ("_reverse" if dd else "")
+                    for name, value in zip(("weight_ih", "weight_hh", "bias_ih", "bias_hh"), w):
+                        if value is not None:
+                            state[name + sfx] = value
+                if node.op_type != {"RNN": "RNN", "GRU": "GRU", "LSTM": "LSTM"}[kind]:
+                    raise UnsupportedNodeError(f"{_name(node)}: expected a {kind} node")
+            _set(m, state)
+        elif kind == "Linear":
+            m = Linear(d["in_features"], d["out_features"], bias=d["bias"],
+                       dtype=dtype or np.float32, backend=backend)
+            state = {"weight": inits[prefix + "weight_T"].T}
+            if d["bias"]:
+                state["bias"] = inits[prefix + "bias"]
+            _set(m, state)
+        elif kind == "Embedding":
+            m = Embedding(d["num_embeddings"], d["embedding_dim"], dtype=dtype or np.float32,
+                          backend=backend)
+            _set(m, {"weight": inits[prefix + "weight"]})
+        else:
+            m = Dropout(d["p"])
+        modules.append(m)
+    return Sequential(*modules) if meta["sequential"] else modules[0]
+
+
+def _set(module, state):
+    module.load_state_dict({k: np.ascontiguousarray(v, dtype=module.dtype)
+                            for k, v in state.items()})
+
+
+def _load_foreign(proto, inits, dtype, backend):
+    """A layer from a graph whose only computing node is one LSTM/GRU/RNN."""
+    from ._nodes import _cell
+    from ._backend import _attrs
+    rec = []
+    for node in proto.graph.node:
+        if node.op_type in ("LSTM", "GRU", "RNN"):
+            rec.append(node)
+        elif node.op_type not in ("Identity",):
+            raise UnsupportedNodeError(
+                f"{_name(node)}: fastrnn.onnx.load rebuilds files written by "
+                "fastrnn.onnx.export, or graphs of one LSTM, GRU or RNN node")
+    if len(rec) != 1:
+        raise UnsupportedNodeError(f"graph {proto.graph.name!r}: expected one LSTM, GRU or "
+                                   f"RNN node, found {len(rec)}")
+    node = rec[0]
+    attrs = _attrs(node)
+    direction = attrs.get("direction", b"forward")
+    direction = direction.decode() if isinstance(direction, bytes) else direction
+    if direction == "reverse":
+        raise UnsupportedNodeError(f"{_name(node)}: direction 'reverse' has no fastrnn layer")
+    D = 2 if direction == "bidirectional" else 1
+    cell = _cell(node, attrs, D)
+    names = list(node.input) + [""] * 8
+    if names[4] or names[5] or names[6] or names[7]:
+        pass  # sequence_lens / initial states are call arguments of the layer
+    try:
+        W, R = inits[names[1]], inits[names[2]]
+    except KeyError:
+        raise UnsupportedNodeError(f"{_name(node)}: W and R must be initializers") from None
+    B = inits.get(names[3]) if names[3] else None
+    spec = get_cell(cell)
+    H, I = int(attrs["hidden_size"]), W.shape[2]
+    kw = dict(bias=B is not None, bidirectional=D == 2, batch_first=bool(attrs.get("layout", 0)),
+              dtype=dtype or W.dtype, backend=backend)
+    if spec.family == "rnn":
+        m = RNN(I, H, nonlinearity=spec.activation, **kw)
+    elif spec.family == "gru":
+        m = GRU(I, H, reset_after=not spec.reset_before, **kw)
+    else:
+        m = LSTM(I, H, **kw)
+    state = {}
+    for d in range(D):
+        w = from_onnx(spec.family, H, W[d], R[d], None if B is None else B[d])
+        sfx = "_l0" + ("_reverse" if d else "")
+        for name, value in zip(("weight_ih", "weight_hh", "bias_ih", "bias_hh"), w):
+            if value is not None:
+                state[name + sfx] = value
+    _set(m, state)
+    return m
