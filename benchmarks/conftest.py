@@ -29,9 +29,15 @@ def configs(suite):
 
 def contender_params(suite):
     out = []
-    for name in ["fastrnn-numpy", "fastrnn-cpu", "fastrnn-gpu", "torch-cpu", "torch-cudnn"]:
+    for name in ["fastrnn-numpy", "fastrnn-cpu", "fastrnn-gpu", "torch-cpu", "torch-cudnn",
+                 "onnxruntime"]:
         reason = None
-        if name.startswith("fastrnn-"):
+        if name == "onnxruntime":
+            if suite != "cpu":
+                reason = "not a gpu contender"
+            elif not (bench._has("onnx") and bench._has("onnxruntime")):
+                reason = "onnx or onnxruntime is not installed"
+        elif name.startswith("fastrnn-"):
             rep = fastrnn.backends()[name.split("-", 1)[1]]
             if not rep["available"]:
                 reason = rep["reason"]
@@ -53,8 +59,9 @@ def contender_params(suite):
 
 
 def run_benchmark(benchmark, suite, config, name):
-    if name == "torch-cpu" and config.cell == "rnn_sigmoid":
-        pytest.skip("PyTorch has no sigmoid RNN")
+    if not bench.applies(name, config):
+        pytest.skip(f"{name} does not run {config.name} (PyTorch has no sigmoid RNN; ONNX "
+                    "Runtime runs inference only)")
     weights = bench._weights(config)
     run, outputs, sync = build_contender(name, dataclasses.asdict(config), weights,
                                    os.cpu_count())

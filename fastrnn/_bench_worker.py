@@ -26,15 +26,18 @@ def _inputs(cfg):
     return x, gout
 
 
-def _build_fastrnn(backend, cfg, weights):
+def _layer(cfg, backend):
     import fastrnn
     kw = dict(num_layers=cfg["L"], bidirectional=cfg["D"] == 2, backend=backend)
     if cfg["cell"] == "lstm":
-        layer = fastrnn.LSTM(cfg["I"], cfg["H"], **kw)
-    elif cfg["cell"] == "gru":
-        layer = fastrnn.GRU(cfg["I"], cfg["H"], **kw)
-    else:
-        layer = fastrnn.RNN(cfg["I"], cfg["H"], nonlinearity=cfg["cell"].split("_")[1], **kw)
+        return fastrnn.LSTM(cfg["I"], cfg["H"], **kw)
+    if cfg["cell"] == "gru":
+        return fastrnn.GRU(cfg["I"], cfg["H"], **kw)
+    return fastrnn.RNN(cfg["I"], cfg["H"], nonlinearity=cfg["cell"].split("_")[1], **kw)
+
+
+def _build_fastrnn(backend, cfg, weights):
+    layer = _layer(cfg, backend)
     x, gout = _inputs(cfg)
     sync = lambda: None  # noqa: E731
     if backend == "gpu":
@@ -68,6 +71,39 @@ def _build_fastrnn(backend, cfg, weights):
         return res
 
     return run, outputs, sync
+
+
+def _build_onnxruntime(cfg, weights, threads):
+    """ONNX Runtime (CPU execution provider, ``threads`` intra-op threads) running the ONNX
+    model :func:`fastrnn.onnx.export` writes for the configuration's layer (inference)."""
+    import tempfile
+
+    import onnxruntime as ort
+
+    import fastrnn.onnx
+    layer = _layer(cfg, "numpy")
+    layer.load_state_dict(weights)
+    x, _ = _inputs(cfg)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.onnx")
+        fastrnn.onnx.export(layer, path, lengths=False)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    feed = {"input": x}
+
+    def run():
+        return session.run(None, feed)
+
+    def outputs():
+        got = run()
+        res = {"output": got[0], "h_n": got[1]}
+        if cfg["cell"] == "lstm":
+            res["c_n"] = got[2]
+        return res
+
+    return run, outputs, lambda: None
 
 
 def _build_torch(device, cfg, weights, threads, bridge=False):
@@ -124,10 +160,13 @@ def _build_torch(device, cfg, weights, threads, bridge=False):
 
 def build_contender(name, cfg, weights, threads):
     """``(run, outputs, sync)`` for a contender name (``fastrnn-<backend>``,
-    ``fastrnn-torch``, ``torch-cpu``, ``torch-cudnn``) on configuration ``cfg`` (a dict of
+    ``fastrnn-torch``, ``torch-cpu``, ``torch-cudnn``, ``onnxruntime``) on configuration
+    ``cfg`` (a dict of
     :class:`fastrnn.bench.Config`)."""
     if name == "fastrnn-torch":
         return _build_torch("cpu", cfg, weights, threads, bridge=True)
+    if name == "onnxruntime":
+        return _build_onnxruntime(cfg, weights, threads)
     if name.startswith("fastrnn-"):
         return _build_fastrnn(name.split("-", 1)[1], cfg, weights)
     return _build_torch("cuda" if name == "torch-cudnn" else "cpu", cfg, weights, threads)

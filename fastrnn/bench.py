@@ -59,6 +59,9 @@ SUITES = {
         ("C6", "lstm", 123, 320, 2, 2, 32, 100, "train"),
         ("C7", "lstm", 344, 32, 3, 1, 20, 1000, "train"),
         ("C8", "gru", 128, 128, 1, 1, 8, 500, "infer"),
+        ("C2i", "lstm", 256, 256, 1, 1, 16, 150, "infer"),
+        ("C4i", "gru", 512, 512, 1, 1, 32, 100, "infer"),
+        ("C9", "lstm", 650, 650, 2, 1, 20, 35, "train"),  # the classic medium word-LM
     ]),
     "gpu": _suite([
         ("G1", "lstm", 512, 512, 1, 1, 64, 100, "train"),
@@ -137,9 +140,24 @@ def contenders(suite="cpu", backends=None, peer=True):
         if torch is not None and suite == "cpu":
             # fastrnn inside PyTorch (fastrnn.torch, autograd included) beside torch.nn
             names += (["fastrnn-torch"] if "cpu" in chosen else []) + ["torch-cpu"]
+        if suite == "cpu" and _has("onnx") and _has("onnxruntime"):
+            names.append("onnxruntime")  # (inference configurations only)
         elif torch is not None and suite == "gpu" and torch.cuda.is_available():
             names.append("torch-cudnn")
     return names
+
+
+def _has(module):
+    import importlib.util
+    return importlib.util.find_spec(module) is not None
+
+
+def applies(name, config):
+    """Whether contender ``name`` runs ``config``: PyTorch has no sigmoid RNN, and ONNX
+    Runtime is an inference engine."""
+    if name in ("torch-cpu", "fastrnn-torch") and config.cell == "rnn_sigmoid":
+        return False
+    return not (name == "onnxruntime" and config.mode == "train")
 
 
 def _rel_err(a, b):
@@ -198,8 +216,8 @@ def run(configs, names, rounds=5, reps=3, reference_reps=1, threads=None, quick=
         try:
             outs = {}
             for name in names:
-                if name in ("torch-cpu", "fastrnn-torch") and config.cell == "rnn_sigmoid":
-                    continue  # PyTorch has no sigmoid RNN
+                if not applies(name, config):
+                    continue
                 w = WorkerHandle(name, config, weights, threads)
                 workers[name] = w
             for name, w in workers.items():

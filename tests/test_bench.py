@@ -13,7 +13,9 @@ from fastrnn import bench, cli
 
 def test_suites_hold_the_issue_configurations():
     cpu, gpu = bench.SUITES["cpu"], bench.SUITES["gpu"]
-    assert list(cpu) == [f"C{k}" for k in range(1, 9)]
+    assert list(cpu) == [f"C{k}" for k in range(1, 9)] + ["C2i", "C4i", "C9"]
+    assert cpu["C9"] == bench.Config("C9", "lstm", 650, 650, 2, 1, 20, 35, "train")
+    assert cpu["C4i"] == bench.Config("C4i", "gru", 512, 512, 1, 1, 32, 100, "infer")
     assert cpu["C6"] == bench.Config("C6", "lstm", 123, 320, 2, 2, 32, 100, "train")
     assert cpu["C8"] == bench.Config("C8", "gru", 128, 128, 1, 1, 8, 500, "infer")
     assert list(gpu) == ["G1", "G2", "G3", "G3i", "G4", "G5", "G6", "G7", "G8"]
