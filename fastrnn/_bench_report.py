@@ -50,6 +50,7 @@ def rows(results):
                  f"T={c['T']} {c['mode']}")
         for name, r in res["contenders"].items():
             out.append({"config": c["name"], "shape": shape, "contender": name,
+                        "threads": res["threads"],
                         "median_ms": r["median_s"] * 1e3, "min_ms": r["min_s"] * 1e3,
                         "max_ms": r["max_s"] * 1e3, "runs": r["runs"],
                         "vs_reference": r["speedup_vs_reference"],
@@ -60,12 +61,13 @@ def rows(results):
 
 def table(results):
     """A plain-text table for the terminal."""
-    head = (f"{'config':<6} {'contender':<15} {'median ms':>10} {'min':>9} {'max':>9} "
-            f"{'vs ref':>8} {'vs peer':>8} {'x floor':>8}")
+    head = (f"{'config':<6} {'thr':>3} {'contender':<15} {'median ms':>10} {'min':>9} "
+            f"{'max':>9} {'vs ref':>8} {'vs peer':>8} {'x floor':>8}")
     from ._blas_info import describe
     lines = [describe(), head, "-" * len(head)]
     for r in rows(results):
-        lines.append(f"{r['config']:<6} {r['contender']:<15} {r['median_ms']:>10.3f} "
+        lines.append(f"{r['config']:<6} {r['threads']:>3} {r['contender']:<15} "
+                     f"{r['median_ms']:>10.3f} "
                      f"{r['min_ms']:>9.3f} {r['max_ms']:>9.3f} {_fmt_ratio(r['vs_reference']):>8}"
                      f" {_fmt_ratio(r['vs_peer']):>8} {r['times_floor']:>7.1f}x")
     return "\n".join(lines)
@@ -81,10 +83,11 @@ def markdown(results):
         g = env["gemm_rate"]
         lines.append(f"GEMM rate for the floor: {g['flops_per_s'] / 1e9:.0f} GFLOP/s "
                      f"({g['what']})")
-    lines += ["", "| config | shape | contender | median ms | min | max | runs | vs reference "
-              "| vs peer | floor ms | x floor |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| config | shape | threads | contender | median ms | min | max | runs | "
+              "vs reference | vs peer | floor ms | x floor |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows(results):
-        lines.append(f"| {r['config']} | {r['shape']} | {r['contender']} | "
+        lines.append(f"| {r['config']} | {r['shape']} | {r['threads']} | {r['contender']} | "
                      f"{r['median_ms']:.3f} | {r['min_ms']:.3f} | {r['max_ms']:.3f} | "
                      f"{r['runs']} | {_fmt_ratio(r['vs_reference'])} | "
                      f"{_fmt_ratio(r['vs_peer'])} | {r['floor_ms']:.3f} | "
@@ -123,7 +126,9 @@ def plot(results, path, suite="cpu"):
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FixedLocator, NullLocator
 
-    configs = [r["config"]["name"] for r in results]
+    sweep = len({r["threads"] for r in results}) > 1
+    configs = [r["config"]["name"] + (f"\n{r['threads']} thr" if sweep else "")
+               for r in results]
     names = sorted({n for r in results for n in r["contenders"]} - {"fastrnn-numpy"})
     fig, ax = plt.subplots(figsize=(1.2 * len(configs) + 3, 4.5))
     width = 0.8 / max(len(names), 1)
@@ -144,8 +149,9 @@ def plot(results, path, suite="cpu"):
     ax.axhline(1, color="grey", lw=0.8)
     ax.set_ylabel("speedup over the NumPy reference")
     env = environment(results)
-    ax.set_title(f"fastrnn {suite} suite: {env['processor']}, {env.get('threads', env['cpus'])}"
-                 f" threads", fontsize=10)
+    counts = sorted({r["threads"] for r in results})
+    ax.set_title(f"fastrnn {suite} suite: {env['processor']}, "
+                 f"{'/'.join(map(str, counts))} threads", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -140,11 +140,29 @@ def contenders(suite="cpu", backends=None, peer=True):
         if torch is not None and suite == "cpu":
             # fastrnn inside PyTorch (fastrnn.torch, autograd included) beside torch.nn
             names += (["fastrnn-torch"] if "cpu" in chosen else []) + ["torch-cpu"]
-        if suite == "cpu" and _has("onnx") and _has("onnxruntime"):
-            names.append("onnxruntime")  # (inference configurations only)
         elif torch is not None and suite == "gpu" and torch.cuda.is_available():
             names.append("torch-cudnn")
+        if suite == "cpu" and _has("onnx") and _has("onnxruntime"):
+            names.append("onnxruntime")  # (inference configurations only)
     return names
+
+
+def thread_counts(spec):
+    """``--threads``: None (all cores), or a count or comma-separated counts, each a positive
+    integer, as a list (``[None]`` for the default)."""
+    if spec is None:
+        return [None]
+    counts = []
+    for part in str(spec).split(","):
+        try:
+            n = int(part)
+        except ValueError:
+            n = 0
+        if n < 1 or part.strip() != part or not part:
+            raise BenchmarkError(f"--threads: expected a positive integer or a comma-separated "
+                                 f"list of them (e.g. 1,2,4), got {spec!r}")
+        counts.append(n)
+    return counts
 
 
 def _has(module):

@@ -95,9 +95,11 @@ def bench_main(args):
                                quick=args.quick)
         names = bench.contenders(args.suite, args.backend.split(",") if args.backend else None,
                                  peer=not args.no_peer)
-        results = bench.run(configs, names, rounds=args.rounds, reps=args.reps,
-                            reference_reps=args.reference_reps, threads=args.threads,
-                            quick=args.quick)
+        results = []
+        for threads in bench.thread_counts(args.threads):  # one run per count: a sweep
+            results += bench.run(configs, names, rounds=args.rounds, reps=args.reps,
+                                 reference_reps=args.reference_reps, threads=threads,
+                                 quick=args.quick)
     except bench.BenchmarkError as exc:
         raise SystemExit(f"fastrnn bench: {exc}") from None
     print(report.table(results))
@@ -128,8 +130,9 @@ def main(argv=None):
     b.add_argument("--reps", type=int, default=3, help="timed calls per turn (default 3)")
     b.add_argument("--reference-reps", type=int, default=1,
                    help="timed calls per turn of the slow NumPy reference (default 1)")
-    b.add_argument("--threads", type=int, help="threads for every contender (default: all)")
-    b.add_argument("--no-peer", action="store_true", help="do not time PyTorch")
+    b.add_argument("--threads", help="threads for every contender (default: all); a "
+                   "comma-separated list, e.g. 1,2,4, runs the suite once per count")
+    b.add_argument("--no-peer", action="store_true", help="do not time the peers (PyTorch, ONNX Runtime)")
     b.add_argument("--json", help="write the results as JSON here")
     b.add_argument("--markdown", help="write a markdown table here")
     b.add_argument("--plot", help="write a PNG chart of speedups here (needs matplotlib)")

@@ -186,3 +186,21 @@ def test_onnx_runtime_times_inference_after_agreeing(tmp_path):
     (res,) = bench.run([cfg], names, rounds=1, reps=1, stream=open(os.devnull, "w"),
                        gap_s=0)
     assert res["contenders"]["onnxruntime"]["runs"] == 1
+
+
+def test_thread_sweeps_parse_and_refuse_bad_counts():
+    assert bench.thread_counts(None) == [None]
+    assert bench.thread_counts("2") == [2]
+    assert bench.thread_counts("1,2,4") == [1, 2, 4]
+    for bad in ("0", "1,,2", "a", "1, 2", "-1"):
+        with pytest.raises(bench.BenchmarkError, match="--threads: expected a positive"):
+            bench.thread_counts(bad)
+
+
+def test_a_thread_sweep_reports_each_count(tmp_path):
+    out = tmp_path / "sweep.md"
+    cli.main(["bench", "--only", "C8", "--threads", "1,2", "--rounds", "1", "--reps", "1",
+              "--backend", "cpu", "--no-peer", "--markdown", str(out)])
+    text = out.read_text()
+    assert "| C8 | gru I=128 H=128 L=1 D=1 B=8 T=500 infer | 1 | fastrnn-cpu |" in text
+    assert "| C8 | gru I=128 H=128 L=1 D=1 B=8 T=500 infer | 2 | fastrnn-cpu |" in text
