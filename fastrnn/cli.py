@@ -27,7 +27,7 @@ def info_lines():
 
     lines = [f"fastrnn {__version__}", f"python {platform.python_version()} "
              f"({platform.machine()}, {os.cpu_count()} CPUs)", f"numpy {np.__version__}"]
-    for mod in ("numba", "cupy", "torch"):
+    for mod in ("numba", "cupy", "torch", "onnx", "onnxruntime"):
         try:
             lines.append(f"{mod} {__import__(mod).__version__}")
         except ImportError:
@@ -40,6 +40,11 @@ def info_lines():
     for name, rep in backends().items():
         state = "available" if rep["available"] else f"unavailable: {rep['reason']}"
         lines.append(f"  {name:6s} ({rep['array_module']} arrays) {state}")
+    from .kernels.cells import CELLS
+    lines.append("cells (every backend): " + ", ".join(
+        f"{name} ({spec.family.upper() if spec.family != 'rnn' else 'RNN'}"
+        + (", reset_after=False" if spec.reset_before else "") + ")"
+        for name, spec in CELLS.items()))
     if backends()["cpu"]["available"]:
         from .kernels import cpu
         try:

@@ -19,6 +19,10 @@ def test_info_lists_versions_and_backends():
             assert line.endswith(" available"), line
         else:
             assert f"unavailable: {rep['reason']}" in line, line
+    cells = next(l for l in out.splitlines() if l.startswith("cells (every backend): "))
+    from fastrnn.kernels.cells import CELLS
+    assert all(name in cells for name in CELLS)
+    assert "gru_reset_before (GRU, reset_after=False)" in cells
 
 
 def test_info_names_a_bad_pinning_setting_instead_of_failing():
