@@ -8,12 +8,12 @@ from onnx import helper, numpy_helper
 import numpy as np
 
 from .. import dispatch
-from ._nodes import UnsupportedNodeError, _name, run_recurrent
+from ._nodes import UnsupportedNodeError, node_label, run_recurrent
 
 _DEVICES = {"CPU": "cpu", "CUDA": "gpu"}
 
 
-def _attrs(node):
+def attributes(node):
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
@@ -79,15 +79,15 @@ _SHAPE_OPS = {
 def run_node_values(node, values, backend):
     """Outputs of ``node`` (a list, one per ``node.output``) from ``values`` (a list in the
     order of ``node.input``, None where absent), or :class:`UnsupportedNodeError`."""
-    attrs = _attrs(node)
+    attrs = attributes(node)
     if node.op_type in ("LSTM", "GRU", "RNN"):
         if node.domain not in ("", "ai.onnx"):
-            raise UnsupportedNodeError(f"{_name(node)}: domain {node.domain!r}")
+            raise UnsupportedNodeError(f"{node_label(node)}: domain {node.domain!r}")
         return run_recurrent(node, attrs, values, backend)
     if node.op_type in _SHAPE_OPS:
         return _SHAPE_OPS[node.op_type](node, attrs, values)
     raise UnsupportedNodeError(
-        f"{_name(node)}: fastrnn runs LSTM, GRU and RNN nodes and the operators between them "
+        f"{node_label(node)}: fastrnn runs LSTM, GRU and RNN nodes and the operators between them "
         f"({', '.join(sorted(_SHAPE_OPS))}), not {node.op_type}")
 
 

@@ -11,7 +11,8 @@ from ..kernels.cells import get_cell
 from ..layers import GRU, LSTM, RNN
 from ..nn import Dropout, Embedding, Linear, Sequential
 from ._convert import OP_TYPE, from_onnx, to_onnx
-from ._nodes import UnsupportedNodeError, _name
+from ._backend import attributes
+from ._nodes import UnsupportedNodeError, cell_for, node_label
 
 OPSET = 17
 _META = "fastrnn"
@@ -249,7 +250,7 @@ def load(path, *, dtype=None, backend=None):
                         if value is not None:
                             state[name + sfx] = value
                 if node.op_type != {"RNN": "RNN", "GRU": "GRU", "LSTM": "LSTM"}[kind]:
-                    raise UnsupportedNodeError(f"{_name(node)}: expected a {kind} node")
+                    raise UnsupportedNodeError(f"{node_label(node)}: expected a {kind} node")
             _set(m, state)
         elif kind == "Linear":
             m = Linear(d["in_features"], d["out_features"], bias=d["bias"],
@@ -275,34 +276,30 @@ def _set(module, state):
 
 def _load_foreign(proto, inits, dtype, backend):
     """A layer from a graph whose only computing node is one LSTM/GRU/RNN."""
-    from ._nodes import _cell
-    from ._backend import _attrs
     rec = []
     for node in proto.graph.node:
         if node.op_type in ("LSTM", "GRU", "RNN"):
             rec.append(node)
         elif node.op_type not in ("Identity",):
             raise UnsupportedNodeError(
-                f"{_name(node)}: fastrnn.onnx.load rebuilds files written by "
+                f"{node_label(node)}: fastrnn.onnx.load rebuilds files written by "
                 "fastrnn.onnx.export, or graphs of one LSTM, GRU or RNN node")
     if len(rec) != 1:
         raise UnsupportedNodeError(f"graph {proto.graph.name!r}: expected one LSTM, GRU or "
                                    f"RNN node, found {len(rec)}")
     node = rec[0]
-    attrs = _attrs(node)
+    attrs = attributes(node)
     direction = attrs.get("direction", b"forward")
     direction = direction.decode() if isinstance(direction, bytes) else direction
     if direction == "reverse":
-        raise UnsupportedNodeError(f"{_name(node)}: direction 'reverse' has no fastrnn layer")
+        raise UnsupportedNodeError(f"{node_label(node)}: direction 'reverse' has no fastrnn layer")
     D = 2 if direction == "bidirectional" else 1
-    cell = _cell(node, attrs, D)
-    names = list(node.input) + [""] * 8
-    if names[4] or names[5] or names[6] or names[7]:
-        pass  # sequence_lens / initial states are call arguments of the layer
+    cell = cell_for(node, attrs, D)
+    names = list(node.input) + [""] * 8  # (sequence_lens and states: the layer's arguments)
     try:
         W, R = inits[names[1]], inits[names[2]]
     except KeyError:
-        raise UnsupportedNodeError(f"{_name(node)}: W and R must be initializers") from None
+        raise UnsupportedNodeError(f"{node_label(node)}: W and R must be initializers") from None
     B = inits.get(names[3]) if names[3] else None
     spec = get_cell(cell)
     H, I = int(attrs["hidden_size"]), W.shape[2]

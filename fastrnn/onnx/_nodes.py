@@ -11,7 +11,7 @@ class UnsupportedNodeError(ValueError):
     """A node, attribute or input fastrnn cannot run; the message names it."""
 
 
-def _name(node):
+def node_label(node):
     return f"{node.op_type} node {node.name!r}" if node.name else f"{node.op_type} node"
 
 
@@ -26,35 +26,35 @@ _KNOWN = {"LSTM": {"hidden_size", "direction", "layout", "activations", "activat
                   "activation_beta", "clip"}}
 
 
-def _cell(node, attrs, D):
+def cell_for(node, attrs, D):
     """fastrnn's cell for the node, or :class:`UnsupportedNodeError`."""
     op = node.op_type
     for key in sorted(set(attrs) - _KNOWN[op]):
-        raise UnsupportedNodeError(f"{_name(node)}: unknown attribute {key!r}")
+        raise UnsupportedNodeError(f"{node_label(node)}: unknown attribute {key!r}")
     for key in ("clip", "activation_alpha", "activation_beta"):
         if key in attrs:
             raise UnsupportedNodeError(
-                f"{_name(node)}: attribute {key!r} is not supported (fastrnn's cells do not "
+                f"{node_label(node)}: attribute {key!r} is not supported (fastrnn's cells do not "
                 f"clip and take no activation parameters)")
     if attrs.get("input_forget", 0):
-        raise UnsupportedNodeError(f"{_name(node)}: attribute 'input_forget'=1 (coupled "
+        raise UnsupportedNodeError(f"{node_label(node)}: attribute 'input_forget'=1 (coupled "
                                    "input and forget gates) is not supported")
     acts = [a.decode() if isinstance(a, bytes) else a for a in attrs.get("activations", [])]
     if op == "RNN":
         acts = acts or ["Tanh"] * D
         if len(acts) != D or len(set(acts)) != 1 or acts[0] not in _RNN_CELLS:
             raise UnsupportedNodeError(
-                f"{_name(node)}: attribute 'activations'={acts}: expected one of "
+                f"{node_label(node)}: attribute 'activations'={acts}: expected one of "
                 f"{sorted(_RNN_CELLS)}, the same for every direction")
         return _RNN_CELLS[acts[0]]
     if acts and acts != _DEFAULT_ACTIVATIONS[op] * D:
         raise UnsupportedNodeError(
-            f"{_name(node)}: attribute 'activations'={acts}: fastrnn's {op} runs "
+            f"{node_label(node)}: attribute 'activations'={acts}: fastrnn's {op} runs "
             f"{_DEFAULT_ACTIVATIONS[op]} only")
     if op == "GRU":
         lbr = attrs.get("linear_before_reset", 0)
         if lbr not in (0, 1):
-            raise UnsupportedNodeError(f"{_name(node)}: attribute 'linear_before_reset'="
+            raise UnsupportedNodeError(f"{node_label(node)}: attribute 'linear_before_reset'="
                                        f"{lbr}: expected 0 or 1")
         return "gru" if lbr else "gru_reset_before"
     return "lstm"
@@ -67,30 +67,30 @@ def run_recurrent(node, attrs, inputs, backend):
     direction = attrs.get("direction", b"forward")
     direction = direction.decode() if isinstance(direction, bytes) else direction
     if direction not in ("forward", "reverse", "bidirectional"):
-        raise UnsupportedNodeError(f"{_name(node)}: attribute 'direction'={direction!r}")
+        raise UnsupportedNodeError(f"{node_label(node)}: attribute 'direction'={direction!r}")
     D = 2 if direction == "bidirectional" else 1
     layout = attrs.get("layout", 0)
     if layout not in (0, 1):
-        raise UnsupportedNodeError(f"{_name(node)}: attribute 'layout'={layout}")
-    cell = _cell(node, attrs, D)
+        raise UnsupportedNodeError(f"{node_label(node)}: attribute 'layout'={layout}")
+    cell = cell_for(node, attrs, D)
     inputs = list(inputs) + [None] * (8 - len(inputs))
     X, W, R, B, seq_lens, init_h, init_c, P = inputs[:8]
     if X is None or W is None or R is None:
-        raise UnsupportedNodeError(f"{_name(node)}: inputs X, W and R are required")
+        raise UnsupportedNodeError(f"{node_label(node)}: inputs X, W and R are required")
     if X.dtype not in (np.float32, np.float64):
-        raise UnsupportedNodeError(f"{_name(node)}: input X of type {X.dtype}: fastrnn runs "
+        raise UnsupportedNodeError(f"{node_label(node)}: input X of type {X.dtype}: fastrnn runs "
                                    "float32 and float64")
     if P is not None and np.any(P):
-        raise UnsupportedNodeError(f"{_name(node)}: input P (peephole weights) is not "
+        raise UnsupportedNodeError(f"{node_label(node)}: input P (peephole weights) is not "
                                    "supported: fastrnn's LSTM has no peepholes")
     if "hidden_size" not in attrs:
-        raise UnsupportedNodeError(f"{_name(node)}: attribute 'hidden_size' is required")
+        raise UnsupportedNodeError(f"{node_label(node)}: attribute 'hidden_size' is required")
     H = int(attrs["hidden_size"])
     dt = X.dtype
     x = np.ascontiguousarray(X.transpose(1, 0, 2) if layout else X)  # time-major
     T, Bn, _ = x.shape
     if W.shape[0] != D or R.shape[0] != D:
-        raise UnsupportedNodeError(f"{_name(node)}: W and R hold {W.shape[0]} direction(s), "
+        raise UnsupportedNodeError(f"{node_label(node)}: W and R hold {W.shape[0]} direction(s), "
                                    f"direction={direction!r} needs {D}")
     lengths = None if seq_lens is None else np.asarray(seq_lens, np.int64)
     if init_h is not None and layout:
