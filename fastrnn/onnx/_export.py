@@ -10,8 +10,8 @@ from onnx import TensorProto, helper, numpy_helper
 from ..kernels.cells import get_cell
 from ..layers import GRU, LSTM, RNN
 from ..nn import Dropout, Embedding, Linear, Sequential
-from ._convert import OP_TYPE, from_onnx, to_onnx
 from ._backend import attributes
+from ._convert import OP_TYPE, from_onnx, to_onnx
 from ._nodes import UnsupportedNodeError, cell_for, node_label
 
 OPSET = 17
