@@ -102,3 +102,11 @@ def test_the_cpu_loops_take_each_cells_math_from_one_place():
         assert "forward_step(" in text
         for word in ("sigmoid(", "tanh(", "rnn_activation"):
             assert word not in text, f"kernels/cpu/{name} computes {word[:-1]} itself"
+
+
+def test_the_cuda_cell_header_is_generated_from_kernels_cells():
+    """kernels/cuda/cell_ids.cuh holds exactly what kernels/cells.py says (regenerate it
+    with ``python -m fastrnn.kernels.cuda.names``)."""
+    from fastrnn.kernels.cuda import names
+    with open(names.HEADER) as f:
+        assert f.read() == names.cell_header()

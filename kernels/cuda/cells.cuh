@@ -5,11 +5,9 @@
 
 namespace fastrnn {
 
-// Ids and gate counts come from kernels/cells.py, through the compile options of
-// kernels/cuda/names.py: defines().
-#if !defined(FASTRNN_NUM_CELLS)
-#error "compile with the options of fastrnn.kernels.cuda.names.defines()"
-#endif
+// Ids and gate counts come from kernels/cells.py, through the generated cell_ids.cuh.
+#include "cell_ids.cuh"
+
 enum Cell {
     RNN_TANH = FASTRNN_ID_RNN_TANH,
     RNN_RELU = FASTRNN_ID_RNN_RELU,

@@ -18,7 +18,7 @@ import os
 import cupy as cp
 
 from . import contract
-from .names import all_names, defines
+from .names import all_names
 
 __all__ = ["forward", "backward", "plan"]
 
@@ -34,8 +34,7 @@ def _module():
     if device not in _modules:
         with open(os.path.join(_DIR, "rnn.cu")) as f:
             source = f.read()
-        _modules[device] = cp.RawModule(code=source, options=("-std=c++17", f"-I{_DIR}",
-                                                              *defines()),
+        _modules[device] = cp.RawModule(code=source, options=("-std=c++17", f"-I{_DIR}"),
                                         name_expressions=all_names(),
                                         enable_cooperative_groups=True)
     return _modules[device]

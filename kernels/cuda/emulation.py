@@ -22,14 +22,14 @@ import threading
 import numpy as np
 
 from . import contract
-from .names import all_names, defines
+from .names import all_names
 
 _DIR = os.path.dirname(os.path.abspath(__file__))
 _HOST = os.path.join(_DIR, "emulation")
 # Dynamic shared memory of each emulated block (a thread_local array of the block's thread):
 # as much as a block of the largest current GPUs may opt in to.
 SMEM_LIMIT = 227 * 1024
-_SOURCES = ("rnn.cu", "cells.cuh", os.path.join("emulation", "cuda_host.h"),
+_SOURCES = ("rnn.cu", "cells.cuh", "cell_ids.cuh", os.path.join("emulation", "cuda_host.h"),
             os.path.join("emulation", "cooperative_groups.h"))
 _lock = threading.Lock()
 _library = None
@@ -113,7 +113,7 @@ def build(cache_dir=None):
     cxx = _compiler()
     entry = _entry_source()
     flags = ["-std=c++17", "-O1", "-shared", "-fPIC", "-pthread", "-w",
-             f"-I{_HOST}", f"-I{_DIR}", *defines()]
+             f"-I{_HOST}", f"-I{_DIR}"]
     digest = hashlib.sha256()
     for rel in _SOURCES:
         with open(os.path.join(_DIR, rel), "rb") as f:

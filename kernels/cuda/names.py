@@ -1,22 +1,28 @@
-"""The kernel specialisations the gpu backend launches and the compile options that give the
-CUDA sources the cells of :mod:`..cells` (CuPy-free, so that the compile test can check them
-against ``instantiate.cu`` on machines without a GPU)."""
+"""The kernel specialisations the gpu backend launches, and ``cell_ids.cuh``: the cells of
+:mod:`..cells` for the CUDA sources, generated from there (CuPy-free, so that the compile
+test can check both on machines without a GPU). ``python -m fastrnn.kernels.cuda.names``
+writes the header again after a change to the cells."""
+
+import os
 
 from ..cells import CELLS
+
+HEADER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cell_ids.cuh")
 
 CELL_IDS = {name: spec.id for name, spec in CELLS.items()}
 CTYPES = {"float32": "float", "float64": "double"}
 
 
-def defines():
-    """The ``-D`` options every compile of the CUDA sources takes: the cells' ids (the enum
-    ``Cell``) and gate counts, from :data:`..cells.CELLS`."""
-    # (one option a value: nvcc splits option values at commas)
-    out = [f"-DFASTRNN_NUM_CELLS={len(CELLS)}"]
+def cell_header():
+    """The text of ``cell_ids.cuh``: each cell's id (the values of the enum ``Cell``) and
+    gate count, from :data:`..cells.CELLS`."""
+    lines = ["// Generated from kernels/cells.py by kernels/cuda/names.py (cell_header); do not",
+             "// edit: tests/test_cuda_compile.py fails when the two disagree.",
+             "#pragma once", "", f"#define FASTRNN_NUM_CELLS {len(CELLS)}"]
     for spec in CELLS.values():
-        out += [f"-DFASTRNN_ID_{spec.name.upper()}={spec.id}",
-                f"-DFASTRNN_GATES_{spec.name.upper()}={spec.gates}"]
-    return tuple(out)
+        lines += [f"#define FASTRNN_ID_{spec.name.upper()} {spec.id}",
+                  f"#define FASTRNN_GATES_{spec.name.upper()} {spec.gates}"]
+    return "\n".join(lines) + "\n"
 
 
 def _flag(value):
@@ -41,3 +47,8 @@ def all_names():
                     names.append(forward_name(ctype, cell, training, on_chip))
                 names.append(backward_name(ctype, cell, on_chip))
     return names
+
+
+if __name__ == "__main__":
+    with open(HEADER, "w") as f:
+        f.write(cell_header())
