@@ -137,7 +137,8 @@ def main(argv=None):
                    help="timed calls per turn of the slow NumPy reference (default 1)")
     b.add_argument("--threads", help="threads for every contender (default: all); a "
                    "comma-separated list, e.g. 1,2,4, runs the suite once per count")
-    b.add_argument("--no-peer", action="store_true", help="do not time the peers (PyTorch, ONNX Runtime)")
+    b.add_argument("--no-peer", action="store_true",
+                   help="do not time the peers (PyTorch, ONNX Runtime)")
     b.add_argument("--json", help="write the results as JSON here")
     b.add_argument("--markdown", help="write a markdown table here")
     b.add_argument("--plot", help="write a PNG chart of speedups here (needs matplotlib)")

@@ -2,11 +2,11 @@
 
 OpenBLAS's worker threads spin for about 2**28 cycles (~0.1 s) after every multi-threaded
 call. On a 2-core machine they then take half a core from the compiled time loop that runs
-next (docs/performance-notes.md, "The large GEMMs"). So during a kernel call NumPy's OpenBLAS is held at one thread, and a GEMM is split
-(by output rows or columns, or along its inner dimension) over a small pool of Python
-threads (NumPy releases the GIL in ``matmul``), whose idle threads sleep instead of
-spinning. The user's own thread setting is restored when the call ends. Where NumPy's BLAS
-is not an OpenBLAS we can find, ``matmul`` is plain NumPy.
+next (docs/performance-notes.md, "The large GEMMs"). So during a kernel call NumPy's
+OpenBLAS is held at one thread, and a GEMM is split (by output rows or columns, or along its
+inner dimension) over a small pool of Python threads (NumPy releases the GIL in ``matmul``),
+whose idle threads sleep instead of spinning. The user's own thread setting is restored when
+the call ends. Where NumPy's BLAS is not an OpenBLAS we can find, ``matmul`` is plain NumPy.
 """
 
 import contextlib

@@ -72,7 +72,10 @@ def _entry_source():
              "    return fastrnn_host::launch(dim3{blocks}, dim3{threads},",
              "        [=] { call(f, args, std::index_sequence_for<A...>{}); });",
              "}",
-             "struct Entry { const char* name; std::string (*launch)(unsigned, unsigned, void**); };",
+             "struct Entry {",
+             "    const char* name;",
+             "    std::string (*launch)(unsigned, unsigned, void**);",
+             "};",
              "const Entry kEntries[] = {"]
     for name in all_names():
         lines.append(f'    {{"{name}", [](unsigned b, unsigned t, void** a) '
