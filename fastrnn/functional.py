@@ -18,7 +18,7 @@ class WeightChangedError(RuntimeError):
     """A weight that backward needs was changed in place after the forward call.
 
     ``index`` is ``(k, j)``: the tuple ``weights[k]`` and its entry ``j`` (0 ``w_ih``, 1
-    ``w_hh``).
+    ``w_hh``, 4 ``peepholes``).
     """
 
     def __init__(self, message, index):
@@ -26,23 +26,37 @@ class WeightChangedError(RuntimeError):
         self.index = index
 
 
+# What backward reads from a weight tuple (the biases' values do not enter the gradients):
+# w_ih, w_hh and the peepholes
+_NEEDED = (0, 1, 4)
+
+
 def _needed_weights(weights):
-    """Fingerprints of what backward reads from the weights (``w_ih`` and ``w_hh``; the
-    biases' values do not enter the gradients)."""
-    return [(fingerprint(g[0]), fingerprint(g[1])) for g in weights]
+    """Fingerprints of what backward reads from the weights, ``(j, print)`` per tuple."""
+    return [[(j, fingerprint(g[j])) for j in _NEEDED if j < len(g)] for g in weights]
+
+
+def weight_names(cell):
+    """The entries of one layer's and direction's weight tuple for ``cell``."""
+    names = ("w_ih", "w_hh", "b_ih", "b_hh")
+    return names + ("peepholes",) if get_cell(cell).peepholes else names
 
 
 def _check_weights(weights, spec, L, D, I, H, dtype):
+    names = weight_names(spec.name)
+    what = f"({', '.join(names)})"
     if len(weights) != L * D:
         raise ValueError(
-            f"weights: expected {L * D} (w_ih, w_hh, b_ih, b_hh) tuples for {L} layer(s) x "
+            f"weights: expected {L * D} {what} tuples for {L} layer(s) x "
             f"{D} direction(s), got {len(weights)}")
     GH = spec.gates * H
     for k, group in enumerate(weights):
-        if len(group) != 4:
-            raise ValueError(f"weights[{k}]: expected (w_ih, w_hh, b_ih, b_hh), got "
+        if len(group) != len(names):
+            raise ValueError(f"weights[{k}]: expected {what} for {spec.name!r}, got "
                              f"{len(group)} entries")
-        w_ih, w_hh, b_ih, b_hh = group
+        w_ih, w_hh, b_ih, b_hh = group[:4]
+        if spec.peepholes:
+            check_array(f"weights[{k}].peepholes", group[4], 2, dtype, (3, H))
         in_size = I if k < D else D * H
         check_array(f"weights[{k}].w_ih", w_ih, 2, dtype, (GH, in_size))
         check_array(f"weights[{k}].w_hh", w_hh, 2, dtype, (GH, H))
@@ -70,11 +84,13 @@ def rnn(cell, x, weights, h0=None, c0=None, *, num_layers=1, bidirectional=False
     Parameters
     ----------
     cell : str
-        ``"rnn_tanh"``, ``"rnn_relu"``, ``"rnn_sigmoid"``, ``"lstm"`` or ``"gru"``.
+        A name of :data:`fastrnn.kernels.cells.CELLS` (``"lstm"``, ``"gru"``,
+        ``"rnn_tanh"``, ...).
     x : array [T,B,I]
     weights : sequence of (w_ih [G*H,in], w_hh [G*H,H], b_ih [G*H] | None, b_hh | None)
         One tuple per layer and direction, index ``l*D + d``; ``in`` is ``I`` for the
-        first layer and ``D*H`` above it.
+        first layer and ``D*H`` above it. ``lstm_peephole`` takes a fifth entry, its
+        ``peepholes [3,H]`` (rows i, f, o).
     h0, c0 : array [L*D,B,H] or None
         Initial states (zeros when None); ``c0`` only for the LSTM.
     lengths : int array [B] or sequence, optional
@@ -111,7 +127,8 @@ def rnn(cell, x, weights, h0=None, c0=None, *, num_layers=1, bidirectional=False
     if L < 1:
         raise ValueError(f"num_layers: expected an integer >= 1, got {num_layers}")
     if not weights:
-        raise ValueError("weights: expected at least one (w_ih, w_hh, b_ih, b_hh) tuple")
+        raise ValueError(f"weights: expected at least one ({', '.join(weight_names(cell))}) "
+                         "tuple")
     H = weights[0][1].shape[-1]
     _check_weights(weights, spec, L, D, I, H, dtype)
     if h0 is not None:
@@ -145,10 +162,12 @@ def rnn(cell, x, weights, h0=None, c0=None, *, num_layers=1, bidirectional=False
         outs = []
         for d in range(D):
             k = layer * D + d
-            w_ih, w_hh, b_ih, b_hh = weights[k]
+            w_ih, w_hh, b_ih, b_hh = weights[k][:4]
+            peep = {"peepholes": weights[k][4]} if spec.peepholes else {}
             y, h_last, c_last, s = kernel.forward(
                 spec.name, inp, h0[k], c0[k] if c0 is not None else None,
-                w_ih, w_hh, b_ih, b_hh, lengths=lengths, reverse=d == 1, training=save)
+                w_ih, w_hh, b_ih, b_hh, lengths=lengths, reverse=d == 1, training=save,
+                **peep)
             outs.append(y)
             saved.append(s)
             h_n[k] = h_last
@@ -166,7 +185,7 @@ def rnn(cell, x, weights, h0=None, c0=None, *, num_layers=1, bidirectional=False
         ctx = dict(cell=spec.name, kernel=kernel, backend=name, saved=saved, masks=masks,
                    L=L, D=D, H=H, shape=(T, B, I), dtype=dtype,
                    has_bias=weights[0][2] is not None, out_shape=out.shape,
-                   weights=[g[:2] for g in weights], weight_prints=weight_prints)
+                   weights=list(weights), weight_prints=weight_prints)
     return out, h_n, c_n, ctx
 
 
@@ -185,6 +204,7 @@ def rnn_backward(ctx, grad_output, grad_h_n=None, grad_c_n=None):
     -------
     grad_x [T,B,I], grad_h0 [L*D,B,H], grad_c0 [L*D,B,H] or None,
     grad_weights : list of (dw_ih, dw_hh, db_ih | None, db_hh | None), index ``l*D + d``
+        (and ``dpeepholes`` for ``lstm_peephole``)
     """
     if ctx is None:
         raise RuntimeError("rnn_backward: ctx is None; run rnn(..., training=True) (or "
@@ -201,12 +221,13 @@ def rnn_backward(ctx, grad_output, grad_h_n=None, grad_c_n=None):
     if grad_c_n is not None and not spec.has_cell_state:
         raise ValueError(f"grad_c_n: only the LSTM has a cell state, got an array for "
                          f"{spec.name!r}")
+    names = weight_names(spec.name)
     for k, (group, prints) in enumerate(zip(ctx["weights"], ctx["weight_prints"])):
-        for j in (0, 1):
-            if fingerprint(group[j]) != prints[j]:
+        for j, before in prints:
+            if fingerprint(group[j]) != before:
                 layer, d = divmod(k, D)
                 raise WeightChangedError(
-                    f"rnn_backward: weights[{k}][{j}] ({('w_ih', 'w_hh')[j]} of layer {layer}"
+                    f"rnn_backward: weights[{k}][{j}] ({names[j]} of layer {layer}"
                     f"{', reverse direction' if d else ''}) was changed in place after the "
                     "forward call, so the gradients would not match the outputs; run forward "
                     "again after changing weights (an optimizer step belongs after backward)",
@@ -223,7 +244,7 @@ def rnn_backward(ctx, grad_output, grad_h_n=None, grad_c_n=None):
         for d in range(D):
             k = layer * D + d
             dy_d = xp.ascontiguousarray(dy[:, :, d * H:(d + 1) * H])
-            dx_d, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh = kernel.backward(
+            dx_d, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dp = kernel.backward(
                 spec.name, ctx["saved"][k], dy_d,
                 None if grad_h_n is None else xp.ascontiguousarray(grad_h_n[k]),
                 None if grad_c_n is None else xp.ascontiguousarray(grad_c_n[k]))
@@ -234,6 +255,6 @@ def rnn_backward(ctx, grad_output, grad_h_n=None, grad_c_n=None):
             grad_h0[k] = dh0
             if grad_c0 is not None:
                 grad_c0[k] = dc0
-            grad_weights[k] = (dw_ih, dw_hh, db_ih, db_hh)
+            grad_weights[k] = (dw_ih, dw_hh, db_ih, db_hh) + ((dp,) if spec.peepholes else ())
         dy = dx
     return dy, grad_h0, grad_c0, grad_weights

@@ -21,6 +21,17 @@ cell state, ``*`` elementwise, ``W_i? / W_h?`` the gate's block of ``w_ih / w_hh
     c' = f * c + i * g
     h' = o * tanh(c')
 
+``lstm_peephole`` (the same gates and weights, and peephole weights ``p_i``, ``p_f``,
+``p_o``: the rows of ``peepholes [3,H]``, through which the gates also see the cell state;
+ONNX's ``P`` input, TensorFlow's ``use_peepholes``)::
+
+    i = sigmoid(W_ii x + b_ii + W_hi h + b_hi + p_i * c)
+    f = sigmoid(W_if x + b_if + W_hf h + b_hf + p_f * c)
+    g = tanh   (W_ig x + b_ig + W_hg h + b_hg)
+    c' = f * c + i * g
+    o = sigmoid(W_io x + b_io + W_ho h + b_ho + p_o * c')
+    h' = o * tanh(c')
+
 ``gru`` (gate order r, z, n; the reset gate multiplies the recurrent product *after* it
 is computed, as in PyTorch and cuDNN)::
 
@@ -43,6 +54,11 @@ gate is the gradient of its pre-activation; ``^T`` a transpose)::
            di = dc_t * g * i(1-i)   df = dc_t * c * f(1-f)   dg = dc_t * i * (1-g^2)
            do = dh * tanh(c') * o(1-o)
            dc_prev = dc_t * f       dh_prev = W_hh^T [di df dg do]
+    lstm_peephole:   do = dh * tanh(c') * o(1-o)
+           dc_t = dc + dh * o * (1 - tanh(c')^2) + do * p_o
+           di, df, dg as for lstm (with this dc_t)
+           dc_prev = dc_t * f + di * p_i + df * p_f      dh_prev as for lstm
+           dp_i = sum di * c     dp_f = sum df * c     dp_o = sum do * c'
     gru:   dn = dh * (1-z) * (1-n^2)   dz = dh * (h - n) * z(1-z)
            dr = dn * (W_hn h + b_hn) * r(1-r)
            dh_prev = W_h[rz]^T [dr dz] + W_hn^T (r * dn) + z * dh
@@ -85,6 +101,8 @@ class CellSpec:
         ``"rnn"``, ``"lstm"`` or ``"gru"``: the layer class that runs the cell.
     reset_before : bool
         The GRU whose reset gate multiplies the state before the recurrent product.
+    peepholes : bool
+        The LSTM whose gates also see the cell state (weights ``peepholes [3,H]``).
     """
 
     name: str
@@ -96,6 +114,7 @@ class CellSpec:
     id: int
     family: str
     reset_before: bool = False
+    peepholes: bool = False
 
 
 CELLS = {
@@ -106,6 +125,8 @@ CELLS = {
     "gru": CellSpec("gru", 3, ("r", "z", "n"), False, "", "GRU", 4, "gru"),
     "gru_reset_before": CellSpec("gru_reset_before", 3, ("r", "z", "n"), False, "", "", 5,
                                  "gru", reset_before=True),
+    "lstm_peephole": CellSpec("lstm_peephole", 4, ("i", "f", "g", "o"), True, "", "", 6,
+                              "lstm", peepholes=True),
 }
 assert sorted(s.id for s in CELLS.values()) == list(range(len(CELLS)))
 

@@ -35,3 +35,23 @@ def input_and_weight_grads(xp, matmul, dgx, dgh, x, h_prev, w_ih, has_bias, gru,
         if gru:  # ... except the GRU's n, where b_hn sits inside r * (.)
             db_hh[2 * H:] = gh2[:, 2 * H:].sum(axis=0)
     return dx, dw_ih, dw_hh, db_ih, db_hh
+
+
+def peephole_grads(xp, dg, c0, c_all, reverse):
+    """The gradients of ``lstm_peephole``'s peephole weights, ``[3,H]`` (rows i, f, o):
+    sums over steps and rows of the input and forget gates' gradients times the cell state
+    each step started from, and of the output gate's times the one it ended with.
+
+    ``dg [T,B,4*H]``: the gates' pre-activation gradients (zero at padding steps);
+    ``c0 [B,H]``; ``c_all [T,B,H]``: the cell state after each step (at a padding step, the
+    state carried through it); ``reverse``: the direction walked time backwards."""
+    T, B, GH = dg.shape
+    H = GH // 4
+    if T == 0:
+        return xp.zeros((3, H), dg.dtype)
+    first = c0[None]
+    c_prev = (xp.concatenate([c_all[1:], first]) if reverse
+              else xp.concatenate([first, c_all[:-1]]))
+    return xp.stack([(dg[:, :, 0:H] * c_prev).sum(axis=(0, 1)),
+                     (dg[:, :, H:2 * H] * c_prev).sum(axis=(0, 1)),
+                     (dg[:, :, 3 * H:] * c_all).sum(axis=(0, 1))])

@@ -5,7 +5,8 @@ tricks: readability over speed. Every other backend is tested against this modul
 module is tested against finite differences and against PyTorch.
 
 Shapes (DESIGN.md legend): ``x [T,B,I]``, ``h0, c0 [B,H]``, ``w_ih [G*H,I]``,
-``w_hh [G*H,H]``, ``b_ih, b_hh [G*H]`` (or None for ``bias=False``), ``lengths [B]``.
+``w_hh [G*H,H]``, ``b_ih, b_hh [G*H]`` (or None for ``bias=False``), ``lengths [B]``,
+``peepholes [3,H]`` (``lstm_peephole`` only; rows i, f, o).
 """
 
 import functools
@@ -62,7 +63,7 @@ def _time_order(T, reverse):
 
 @_quiet
 def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None, reverse=False,
-            training=True):
+            training=True, peepholes=None):
     """Run one layer in one direction over the whole sequence.
 
     Parameters
@@ -82,6 +83,8 @@ def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None, reverse=False
         Walk time backwards; with ``lengths``, each sequence starts at its own last step.
     training : bool
         Keep what :func:`backward` needs.
+    peepholes : ndarray [3,H] or None
+        The peephole weights of ``lstm_peephole`` (rows i, f, o); None for other cells.
 
     Returns
     -------
@@ -113,12 +116,13 @@ def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None, reverse=False
         if b_hh is not None:
             hg = hg + b_hh
         h_prev[t] = h
-        if spec.name == "lstm":
-            i = sigmoid(xg[t, :, 0:H] + hg[:, 0:H])
-            f = sigmoid(xg[t, :, H:2 * H] + hg[:, H:2 * H])
+        if spec.family == "lstm":
+            p_i, p_f, p_o = peepholes if spec.peepholes else (0, 0, 0)
+            i = sigmoid(xg[t, :, 0:H] + hg[:, 0:H] + p_i * c)
+            f = sigmoid(xg[t, :, H:2 * H] + hg[:, H:2 * H] + p_f * c)
             g = np.tanh(xg[t, :, 2 * H:3 * H] + hg[:, 2 * H:3 * H])
-            o = sigmoid(xg[t, :, 3 * H:] + hg[:, 3 * H:])
             c_new = f * c + i * g
+            o = sigmoid(xg[t, :, 3 * H:] + hg[:, 3 * H:] + p_o * c_new)
             h_new = o * np.tanh(c_new)
             acts[t] = np.concatenate([i, f, g, o], axis=1)
             c_prev[t] = c
@@ -160,7 +164,7 @@ def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None, reverse=False
     if training:
         saved = dict(cell=spec.name, x=x, w_ih=w_ih, w_hh=w_hh, has_bias=b_ih is not None,
                      mask=mask, reverse=reverse, h_prev=h_prev, acts=acts, c_prev=c_prev,
-                     c_out=c_out, hn=hn)
+                     c_out=c_out, hn=hn, peepholes=peepholes)
     return y, h, (c if spec.has_cell_state else None), saved
 
 
@@ -181,7 +185,7 @@ def backward(cell, saved, dy, dh_n, dc_n):
     Returns
     -------
     dx [T,B,I], dh0 [B,H], dc0 [B,H] or None, dw_ih [G*H,I], dw_hh [G*H,H],
-    db_ih [G*H] or None, db_hh [G*H] or None
+    db_ih [G*H] or None, db_hh [G*H] or None, dpeepholes [3,H] or None (``lstm_peephole``)
     """
     spec = get_cell(cell)
     x, w_ih, w_hh, mask = saved["x"], saved["w_ih"], saved["w_hh"], saved["mask"]
@@ -204,17 +208,16 @@ def backward(cell, saved, dy, dh_n, dc_n):
         m = None if mask is None else mask[t]
         dh_t = dh + (dy[t] if m is None else np.where(m, dy[t], 0))
         a = acts[t]
-        if spec.name == "lstm":
+        if spec.family == "lstm":
+            p_i, p_f, p_o = saved["peepholes"] if spec.peepholes else (0, 0, 0)
             i, f, g, o = a[:, 0:H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
             tc = np.tanh(saved["c_out"][t])
-            dc_t = dc + dh_t * o * (1 - tc * tc)
-            gates = np.concatenate([
-                dc_t * g * i * (1 - i),
-                dc_t * saved["c_prev"][t] * f * (1 - f),
-                dc_t * i * (1 - g * g),
-                dh_t * tc * o * (1 - o),
-            ], axis=1)
-            dc_prev = dc_t * f
+            do = dh_t * tc * o * (1 - o)
+            dc_t = dc + dh_t * o * (1 - tc * tc) + do * p_o
+            di = dc_t * g * i * (1 - i)
+            df = dc_t * saved["c_prev"][t] * f * (1 - f)
+            gates = np.concatenate([di, df, dc_t * i * (1 - g * g), do], axis=1)
+            dc_prev = dc_t * f + di * p_i + df * p_f
             gates_h = gates
             direct = 0
         elif spec.name == "gru":
@@ -264,4 +267,10 @@ def backward(cell, saved, dy, dh_n, dc_n):
         dw_hh = dgh.reshape(T * B, G_H).T @ h_prev.reshape(T * B, H)
     db_ih = dgx.sum(axis=(0, 1)) if saved["has_bias"] else None
     db_hh = dgh.sum(axis=(0, 1)) if saved["has_bias"] else None
-    return dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh
+    dp = None
+    if spec.peepholes:  # (padding steps have zero gate gradients)
+        c_prev, c_out = saved["c_prev"], saved["c_out"]
+        dp = np.stack([(dgx[:, :, 0:H] * c_prev).sum(axis=(0, 1)),
+                       (dgx[:, :, H:2 * H] * c_prev).sum(axis=(0, 1)),
+                       (dgx[:, :, 3 * H:] * c_out).sum(axis=(0, 1))])
+    return dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh, dp

@@ -52,6 +52,8 @@ def random_problem(cell, T, B, I, H, L=1, D=1, dtype=np.float64, bias=True, seed
              rng.uniform(-scale, scale, (G * H, H))]
         w += [rng.uniform(-scale, scale, G * H), rng.uniform(-scale, scale, G * H)] if bias \
             else [None, None]
+        if CELLS[cell].peepholes:
+            w.append(rng.uniform(-scale, scale, (3, H)))
         weights.append(tuple(None if a is None else a.astype(dtype) for a in w))
     x = rng.standard_normal((T, B, I)).astype(dtype)
     h0 = (0.5 * rng.standard_normal((L * D, B, H))).astype(dtype)

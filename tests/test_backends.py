@@ -54,7 +54,7 @@ def test_backend_matches_reference(backend, case):
     want = _run("numpy", cell, x, weights, h0, c0, L, D, lengths, grads, np)
     got = _run(backend, cell, x, weights, h0, c0, L, D, lengths, grads, xp)
     names = ["output", "h_n", "c_n", "grad_x", "grad_h0", "grad_c0"] + [
-        f"grad_weights[{k}][{j}]" for k in range(L * D) for j in range(4)]
+        f"grad_weights[{k}][{j}]" for k in range(L * D) for j in range(len(weights[k]))]
     for name, g, w in zip(names, got, want):
         if w is None:
             assert g is None, name

@@ -9,10 +9,19 @@ import pytest
 
 import fastrnn
 from fastrnn import functional as F
-from conftest import assert_close, random_problem
+from fastrnn.kernels.cells import CELLS
+from conftest import ALL_CELLS, assert_close, random_problem
 
 pytestmark = pytest.mark.skipif(not fastrnn.backends()["cpu"]["available"],
                                 reason="the cpu backend is not available")
+# the cells whose loops may split the hidden units between threads (not gru_reset_before:
+# its second product a step needs every unit's r * h)
+SPLIT_CELLS = [c for c in ALL_CELLS if not CELLS[c].reset_before]
+
+
+def _split_H(cell):
+    """A hidden size big enough for the unit split, and not a multiple of 16."""
+    return {"lstm": 144, "gru": 160}.get(CELLS[cell].family, 272)
 
 
 def _run(backend, cell, x, weights, h0, c0, **kw):
@@ -41,7 +50,7 @@ def _assert_matches_reference(cell, x, weights, h0, c0, dtype, training=True, **
             assert_close(g, w, dtype, "weight gradient")
 
 
-@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("cell", ["gru", "lstm", "lstm_peephole"])
 def test_tiny_inputs_match_the_reference_and_leave_the_fpu_as_it_was(cell):
     x, weights, h0, c0 = random_problem(cell, 40, 6, 8, 16, 1, 1, np.float32, seed=3)
     x = (x * np.float32(1e-30)).astype(np.float32)
@@ -135,7 +144,7 @@ def test_two_forwards_before_backward_keep_their_saved_arrays():
                      "grad_x")
 
 
-@pytest.mark.parametrize("cell", ["rnn_tanh", "rnn_relu", "rnn_sigmoid", "lstm", "gru"])
+@pytest.mark.parametrize("cell", SPLIT_CELLS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("B", [1, 2, 5])
 def test_small_batches_split_the_units_and_match_the_reference(cell, dtype, B, monkeypatch):
@@ -149,12 +158,12 @@ def test_small_batches_split_the_units_and_match_the_reference(cell, dtype, B, m
     if B > cpu._SPLIT_MAX_BATCH:
         monkeypatch.setattr(cpu, "_SPLIT_LARGE_BYTES", 0)
         monkeypatch.setattr(cpu, "_ROWDOT_MAX_ROWS", 4)
-    H = {"lstm": 144, "gru": 160}.get(cell, 272)  # big enough for the split; H % 16 != 0
+    H = _split_H(cell)
     # PyTorch's init scale: larger weights make a wide tanh RNN chaotic, and float32
     # rounding differences between any two summation orders then grow step by step.
     x, weights, h0, c0 = random_problem(cell, 9, B, 5, H, 2, 2, dtype, seed=B,
                                         scale=1 / np.sqrt(H))
-    G = {"lstm": 4, "gru": 3}.get(cell, 1)
+    G = CELLS[cell].gates
     if cpu.num_threads() >= 2:
         units = cpu._unit_split(9, B, G * H, H)
         assert units is not None and units[0] == 0 and units[-1] == H
@@ -178,7 +187,7 @@ def test_small_batches_split_the_units_and_match_the_reference(cell, dtype, B, m
         assert steps == [cpu._UNIT_PROJECTION_STEPS if B <= 2 else 0] * 8
 
 
-@pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru"])
+@pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru", "lstm_peephole"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_in_loop_projection_on_whole_vectors_matches_the_reference(cell, dtype,
                                                                     monkeypatch):
@@ -191,7 +200,7 @@ def test_in_loop_projection_on_whole_vectors_matches_the_reference(cell, dtype,
     real = cpu.forward_loop_split
     monkeypatch.setattr(cpu, "forward_loop_split",
                         lambda *a: (per.append(a[1].per), real(*a))[1])
-    H = {"lstm": 144, "gru": 160}.get(cell, 272)
+    H = _split_H(cell)
     for B in (1, 2, 6):
         x, weights, h0, c0 = random_problem(cell, 19, B, 64, H, 1, 2, dtype, seed=B,
                                             scale=1 / np.sqrt(H))
@@ -393,7 +402,7 @@ def test_matvec_matches_numpy_on_any_row_and_column_range(dtype, K, rows):
     assert np.all(np.isnan(out[:, :2])) and np.all(np.isnan(out[:, 35:]))
 
 
-@pytest.mark.parametrize("cell", ["rnn_tanh", "rnn_relu", "rnn_sigmoid", "lstm", "gru"])
+@pytest.mark.parametrize("cell", ALL_CELLS)
 @pytest.mark.parametrize("fused,rows", [(True, 256), (True, 7), (True, 1), (False, 256)])
 def test_input_projection_inside_or_before_the_loop_matches_the_reference(cell, fused, rows,
                                                                           monkeypatch):

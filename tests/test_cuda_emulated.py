@@ -37,15 +37,19 @@ def emulation():
 
 
 def _problem(cell, T, B, I, H, dtype, seed):
+    """Input, states, ``[w_ih, w_hh, b_ih, b_hh]``, the peephole keyword (a dict: empty
+    for a cell without) and the generator."""
     rng = np.random.default_rng(seed)
-    G = get_cell(cell).gates
+    spec = get_cell(cell)
+    G = spec.gates
     scale = 1 / np.sqrt(H)
     x = rng.standard_normal((T, B, I)).astype(dtype)
     h0 = rng.standard_normal((B, H)).astype(dtype)
-    c0 = rng.standard_normal((B, H)).astype(dtype) if cell == "lstm" else None
+    c0 = rng.standard_normal((B, H)).astype(dtype) if spec.has_cell_state else None
     w = [rng.uniform(-scale, scale, s).astype(dtype)
          for s in ((G * H, I), (G * H, H), (G * H,), (G * H,))]
-    return x, h0, c0, w, rng
+    peep = {"peepholes": rng.uniform(-1, 1, (3, H)).astype(dtype)} if spec.peepholes else {}
+    return x, h0, c0, w, peep, rng
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -57,11 +61,11 @@ def test_training_forward_and_backward_match_the_reference(emulation, cell, layo
     rt = emulation.Runtime(sms=sms, smem_optin=smem)
     for k, (reverse, lengths) in enumerate([(False, None), (True, [6, 2, 0]),
                                             (False, [1, 6, 4])]):
-        x, h0, c0, w, rng = _problem(cell, T, B, I, H, dtype, seed=k)
+        x, h0, c0, w, peep, rng = _problem(cell, T, B, I, H, dtype, seed=k)
         bias = w[2:] if k != 2 else [None, None]  # the last case without biases
         args = (x, h0, c0, w[0], w[1], *bias)
-        want = reference.forward(cell, *args, lengths=lengths, reverse=reverse)
-        got = rt.forward(cell, *args, lengths=lengths, reverse=reverse)
+        want = reference.forward(cell, *args, lengths=lengths, reverse=reverse, **peep)
+        got = rt.forward(cell, *args, lengths=lengths, reverse=reverse, **peep)
         what = f"{cell} {layout} reverse={reverse} lengths={lengths}"
         for name, g, r in zip(("y", "h_n", "c_n"), got[:3], want[:3]):
             if r is None:
@@ -70,10 +74,11 @@ def test_training_forward_and_backward_match_the_reference(emulation, cell, layo
                 assert_close(g, r, dtype, f"{what}: {name}")
         dy = rng.standard_normal(x.shape[:2] + (H,)).astype(dtype)
         dh_n = rng.standard_normal((B, H)).astype(dtype)
-        dc_n = rng.standard_normal((B, H)).astype(dtype) if cell == "lstm" else None
+        dc_n = rng.standard_normal((B, H)).astype(dtype) if c0 is not None else None
         grads_want = reference.backward(cell, want[3], dy, dh_n, dc_n)
         grads_got = rt.backward(cell, got[3], dy, dh_n, dc_n)
-        names = ("dx", "dh0", "dc0", "dw_ih", "dw_hh", "db_ih", "db_hh")
+        names = ("dx", "dh0", "dc0", "dw_ih", "dw_hh", "db_ih", "db_hh", "dpeepholes")
+        assert len(grads_got) == len(grads_want) == len(names)
         for name, g, r in zip(names, grads_got, grads_want):
             if r is None:
                 assert g is None, f"{what}: {name}"
@@ -90,10 +95,10 @@ def test_training_forward_and_backward_match_the_reference(emulation, cell, layo
 @pytest.mark.parametrize("cell", ALL_CELLS)
 def test_inference_matches_the_reference(emulation, cell):
     rt = emulation.Runtime(sms=3, smem_optin=48 * 1024)
-    x, h0, c0, w, _ = _problem(cell, 5, 2, 4, 36, np.float64, seed=7)
+    x, h0, c0, w, peep, _ = _problem(cell, 5, 2, 4, 36, np.float64, seed=7)
     lengths = [5, 3]
-    want = reference.forward(cell, x, h0, c0, *w, lengths=lengths, training=False)
-    got = rt.forward(cell, x, h0, c0, *w, lengths=lengths, training=False)
+    want = reference.forward(cell, x, h0, c0, *w, lengths=lengths, training=False, **peep)
+    got = rt.forward(cell, x, h0, c0, *w, lengths=lengths, training=False, **peep)
     assert got[3] is None
     for name, g, r in zip(("y", "h_n", "c_n"), got[:3], want[:3]):
         if r is not None:
@@ -106,7 +111,7 @@ def test_a_wrong_launch_is_seen(emulation, monkeypatch):
     (a plan of 3 blocks of 5 units for 40) leave units unwritten."""
     from fastrnn.kernels.cuda import contract
     rt = emulation.Runtime(sms=3, smem_optin=48 * 1024)
-    x, h0, c0, w, _ = _problem("gru", 6, 3, 5, 40, np.float64, seed=3)
+    x, h0, c0, w, _, _ = _problem("gru", 6, 3, 5, 40, np.float64, seed=3)
     want = reference.forward("gru", x, h0, c0, *w)[0]
     assert_close(rt.forward("gru", x, h0, c0, *w)[0], want, np.float64, "right plan")
     real = contract.plan

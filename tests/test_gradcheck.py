@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from fastrnn import functional as F
+from fastrnn.kernels.cells import CELLS
 from conftest import ALL_CELLS, random_problem
 
 T, B, I, H = 5, 3, 4, 3
@@ -47,10 +48,11 @@ def test_reference_gradients_match_finite_differences(cell, L, D, with_lengths):
     # Flatten every input of the loss into one list so each can be perturbed alone.
     flat = [x, h0, c0] + [w for group in weights for w in group]
     grads = [dx, dh0, dc0] + [g for group in dws for g in group]
-    names = ["x", "h0", "c0"] + [f"w{k}.{j}" for k in range(len(weights)) for j in range(4)]
+    per = len(weights[0])  # 4, or 5 with peepholes
+    names = ["x", "h0", "c0"] + [f"w{k}.{j}" for k in range(len(weights)) for j in range(per)]
 
     def loss(*args):
-        ws = [tuple(args[3 + 4 * k:3 + 4 * k + 4]) for k in range(len(weights))]
+        ws = [tuple(args[3 + per * k:3 + per * k + per]) for k in range(len(weights))]
         return loss_fn(args[0], ws, args[1], args[2])
 
     checked = 0
@@ -73,7 +75,7 @@ def test_reference_gradients_match_finite_differences(cell, L, D, with_lengths):
             assert abs(numeric - g.reshape(-1)[idx]) <= 1e-7 * max(1.0, abs(numeric)), \
                 (name, int(idx))
         checked += 1
-    assert checked == 2 + (cell == "lstm") + 4 * L * D
+    assert checked == 2 + CELLS[cell].has_cell_state + per * L * D
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])

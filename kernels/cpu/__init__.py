@@ -208,9 +208,11 @@ def _writable(a):
 
 @child_safe
 def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None, reverse=False,
-            training=True):
-    """Kernel contract forward (see DESIGN.md); arrays are NumPy, of ``x``'s dtype."""
-    x, h0, c0, w_ih, w_hh, b_ih, b_hh = map(_writable, (x, h0, c0, w_ih, w_hh, b_ih, b_hh))
+            training=True, peepholes=None):
+    """Kernel contract forward (see DESIGN.md; ``peepholes [3,H]`` for ``lstm_peephole``);
+    arrays are NumPy, of ``x``'s dtype."""
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, peepholes = map(
+        _writable, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, peepholes))
     (T, B, I), (GH, H) = x.shape, w_hh.shape
     threads = _threads_for(x.shape, w_hh.shape)
     units = _units_for(cell, T, B, GH, H, x.dtype.itemsize)
@@ -220,11 +222,11 @@ def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None, reverse=False
         if plan.projection == "rowdot":
             # no BLAS and no parallel region: nothing to hold back or pin (a step of
             # generation)
-            return _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse,
-                            training, plan)
+            return _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, peepholes, lengths,
+                            reverse, training, plan)
         with single_threaded_blas(), _at_most(threads), pinned(threads):
-            return _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse,
-                            training, plan)
+            return _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, peepholes, lengths,
+                            reverse, training, plan)
     finally:
         restore(fpu)
 
@@ -242,7 +244,14 @@ def backward(cell, saved, dy, dh_n, dc_n):
         restore(fpu)
 
 
-def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training, plan):
+def _peep(peepholes, dt):
+    """The peephole weights as the loops take them: ``[3,H]``, or ``[0,0]`` for a cell
+    without."""
+    return np.empty((0, 0), dt) if peepholes is None else np.ascontiguousarray(peepholes)
+
+
+def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, peepholes, lengths, reverse, training,
+             plan):
     spec = get_cell(cell)
     T, B, I = x.shape
     GH, H = w_hh.shape
@@ -262,7 +271,8 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training
     elif projection == "gemm":
         matmul(x.reshape(T * B, I), w_ih.T, xg.reshape(T * B, GH))
     b_hh_ = b_hh if b_hh is not None else np.zeros(GH, dt)
-    bias = Biases(b_ih_, b_hh_, b_ih_ + b_hh_)
+    peep = _peep(peepholes, dt)
+    bias = Biases(b_ih_, b_hh_, b_ih_ + b_hh_, peep)
     lens = np.full(B, T, np.int64) if lengths is None else np.array(lengths, np.int64)
     seq = Sequence(lens, bool(reverse))
     c0_ = c0 if spec.has_cell_state else np.zeros((B, H), dt)
@@ -310,7 +320,7 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training
     keep = None
     if training:
         keep = dict(x=x, w_ih=w_ih, w_hh=w_hh, has_bias=b_ih is not None, seq=seq,
-                    saved=saved, c0=c0_)
+                    saved=saved, c0=c0_, peep=peep)
     return y, h_n, (c_n if spec.has_cell_state else None), keep
 
 
@@ -328,30 +338,32 @@ def _backward(cell, saved, dy, dh_n, dc_n):
     if units is None:
         chunks = _chunks(T, B, GH, H)
         grads = Grads(dgx, dgh, np.empty((B, H), dt), np.empty((B, H), dt),
-                      np.zeros((chunks.size - 1, GH + H), dt))
+                      np.zeros((chunks.size - 1, GH + 3 * H), dt))
         w_n = (pack(np.ascontiguousarray(w_hh[2 * H:]), transpose=False)
                if spec.reset_before else np.empty((0, 1, panel_width(dt)), dt))
         backward_loop(CELL_IDS[spec.name], pack(w_hh, transpose=False), w_n,
                       np.ascontiguousarray(dy), dh_n, dc_n, saved["c0"], saved["seq"], chunks,
-                      kept, grads)
+                      kept, grads, saved["peep"])
     else:
-        grads = Grads(dgx, dgh, dh_n.copy(), dc_n.copy(), np.zeros((1, GH + H), dt))
+        grads = Grads(dgx, dgh, dh_n.copy(), dc_n.copy(), np.zeros((1, GH + 3 * H), dt))
         wp, starts = pack_column_blocks(w_hh, [(units[q], units[q + 1])
                                                for q in range(units.size - 1)])
         backward_loop_split(CELL_IDS[spec.name], UnitWeights(w_hh, wp, starts),
                             np.ascontiguousarray(dy), grads.dh0, grads.dc0, saved["c0"],
                             saved["seq"], units, np.zeros(3, np.int64), kept, grads,
                             np.empty((B, starts[-1] * panel_width(dt)), dt),
-                            np.zeros((B, H), dt))
+                            np.zeros((B, H), dt), saved["peep"])
     # (the loops summed the bias gradients: the shared helper gets has_bias=False)
     dx, dw_ih, dw_hh, _, _ = input_and_weight_grads(
         np, matmul, dgx, dgh, x, kept.h_prev, w_ih, False, spec.name == "gru", empty,
         rh=kept.hn_all if spec.reset_before else None)
-    db_ih = db_hh = None
+    db_ih = db_hh = dp = None
+    sums = grads.db.sum(axis=0)
+    if spec.peepholes:
+        dp = sums[GH:].reshape(3, H).copy()
     if saved["has_bias"]:
-        sums = grads.db.sum(axis=0)
         db_ih, db_hh = sums[:GH].copy(), sums[:GH].copy()
         if spec.name == "gru":  # b_hn sits inside r * (.): its gradient is dgh's n block
-            db_hh[2 * H:] = sums[GH:]
+            db_hh[2 * H:] = sums[GH:GH + H]
     return (dx, grads.dh0, (grads.dc0 if spec.has_cell_state else None), dw_ih, dw_hh,
-            db_ih, db_hh)
+            db_ih, db_hh, dp)

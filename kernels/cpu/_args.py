@@ -3,10 +3,11 @@ to compiled code as they are), and the plan of a call."""
 
 from collections import namedtuple
 
-# b_ih, b_hh [G*H] (zeros for a layer without bias) and gates = b_ih + b_hh: the biases
-# enter in the gate passes, except the GRU's n gate, which takes b_in outside and b_hn
-# inside r * (.)
-Biases = namedtuple("Biases", "ih hh gates")
+# The pointwise parameters of a step: b_ih, b_hh [G*H] (zeros for a layer without bias)
+# and gates = b_ih + b_hh: the biases enter in the gate passes, except the GRU's n gate,
+# which takes b_in outside and b_hn inside r * (.); peep [3,H] the peephole weights of
+# lstm_peephole (rows i, f, o; [0,0] for the other cells)
+Biases = namedtuple("Biases", "ih hh gates peep")
 
 # lengths [B] int64 (valid steps of each row) and reverse (walk time backwards)
 Sequence = namedtuple("Sequence", "lengths reverse")
@@ -21,8 +22,9 @@ Saved = namedtuple("Saved", "acts h_prev c_all hn_all")
 Outputs = namedtuple("Outputs", "y h_n c_n")
 
 # The backward's results: dgx, dgh [T,B,G*H] the input-side and recurrent-side gate
-# gradients (one array except for the GRU), dh0, dc0 [B,H], db [blocks, G*H + H] the
-# bias-gradient sums of each row or unit block
+# gradients (one array except for the GRU), dh0, dc0 [B,H], db [blocks, G*H + 3*H] the
+# sums of each row or unit block: the biases' gradients, then the GRU's n block of dgh or
+# lstm_peephole's peephole gradients [3*H]
 Grads = namedtuple("Grads", "dgx dgh dh0 dc0 db")
 
 # How a forward call runs: threads it may use, units (the unit blocks of the unit-split

@@ -16,8 +16,8 @@ a run-time value keeps Numba's negative-index check in the loop (docs/performanc
 import numpy as np
 
 from ._jit import jit
-from ._math import (GRU, GRU_RB, LSTM, copy, rnn_activation, rnn_activation_grad, sigmoid,
-                    tanh)
+from ._math import (GRU, GRU_RB, LSTM, LSTM_P, copy, rnn_activation, rnn_activation_grad,
+                    sigmoid, tanh)
 
 ONE = np.float32(1)  # float32 literals: a Python float would promote float32 loops
 ZERO = np.float32(0)
@@ -44,9 +44,9 @@ def forward_step(cell, u0, n, H, gr, gate_at, xr, bias, hp, hx, c, ar, hn):
     """Gates and new state of units ``[u0, u0+n)`` of one row.
 
     ``gr``/``gate_at``: the recurrent products (without bias); ``xr [G*H]``: the input
-    projection (without bias); ``bias``: :class:`.Biases`; ``hp``, ``hx``: the units'
-    previous and new state (may be the same array); ``c``: their cell state (LSTM, updated
-    in place); ``ar [G*H]`` receives the activations, ``hn`` the GRU's ``W_hn h + b_hn``
+    projection (without bias); ``bias``: :class:`.Biases` (with the peepholes);
+    ``hp``, ``hx``: the units' previous and new state (may be the same array); ``c``: their
+    cell state (LSTM, updated in place); ``ar [G*H]`` receives the activations, ``hn`` the GRU's ``W_hn h + b_hn``
     (both kept for backward)."""
     bg = bias.gates
     if cell == LSTM:
@@ -64,6 +64,29 @@ def forward_step(cell, u0, n, H, gr, gate_at, xr, bias, hp, hx, c, ar, hn):
         ag, ao = ar[2 * H + u0:2 * H + u0 + n], ar[3 * H + u0:3 * H + u0 + n]
         for j in range(n):
             c[j] = af[j] * c[j] + ai[j] * ag[j]
+        for j in range(n):
+            hx[j] = ao[j] * tanh(c[j])
+    elif cell == LSTM_P:
+        for g in range(4):  # pre-activations first: the peepholes need c, then c'
+            o = g * H + u0
+            gq, xq, bq, aq = gr[gate_at[g]:gate_at[g] + n], xr[o:o + n], bg[o:o + n], \
+                ar[o:o + n]
+            for j in range(n):
+                aq[j] = gq[j] + xq[j] + bq[j]
+        ai, af = ar[u0:u0 + n], ar[H + u0:H + u0 + n]
+        ag, ao = ar[2 * H + u0:2 * H + u0 + n], ar[3 * H + u0:3 * H + u0 + n]
+        pe = bias.peep
+        pi, pf, po = pe[0, u0:u0 + n], pe[1, u0:u0 + n], pe[2, u0:u0 + n]
+        for j in range(n):
+            ai[j] = sigmoid(ai[j] + pi[j] * c[j])
+        for j in range(n):
+            af[j] = sigmoid(af[j] + pf[j] * c[j])
+        for j in range(n):
+            ag[j] = tanh(ag[j])
+        for j in range(n):
+            c[j] = af[j] * c[j] + ai[j] * ag[j]
+        for j in range(n):
+            ao[j] = sigmoid(ao[j] + po[j] * c[j])
         for j in range(n):
             hx[j] = ao[j] * tanh(c[j])
     elif cell == GRU:
@@ -118,7 +141,7 @@ def backward_first(u0, n, H, dh, ar, gx, gh, dn):
 
 
 @jit()
-def backward_step(cell, u0, n, H, dh, ar, cr, cp, dc, hp, hn, gx, gh, direct, tc, db):
+def backward_step(cell, u0, n, H, dh, ar, cr, cp, dc, hp, hn, gx, gh, direct, tc, db, peep):
     """Gate gradients of units ``[u0, u0+n)`` of one row at one step.
 
     ``dh``: the units' total state gradient reaching the step (output gradient included);
@@ -128,8 +151,9 @@ def backward_step(cell, u0, n, H, dh, ar, cr, cp, dc, hp, hn, gx, gh, direct, tc
     (``gru_reset_before``: ``d(r*h) = W_hn^T dn``, after :func:`backward_first`);
     ``gx``, ``gh [G*H]`` receive the input-side and recurrent-side pre-activation gradients
     (the same array except for the GRU); ``direct``: the GRU's ``z * dh`` path to the
-    previous state (written); ``tc``: scratch of ``n``; ``db [G*H + H]``: bias-gradient
-    sums (``gx`` at each gate column, then the GRU's ``n`` block of ``gh``), added to."""
+    previous state (written); ``tc``: scratch of ``n``; ``db [G*H + 3*H]``: sums (``gx``
+    at each gate column, then the GRU's ``n`` block of ``gh`` or ``lstm_peephole``'s
+    peephole gradients), added to; ``peep [3,H]``: the peephole weights."""
     if cell == LSTM:
         ai, af = ar[u0:u0 + n], ar[H + u0:H + u0 + n]
         ag, ao = ar[2 * H + u0:2 * H + u0 + n], ar[3 * H + u0:3 * H + u0 + n]
@@ -149,6 +173,41 @@ def backward_step(cell, u0, n, H, dh, ar, cr, cp, dc, hp, hn, gx, gh, direct, tc
             go[j] = dh[j] * tc[j] * ao[j] * (ONE - ao[j])
         for j in range(n):
             dc[j] *= af[j]
+    elif cell == LSTM_P:
+        ai, af = ar[u0:u0 + n], ar[H + u0:H + u0 + n]
+        ag, ao = ar[2 * H + u0:2 * H + u0 + n], ar[3 * H + u0:3 * H + u0 + n]
+        pi, pf, po = peep[0, u0:u0 + n], peep[1, u0:u0 + n], peep[2, u0:u0 + n]
+        gi, gf = gh[u0:u0 + n], gh[H + u0:H + u0 + n]
+        gg, go = gh[2 * H + u0:2 * H + u0 + n], gh[3 * H + u0:3 * H + u0 + n]
+        for j in range(n):
+            tc[j] = tanh(cr[j])
+        for j in range(n):
+            go[j] = dh[j] * tc[j] * ao[j] * (ONE - ao[j])
+        for j in range(n):
+            dc[j] += dh[j] * ao[j] * (ONE - tc[j] * tc[j])
+        for j in range(n):
+            dc[j] += go[j] * po[j]
+        for j in range(n):
+            gi[j] = dc[j] * ag[j] * ai[j] * (ONE - ai[j])
+        for j in range(n):
+            gf[j] = dc[j] * cp[j] * af[j] * (ONE - af[j])
+        for j in range(n):
+            gg[j] = dc[j] * ai[j] * (ONE - ag[j] * ag[j])
+        for j in range(n):
+            dc[j] *= af[j]
+        for j in range(n):
+            dc[j] += gi[j] * pi[j]
+        for j in range(n):
+            dc[j] += gf[j] * pf[j]
+        G = 4
+        dpi, dpf = db[G * H + u0:G * H + u0 + n], db[(G + 1) * H + u0:(G + 1) * H + u0 + n]
+        dpo = db[(G + 2) * H + u0:(G + 2) * H + u0 + n]
+        for j in range(n):
+            dpi[j] += gi[j] * cp[j]
+        for j in range(n):
+            dpf[j] += gf[j] * cp[j]
+        for j in range(n):
+            dpo[j] += go[j] * cr[j]
     elif cell == GRU:
         ar_, az, an = ar[u0:u0 + n], ar[H + u0:H + u0 + n], ar[2 * H + u0:2 * H + u0 + n]
         xr_, xz, xn = gx[u0:u0 + n], gx[H + u0:H + u0 + n], gx[2 * H + u0:2 * H + u0 + n]

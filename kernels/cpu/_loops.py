@@ -18,7 +18,7 @@ from ._cells import backward_first, backward_step, forward_first, forward_step
 from ._fpu import flush_denormals, restore
 from ._gemm import gemm_packed, gemm_panels
 from ._jit import jit, wide_vectors
-from ._math import GRU, GRU_RB, LSTM, copy
+from ._math import GRU, GRU_RB, copy, has_cell_state
 
 ZERO = np.float32(0)  # unifies with float64 in float64 kernels
 
@@ -85,13 +85,13 @@ def forward_loop(cell, proj, w_packed, gate_at, second, bias, h0, c0, seq, chunk
                 if t >= lengths[b]:
                     for j in range(H):  # (explicit loops: Numba miscompiles a
                         y[t, b, j] = ZERO  # slice fill inside prange)
-                    if cell == LSTM:
+                    if has_cell_state(cell):
                         copy(saved.c_all[ts, b], c[b])
                     continue
                 xr = xs[k * nr + b - r0] if fused else xg[t, b]
                 forward_step(cell, 0, H, H, hg[b], gate_at, xr, bias, h[b], h[b], c[b],
                              saved.acts[ts, b], saved.hn_all[ts if cell == GRU else 0, b])
-                if cell == LSTM:
+                if has_cell_state(cell):
                     copy(saved.c_all[ts, b], c[b])
                 copy(y[t, b], h[b])
         for b in range(r0, r1):
@@ -101,11 +101,13 @@ def forward_loop(cell, proj, w_packed, gate_at, second, bias, h0, c0, seq, chunk
 
 
 @jit(parallel=True)
-def backward_loop(cell, w_packed, w_n_packed, dy, dh_n, dc_n, c0, seq, chunks, saved, grads):
+def backward_loop(cell, w_packed, w_n_packed, dy, dh_n, dc_n, c0, seq, chunks, saved, grads,
+                  peep):
     """Walk the steps in reverse processing order; ``grads``: :class:`Grads`, whose ``db``
     has a row per row block (zeroed), summed here while the values are in L1. For
     ``gru_reset_before``, ``w_n_packed`` holds ``W_hn`` (:func:`._gemm.pack`, not
-    transposed) for the step's first product, ``d(r*h) = dn @ W_hn``."""
+    transposed) for the step's first product, ``d(r*h) = dn @ W_hn``; ``peep``: the
+    peephole weights (:class:`.Biases`)."""
     lengths, reverse = seq
     dgx, dgh, dh0, dc0, db = grads
     acts, h_prev, c_all, hn_all = saved
@@ -141,18 +143,20 @@ def backward_loop(cell, w_packed, w_n_packed, dy, dh_n, dc_n, c0, seq, chunks, s
                 if rb:
                     backward_first(0, H, H, dhb, acts[t, b], gx, gh, dn[b])
                     continue
-                tl = t if cell == LSTM else 0  # (c_all, hn_all: one-step scratch
+                lstm = has_cell_state(cell)
+                tl = t if lstm else 0          # (c_all, hn_all: one-step scratch
                 tn = t if cell == GRU else 0   # for the other cells)
-                cp = c0[b] if first or cell != LSTM else c_all[tp, b]
+                cp = c0[b] if first or not lstm else c_all[tp, b]
                 backward_step(cell, 0, H, H, dhb, acts[t, b], c_all[tl, b], cp, dc[b],
-                              h_prev[t, b], hn_all[tn, b], gx, gh, direct[b], tc, db[ci])
+                              h_prev[t, b], hn_all[tn, b], gx, gh, direct[b], tc, db[ci],
+                              peep)
             if rb:  # d(r*h) = dn @ W_hn, then the gradients of r and z
                 gemm_packed(dn, r0, r1, w_n_packed, drh, s)
                 for b in range(r0, r1):
                     if t < lengths[b]:
                         backward_step(cell, 0, H, H, dh[b], acts[t, b], c_all[0, b], c0[b],
                                       dc[b], h_prev[t, b], drh[b], dgx[t, b], dgh[t, b],
-                                      direct[b], tc, db[ci])
+                                      direct[b], tc, db[ci], peep)
             gemm_packed(dgh[t], r0, r1, w_packed, dhp, s)
             for b in range(r0, r1):
                 if t < lengths[b]:

@@ -38,6 +38,13 @@ CELL_IDS = {name: spec.id for name, spec in CELLS.items()}
 RNN_TANH, RNN_RELU, RNN_SIGMOID = CELL_IDS["rnn_tanh"], CELL_IDS["rnn_relu"], \
     CELL_IDS["rnn_sigmoid"]
 LSTM, GRU, GRU_RB = CELL_IDS["lstm"], CELL_IDS["gru"], CELL_IDS["gru_reset_before"]
+LSTM_P = CELL_IDS["lstm_peephole"]
+
+
+@jit()
+def has_cell_state(cell):
+    """Whether ``cell`` carries a cell state (the LSTMs)."""
+    return cell == LSTM or cell == LSTM_P
 
 
 def tanh(x):

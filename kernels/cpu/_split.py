@@ -25,7 +25,7 @@ from ._cells import backward_step, forward_step
 from ._fpu import flush_denormals, restore
 from ._gemm import gemm_panels, matvec
 from ._jit import jit
-from ._math import GRU, LSTM, copy
+from ._math import GRU, copy, has_cell_state
 from ._sync import PARALLEL, barrier, start
 
 ZERO = np.float32(0)
@@ -61,12 +61,12 @@ def _units_step(cell, t, ts, q, u0, u1, xg, weights, bias, cur, nxt, c, hg, leng
             yb = y[t, b]
             for j in range(u0, u1):  # (Numba miscompiles a slice fill in prange)
                 yb[j] = ZERO
-            if cell == LSTM:
+            if has_cell_state(cell):
                 copy(saved.c_all[ts, b, u0:u1], c[b, u0:u1])
             continue
         forward_step(cell, u0, n, H, hg[b], gate_at, xg[t, b], bias, hc, hx, c[b, u0:u1],
                      saved.acts[ts, b], saved.hn_all[ts if cell == GRU else 0, b, u0:u1])
-        if cell == LSTM:
+        if has_cell_state(cell):
             copy(saved.c_all[ts, b, u0:u1], c[b, u0:u1])
         copy(y[t, b, u0:u1], hx)
 
@@ -134,15 +134,16 @@ def forward_loop_serial(cell, xg, weights, bias, hbuf, c, hg, seq, units, y, sav
 
 @jit()
 def _units_grad(cell, t, first, tp, u0, u1, dy, dh, dc, c0, lengths, saved, grads, direct,
-                tc, db):
+                tc, db, peep):
     """The gate gradients of step ``t`` for hidden units ``[u0, u1)`` of every row, added
-    into the bias sums ``db [G*H + H]`` at these units' columns."""
+    into the sums ``db [G*H + 3*H]`` at these units' columns."""
     B = dh.shape[0]
     H = dh.shape[1]
     dgx, dgh = grads.dgx, grads.dgh
     G = dgh.shape[2] // H
     n = u1 - u0
-    tl = t if cell == LSTM else 0  # (c_all, hn_all: one-step scratch for the other cells)
+    lstm = has_cell_state(cell)
+    tl = t if lstm else 0  # (c_all, hn_all: one-step scratch for the other cells)
     tn = t if cell == GRU else 0
     for b in range(B):
         gx, gh = dgx[t, b], dgh[t, b]
@@ -155,21 +156,21 @@ def _units_grad(cell, t, first, tp, u0, u1, dy, dh, dc, c0, lengths, saved, grad
         dhb, dyb = dh[b, u0:u1], dy[t, b, u0:u1]
         for j in range(n):
             dhb[j] += dyb[j]  # now the total gradient reaching this step's h
-        cp = c0[b, u0:u1] if first or cell != LSTM else saved.c_all[tp, b, u0:u1]
+        cp = c0[b, u0:u1] if first or not lstm else saved.c_all[tp, b, u0:u1]
         backward_step(cell, u0, n, H, dhb, saved.acts[t, b], saved.c_all[tl, b, u0:u1], cp,
                       dc[b, u0:u1], saved.h_prev[t, b, u0:u1], saved.hn_all[tn, b, u0:u1],
-                      gx, gh, direct[b, u0:u1], tc, db)
+                      gx, gh, direct[b, u0:u1], tc, db, peep)
 
 
 @jit(parallel=True)
 def backward_loop_split(cell, weights, dy, dh, dc, c0, seq, units, sync, saved, grads, dhp,
-                        direct):
+                        direct, peep):
     """Same results as :func:`._loops.backward_loop`. ``dh``, ``dc`` hold ``dh_n``,
     ``dc_n`` and end as ``dh0``, ``dc0``; ``weights.packed``/``starts``: column block ``q``
     of ``w_hh`` (unit block ``q``) packed by :func:`._gemm.pack_column_blocks`; ``dhp`` is
     scratch for the products, ``direct [B,H]`` zeroed scratch (the GRU's ``z * dh``);
-    ``grads.db [1, G*H + H]`` (zeroed) receives the bias sums (each thread adds only its
-    units' columns)."""
+    ``grads.db [1, G*H + 3*H]`` (zeroed) receives the sums (each thread adds only its
+    units' columns); ``peep``: the peephole weights (:class:`.Biases`)."""
     lengths, reverse = seq
     wp, starts = weights.packed, weights.starts
     dgh = grads.dgh
@@ -190,7 +191,7 @@ def backward_loop_split(cell, weights, dy, dh, dc, c0, seq, units, sync, saved, 
                 tp = t + 1 if reverse else t - 1
                 for q in range(q0, q1):
                     _units_grad(cell, t, first, tp, units[q], units[q + 1], dy, dh, dc, c0,
-                                lengths, saved, grads, direct, tc, grads.db[0])
+                                lengths, saved, grads, direct, tc, grads.db[0], peep)
                 if meet:
                     barrier(sync, P, s + 1)  # every unit's gate gradients are in dgh[t]
                 for q in range(q0, q1):

@@ -15,12 +15,14 @@ enum Cell {
     LSTM = FASTRNN_ID_LSTM,
     GRU = FASTRNN_ID_GRU,
     GRU_RB = FASTRNN_ID_GRU_RESET_BEFORE,
+    LSTM_P = FASTRNN_ID_LSTM_PEEPHOLE,
 };
-static_assert(FASTRNN_NUM_CELLS == 6, "kernels/cells.py has a cell these kernels lack");
+static_assert(FASTRNN_NUM_CELLS == 7, "kernels/cells.py has a cell these kernels lack");
 
 template <int CELL>
 struct Gates {
     static constexpr int G = CELL == LSTM          ? FASTRNN_GATES_LSTM
+                             : CELL == LSTM_P      ? FASTRNN_GATES_LSTM_PEEPHOLE
                              : CELL == GRU         ? FASTRNN_GATES_GRU
                              : CELL == GRU_RB      ? FASTRNN_GATES_GRU_RESET_BEFORE
                              : CELL == RNN_TANH    ? FASTRNN_GATES_RNN_TANH
@@ -69,17 +71,27 @@ __device__ __forceinline__ T gru_reset(const T* xr, const T* hg, int u, int b, i
     return sigmoid(xr[u] + product(hg, u, b, B));
 }
 
+// Whether the cell carries a cell state (the LSTMs).
+template <int CELL>
+struct HasC {
+    static constexpr bool value = CELL == LSTM || CELL == LSTM_P;
+};
+
 // Forward: returns h'; ar receives the gates (training); cn the LSTM's c', hn the GRU's
-// W_hn h + b_hn.
+// W_hn h + b_hn; peep: LSTM_P's peephole weights [3,H] (rows i, f, o).
 template <int CELL, bool TRAINING, typename T>
-__device__ __forceinline__ T cell_forward(const T* xr, const T* hg, int u, int b, int B,
-                                          int H, T hp, T cp, T* ar, T& cn, T& hn) {
-    if (CELL == LSTM) {
-        const T i = sigmoid(xr[u] + product(hg, u, b, B));
-        const T f = sigmoid(xr[H + u] + product(hg, H + u, b, B));
+__device__ __forceinline__ T cell_forward(const T* xr, const T* hg, const T* peep, int u,
+                                          int b, int B, int H, T hp, T cp, T* ar, T& cn,
+                                          T& hn) {
+    if (HasC<CELL>::value) {
+        constexpr bool P = CELL == LSTM_P;
+        const T i = sigmoid(xr[u] + product(hg, u, b, B) + (P ? peep[u] * cp : T(0)));
+        const T f = sigmoid(xr[H + u] + product(hg, H + u, b, B) +
+                            (P ? peep[H + u] * cp : T(0)));
         const T g = tanh(xr[2 * H + u] + product(hg, 2 * H + u, b, B));
-        const T o = sigmoid(xr[3 * H + u] + product(hg, 3 * H + u, b, B));
         cn = f * cp + i * g;
+        const T o = sigmoid(xr[3 * H + u] + product(hg, 3 * H + u, b, B) +
+                            (P ? peep[2 * H + u] * cn : T(0)));
         if (TRAINING) { ar[u] = i; ar[H + u] = f; ar[2 * H + u] = g; ar[3 * H + u] = o; }
         return o * tanh(cn);
     } else if (CELL == GRU || CELL == GRU_RB) {
@@ -106,19 +118,25 @@ __device__ __forceinline__ T gru_reset_before_dn(const T* ar, T dht, int u, int 
 // Backward: writes the gate gradients of unit u into gx (input side) and gh (recurrent
 // side; the same array but for the GRUs), updates the LSTM's dc (in: after the step, out:
 // before it), returns the GRU's direct path to dh_prev. dht: the state's whole gradient;
-// hn: the GRU's W_hn h + b_hn; drh: GRU_RB's d(r*h).
+// hn: the GRU's W_hn h + b_hn; drh: GRU_RB's d(r*h); peep: LSTM_P's peephole weights
+// (their gradients are sums over steps and rows, taken after the kernel).
 template <int CELL, typename T>
-__device__ __forceinline__ T cell_backward(const T* ar, T dht, int u, int H, T hp, T ct,
-                                           T cp, T& dc, T hn, T drh, T* gx, T* gh) {
-    if (CELL == LSTM) {
+__device__ __forceinline__ T cell_backward(const T* ar, const T* peep, T dht, int u, int H,
+                                           T hp, T ct, T cp, T& dc, T hn, T drh, T* gx,
+                                           T* gh) {
+    if (HasC<CELL>::value) {
+        constexpr bool P = CELL == LSTM_P;
         const T i = ar[u], f = ar[H + u], g = ar[2 * H + u], o = ar[3 * H + u];
         const T tc = tanh(ct);
-        const T dct = dc + dht * o * (T(1) - tc * tc);
-        gh[u] = dct * g * i * (T(1) - i);
-        gh[H + u] = dct * cp * f * (T(1) - f);
+        const T dout = dht * tc * o * (T(1) - o);
+        const T dct = dc + dht * o * (T(1) - tc * tc) + (P ? dout * peep[2 * H + u] : T(0));
+        const T di = dct * g * i * (T(1) - i);
+        const T df = dct * cp * f * (T(1) - f);
+        gh[u] = di;
+        gh[H + u] = df;
         gh[2 * H + u] = dct * i * (T(1) - g * g);
-        gh[3 * H + u] = dht * tc * o * (T(1) - o);
-        dc = dct * f;
+        gh[3 * H + u] = dout;
+        dc = dct * f + (P ? di * peep[u] + df * peep[H + u] : T(0));
         return T(0);
     } else if (CELL == GRU) {
         const T r = ar[u], z = ar[H + u], n = ar[2 * H + u];

@@ -14,7 +14,7 @@ GPU. A runtime has:
 - ``matmul(a, b, out)``: ``out[:] = a @ b``.
 
 Shapes (DESIGN.md legend): ``x [T,B,I]``, ``h0, c0 [B,H]``, ``w_ih [G*H,I]``,
-``w_hh [G*H,H]``, ``b_ih, b_hh [G*H]`` or None.
+``w_hh [G*H,H]``, ``b_ih, b_hh [G*H]`` or None, ``peepholes [3,H]`` (``lstm_peephole``).
 """
 
 import math
@@ -23,7 +23,7 @@ from collections import namedtuple
 import numpy as np
 
 from ..cells import get_cell
-from ..gate_grads import input_and_weight_grads
+from ..gate_grads import input_and_weight_grads, peephole_grads
 from .names import CTYPES, backward_name, forward_name
 
 THREADS = 256  # threads a block (the kernels' __launch_bounds__)
@@ -50,8 +50,14 @@ def plan(G, H, itemsize, sms, smem_optin):
     return Plan(blocks, units, smem if on_chip else 0, on_chip)
 
 
+def _peep(xp, peepholes, dt):
+    """The peephole weights as the kernels take them (one unread element for a cell
+    without)."""
+    return xp.empty(1, dt) if peepholes is None else xp.ascontiguousarray(peepholes)
+
+
 def forward(runtime, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None, reverse=False,
-            training=True):
+            training=True, peepholes=None):
     """Kernel contract forward on ``runtime``'s arrays of ``x``'s dtype."""
     xp = runtime.xp
     spec = get_cell(cell)
@@ -80,17 +86,18 @@ def forward(runtime, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None, reve
     h_prev = kept((T, B, H), training)
     c_all = kept((T, B, H), training and spec.has_cell_state)
     hn_all = kept((T, B, H), training and spec.family == "gru")
+    peep = _peep(xp, peepholes, dt)
     p = plan(spec.gates, H, dt.itemsize, runtime.sms, runtime.smem_optin)
     name = forward_name(CTYPES[dt.name], spec.name, training, p.on_chip)
     runtime.launch(name, p.blocks, THREADS, p.smem, (
-        xp.ascontiguousarray(xg), xp.ascontiguousarray(w_hh), b_hh_, lens_d, hbuf, c,
+        xp.ascontiguousarray(xg), xp.ascontiguousarray(w_hh), b_hh_, peep, lens_d, hbuf, c,
         xp.empty((GH, B), dt), y, acts, h_prev, c_all, hn_all,
         np.int32(T), np.int32(B), np.int32(H), np.int32(p.units), np.int32(bool(reverse))))
     h_n = hbuf[T % 2].copy()
     saved = None
     if training:
         saved = dict(x=x, w_ih=w_ih, w_hh=w_hh, has_bias=b_ih is not None, lens=lens_d,
-                     reverse=reverse, acts=acts, h_prev=h_prev, c_all=c_all, hn_all=hn_all,
+                     reverse=reverse, peep=peep, acts=acts, h_prev=h_prev, c_all=c_all, hn_all=hn_all,
                      c0=xp.ascontiguousarray(c0) if spec.has_cell_state else xp.empty(1, dt))
     return y, h_n, (c if spec.has_cell_state else None), saved
 
@@ -110,7 +117,7 @@ def backward(runtime, cell, saved, dy, dh_n, dc_n):
     p = plan(spec.gates, H, dt.itemsize, runtime.sms, runtime.smem_optin)
     name = backward_name(CTYPES[dt.name], spec.name, p.on_chip)
     runtime.launch(name, p.blocks, THREADS, p.smem, (
-        xp.ascontiguousarray(w_hh.T), xp.ascontiguousarray(dy), saved["lens"],
+        xp.ascontiguousarray(w_hh.T), saved["peep"], xp.ascontiguousarray(dy), saved["lens"],
         saved["acts"], saved["h_prev"], saved["c_all"], saved["hn_all"], saved["c0"],
         dh, dc, xp.zeros((B, H), dt), dgx, dgh,
         np.int32(T), np.int32(B), np.int32(H), np.int32(p.units),
@@ -118,4 +125,7 @@ def backward(runtime, cell, saved, dy, dh_n, dc_n):
     dx, dw_ih, dw_hh, db_ih, db_hh = input_and_weight_grads(
         xp, runtime.matmul, dgx, dgh, x, saved["h_prev"], w_ih, saved["has_bias"],
         spec.name == "gru", rh=saved["hn_all"] if spec.reset_before else None)
-    return dx, dh, (dc if spec.has_cell_state else None), dw_ih, dw_hh, db_ih, db_hh
+    dp = None
+    if spec.peepholes:
+        dp = peephole_grads(xp, dgh, saved["c0"], saved["c_all"], saved["reverse"])
+    return dx, dh, (dc if spec.has_cell_state else None), dw_ih, dw_hh, db_ih, db_hh, dp

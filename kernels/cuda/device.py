@@ -83,10 +83,10 @@ def plan(G, H, itemsize):
 
 
 def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None, reverse=False,
-            training=True):
+            training=True, peepholes=None):
     """Kernel contract forward (see DESIGN.md) on CuPy arrays of ``x``'s dtype."""
     return contract.forward(RUNTIME, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths,
-                            reverse, training)
+                            reverse, training, peepholes)
 
 
 def backward(cell, saved, dy, dh_n, dc_n):

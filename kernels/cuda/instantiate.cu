@@ -5,30 +5,28 @@
 
 #define FORWARD(T, CELL)                                                                    \
     template __global__ void rnn_forward<T, CELL, true, true>(                              \
-        const T*, const T*, const T*, const long long*, T*, T*, T*, T*, T*, T*, T*, T*,     \
-        int, int, int, int, int);                                                           \
+        const T*, const T*, const T*, const T*, const long long*, T*, T*, T*, T*, T*, T*,  \
+        T*, T*, int, int, int, int, int);                                                           \
     template __global__ void rnn_forward<T, CELL, true, false>(                             \
-        const T*, const T*, const T*, const long long*, T*, T*, T*, T*, T*, T*, T*, T*,     \
-        int, int, int, int, int);                                                           \
+        const T*, const T*, const T*, const T*, const long long*, T*, T*, T*, T*, T*, T*,  \
+        T*, T*, int, int, int, int, int);                                                           \
     template __global__ void rnn_forward<T, CELL, false, true>(                             \
-        const T*, const T*, const T*, const long long*, T*, T*, T*, T*, T*, T*, T*, T*,     \
-        int, int, int, int, int);                                                           \
+        const T*, const T*, const T*, const T*, const long long*, T*, T*, T*, T*, T*, T*,  \
+        T*, T*, int, int, int, int, int);                                                           \
     template __global__ void rnn_forward<T, CELL, false, false>(                            \
-        const T*, const T*, const T*, const long long*, T*, T*, T*, T*, T*, T*, T*, T*,     \
-        int, int, int, int, int);
+        const T*, const T*, const T*, const T*, const long long*, T*, T*, T*, T*, T*, T*,  \
+        T*, T*, int, int, int, int, int);
 
 #define BACKWARD(T, CELL)                                                                   \
     template __global__ void rnn_backward<T, CELL, true>(                                   \
-        const T*, const T*, const long long*, const T*, const T*, const T*, const T*,       \
-        const T*, T*, T*, T*, T*, T*, int, int, int, int, int);                             \
+        const T*, const T*, const T*, const long long*, const T*, const T*, const T*,       \
+        const T*, const T*, T*, T*, T*, T*, T*, int, int, int, int, int);                             \
     template __global__ void rnn_backward<T, CELL, false>(                                  \
-        const T*, const T*, const long long*, const T*, const T*, const T*, const T*,       \
-        const T*, T*, T*, T*, T*, T*, int, int, int, int, int);
+        const T*, const T*, const T*, const long long*, const T*, const T*, const T*,       \
+        const T*, const T*, T*, T*, T*, T*, T*, int, int, int, int, int);
 
-#define ALL(T)                                                                              \
-    FORWARD(T, RNN_TANH) FORWARD(T, RNN_RELU) FORWARD(T, RNN_SIGMOID) FORWARD(T, LSTM)      \
-    FORWARD(T, GRU) FORWARD(T, GRU_RB) BACKWARD(T, RNN_TANH) BACKWARD(T, RNN_RELU)          \
-    BACKWARD(T, RNN_SIGMOID) BACKWARD(T, LSTM) BACKWARD(T, GRU) BACKWARD(T, GRU_RB)
+// every cell of kernels/cells.py (FASTRNN_EACH_CELL: the generated cell_ids.cuh)
+#define BOTH(CELL) FORWARD(float, CELL) FORWARD(double, CELL) BACKWARD(float, CELL)         \
+    BACKWARD(double, CELL)
 
-ALL(float)
-ALL(double)
+FASTRNN_EACH_CELL(BOTH)

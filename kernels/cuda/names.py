@@ -15,13 +15,16 @@ CTYPES = {"float32": "float", "float64": "double"}
 
 def cell_header():
     """The text of ``cell_ids.cuh``: each cell's id (the values of the enum ``Cell``) and
-    gate count, from :data:`..cells.CELLS`."""
+    gate count, from :data:`..cells.CELLS`, and ``FASTRNN_EACH_CELL(X)``, which applies a
+    macro to every id (``instantiate.cu`` instantiates the kernels of every cell with it)."""
     lines = ["// Generated from kernels/cells.py by kernels/cuda/names.py (cell_header); do not",
              "// edit: tests/test_cuda_compile.py fails when the two disagree.",
              "#pragma once", "", f"#define FASTRNN_NUM_CELLS {len(CELLS)}"]
     for spec in CELLS.values():
         lines += [f"#define FASTRNN_ID_{spec.name.upper()} {spec.id}",
                   f"#define FASTRNN_GATES_{spec.name.upper()} {spec.gates}"]
+    each = " ".join(f"X({spec.id})" for spec in CELLS.values())
+    lines.append(f"#define FASTRNN_EACH_CELL(X) {each}")
     return "\n".join(lines) + "\n"
 
 

@@ -62,18 +62,20 @@ __device__ void gate_products(const T* w_s, const T* __restrict__ w_hh,
 template <typename T, int CELL, bool TRAINING, bool SMEM_W>
 __global__ void __launch_bounds__(256) rnn_forward(
     const T* __restrict__ xg, const T* __restrict__ w_hh, const T* __restrict__ b_hh,
+    const T* __restrict__ peep,  // [3,H] LSTM_P's peephole weights (rows i, f, o)
     const long long* __restrict__ lengths,
     T* __restrict__ hbuf,    // [2,B,H]: hbuf[0] = h0 on entry; the final state ends in hbuf[T%2]
-    T* __restrict__ c,       // [B,H]: c0 on entry, c_n on exit (LSTM); r * h (GRU_RB)
+    T* __restrict__ c,       // [B,H]: c0 on entry, c_n on exit (LSTMs); r * h (GRU_RB)
     T* __restrict__ hg,      // [G*H,B] scratch: recurrent products of the current step
     T* __restrict__ y,       // [T,B,H]
     T* __restrict__ acts,    // [T,B,G*H] gate activations (training)
     T* __restrict__ h_prev,  // [T,B,H] state before each step (training)
-    T* __restrict__ c_all,   // [T,B,H] cell state after each step (training, LSTM)
+    T* __restrict__ c_all,   // [T,B,H] cell state after each step (training, LSTMs)
     T* __restrict__ hn_all,  // [T,B,H] W_hn h + b_hn (GRU) or r * h (GRU_RB) (training)
     int steps, int B, int H, int units, int reverse) {
     constexpr int G = Gates<CELL>::G;
     constexpr bool RB = CELL == GRU_RB;  // a second product a step, over r * h
+    constexpr bool HC = HasC<CELL>::value;
     cg::grid_group grid = cg::this_grid();
     extern __shared__ __align__(16) unsigned char smem_raw[];  // reused as T*
     T* w_s = reinterpret_cast<T*>(smem_raw);
@@ -110,15 +112,15 @@ __global__ void __launch_bounds__(256) rnn_forward(
             if (t >= lengths[b]) {  // padding: the state carries over, no output
                 hnext[bh] = hp;
                 y[tbh] = T(0);
-                if (TRAINING && CELL == LSTM) c_all[tbh] = c[bh];
+                if (TRAINING && HC) c_all[tbh] = c[bh];
                 continue;
             }
             const T* xr = xg + ((size_t)t * B + b) * GH;
             T* ar = acts + ((size_t)t * B + b) * GH;
             T cn = T(0), hn = T(0);
-            const T hv = cell_forward<CELL, TRAINING>(xr, hg, u, b, B, H, hp,
-                                                      CELL == LSTM ? c[bh] : T(0), ar, cn, hn);
-            if (CELL == LSTM) {
+            const T hv = cell_forward<CELL, TRAINING>(xr, hg, peep, u, b, B, H, hp,
+                                                      HC ? c[bh] : T(0), ar, cn, hn);
+            if (HC) {
                 c[bh] = cn;
                 if (TRAINING) c_all[tbh] = cn;
             }
@@ -133,11 +135,12 @@ __global__ void __launch_bounds__(256) rnn_forward(
 template <typename T, int CELL, bool SMEM_W>
 __global__ void __launch_bounds__(256) rnn_backward(
     const T* __restrict__ w_hh_t,  // [H,G*H]
+    const T* __restrict__ peep,    // [3,H] LSTM_P's peephole weights
     const T* __restrict__ dy, const long long* __restrict__ lengths,
     const T* __restrict__ acts, const T* __restrict__ h_prev, const T* __restrict__ c_all,
     const T* __restrict__ hn_all, const T* __restrict__ c0,
     T* __restrict__ dh,      // [B,H]: dh_n on entry, dh0 on exit
-    T* __restrict__ dc,      // [B,H]: dc_n on entry, dc0 on exit (LSTM)
+    T* __restrict__ dc,      // [B,H]: dc_n on entry, dc0 on exit (LSTMs)
     T* __restrict__ direct,  // [B,H] scratch: the GRU's z * dh path to the previous state
     // (not __restrict__: the same array except for the GRUs)
     T* dgx,                  // [T,B,G*H] pre-activation gradients, input side
@@ -145,6 +148,7 @@ __global__ void __launch_bounds__(256) rnn_backward(
     int steps, int B, int H, int units, int reverse) {
     constexpr int G = Gates<CELL>::G;
     constexpr bool RB = CELL == GRU_RB;  // n's product saw r * h: d(r*h) = W_hn^T dn first
+    constexpr bool HC = HasC<CELL>::value;
     cg::grid_group grid = cg::this_grid();
     extern __shared__ __align__(16) unsigned char smem_raw[];  // reused as T*
     T* w_s = reinterpret_cast<T*>(smem_raw);  // [U, G*H]: this block's columns of w_hh
@@ -196,14 +200,13 @@ __global__ void __launch_bounds__(256) rnn_backward(
                 continue;
             }
             const T* ar = acts + ((size_t)t * B + b) * GH;
-            const T cp = CELL == LSTM ? (first ? c0[bh] : c_all[((size_t)tp * B + b) * H + u])
-                                      : T(0);
-            T dcv = CELL == LSTM ? dc[bh] : T(0);
-            const T dir = cell_backward<CELL>(ar, dh[bh] + dy[tbh], u, H, h_prev[tbh],
-                                              CELL == LSTM ? c_all[tbh] : T(0), cp, dcv,
+            const T cp = HC ? (first ? c0[bh] : c_all[((size_t)tp * B + b) * H + u]) : T(0);
+            T dcv = HC ? dc[bh] : T(0);
+            const T dir = cell_backward<CELL>(ar, peep, dh[bh] + dy[tbh], u, H, h_prev[tbh],
+                                              HC ? c_all[tbh] : T(0), cp, dcv,
                                               CELL == GRU || RB ? hn_all[tbh] : T(0),
                                               RB ? direct[bh] : T(0), gx, gh);
-            if (CELL == LSTM) dc[bh] = dcv;
+            if (HC) dc[bh] = dcv;
             if (CELL == GRU || RB) direct[bh] = dir;
         }
         step_barrier(grid);  // every gate gradient of step t is written
