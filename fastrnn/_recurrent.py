@@ -24,6 +24,14 @@ def gru_cell_name(reset_after):
     return "gru" if reset_after else "gru_reset_before"
 
 
+def lstm_cell_name(peepholes):
+    """fastrnn's cell name for an LSTM with or without ``peepholes`` (the input and forget
+    gates also see ``c_{t-1}``, the output gate ``c_t``)."""
+    if not isinstance(peepholes, bool):
+        raise TypeError(f"peepholes: expected True or False, got {peepholes!r}")
+    return "lstm_peephole" if peepholes else "lstm"
+
+
 def rnn_cell_name(nonlinearity):
     """fastrnn's cell name for a vanilla RNN's ``nonlinearity``, or a clear error."""
     if nonlinearity not in _RNN_CELLS:
@@ -94,7 +102,8 @@ class RecurrentBase(Module):
         self.backend = backend
         xp = dispatch.array_module_for(backend)
         self._rng = np.random.default_rng(seed)
-        G, H, D = get_cell(cell).gates, self.hidden_size, self.num_directions
+        spec = get_cell(cell)
+        G, H, D = spec.gates, self.hidden_size, self.num_directions
         bound = 1.0 / math.sqrt(H)
         for layer in range(self.num_layers):
             for d in range(D):
@@ -103,6 +112,8 @@ class RecurrentBase(Module):
                 shapes = [("weight_ih", (G * H, in_size)), ("weight_hh", (G * H, H))]
                 if self.bias:
                     shapes += [("bias_ih", (G * H,)), ("bias_hh", (G * H,))]
+                if spec.peepholes:  # rows i, f, o
+                    shapes.append(("peephole", (3, H)))
                 for name, shape in shapes:
                     values = self._rng.uniform(-bound, bound, shape).astype(self.dtype)
                     self.register_parameter(name + suffix, xp.asarray(values))
@@ -118,14 +129,38 @@ class RecurrentBase(Module):
     def num_directions(self):
         return 2 if self.bidirectional else 1
 
+    @property
+    def peepholes(self):
+        """Whether the LSTM's gates see the cell state (parameters ``peephole_l{k}``)."""
+        return get_cell(self.cell).peepholes
+
+    def _per_group(self):
+        """Parameters per layer and direction: weight_ih, weight_hh, the biases, the
+        peepholes."""
+        return 2 + 2 * self.bias + self.peepholes
+
     def _weights(self):
+        """The weight tuples of :func:`fastrnn.functional.rnn`, one per layer and
+        direction."""
         params = list(self._parameters.values())
-        per = 4 if self.bias else 2
+        per = self._per_group()
         groups = []
         for k in range(0, len(params), per):
             ws = [p.data for p in params[k:k + per]]
-            groups.append(tuple(ws) if self.bias else (ws[0], ws[1], None, None))
+            if not self.bias:
+                ws[2:2] = [None, None]
+            groups.append(tuple(ws))
         return groups
+
+    def _accumulate(self, grad_groups):
+        """Add :func:`fastrnn.functional.rnn_backward`'s weight gradients to the
+        parameters' ``.grad``."""
+        params = list(self._parameters.values())
+        per = self._per_group()
+        for k, group in enumerate(grad_groups):
+            grads = [g for g in group if g is not None]  # (no bias: no bias gradients)
+            for p, g in zip(params[k * per:(k + 1) * per], grads, strict=True):
+                p.accumulate(g)
 
     def _param_module(self):
         return dispatch.array_module(next(iter(self._parameters.values())).data)
@@ -145,8 +180,9 @@ class RecurrentBase(Module):
         try:
             return functional.rnn_backward(ctx, grad_output, grad_h_n, grad_c_n)
         except functional.WeightChangedError as err:
-            k, j = err.index
-            name = list(self._parameters)[k * (4 if self.bias else 2) + j]
+            k, j = err.index  # (j: 0 w_ih, 1 w_hh, 4 the peepholes, a group's last)
+            per = self._per_group()
+            name = list(self._parameters)[k * per + (j if j < 2 else per - 1)]
             raise RuntimeError(
                 f"{type(self).__name__}.backward(): parameter {name!r} was changed in place "
                 "after the forward call, so the gradients would not match the outputs; run "
@@ -164,6 +200,8 @@ class RecurrentBase(Module):
             s += ", batch_first=True"
         if get_cell(self.cell).reset_before:
             s += ", reset_after=False"
+        if self.peepholes:
+            s += ", peepholes=True"
         return s + f", dtype={self.dtype}"
 
     def __repr__(self):

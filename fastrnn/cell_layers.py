@@ -9,7 +9,8 @@ import numpy as np
 
 from . import functional
 from ._checks import check_array
-from ._recurrent import RecurrentBase, gru_cell_name, rnn_cell_name, split_pair
+from ._recurrent import (RecurrentBase, gru_cell_name, lstm_cell_name, rnn_cell_name,
+                         split_pair)
 from .kernels.cells import get_cell
 
 
@@ -68,8 +69,7 @@ class _StepCell(RecurrentBase):
         dy = xp.zeros((1, B, self.hidden_size), self.dtype)
         dx, dh0, dc0, dws = self._bptt(ctx, dy, *lifted)
         self._stack.pop()
-        for p, g in zip(self._parameters.values(), dws[0]):
-            p.accumulate(g)
+        self._accumulate(dws)
         in_shape = (self.input_size,) if ndim == 1 else (B, self.input_size)
         return dx.reshape(in_shape), dh0.reshape(shape), None if dc0 is None else dc0.reshape(
             shape)
@@ -119,12 +119,14 @@ class LSTMCell(_StepCell):
     """One step of an LSTM: ``h', c' = cell(x, (h, c)=None)``; as ``torch.nn.LSTMCell``.
 
     ``backward((grad_h, grad_c))`` (either may be None) returns
-    ``(grad_x, (grad_h_prev, grad_c_prev))``.
+    ``(grad_x, (grad_h_prev, grad_c_prev))``. ``peepholes``: see :class:`fastrnn.LSTM`
+    (the parameter is ``peephole``).
     """
 
     def __init__(self, input_size, hidden_size, bias=True, dtype=np.float32, backend=None,
-                 seed=None):
-        super().__init__("lstm", input_size, hidden_size, bias, dtype, backend, seed)
+                 seed=None, peepholes=False):
+        super().__init__(lstm_cell_name(peepholes), input_size, hidden_size, bias, dtype,
+                         backend, seed)
 
     def forward(self, x, hx=None):
         h, c = split_pair("hx", hx)

@@ -43,7 +43,8 @@ def info_lines():
     from .kernels.cells import CELLS
     lines.append("cells (every backend): " + ", ".join(
         f"{name} ({spec.family.upper() if spec.family != 'rnn' else 'RNN'}"
-        + (", reset_after=False" if spec.reset_before else "") + ")"
+        + (", reset_after=False" if spec.reset_before else "")
+        + (", peepholes=True" if spec.peepholes else "") + ")"
         for name, spec in CELLS.items()))
     if backends()["cpu"]["available"]:
         from .kernels import cpu

@@ -9,7 +9,8 @@ import numpy as np
 
 from . import functional
 from ._checks import check_array
-from ._recurrent import RecurrentBase, gru_cell_name, rnn_cell_name, split_pair
+from ._recurrent import (RecurrentBase, gru_cell_name, lstm_cell_name, rnn_cell_name,
+                         split_pair)
 from .kernels.cells import get_cell
 
 
@@ -68,11 +69,7 @@ class _Sequence(RecurrentBase):
         dx, dh0, dc0, dws = self._bptt(saved["ctx"], self._to_time_major(grad_output),
                                        grad_h_n, grad_c_n)
         self._guard.consume()
-        params = list(self._parameters.values())
-        per = 4 if self.bias else 2
-        for k, group in enumerate(dws):
-            for p, g in zip(params[k * per:(k + 1) * per], group):
-                p.accumulate(g)
+        self._accumulate(dws)
         dx = self._from_time_major(dx, unbatched)
         if unbatched:
             dh0 = dh0[:, 0, :]
@@ -155,12 +152,19 @@ class LSTM(_Sequence):
     Call ``output, (h_n, c_n) = lstm(x, (h0, c0)=None, lengths=None)``; shapes as
     :class:`RNN`. ``backward(grad_output, (grad_h_n, grad_c_n))`` returns
     ``grad_x, (grad_h0, grad_c0)``.
+
+    ``peepholes=True`` lets the gates see the cell state through diagonal weights (ONNX's
+    ``P``, TensorFlow's ``use_peepholes``): ``i`` and ``f`` add ``p_i * c_{t-1}`` and
+    ``p_f * c_{t-1}`` to their pre-activations, ``o`` adds ``p_o * c_t``; the weights are
+    the parameters ``peephole_l{k}[_reverse]`` of shape ``[3, H]`` (rows i, f, o), after
+    each layer's biases, initialised like the others. PyTorch has no such LSTM.
     """ + _DOC_ARGS
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, dtype=np.float32, backend=None, seed=None):
-        self._setup("lstm", input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                    bidirectional, dtype, backend, seed)
+                 dropout=0.0, bidirectional=False, dtype=np.float32, backend=None, seed=None,
+                 peepholes=False):
+        self._setup(lstm_cell_name(peepholes), input_size, hidden_size, num_layers, bias,
+                    batch_first, dropout, bidirectional, dtype, backend, seed)
 
     def forward(self, x, hx=None, lengths=None):
         h0, c0 = split_pair("hx", hx)

@@ -26,8 +26,6 @@ def _node_cases():
 
 
 NODE_CASES = _node_cases()
-# ONNX's cases fastrnn cannot run, with the reason it gives
-UNSUPPORTED = {"test_lstm_with_peepholes": "input P (peephole weights)"}
 
 
 def test_onnx_ships_the_recurrent_node_cases():
@@ -39,10 +37,6 @@ def test_onnx_ships_the_recurrent_node_cases():
 def test_onnx_node_cases(case):
     rep = fo.prepare(case.model)
     for inputs, expected in case.data_sets:
-        if case.name in UNSUPPORTED:
-            with pytest.raises(fo.UnsupportedNodeError, match=re.escape(UNSUPPORTED[case.name])):
-                rep.run(inputs)
-            continue
         got = rep.run(inputs)
         assert len(got) == len(expected)
         for g, e in zip(got, expected):
@@ -51,12 +45,11 @@ def test_onnx_node_cases(case):
     # and one node at a time, as onnx's backend tests also call it
     node = case.model.graph.node[0]
     inputs = case.data_sets[0][0]
-    if case.name not in UNSUPPORTED:
-        names = [i.name for i in case.model.graph.input]
-        values = dict(zip(names, inputs))
-        out = fo.run_node(node, [values.get(n) if n else None for n in node.input])
-        np.testing.assert_allclose(out[-1], case.data_sets[0][1][-1], rtol=case.rtol,
-                                   atol=case.atol)
+    names = [i.name for i in case.model.graph.input]
+    values = dict(zip(names, inputs))
+    out = fo.run_node(node, [values.get(n) if n else None for n in node.input])
+    np.testing.assert_allclose(out[-1], case.data_sets[0][1][-1], rtol=case.rtol,
+                               atol=case.atol)
 
 
 def _layer(cell, L, bidirectional, batch_first, bias=True, seed=0):
@@ -67,7 +60,7 @@ def _layer(cell, L, bidirectional, batch_first, bias=True, seed=0):
         return fastrnn.RNN(5, 6, nonlinearity=spec.activation, **kw)
     if spec.family == "gru":
         return fastrnn.GRU(5, 6, reset_after=not spec.reset_before, **kw)
-    return fastrnn.LSTM(5, 6, **kw)
+    return fastrnn.LSTM(5, 6, peepholes=spec.peepholes, **kw)
 
 
 def _outputs(result):
@@ -91,8 +84,8 @@ def test_export_runs_in_onnx_runtime_like_fastrnn(cell, L, bidirectional, batch_
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = sess.run(None, {"input": x, "sequence_lens": lengths})
     want = _outputs(layer(x, lengths=lengths))
-    assert [o.name for o in sess.get_outputs()] == (["output", "h_n", "c_n"] if cell == "lstm"
-                                                    else ["output", "h_n"])
+    assert [o.name for o in sess.get_outputs()] == (
+        ["output", "h_n", "c_n"] if get_cell(cell).has_cell_state else ["output", "h_n"])
     for name, g, w in zip(("output", "h_n", "c_n"), got, want):
         assert g.shape == w.shape, name
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5, err_msg=name)
@@ -164,6 +157,29 @@ def test_gru_reset_before_matches_onnx_reference_implementation(tmp_path):
         np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-12)
 
 
+def test_peephole_lstm_matches_onnx_reference_implementation(tmp_path):
+    """ONNX's reference evaluator runs the exported peephole LSTM (input P), from random
+    initial states, so that every peephole term counts from the first step."""
+    from onnx.reference import ReferenceEvaluator
+    layer = fastrnn.LSTM(4, 5, bidirectional=True, peepholes=True, dtype=np.float64, seed=7)
+    for name, p in layer.named_parameters():
+        if name.startswith("peephole"):  # larger than the init, to weigh in the result
+            p.data[...] = np.random.default_rng(len(name)).uniform(-1, 1, p.data.shape)
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((6, 3, 4))
+    h0, c0 = rng.standard_normal((2, 2, 3, 5))
+    fo.export(layer, tmp_path / "p.onnx", lengths=False, initial_states=True)
+    assert [n.op_type for n in onnx.load(str(tmp_path / "p.onnx")).graph.node].count("LSTM") == 1
+    got = ReferenceEvaluator(str(tmp_path / "p.onnx")).run(None, {"input": x, "h0": h0,
+                                                                  "c0": c0})
+    want = _outputs(layer(x, (h0, c0)))
+    plain = fastrnn.LSTM(4, 5, bidirectional=True, dtype=np.float64)
+    plain.load_state_dict({k: v for k, v in layer.state_dict().items() if "peephole" not in k})
+    assert np.abs(plain(x, (h0, c0))[0] - want[0]).max() > 1e-2  # the peepholes matter
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-12)
+
+
 def test_clear_errors(tmp_path):
     from onnx import helper, TensorProto
     x = helper.make_tensor_value_info("X", TensorProto.FLOAT, [2, 1, 3])
@@ -188,6 +204,13 @@ def test_clear_errors(tmp_path):
                             activations=["Softsign"])
     with pytest.raises(fo.UnsupportedNodeError, match="'activations'=\\['Softsign'\\]"):
         fo.run_node(node, [np.zeros((2, 1, 3), np.float32), W, R])
+    node = helper.make_node("LSTM", ["X", "W", "R", "", "", "", "", "P"], ["Y"], name="l",
+                            hidden_size=4)
+    W4, R4 = np.ones((1, 16, 3), np.float32), np.ones((1, 16, 4), np.float32)
+    with pytest.raises(fo.UnsupportedNodeError, match=re.escape(
+            "LSTM node 'l': input P of shape (1, 8): expected (1, 12)")):
+        fo.run_node(node, [np.zeros((2, 1, 3), np.float32), W4, R4, None, None, None, None,
+                           np.ones((1, 8), np.float32)])
     with pytest.raises(TypeError, match="cannot write a LastStep"):
         fo.export(fastrnn.nn.Sequential(fastrnn.LSTM(3, 4), fastrnn.nn.LastStep()),
                   tmp_path / "x.onnx")

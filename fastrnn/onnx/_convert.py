@@ -2,7 +2,8 @@
 
 fastrnn stacks gate blocks in PyTorch's order (LSTM ``i f g o``, GRU ``r z n``); ONNX in its
 own (LSTM ``i o f c``, GRU ``z r h``). ONNX's ``W [D, G*H, I]``, ``R [D, G*H, H]``,
-``B [D, 2*G*H]`` (``W``'s bias, then ``R``'s) hold one block per direction.
+``B [D, 2*G*H]`` (``W``'s bias, then ``R``'s) hold one block per direction, as does the
+LSTM's ``P [D, 3*H]`` (peephole weights, blocks ``i o f``; fastrnn's rows ``i f o``).
 """
 
 import numpy as np
@@ -45,3 +46,17 @@ def to_onnx(family, H, w_ih, w_hh, b_ih=None, b_hh=None):
     if b_ih is None:
         return W, R, None
     return W, R, np.concatenate([_reorder(b_ih, H, order), _reorder(b_hh, H, order)])
+
+
+# fastrnn peephole row k is ONNX block PEEPHOLE_BLOCK[k]
+PEEPHOLE_BLOCK = (0, 2, 1)
+
+
+def peepholes_from_onnx(H, P):
+    """fastrnn's ``peepholes [3,H]`` (rows i, f, o) from one direction's ``P [3*H]``."""
+    return np.ascontiguousarray(np.asarray(P).reshape(3, H)[list(PEEPHOLE_BLOCK)])
+
+
+def peepholes_to_onnx(p):
+    """One direction's ``P [3*H]``: the inverse of :func:`peepholes_from_onnx`."""
+    return np.ascontiguousarray(p[list(_inverse(PEEPHOLE_BLOCK))]).reshape(-1)

@@ -11,7 +11,7 @@ from ..kernels.cells import get_cell
 from ..layers import GRU, LSTM, RNN
 from ..nn import Dropout, Embedding, Linear, Sequential
 from ._backend import attributes
-from ._convert import OP_TYPE, from_onnx, to_onnx
+from ._convert import OP_TYPE, from_onnx, peepholes_from_onnx, peepholes_to_onnx, to_onnx
 from ._nodes import UnsupportedNodeError, cell_for, node_label
 
 OPSET = 17
@@ -55,12 +55,14 @@ def _recurrent(g, layer, x, prefix, lengths_name, h0_name, c0_name):
         attrs["linear_before_reset"] = 0 if spec.reset_before else 1
     hs, cs = [], []
     for layer_k in range(L):
-        Ws, Rs, Bs = [], [], []
+        Ws, Rs, Bs, Ps = [], [], [], []
         for d in range(D):
             sfx = f"_l{layer_k}" + ("_reverse" if d else "")
             W, R, B = to_onnx(spec.family, H, params["weight_ih" + sfx], params["weight_hh" + sfx],
                               params.get("bias_ih" + sfx), params.get("bias_hh" + sfx))
             Ws.append(W), Rs.append(R), Bs.append(B)
+            if spec.peepholes:
+                Ps.append(peepholes_to_onnx(params["peephole" + sfx]))
         inputs = [x, g.init(f"{prefix}W_l{layer_k}", np.stack(Ws)),
                   g.init(f"{prefix}R_l{layer_k}", np.stack(Rs)),
                   g.init(f"{prefix}B_l{layer_k}", np.stack(Bs)) if layer.bias else "",
@@ -72,6 +74,8 @@ def _recurrent(g, layer, x, prefix, lengths_name, h0_name, c0_name):
                 inputs.append(g.node("Slice", [state, starts, ends]))
             else:
                 inputs.append("")
+        if spec.peepholes:
+            inputs.append(g.init(f"{prefix}P_l{layer_k}", np.stack(Ps)))
         while inputs and inputs[-1] == "":
             inputs.pop()
         outs = g.node(op, inputs, n_out=3 if op == "LSTM" else 2, **attrs)
@@ -100,6 +104,8 @@ def _describe(module):
             d["nonlinearity"] = module.nonlinearity
         if isinstance(module, GRU):
             d["reset_after"] = module.reset_after
+        if isinstance(module, LSTM):
+            d["peepholes"] = module.peepholes
         return d
     if isinstance(module, Linear):
         return {"type": "Linear", "in_features": module.in_features,
@@ -233,6 +239,8 @@ def load(path, *, dtype=None, backend=None):
                 kw["nonlinearity"] = d["nonlinearity"]
             if kind == "GRU":
                 kw["reset_after"] = d["reset_after"]
+            if kind == "LSTM":
+                kw["peepholes"] = d.get("peepholes", False)
             m = cls(d["input_size"], d["hidden_size"], dtype=dtype or np.float32,
                     backend=backend, **kw)
             spec = get_cell(m.cell)
@@ -249,6 +257,9 @@ def load(path, *, dtype=None, backend=None):
                     for name, value in zip(("weight_ih", "weight_hh", "bias_ih", "bias_hh"), w):
                         if value is not None:
                             state[name + sfx] = value
+                    if spec.peepholes:
+                        state["peephole" + sfx] = peepholes_from_onnx(
+                            H, inits[f"{prefix}P_l{layer_k}"][dd])
                 if node.op_type != {"RNN": "RNN", "GRU": "GRU", "LSTM": "LSTM"}[kind]:
                     raise UnsupportedNodeError(f"{node_label(node)}: expected a {kind} node")
             _set(m, state)
@@ -294,12 +305,14 @@ def _load_foreign(proto, inits, dtype, backend):
     if direction == "reverse":
         raise UnsupportedNodeError(f"{node_label(node)}: direction 'reverse' has no fastrnn layer")
     D = 2 if direction == "bidirectional" else 1
-    cell = cell_for(node, attrs, D)
     names = list(node.input) + [""] * 8  # (sequence_lens and states: the layer's arguments)
     try:
         W, R = inits[names[1]], inits[names[2]]
+        P = inits[names[7]] if node.op_type == "LSTM" and names[7] else None
     except KeyError:
-        raise UnsupportedNodeError(f"{node_label(node)}: W and R must be initializers") from None
+        raise UnsupportedNodeError(f"{node_label(node)}: W, R and P must be initializers") \
+            from None
+    cell = cell_for(node, attrs, D, peepholes=P is not None and bool(np.any(P)))
     B = inits.get(names[3]) if names[3] else None
     spec = get_cell(cell)
     H, I = int(attrs["hidden_size"]), W.shape[2]
@@ -310,7 +323,7 @@ def _load_foreign(proto, inits, dtype, backend):
     elif spec.family == "gru":
         m = GRU(I, H, reset_after=not spec.reset_before, **kw)
     else:
-        m = LSTM(I, H, **kw)
+        m = LSTM(I, H, peepholes=spec.peepholes, **kw)
     state = {}
     for d in range(D):
         w = from_onnx(spec.family, H, W[d], R[d], None if B is None else B[d])
@@ -318,5 +331,7 @@ def _load_foreign(proto, inits, dtype, backend):
         for name, value in zip(("weight_ih", "weight_hh", "bias_ih", "bias_hh"), w):
             if value is not None:
                 state[name + sfx] = value
+        if spec.peepholes:
+            state["peephole" + sfx] = peepholes_from_onnx(H, P[d])
     _set(m, state)
     return m

@@ -4,7 +4,7 @@ shape operators an exported network puts between them."""
 import numpy as np
 
 from .. import dispatch
-from ._convert import from_onnx
+from ._convert import from_onnx, peepholes_from_onnx
 
 
 class UnsupportedNodeError(ValueError):
@@ -26,8 +26,9 @@ _KNOWN = {"LSTM": {"hidden_size", "direction", "layout", "activations", "activat
                   "activation_beta", "clip"}}
 
 
-def cell_for(node, attrs, D):
-    """fastrnn's cell for the node, or :class:`UnsupportedNodeError`."""
+def cell_for(node, attrs, D, peepholes=False):
+    """fastrnn's cell for the node (``peepholes``: an LSTM node with nonzero ``P``), or
+    :class:`UnsupportedNodeError`."""
     op = node.op_type
     for key in sorted(set(attrs) - _KNOWN[op]):
         raise UnsupportedNodeError(f"{node_label(node)}: unknown attribute {key!r}")
@@ -57,7 +58,7 @@ def cell_for(node, attrs, D):
             raise UnsupportedNodeError(f"{node_label(node)}: attribute 'linear_before_reset'="
                                        f"{lbr}: expected 0 or 1")
         return "gru" if lbr else "gru_reset_before"
-    return "lstm"
+    return "lstm_peephole" if peepholes else "lstm"
 
 
 def run_recurrent(node, attrs, inputs, backend):
@@ -72,17 +73,15 @@ def run_recurrent(node, attrs, inputs, backend):
     layout = attrs.get("layout", 0)
     if layout not in (0, 1):
         raise UnsupportedNodeError(f"{node_label(node)}: attribute 'layout'={layout}")
-    cell = cell_for(node, attrs, D)
     inputs = list(inputs) + [None] * (8 - len(inputs))
     X, W, R, B, seq_lens, init_h, init_c, P = inputs[:8]
+    # (all-zero peepholes are the plain LSTM's equations: its faster cell runs them)
+    cell = cell_for(node, attrs, D, peepholes=P is not None and bool(np.any(P)))
     if X is None or W is None or R is None:
         raise UnsupportedNodeError(f"{node_label(node)}: inputs X, W and R are required")
     if X.dtype not in (np.float32, np.float64):
         raise UnsupportedNodeError(f"{node_label(node)}: input X of type {X.dtype}: fastrnn runs "
                                    "float32 and float64")
-    if P is not None and np.any(P):
-        raise UnsupportedNodeError(f"{node_label(node)}: input P (peephole weights) is not "
-                                   "supported: fastrnn's LSTM has no peepholes")
     if "hidden_size" not in attrs:
         raise UnsupportedNodeError(f"{node_label(node)}: attribute 'hidden_size' is required")
     H = int(attrs["hidden_size"])
@@ -92,6 +91,10 @@ def run_recurrent(node, attrs, inputs, backend):
     if W.shape[0] != D or R.shape[0] != D:
         raise UnsupportedNodeError(f"{node_label(node)}: W and R hold {W.shape[0]} direction(s), "
                                    f"direction={direction!r} needs {D}")
+    peephole = cell == "lstm_peephole"
+    if peephole and tuple(P.shape) != (D, 3 * H):
+        raise UnsupportedNodeError(f"{node_label(node)}: input P of shape {tuple(P.shape)}: "
+                                   f"expected {(D, 3 * H)}")
     lengths = None if seq_lens is None else np.asarray(seq_lens, np.int64)
     if init_h is not None and layout:
         init_h = init_h.transpose(1, 0, 2)
@@ -110,9 +113,11 @@ def run_recurrent(node, attrs, inputs, backend):
             c0 = np.zeros((Bn, H), dt) if init_c is None else np.ascontiguousarray(init_c[d],
                                                                                   dt)
         args = [xp.asarray(a) if a is not None else None for a in (x, h0, c0, *w)]
+        peep = {"peepholes": xp.asarray(peepholes_from_onnx(H, P[d].astype(dt)))} \
+            if peephole else {}
         y, h_n, c_n, _ = kernel.forward(cell, *args, lengths=lengths,
                                         reverse=direction == "reverse" or d == 1,
-                                        training=False)
+                                        training=False, **peep)
         ys.append(y), hs.append(h_n), cs.append(c_n)
     Y = xp.stack(ys, axis=1)  # [T, D, B, H]
     Y_h = xp.stack(hs)
