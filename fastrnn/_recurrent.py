@@ -32,6 +32,16 @@ def lstm_cell_name(peepholes):
     return "lstm_peephole" if peepholes else "lstm"
 
 
+def checked_proj_size(proj_size, hidden_size):
+    """``proj_size`` as an int in ``[0, hidden_size)``, or a clear error (PyTorch's rule)."""
+    if isinstance(proj_size, bool) or not isinstance(proj_size, (int, np.integer)):
+        raise TypeError(f"proj_size: expected an integer, got {proj_size!r}")
+    if not 0 <= proj_size < hidden_size:
+        raise ValueError(f"proj_size: expected 0 (no projection) or a size smaller than "
+                         f"hidden_size={hidden_size}, got {proj_size}")
+    return int(proj_size)
+
+
 def rnn_cell_name(nonlinearity):
     """fastrnn's cell name for a vanilla RNN's ``nonlinearity``, or a clear error."""
     if nonlinearity not in _RNN_CELLS:
@@ -82,11 +92,12 @@ class RecurrentBase(Module):
     """Parameters, checks and BPTT shared by the sequence layers and the step cells."""
 
     def _setup(self, cell, input_size, hidden_size, num_layers, bias, batch_first, dropout,
-               bidirectional, dtype, backend, seed, layer_suffix=True):
+               bidirectional, dtype, backend, seed, layer_suffix=True, proj_size=0):
         super().__init__()
         self.cell = get_cell(cell).name
         self.input_size = positive_int("input_size", input_size)
         self.hidden_size = positive_int("hidden_size", hidden_size)
+        self.proj_size = checked_proj_size(proj_size, self.hidden_size)
         self.num_layers = positive_int("num_layers", num_layers)
         self.bias = bool(bias)
         self.batch_first = bool(batch_first)
@@ -104,16 +115,19 @@ class RecurrentBase(Module):
         self._rng = np.random.default_rng(seed)
         spec = get_cell(cell)
         G, H, D = spec.gates, self.hidden_size, self.num_directions
+        S = self.state_size
         bound = 1.0 / math.sqrt(H)
         for layer in range(self.num_layers):
             for d in range(D):
                 suffix = f"_l{layer}" + ("_reverse" if d else "") if layer_suffix else ""
-                in_size = self.input_size if layer == 0 else D * H
-                shapes = [("weight_ih", (G * H, in_size)), ("weight_hh", (G * H, H))]
+                in_size = self.input_size if layer == 0 else D * S
+                shapes = [("weight_ih", (G * H, in_size)), ("weight_hh", (G * H, S))]
                 if self.bias:
                     shapes += [("bias_ih", (G * H,)), ("bias_hh", (G * H,))]
                 if spec.peepholes:  # rows i, f, o
                     shapes.append(("peephole", (3, H)))
+                if self.proj_size:
+                    shapes.append(("weight_hr", (self.proj_size, H)))
                 for name, shape in shapes:
                     values = self._rng.uniform(-bound, bound, shape).astype(self.dtype)
                     self.register_parameter(name + suffix, xp.asarray(values))
@@ -130,14 +144,20 @@ class RecurrentBase(Module):
         return 2 if self.bidirectional else 1
 
     @property
+    def state_size(self):
+        """The size of the state ``h`` and of each direction's output: ``proj_size`` when
+        there is a projection, else ``hidden_size``."""
+        return self.proj_size or self.hidden_size
+
+    @property
     def peepholes(self):
         """Whether the LSTM's gates see the cell state (parameters ``peephole_l{k}``)."""
         return get_cell(self.cell).peepholes
 
     def _per_group(self):
         """Parameters per layer and direction: weight_ih, weight_hh, the biases, the
-        peepholes."""
-        return 2 + 2 * self.bias + self.peepholes
+        peepholes, the projection."""
+        return 2 + 2 * self.bias + self.peepholes + (self.proj_size > 0)
 
     def _weights(self):
         """The weight tuples of :func:`fastrnn.functional.rnn`, one per layer and
@@ -180,9 +200,9 @@ class RecurrentBase(Module):
         try:
             return functional.rnn_backward(ctx, grad_output, grad_h_n, grad_c_n)
         except functional.WeightChangedError as err:
-            k, j = err.index  # (j: 0 w_ih, 1 w_hh, 4 the peepholes, a group's last)
-            per = self._per_group()
-            name = list(self._parameters)[k * per + (j if j < 2 else per - 1)]
+            k, j = err.index  # (j: 0 w_ih, 1 w_hh, 4 and on the extra weights)
+            name = list(self._parameters)[k * self._per_group() + (
+                j if j < 2 or self.bias else j - 2)]
             raise RuntimeError(
                 f"{type(self).__name__}.backward(): parameter {name!r} was changed in place "
                 "after the forward call, so the gradients would not match the outputs; run "
@@ -202,6 +222,8 @@ class RecurrentBase(Module):
             s += ", reset_after=False"
         if self.peepholes:
             s += ", peepholes=True"
+        if self.proj_size:
+            s += f", proj_size={self.proj_size}"
         return s + f", dtype={self.dtype}"
 
     def __repr__(self):

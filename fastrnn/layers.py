@@ -27,10 +27,13 @@ class _Sequence(RecurrentBase):
             return a[:, 0, :]
         return a.transpose(1, 0, 2) if self.batch_first else a
 
-    def _state_in(self, name, s, B, unbatched):
+    def _state_in(self, name, s, B, unbatched, cell_state=False):
+        """A state (or a state's gradient) checked and made batched: ``[L*D,B,S]``, or
+        ``[L*D,B,H]`` for the LSTM's cell state."""
         if s is None:
             return None
-        LD, H = self.num_layers * self.num_directions, self.hidden_size
+        LD = self.num_layers * self.num_directions
+        H = self.hidden_size if cell_state else self.state_size
         check_array(name, s, 2 if unbatched else 3, self.dtype,
                     (LD, H) if unbatched else (LD, B, H))
         return s[:, None, :] if unbatched else s
@@ -45,11 +48,12 @@ class _Sequence(RecurrentBase):
         x_tm = self._to_time_major(x)
         B = x_tm.shape[1]
         h0 = self._state_in("hx" if c0 is None else "hx[0]", h0, B, unbatched)
-        c0 = self._state_in("hx[1]", c0, B, unbatched)
+        c0 = self._state_in("hx[1]", c0, B, unbatched, cell_state=True)
         out, h_n, c_n, ctx = functional.rnn(
             self.cell, x_tm, self._weights(), h0, c0, num_layers=self.num_layers,
             bidirectional=self.bidirectional, lengths=lengths, dropout=self.dropout,
-            training=self.training, rng=self._rng, backend=self.backend)
+            training=self.training, rng=self._rng, backend=self.backend,
+            proj_size=self.proj_size)
         out = self._from_time_major(out, unbatched)
         if unbatched:
             h_n = h_n[:, 0, :]
@@ -65,7 +69,7 @@ class _Sequence(RecurrentBase):
                     saved["shape"])
         B = 1 if unbatched else grad_output.shape[0 if self.batch_first else 1]
         grad_h_n = self._state_in("grad_h_n", grad_h_n, B, unbatched)
-        grad_c_n = self._state_in("grad_c_n", grad_c_n, B, unbatched)
+        grad_c_n = self._state_in("grad_c_n", grad_c_n, B, unbatched, cell_state=True)
         dx, dh0, dc0, dws = self._bptt(saved["ctx"], self._to_time_major(grad_output),
                                        grad_h_n, grad_c_n)
         self._guard.consume()
@@ -158,13 +162,19 @@ class LSTM(_Sequence):
     ``p_f * c_{t-1}`` to their pre-activations, ``o`` adds ``p_o * c_t``; the weights are
     the parameters ``peephole_l{k}[_reverse]`` of shape ``[3, H]`` (rows i, f, o), after
     each layer's biases, initialised like the others. PyTorch has no such LSTM.
+
+    ``proj_size=P`` (``0 < P < hidden_size``) projects the state as ``torch.nn.LSTM``
+    does: ``h_t = W_hr (o_t * tanh(c_t))`` with the parameter ``weight_hr_l{k}[_reverse]``
+    of shape ``[P, H]`` (after the biases and peepholes); ``h`` states are ``[L*D,B,P]``,
+    ``c`` states ``[L*D,B,H]``, outputs ``D*P`` wide, ``weight_hh`` ``[4*H, P]``.
     """ + _DOC_ARGS
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, dtype=np.float32, backend=None, seed=None,
-                 peepholes=False):
+                 dropout=0.0, bidirectional=False, proj_size=0, dtype=np.float32,
+                 backend=None, seed=None, peepholes=False):
         self._setup(lstm_cell_name(peepholes), input_size, hidden_size, num_layers, bias,
-                    batch_first, dropout, bidirectional, dtype, backend, seed)
+                    batch_first, dropout, bidirectional, dtype, backend, seed,
+                    proj_size=proj_size)
 
     def forward(self, x, hx=None, lengths=None):
         h0, c0 = split_pair("hx", hx)

@@ -6,7 +6,9 @@ module is tested against finite differences and against PyTorch.
 
 Shapes (DESIGN.md legend): ``x [T,B,I]``, ``h0, c0 [B,H]``, ``w_ih [G*H,I]``,
 ``w_hh [G*H,H]``, ``b_ih, b_hh [G*H]`` (or None for ``bias=False``), ``lengths [B]``,
-``peepholes [3,H]`` (``lstm_peephole`` only; rows i, f, o).
+``peepholes [3,H]`` (``lstm_peephole`` only; rows i, f, o). An LSTM with a projection
+(``w_hr [P,H]``, PyTorch's ``proj_size``) carries a state ``h`` of ``P`` units: ``h0 [B,P]``,
+``w_hh [4*H,P]``, ``y [T,B,P]``; its cell state stays ``[B,H]``.
 """
 
 import functools
@@ -63,7 +65,7 @@ def _time_order(T, reverse):
 
 @_quiet
 def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None, reverse=False,
-            training=True, peepholes=None):
+            training=True, peepholes=None, w_hr=None):
     """Run one layer in one direction over the whole sequence.
 
     Parameters
@@ -85,25 +87,29 @@ def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None, reverse=False
         Keep what :func:`backward` needs.
     peepholes : ndarray [3,H] or None
         The peephole weights of ``lstm_peephole`` (rows i, f, o); None for other cells.
+    w_hr : ndarray [P,H] or None
+        The LSTMs' projection: ``h' = w_hr @ (o * tanh(c'))`` (PyTorch's ``proj_size``).
 
     Returns
     -------
-    y : ndarray [T,B,H]
-    h_n : ndarray [B,H]
+    y : ndarray [T,B,H] ([T,B,P] with a projection)
+    h_n : ndarray [B,H] ([B,P])
     c_n : ndarray [B,H] or None
     saved : dict or None
     """
     spec = get_cell(cell)
     T, B, _ = x.shape
-    H = w_hh.shape[1]
+    H = w_hh.shape[0] // spec.gates
+    S = w_hh.shape[1]  # the state's size: H, or P with a projection
     mask = _valid_mask(lengths, T, B)
 
     # Input projection for all steps at once; the recurrent part stays in the loop.
     xg = x @ w_ih.T
     if b_ih is not None:
         xg = xg + b_ih
-    y = np.zeros((T, B, H), dtype=x.dtype)
-    h_prev = np.empty((T, B, H), dtype=x.dtype)
+    y = np.zeros((T, B, S), dtype=x.dtype)
+    h_prev = np.empty((T, B, S), dtype=x.dtype)
+    m_all = np.empty((T, B, H), dtype=x.dtype) if w_hr is not None else None
     acts = np.empty((T, B, spec.gates * H), dtype=x.dtype)
     c_prev = np.empty((T, B, H), dtype=x.dtype) if spec.has_cell_state else None
     c_out = np.empty((T, B, H), dtype=x.dtype) if spec.has_cell_state else None
@@ -124,6 +130,9 @@ def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None, reverse=False
             c_new = f * c + i * g
             o = sigmoid(xg[t, :, 3 * H:] + hg[:, 3 * H:] + p_o * c_new)
             h_new = o * np.tanh(c_new)
+            if w_hr is not None:
+                m_all[t] = h_new
+                h_new = h_new @ w_hr.T
             acts[t] = np.concatenate([i, f, g, o], axis=1)
             c_prev[t] = c
         elif spec.name == "gru":
@@ -164,7 +173,7 @@ def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None, reverse=False
     if training:
         saved = dict(cell=spec.name, x=x, w_ih=w_ih, w_hh=w_hh, has_bias=b_ih is not None,
                      mask=mask, reverse=reverse, h_prev=h_prev, acts=acts, c_prev=c_prev,
-                     c_out=c_out, hn=hn, peepholes=peepholes)
+                     c_out=c_out, hn=hn, peepholes=peepholes, w_hr=w_hr, m_all=m_all)
     return y, h, (c if spec.has_cell_state else None), saved
 
 
@@ -177,22 +186,27 @@ def backward(cell, saved, dy, dh_n, dc_n):
     cell : str
     saved : dict
         What :func:`forward` returned with ``training=True``.
-    dy : ndarray [T,B,H]
+    dy : ndarray [T,B,H] ([T,B,P] with a projection)
         Gradient of the loss with respect to ``y``.
-    dh_n, dc_n : ndarray [B,H] or None
+    dh_n, dc_n : ndarray [B,H] ([B,P] for ``dh_n`` with a projection) or None
         Gradients with respect to the final states (None means zero).
 
     Returns
     -------
     dx [T,B,I], dh0 [B,H], dc0 [B,H] or None, dw_ih [G*H,I], dw_hh [G*H,H],
-    db_ih [G*H] or None, db_hh [G*H] or None, dpeepholes [3,H] or None (``lstm_peephole``)
+    db_ih [G*H] or None, db_hh [G*H] or None, and a tuple of the gradients of the extra
+    weights forward took, in its order (``dpeepholes [3,H]``, ``dw_hr [P,H]``; empty
+    without)
     """
     spec = get_cell(cell)
     x, w_ih, w_hh, mask = saved["x"], saved["w_ih"], saved["w_hh"], saved["mask"]
     acts, h_prev = saved["acts"], saved["h_prev"]
     T, B, _ = x.shape
-    H = w_hh.shape[1]
-    dh = np.zeros((B, H), x.dtype) if dh_n is None else dh_n
+    H = w_hh.shape[0] // spec.gates
+    S = w_hh.shape[1]
+    w_hr = saved["w_hr"]
+    dh = np.zeros((B, S), x.dtype) if dh_n is None else dh_n
+    dhs = np.zeros((T, B, S), x.dtype) if w_hr is not None else None  # dh' of each step
     dc = None
     if spec.has_cell_state:
         dc = np.zeros((B, H), x.dtype) if dc_n is None else dc_n
@@ -210,10 +224,14 @@ def backward(cell, saved, dy, dh_n, dc_n):
         a = acts[t]
         if spec.family == "lstm":
             p_i, p_f, p_o = saved["peepholes"] if spec.peepholes else (0, 0, 0)
+            dm = dh_t  # the gradient reaching o * tanh(c')
+            if w_hr is not None:
+                dhs[t] = dh_t if m is None else np.where(m, dh_t, 0)
+                dm = dh_t @ w_hr
             i, f, g, o = a[:, 0:H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
             tc = np.tanh(saved["c_out"][t])
-            do = dh_t * tc * o * (1 - o)
-            dc_t = dc + dh_t * o * (1 - tc * tc) + do * p_o
+            do = dm * tc * o * (1 - o)
+            dc_t = dc + dm * o * (1 - tc * tc) + do * p_o
             di = dc_t * g * i * (1 - i)
             df = dc_t * saved["c_prev"][t] * f * (1 - f)
             gates = np.concatenate([di, df, dc_t * i * (1 - g * g), do], axis=1)
@@ -264,13 +282,15 @@ def backward(cell, saved, dy, dh_n, dc_n):
             dgh[:, :, g * H:(g + 1) * H].reshape(T * B, H).T @ w_in[:, :, g].reshape(T * B, H)
             for g in range(3)])
     else:
-        dw_hh = dgh.reshape(T * B, G_H).T @ h_prev.reshape(T * B, H)
+        dw_hh = dgh.reshape(T * B, G_H).T @ h_prev.reshape(T * B, S)
     db_ih = dgx.sum(axis=(0, 1)) if saved["has_bias"] else None
     db_hh = dgh.sum(axis=(0, 1)) if saved["has_bias"] else None
-    dp = None
+    extra = ()
     if spec.peepholes:  # (padding steps have zero gate gradients)
         c_prev, c_out = saved["c_prev"], saved["c_out"]
-        dp = np.stack([(dgx[:, :, 0:H] * c_prev).sum(axis=(0, 1)),
-                       (dgx[:, :, H:2 * H] * c_prev).sum(axis=(0, 1)),
-                       (dgx[:, :, 3 * H:] * c_out).sum(axis=(0, 1))])
-    return dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh, dp
+        extra += (np.stack([(dgx[:, :, 0:H] * c_prev).sum(axis=(0, 1)),
+                            (dgx[:, :, H:2 * H] * c_prev).sum(axis=(0, 1)),
+                            (dgx[:, :, 3 * H:] * c_out).sum(axis=(0, 1))]),)
+    if w_hr is not None:
+        extra += (dhs.reshape(T * B, S).T @ saved["m_all"].reshape(T * B, H),)
+    return dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh, extra

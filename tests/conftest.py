@@ -9,6 +9,7 @@ from fastrnn.kernels.cells import CELLS
 # One tolerance table per dtype (relative to the largest magnitude of the reference).
 TOL = {np.float64: 1e-10, np.float32: 2e-4}
 ALL_CELLS = sorted(CELLS)
+LSTM_CELLS = [c for c in ALL_CELLS if CELLS[c].family == "lstm"]  # (the ones with proj_size)
 # Every backend other than the reference is compared with it; unavailable ones skip with
 # the reason fastrnn.backends() gives, so a missing backend is visible in the test report.
 FAST_BACKENDS = ["cpu", "gpu"]
@@ -41,22 +42,26 @@ def assert_close(got, want, dtype, what=""):
 
 
 def random_problem(cell, T, B, I, H, L=1, D=1, dtype=np.float64, bias=True, seed=0,
-                   scale=0.5):
-    """Random (never zero) input, states and weights for ``fastrnn.functional.rnn``."""
+                   scale=0.5, proj_size=0):
+    """Random (never zero) input, states and weights for ``fastrnn.functional.rnn``
+    (with ``proj_size``, an LSTM's projection: states ``h`` of that size)."""
     rng = np.random.default_rng(seed)
     G = CELLS[cell].gates
+    S = proj_size or H
     weights = []
     for k in range(L * D):
-        in_size = I if k < D else D * H
+        in_size = I if k < D else D * S
         w = [rng.uniform(-scale, scale, (G * H, in_size)),
-             rng.uniform(-scale, scale, (G * H, H))]
+             rng.uniform(-scale, scale, (G * H, S))]
         w += [rng.uniform(-scale, scale, G * H), rng.uniform(-scale, scale, G * H)] if bias \
             else [None, None]
         if CELLS[cell].peepholes:
             w.append(rng.uniform(-scale, scale, (3, H)))
+        if proj_size:
+            w.append(rng.uniform(-scale, scale, (S, H)))
         weights.append(tuple(None if a is None else a.astype(dtype) for a in w))
     x = rng.standard_normal((T, B, I)).astype(dtype)
-    h0 = (0.5 * rng.standard_normal((L * D, B, H))).astype(dtype)
+    h0 = (0.5 * rng.standard_normal((L * D, B, S))).astype(dtype)
     c0 = (0.5 * rng.standard_normal((L * D, B, H))).astype(dtype) \
         if CELLS[cell].has_cell_state else None
     return x, weights, h0, c0

@@ -11,7 +11,8 @@ import pytest
 
 import fastrnn
 from fastrnn import functional as F
-from conftest import ALL_CELLS, FAST_BACKENDS, assert_close, backend_param, random_problem
+from conftest import (ALL_CELLS, FAST_BACKENDS, LSTM_CELLS, assert_close, backend_param,
+                      random_problem)
 
 CASES = list(itertools.product(ALL_CELLS, [np.float32, np.float64], [1, 2], [1, 2],
                                [False, True]))
@@ -30,10 +31,11 @@ def _host(a):
     return a.get() if hasattr(a, "get") else a
 
 
-def _run(backend, cell, x, weights, h0, c0, L, D, lengths, grads, xp):
+def _run(backend, cell, x, weights, h0, c0, L, D, lengths, grads, xp, proj_size=0):
     ws = [tuple(_to(xp, w) for w in g) for g in weights]
     out, h_n, c_n, ctx = F.rnn(cell, _to(xp, x), ws, _to(xp, h0), _to(xp, c0), num_layers=L,
-                               bidirectional=D == 2, lengths=lengths, backend=backend)
+                               bidirectional=D == 2, lengths=lengths, backend=backend,
+                               proj_size=proj_size)
     g_out, g_h, g_c = (_to(xp, g) for g in grads)
     dx, dh0, dc0, dws = F.rnn_backward(ctx, g_out, g_h, g_c if c_n is not None else None)
     flat = [out, h_n, c_n, dx, dh0, dc0] + [g for group in dws for g in group]
@@ -60,6 +62,28 @@ def test_backend_matches_reference(backend, case):
             assert g is None, name
         else:
             assert_close(g, w, dtype, name)
+
+
+@pytest.mark.parametrize("backend", [backend_param(b) for b in FAST_BACKENDS])
+@pytest.mark.parametrize("cell", LSTM_CELLS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("L,D,var", [(1, 1, False), (2, 2, True), (2, 1, True)])
+def test_backend_matches_reference_with_a_projection(backend, cell, dtype, L, D, var):
+    """The LSTMs with PyTorch's ``proj_size``: a state of P = 3 units from H = 8."""
+    T, B, I, H, P = 7, 5, 6, 8, 3
+    x, weights, h0, c0 = random_problem(cell, T, B, I, H, L, D, dtype, seed=L + D,
+                                        proj_size=P)
+    rng = np.random.default_rng(2)
+    grads = [rng.standard_normal(s).astype(dtype)
+             for s in [(T, B, D * P), (L * D, B, P), (L * D, B, H)]]
+    lengths = np.array([7, 1, 4, 0, 6]) if var else None
+    xp = __import__(fastrnn.backends()[backend]["array_module"])
+    want = _run("numpy", cell, x, weights, h0, c0, L, D, lengths, grads, np, P)
+    got = _run(backend, cell, x, weights, h0, c0, L, D, lengths, grads, xp, P)
+    assert want[0].shape == (T, B, D * P) and want[1].shape == (L * D, B, P)
+    assert want[-1].shape == (P, H)  # dw_hr
+    for k, (g, w) in enumerate(zip(got, want)):
+        assert_close(g, w, dtype, f"result {k}")
 
 
 @pytest.mark.parametrize("backend", ["numpy"] + [backend_param(b) for b in FAST_BACKENDS])

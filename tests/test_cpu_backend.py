@@ -420,6 +420,30 @@ def test_input_projection_inside_or_before_the_loop_matches_the_reference(cell, 
         _assert_matches_reference(cell, x, weights, h0, c0, np.float64, training, **kw)
 
 
+@pytest.mark.parametrize("cell", [c for c in ALL_CELLS if CELLS[c].family == "lstm"])
+@pytest.mark.parametrize("B,fused", [(1, False), (5, True), (5, False)])
+def test_a_projection_runs_the_batch_split_and_matches_the_reference(cell, B, fused,
+                                                                     monkeypatch):
+    """An LSTM with a projection (P=40 of H=144) splits the batch even at batch 1, where
+    the unit split would otherwise run; its input projection inside the loop or before."""
+    from fastrnn.kernels import cpu
+    monkeypatch.setattr(cpu, "_FUSE_MAX_BYTES", 1 << 40 if fused else 0)
+    monkeypatch.setattr(cpu, "_MIN_WORK_PER_THREAD", 0)
+    calls = []
+    for name in ("forward_loop", "forward_loop_split", "forward_loop_serial",
+                 "backward_loop", "backward_loop_split"):
+        real = getattr(cpu, name)
+        monkeypatch.setattr(cpu, name, lambda *a, _real=real, _name=name: (
+            calls.append(_name), _real(*a))[1])
+    H, P = 144, 40
+    x, weights, h0, c0 = random_problem(cell, 9, B, 5, H, 2, 2, np.float32, seed=B,
+                                        scale=1 / np.sqrt(H), proj_size=P)
+    kw = dict(num_layers=2, bidirectional=True, lengths=[9, 4, 9, 1, 0][:B], proj_size=P)
+    for training in (True, False):
+        _assert_matches_reference(cell, x, weights, h0, c0, np.float32, training, **kw)
+    assert set(calls) == {"forward_loop", "backward_loop"}
+
+
 def test_calls_from_a_second_thread_are_not_pinned_and_still_correct(monkeypatch):
     import threading
     from fastrnn.kernels import cpu

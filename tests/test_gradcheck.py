@@ -5,17 +5,17 @@ import pytest
 
 from fastrnn import functional as F
 from fastrnn.kernels.cells import CELLS
-from conftest import ALL_CELLS, random_problem
+from conftest import ALL_CELLS, LSTM_CELLS, random_problem
 
 T, B, I, H = 5, 3, 4, 3
 EPS = 1e-6
 
 
-def _loss_and_grads(cell, x, weights, h0, c0, L, D, lengths, dropout, seeds):
+def _loss_and_grads(cell, x, weights, h0, c0, L, D, lengths, dropout, seeds, proj_size=0):
     """Loss = <out,R> + <h_n,S> (+ <c_n,U>) with fixed random R, S, U, and its gradients."""
     R, S, U = seeds
     kw = dict(num_layers=L, bidirectional=D == 2, lengths=lengths, dropout=dropout,
-              backend="numpy")
+              backend="numpy", proj_size=proj_size)
 
     def loss(x, weights, h0, c0):
         out, h_n, c_n, _ = F.rnn(cell, x, weights, h0, c0, training=True,
@@ -31,19 +31,25 @@ def _loss_and_grads(cell, x, weights, h0, c0, L, D, lengths, dropout, seeds):
 
 
 
-@pytest.mark.parametrize("cell", ALL_CELLS)
+CASES = [(cell, 0) for cell in ALL_CELLS] + [(cell, 2) for cell in LSTM_CELLS]
+
+
+@pytest.mark.parametrize("cell,proj_size", CASES,
+                         ids=[f"{c}-proj{p}" if p else c for c, p in CASES])
 @pytest.mark.parametrize("L", [1, 2])
 @pytest.mark.parametrize("D", [1, 2])
 @pytest.mark.parametrize("with_lengths", [False, True])
-def test_reference_gradients_match_finite_differences(cell, L, D, with_lengths):
-    x, weights, h0, c0 = random_problem(cell, T, B, I, H, L, D, np.float64, seed=L * 10 + D)
+def test_reference_gradients_match_finite_differences(cell, proj_size, L, D, with_lengths):
+    x, weights, h0, c0 = random_problem(cell, T, B, I, H, L, D, np.float64, seed=L * 10 + D,
+                                        proj_size=proj_size)
     rng = np.random.default_rng(123)
     lengths = np.array([T, 2, 4]) if with_lengths else None
-    R = rng.standard_normal((T, B, D * H))
-    S = rng.standard_normal((L * D, B, H))
+    P = proj_size or H
+    R = rng.standard_normal((T, B, D * P))
+    S = rng.standard_normal((L * D, B, P))
     U = rng.standard_normal((L * D, B, H))
     loss_fn, (dx, dh0, dc0, dws) = _loss_and_grads(
-        cell, x, weights, h0, c0, L, D, lengths, 0.0, (R, S, U))
+        cell, x, weights, h0, c0, L, D, lengths, 0.0, (R, S, U), proj_size)
 
     # Flatten every input of the loss into one list so each can be perturbed alone.
     flat = [x, h0, c0] + [w for group in weights for w in group]

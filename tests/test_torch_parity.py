@@ -15,6 +15,7 @@ LAYERS = {
     "rnn_tanh": (fastrnn.RNN, torch.nn.RNN, {"nonlinearity": "tanh"}),
     "rnn_relu": (fastrnn.RNN, torch.nn.RNN, {"nonlinearity": "relu"}),
     "lstm": (fastrnn.LSTM, torch.nn.LSTM, {}),
+    "lstm_proj": (fastrnn.LSTM, torch.nn.LSTM, {"proj_size": 2}),
     "gru": (fastrnn.GRU, torch.nn.GRU, {}),
 }
 T, B, I, H = 6, 4, 5, 3
@@ -60,28 +61,31 @@ def test_matches_torch(case, backend):
     cell, L, bi, bf, bias, var = case
     D = 2 if bi else 1
     ours, ref = _pair(cell, L, bi, bf, bias, backend)
+    lstm = cell.startswith("lstm")
+    S = LAYERS[cell][2].get("proj_size") or H  # the state's size
     rng = np.random.default_rng(zlib.crc32(repr(case).encode()))
     x = rng.standard_normal((B, T, I) if bf else (T, B, I))
-    h0 = rng.standard_normal((L * D, B, H))
-    c0 = rng.standard_normal((L * D, B, H)) if cell == "lstm" else None
+    h0 = rng.standard_normal((L * D, B, S))
+    c0 = rng.standard_normal((L * D, B, H)) if lstm else None
     lengths = np.array([T, 2, 5, 1]) if var else None
 
-    if cell == "lstm":
+    if lstm:
         out, (h_n, c_n) = ours(x, (h0, c0), lengths=lengths)
     else:
         out, h_n = ours(x, h0, lengths=lengths)
     xt, h0t, c0t, out_t, hn_t = _torch_run(ref, x, h0, c0, lengths, bf)
-    h_t, c_t = hn_t if cell == "lstm" else (hn_t, None)
+    h_t, c_t = hn_t if lstm else (hn_t, None)
+    assert out.shape == tuple(out_t.shape) and h_n.shape == tuple(h_t.shape)
     assert rel_err(out, out_t.detach().numpy()) < 1e-10
     assert rel_err(h_n, h_t.detach().numpy()) < 1e-10
-    if cell == "lstm":
+    if lstm:
         assert rel_err(c_n, c_t.detach().numpy()) < 1e-10
 
     g_out = rng.standard_normal(out.shape)
     g_h = rng.standard_normal(h_n.shape)
-    g_c = rng.standard_normal(h_n.shape) if cell == "lstm" else None
+    g_c = rng.standard_normal(c_n.shape) if lstm else None
     loss = (out_t * torch.tensor(g_out)).sum() + (h_t * torch.tensor(g_h)).sum()
-    if cell == "lstm":
+    if lstm:
         loss = loss + (c_t * torch.tensor(g_c)).sum()
         dx, (dh0, dc0) = ours.backward(g_out, (g_h, g_c))
     else:
@@ -89,7 +93,7 @@ def test_matches_torch(case, backend):
     loss.backward()
     assert rel_err(dx, xt.grad.numpy()) < 1e-10
     assert rel_err(dh0, h0t.grad.numpy()) < 1e-10
-    if cell == "lstm":
+    if lstm:
         assert rel_err(dc0, c0t.grad.numpy()) < 1e-10
     names = [n for n, _ in ours.named_parameters()]
     assert names == [n for n, _ in ref.named_parameters()]
@@ -105,10 +109,11 @@ def test_unbatched_input_matches_torch(cell, backend):
     x = rng.standard_normal((T, I))
     out, hn = ours(x)
     out_t, hn_t = ref(torch.tensor(x))
-    assert out.shape == (T, 2 * H)
+    S = LAYERS[cell][2].get("proj_size") or H
+    assert out.shape == (T, 2 * S)
     assert rel_err(out, out_t.detach().numpy()) < 1e-10
-    h, ht = (hn[0], hn_t[0]) if cell == "lstm" else (hn, hn_t)
-    assert h.shape == (4, H)
+    h, ht = (hn[0], hn_t[0]) if cell.startswith("lstm") else (hn, hn_t)
+    assert h.shape == (4, S)
     assert rel_err(h, ht.detach().numpy()) < 1e-10
 
 
@@ -161,8 +166,8 @@ def test_gpu_matches_torch(case):
     ours, ref = _pair(cell, L, bi, bf, bias, "gpu")
     rng = np.random.default_rng(zlib.crc32(repr(case).encode()))
     x = rng.standard_normal((B, T, I) if bf else (T, B, I))
-    h0 = rng.standard_normal((L * D, B, H))
-    c0 = rng.standard_normal((L * D, B, H)) if cell == "lstm" else None
+    h0 = rng.standard_normal((L * D, B, LAYERS[cell][2].get("proj_size") or H))
+    c0 = rng.standard_normal((L * D, B, H)) if cell.startswith("lstm") else None
     lengths = np.array([T, 2, 5, 1]) if var else None
     hx = cupy.asarray(h0) if c0 is None else (cupy.asarray(h0), cupy.asarray(c0))
     out, hn = ours(cupy.asarray(x), hx, lengths=lengths)

@@ -1,7 +1,8 @@
-"""The cell variants as layers: ``LSTM(peepholes=True)`` and ``GRU(reset_after=False)`` -
-parameters, gradients reaching every parameter (finite differences through the layer),
-cells, state_dict, repr and errors. (Kernels: test_backends, test_gradcheck; independent
-implementations: test_onnx.)"""
+"""The variants as layers: ``LSTM(peepholes=True)``, ``LSTM(proj_size=P)`` and
+``GRU(reset_after=False)`` - parameters, gradients reaching every parameter (finite
+differences through the layer), cells, state_dict, repr and errors. (Kernels: test_backends,
+test_gradcheck; PyTorch's projection: test_torch_parity; independent implementations:
+test_onnx.)"""
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from conftest import numpy_backends
 VARIANTS = {
     "peepholes": lambda **kw: fastrnn.LSTM(4, 3, peepholes=True, **kw),
     "reset_before": lambda **kw: fastrnn.GRU(4, 3, reset_after=False, **kw),
+    "peepholes-proj": lambda **kw: fastrnn.LSTM(4, 3, peepholes=True, proj_size=2, **kw),
 }
 
 
@@ -33,11 +35,12 @@ def test_every_parameter_gets_its_gradient(variant, bias, backend):
         p.data[...] = rng.uniform(-0.6, 0.6, p.data.shape)
     x = rng.standard_normal((5, 3, 4))
     lengths = [5, 2, 4]
-    R = rng.standard_normal((5, 3, 6))
+    R = rng.standard_normal((5, 3, 2 * layer.state_size))
     _, out = _loss(layer, x, lengths, R)
     layer.backward(R)
     names = [n for n, _ in layer.named_parameters()]
-    assert ("peephole_l1_reverse" in names) == (variant == "peepholes")
+    assert ("peephole_l1_reverse" in names) == variant.startswith("peepholes")
+    assert ("weight_hr_l1_reverse" in names) == variant.endswith("proj")
     assert ("bias_ih_l0" in names) == bias
     eps = 1e-6
     for name, p in layer.named_parameters():
@@ -84,6 +87,33 @@ def test_peephole_cell_steps_like_the_layer(backend):
     np.testing.assert_allclose(c, c_n[0], rtol=1e-12, atol=1e-14)
     dx, (dh, dc) = cell.backward((np.ones_like(h), None))
     assert dx.shape == (2, 4) and np.any(cell.peephole.grad)
+
+
+def test_projection_shapes_names_and_errors(tmp_path):
+    layer = fastrnn.LSTM(4, 6, num_layers=2, bidirectional=True, proj_size=2, seed=0)
+    assert repr(layer) == ("LSTM(4, 6, num_layers=2, bidirectional=True, proj_size=2, "
+                           "dtype=float32)")
+    shapes = {n: p.data.shape for n, p in layer.named_parameters()}
+    assert shapes["weight_hh_l0"] == (24, 2) and shapes["weight_ih_l1"] == (24, 4)
+    assert shapes["weight_hr_l1_reverse"] == (2, 6)
+    x = np.random.default_rng(0).standard_normal((5, 3, 4)).astype(np.float32)
+    out, (h, c) = layer(x)
+    assert out.shape == (5, 3, 4) and h.shape == (4, 3, 2) and c.shape == (4, 3, 6)
+    with pytest.raises(ValueError, match=r"hx\[0\]: expected shape \(4, 3, 2\)"):
+        layer(x, (c, c))
+    with pytest.raises(ValueError, match="proj_size: expected 0 .* smaller than "
+                                         "hidden_size=6, got 6"):
+        fastrnn.LSTM(4, 6, proj_size=6)
+    with pytest.raises(ValueError, match="got -1"):
+        fastrnn.LSTM(4, 6, proj_size=-1)
+    with pytest.raises(TypeError, match="proj_size: expected an integer, got 2.0"):
+        fastrnn.LSTM(4, 6, proj_size=2.0)
+    with pytest.raises(TypeError, match="proj_size"):
+        fastrnn.GRU(4, 6, proj_size=2)
+    onnx_module = pytest.importorskip("fastrnn.onnx")
+    with pytest.raises(TypeError, match="LSTM with proj_size=2: ONNX's LSTM operator has no "
+                                        "projection"):
+        onnx_module.export(layer, tmp_path / "p.onnx")
 
 
 def test_repr_info_and_errors():

@@ -96,6 +96,9 @@ def _recurrent(g, layer, x, prefix, lengths_name, h0_name, c0_name):
 def _describe(module):
     """What :func:`load` needs to rebuild ``module`` besides its weights."""
     if isinstance(module, (RNN, GRU, LSTM)):
+        if module.proj_size:
+            raise TypeError(f"model: fastrnn.onnx.export cannot write an LSTM with proj_size="
+                            f"{module.proj_size}: ONNX's LSTM operator has no projection")
         d = {"type": type(module).__name__, "input_size": module.input_size,
              "hidden_size": module.hidden_size, "num_layers": module.num_layers,
              "bias": module.bias, "batch_first": module.batch_first,

@@ -109,11 +109,14 @@ def _rowdot(T, B):
     return B <= _SPLIT_MAX_BATCH or T * B <= _ROWDOT_MAX_ROWS
 
 
-def _units_for(cell, T, B, GH, H, itemsize):
+def _units_for(cell, T, B, GH, H, itemsize, projected=False):
     """:func:`_unit_split` for ``cell``: None (the batch split) for ``gru_reset_before``,
-    whose second product per step needs every unit's ``r * h`` (a second barrier a step in
-    the unit split, which it does not have)."""
-    return None if get_cell(cell).reset_before else _unit_split(T, B, GH, H, itemsize)
+    whose second product per step needs every unit's ``r * h``, and for an LSTM with a
+    projection, whose product needs every unit's ``o * tanh(c')`` (a second barrier a step
+    in the unit split, which it does not have)."""
+    if get_cell(cell).reset_before or projected:
+        return None
+    return _unit_split(T, B, GH, H, itemsize)
 
 
 def _unit_split(T, B, GH, H, itemsize=4):
@@ -208,25 +211,25 @@ def _writable(a):
 
 @child_safe
 def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None, reverse=False,
-            training=True, peepholes=None):
-    """Kernel contract forward (see DESIGN.md; ``peepholes [3,H]`` for ``lstm_peephole``);
-    arrays are NumPy, of ``x``'s dtype."""
-    x, h0, c0, w_ih, w_hh, b_ih, b_hh, peepholes = map(
-        _writable, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, peepholes))
+            training=True, peepholes=None, w_hr=None):
+    """Kernel contract forward (see DESIGN.md; ``peepholes [3,H]`` for ``lstm_peephole``,
+    ``w_hr [P,H]`` for an LSTM with a projection); arrays are NumPy, of ``x``'s dtype."""
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, peepholes, w_hr = map(
+        _writable, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, peepholes, w_hr))
     (T, B, I), (GH, H) = x.shape, w_hh.shape
     threads = _threads_for(x.shape, w_hh.shape)
-    units = _units_for(cell, T, B, GH, H, x.dtype.itemsize)
+    units = _units_for(cell, T, B, GH, H, x.dtype.itemsize, w_hr is not None)
     plan = Plan(threads, units, _projection(T, B, I, GH, H, x.dtype.itemsize, threads, units))
     fpu = flush_denormals()
     try:
         if plan.projection == "rowdot":
             # no BLAS and no parallel region: nothing to hold back or pin (a step of
             # generation)
-            return _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, peepholes, lengths,
-                            reverse, training, plan)
+            return _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, (peepholes, w_hr),
+                            lengths, reverse, training, plan)
         with single_threaded_blas(), _at_most(threads), pinned(threads):
-            return _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, peepholes, lengths,
-                            reverse, training, plan)
+            return _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, (peepholes, w_hr),
+                            lengths, reverse, training, plan)
     finally:
         restore(fpu)
 
@@ -250,11 +253,13 @@ def _peep(peepholes, dt):
     return np.empty((0, 0), dt) if peepholes is None else np.ascontiguousarray(peepholes)
 
 
-def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, peepholes, lengths, reverse, training,
+def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, extra, lengths, reverse, training,
              plan):
     spec = get_cell(cell)
+    peepholes, w_hr = extra
     T, B, I = x.shape
-    GH, H = w_hh.shape
+    GH, S = w_hh.shape  # S: the state's size (H, or the projection's)
+    H = GH // spec.gates
     dt = x.dtype
     units, projection = plan.units, plan.projection
     b_ih_ = b_ih if b_ih is not None else np.zeros(GH, dt)
@@ -277,12 +282,13 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, peepholes, lengths, revers
     seq = Sequence(lens, bool(reverse))
     c0_ = c0 if spec.has_cell_state else np.zeros((B, H), dt)
     steps = T if training else 1
-    y = empty((T, B, H), dt)
-    h_n = np.empty((B, H), dt)
+    y = empty((T, B, S), dt)
+    h_n = np.empty((B, S), dt)
     c_n = np.empty((B, H), dt)
-    saved = Saved(acts=empty((steps, B, GH), dt), h_prev=empty((steps, B, H), dt),
+    saved = Saved(acts=empty((steps, B, GH), dt), h_prev=empty((steps, B, S), dt),
                   c_all=empty((steps if spec.has_cell_state else 1, B, H), dt),
-                  hn_all=empty((steps if spec.family == "gru" else 1, B, H), dt))
+                  hn_all=empty((steps if spec.family == "gru" or w_hr is not None else 1,
+                                B, H), dt))
     if units is None:
         x_steps = np.ascontiguousarray(x) if projection == "batch" else xg  # (else unread)
         chunks = _chunks(T, B, GH, H)
@@ -292,9 +298,10 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, peepholes, lengths, revers
         else:
             wp = pack(w_hh, transpose=True)
             gate_at, second = (0, H, 2 * H, 3 * H), wp.shape[0]
+        wr = pack(w_hr, transpose=True) if w_hr is not None else np.empty((0, 1, 1), dt)
         forward_loop(CELL_IDS[spec.name], Projection(xg, x_steps, wx, _projection_steps(chunks)),
                      wp, gate_at, second, bias, np.ascontiguousarray(h0),
-                     np.ascontiguousarray(c0_), seq, chunks, Outputs(y, h_n, c_n), saved)
+                     np.ascontiguousarray(c0_), seq, chunks, Outputs(y, h_n, c_n), saved, wr)
     else:
         hbuf = np.empty((2, B, H), dt)
         hbuf[0] = h0
@@ -320,32 +327,37 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, peepholes, lengths, revers
     keep = None
     if training:
         keep = dict(x=x, w_ih=w_ih, w_hh=w_hh, has_bias=b_ih is not None, seq=seq,
-                    saved=saved, c0=c0_, peep=peep)
+                    saved=saved, c0=c0_, peep=peep, w_hr=w_hr)
     return y, h_n, (c_n if spec.has_cell_state else None), keep
 
 
 def _backward(cell, saved, dy, dh_n, dc_n):
     spec = get_cell(cell)
     x, w_ih, w_hh, kept = saved["x"], saved["w_ih"], saved["w_hh"], saved["saved"]
+    w_hr = saved["w_hr"]
     T, B, I = x.shape
-    GH, H = w_hh.shape
+    GH, S = w_hh.shape
+    H = GH // spec.gates
     dt = x.dtype
-    dh_n = np.zeros((B, H), dt) if dh_n is None else np.ascontiguousarray(dh_n)
+    dh_n = np.zeros((B, S), dt) if dh_n is None else np.ascontiguousarray(dh_n)
     dc_n = np.zeros((B, H), dt) if dc_n is None else np.ascontiguousarray(dc_n)
     dgh = empty((T, B, GH), dt)  # the loop writes every step, padding included
     dgx = empty((T, B, GH), dt) if spec.family == "gru" else dgh
-    units = _units_for(cell, T, B, GH, H, dt.itemsize)
+    dhs = empty((T if w_hr is not None else 0, B, S), dt)
+    units = _units_for(cell, T, B, GH, H, dt.itemsize, w_hr is not None)
     if units is None:
         chunks = _chunks(T, B, GH, H)
-        grads = Grads(dgx, dgh, np.empty((B, H), dt), np.empty((B, H), dt),
-                      np.zeros((chunks.size - 1, GH + 3 * H), dt))
+        grads = Grads(dgx, dgh, np.empty((B, S), dt), np.empty((B, H), dt),
+                      np.zeros((chunks.size - 1, GH + 3 * H), dt), dhs)
         w_n = (pack(np.ascontiguousarray(w_hh[2 * H:]), transpose=False)
                if spec.reset_before else np.empty((0, 1, panel_width(dt)), dt))
+        wr = (pack(w_hr, transpose=False) if w_hr is not None
+              else np.empty((0, 1, panel_width(dt)), dt))
         backward_loop(CELL_IDS[spec.name], pack(w_hh, transpose=False), w_n,
                       np.ascontiguousarray(dy), dh_n, dc_n, saved["c0"], saved["seq"], chunks,
-                      kept, grads, saved["peep"])
+                      kept, grads, saved["peep"], wr)
     else:
-        grads = Grads(dgx, dgh, dh_n.copy(), dc_n.copy(), np.zeros((1, GH + 3 * H), dt))
+        grads = Grads(dgx, dgh, dh_n.copy(), dc_n.copy(), np.zeros((1, GH + 3 * H), dt), dhs)
         wp, starts = pack_column_blocks(w_hh, [(units[q], units[q + 1])
                                                for q in range(units.size - 1)])
         backward_loop_split(CELL_IDS[spec.name], UnitWeights(w_hh, wp, starts),
@@ -357,13 +369,17 @@ def _backward(cell, saved, dy, dh_n, dc_n):
     dx, dw_ih, dw_hh, _, _ = input_and_weight_grads(
         np, matmul, dgx, dgh, x, kept.h_prev, w_ih, False, spec.name == "gru", empty,
         rh=kept.hn_all if spec.reset_before else None)
-    db_ih = db_hh = dp = None
+    db_ih = db_hh = None
+    extra = ()
     sums = grads.db.sum(axis=0)
     if spec.peepholes:
-        dp = sums[GH:].reshape(3, H).copy()
+        extra += (sums[GH:].reshape(3, H).copy(),)
+    if w_hr is not None:  # dw_hr = sum dh' (o * tanh(c'))^T
+        extra += (matmul(dhs.reshape(T * B, S).T, kept.hn_all.reshape(T * B, H),
+                         np.empty((S, H), dt)),)
     if saved["has_bias"]:
         db_ih, db_hh = sums[:GH].copy(), sums[:GH].copy()
         if spec.name == "gru":  # b_hn sits inside r * (.): its gradient is dgh's n block
             db_hh[2 * H:] = sums[GH:GH + H]
     return (dx, grads.dh0, (grads.dc0 if spec.has_cell_state else None), dw_ih, dw_hh,
-            db_ih, db_hh, dp)
+            db_ih, db_hh, extra)

@@ -15,17 +15,20 @@ Sequence = namedtuple("Sequence", "lengths reverse")
 # What backward needs, written by the training forward ([T,B,*]; when inferring, one-step
 # scratch [1,B,*] that every step overwrites): acts [G*H] the gate activations, h_prev [H]
 # the state each step started from, c_all [H] the LSTM's cell state after each step (else
-# [1,B,H] scratch), hn_all [H] the GRU's W_hn h + b_hn (else [1,B,H] scratch)
+# [1,B,H] scratch), hn_all [H] the GRU's W_hn h + b_hn or r * h, or the projected LSTM's
+# o * tanh(c') (else [1,B,H] scratch). h_prev has the state's size S: H, or the
+# projection's
 Saved = namedtuple("Saved", "acts h_prev c_all hn_all")
 
 # The forward's outputs: y [T,B,H], h_n and c_n [B,H]
 Outputs = namedtuple("Outputs", "y h_n c_n")
 
 # The backward's results: dgx, dgh [T,B,G*H] the input-side and recurrent-side gate
-# gradients (one array except for the GRU), dh0, dc0 [B,H], db [blocks, G*H + 3*H] the
-# sums of each row or unit block: the biases' gradients, then the GRU's n block of dgh or
-# lstm_peephole's peephole gradients [3*H]
-Grads = namedtuple("Grads", "dgx dgh dh0 dc0 db")
+# gradients (one array except for the GRU), dh0 [B,S], dc0 [B,H], db [blocks, G*H + 3*H]
+# the sums of each row or unit block: the biases' gradients, then the GRU's n block of dgh
+# or lstm_peephole's peephole gradients [3*H]; dhs [T,B,S] the state gradient reaching
+# each step of an LSTM with a projection (else [0,B,S])
+Grads = namedtuple("Grads", "dgx dgh dh0 dc0 db dhs")
 
 # How a forward call runs: threads it may use, units (the unit blocks of the unit-split
 # loops, or None for the batch split) and where the input projection is computed

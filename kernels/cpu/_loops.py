@@ -25,12 +25,14 @@ ZERO = np.float32(0)  # unifies with float64 in float64 kernels
 
 @jit(parallel=True)
 def forward_loop(cell, proj, w_packed, gate_at, second, bias, h0, c0, seq, chunks, out,
-                 saved):
+                 saved, wr_packed):
     """Run the recurrence over the row blocks ``chunks [threads+1]``; ``out``: :class:`Outputs`
     (``h_n``, ``c_n`` written at the end), ``saved``: :class:`Saved`. The recurrent product
     of gate ``g`` starts at column ``gate_at[g]`` of a step's product; for
     ``gru_reset_before`` the panels from ``second`` on (the ``n`` gate's) multiply ``r * h``
-    in a second product, the others ``h``.
+    in a second product, the others ``h``. An LSTM with a projection (``wr_packed``:
+    ``w_hr.T`` packed; empty without) writes ``o * tanh(c')`` into ``saved.hn_all`` and
+    takes the state ``h' [S]`` from a product with it; states ``h0 [B,S]``, ``c0 [B,H]``.
 
     ``proj = (xg, x, w_packed, per)``: the input projection is either given (``xg``) or,
     when ``xg`` is empty, computed in the loop from ``x`` and ``w_packed`` (``w_ih.T``
@@ -39,10 +41,12 @@ def forward_loop(cell, proj, w_packed, gate_at, second, bias, h0, c0, seq, chunk
     xg, x, wx_packed, per = proj
     y, h_n, c_n = out
     lengths, reverse = seq
-    T, B, H = y.shape
+    T, B, S = y.shape  # S: the state's size (H, or the projection's)
+    H = c0.shape[1]
     P, _, NR = w_packed.shape
     fused = xg.shape[0] == 0
     keep = saved.acts.shape[0] == T
+    projected = wr_packed.shape[0] > 0
     for ci in prange(chunks.size - 1):
         wide_vectors()
         fpu = flush_denormals()
@@ -50,6 +54,7 @@ def forward_loop(cell, proj, w_packed, gate_at, second, bias, h0, c0, seq, chunk
         h = h0.copy()  # each thread reads and writes only its rows
         c = c0.copy()
         hg = np.empty((B, P * NR), y.dtype)
+        hr = np.empty((B, wr_packed.shape[0] * NR), y.dtype)  # the projection's product
         nr = r1 - r0
         xa = np.empty((per * nr if fused else 0, x.shape[2]), y.dtype)
         xs = np.empty((per * nr if fused else 0, wx_packed.shape[0] * NR), y.dtype)
@@ -81,19 +86,32 @@ def forward_loop(cell, proj, w_packed, gate_at, second, bias, h0, c0, seq, chunk
                 gemm_panels(rh, r0, r1, w_packed, second, P, hg, s)
             else:
                 gemm_packed(h, r0, r1, w_packed, hg, s)
+            mo = saved.hn_all[ts]  # (with a projection: o * tanh(c'))
             for b in range(r0, r1):
                 if t >= lengths[b]:
-                    for j in range(H):  # (explicit loops: Numba miscompiles a
+                    for j in range(S):  # (explicit loops: Numba miscompiles a
                         y[t, b, j] = ZERO  # slice fill inside prange)
                     if has_cell_state(cell):
                         copy(saved.c_all[ts, b], c[b])
+                    if projected:  # (the projection's weight gradient reads it)
+                        for j in range(H):
+                            mo[b, j] = ZERO
                     continue
                 xr = xs[k * nr + b - r0] if fused else xg[t, b]
-                forward_step(cell, 0, H, H, hg[b], gate_at, xr, bias, h[b], h[b], c[b],
-                             saved.acts[ts, b], saved.hn_all[ts if cell == GRU else 0, b])
+                forward_step(cell, 0, H, H, hg[b], gate_at, xr, bias, h[b],
+                             mo[b] if projected else h[b], c[b], saved.acts[ts, b],
+                             saved.hn_all[ts if cell == GRU else 0, b])
                 if has_cell_state(cell):
                     copy(saved.c_all[ts, b], c[b])
-                copy(y[t, b], h[b])
+                if not projected:
+                    copy(y[t, b], h[b])
+            if projected:  # h' = o * tanh(c') @ w_hr.T
+                gemm_packed(mo, r0, r1, wr_packed, hr, s)
+                for b in range(r0, r1):
+                    if t < lengths[b]:
+                        for j in range(S):
+                            h[b, j] = hr[b, j]
+                        copy(y[t, b], h[b])
         for b in range(r0, r1):
             h_n[b, :] = h[b, :]
             c_n[b, :] = c[b, :]
@@ -102,18 +120,21 @@ def forward_loop(cell, proj, w_packed, gate_at, second, bias, h0, c0, seq, chunk
 
 @jit(parallel=True)
 def backward_loop(cell, w_packed, w_n_packed, dy, dh_n, dc_n, c0, seq, chunks, saved, grads,
-                  peep):
+                  peep, wr_packed):
     """Walk the steps in reverse processing order; ``grads``: :class:`Grads`, whose ``db``
     has a row per row block (zeroed), summed here while the values are in L1. For
     ``gru_reset_before``, ``w_n_packed`` holds ``W_hn`` (:func:`._gemm.pack`, not
     transposed) for the step's first product, ``d(r*h) = dn @ W_hn``; ``peep``: the
-    peephole weights (:class:`.Biases`)."""
+    peephole weights (:class:`.Biases`). With a projection (``wr_packed``: ``w_hr``
+    packed, not transposed; empty without), ``grads.dhs`` receives each step's state
+    gradient and the pointwise step takes ``dh @ w_hr``; ``dh_n [B,S]``, ``dc_n [B,H]``."""
     lengths, reverse = seq
-    dgx, dgh, dh0, dc0, db = grads
+    dgx, dgh, dh0, dc0, db, dhs = grads
     acts, h_prev, c_all, hn_all = saved
     T, B, GH = dgh.shape
-    H = dh_n.shape[1]
+    S, H = dh_n.shape[1], dc_n.shape[1]
     P, _, NR = w_packed.shape
+    projected = wr_packed.shape[0] > 0
     for ci in prange(chunks.size - 1):
         wide_vectors()
         fpu = flush_denormals()
@@ -122,6 +143,7 @@ def backward_loop(cell, w_packed, w_n_packed, dy, dh_n, dc_n, c0, seq, chunks, s
         dc = dc_n.copy()
         direct = np.zeros((B, H), dgh.dtype)  # the GRU's z * dh path to h_prev
         dhp = np.empty((B, P * NR), dgh.dtype)
+        dm = np.empty((B if projected else 0, wr_packed.shape[0] * NR), dgh.dtype)
         tc = np.empty(H, dgh.dtype)
         rb = cell == GRU_RB
         dn = np.zeros((B if rb else 0, H), dgh.dtype)
@@ -136,12 +158,18 @@ def backward_loop(cell, w_packed, w_n_packed, dy, dh_n, dc_n, c0, seq, chunks, s
                     for j in range(GH):  # padding: no gate gradient; the state's
                         gx[j] = ZERO     # passes through unchanged
                         gh[j] = ZERO
+                    if projected:
+                        for j in range(S):
+                            dhs[t, b, j] = ZERO
                     continue
                 dyb = dy[t, b]
-                for j in range(H):
+                for j in range(S):
                     dhb[j] += dyb[j]  # now the total gradient reaching this step's h
                 if rb:
                     backward_first(0, H, H, dhb, acts[t, b], gx, gh, dn[b])
+                    continue
+                if projected:  # (the pointwise step follows the product dh @ w_hr)
+                    copy(dhs[t, b], dhb)
                     continue
                 lstm = has_cell_state(cell)
                 tl = t if lstm else 0          # (c_all, hn_all: one-step scratch
@@ -150,6 +178,14 @@ def backward_loop(cell, w_packed, w_n_packed, dy, dh_n, dc_n, c0, seq, chunks, s
                 backward_step(cell, 0, H, H, dhb, acts[t, b], c_all[tl, b], cp, dc[b],
                               h_prev[t, b], hn_all[tn, b], gx, gh, direct[b], tc, db[ci],
                               peep)
+            if projected:  # the gradient reaching o * tanh(c'), then the LSTM's step
+                gemm_packed(dh, r0, r1, wr_packed, dm, s)
+                for b in range(r0, r1):
+                    if t < lengths[b]:
+                        cp = c0[b] if first else c_all[tp, b]
+                        backward_step(cell, 0, H, H, dm[b], acts[t, b], c_all[t, b], cp,
+                                      dc[b], h_prev[t, b], hn_all[0, b], dgx[t, b],
+                                      dgh[t, b], direct[b], tc, db[ci], peep)
             if rb:  # d(r*h) = dn @ W_hn, then the gradients of r and z
                 gemm_packed(dn, r0, r1, w_n_packed, drh, s)
                 for b in range(r0, r1):
@@ -160,7 +196,7 @@ def backward_loop(cell, w_packed, w_n_packed, dy, dh_n, dc_n, c0, seq, chunks, s
             gemm_packed(dgh[t], r0, r1, w_packed, dhp, s)
             for b in range(r0, r1):
                 if t < lengths[b]:
-                    for j in range(H):
+                    for j in range(S):
                         dh[b, j] = dhp[b, j] + direct[b, j]
         for b in range(r0, r1):
             dh0[b, :] = dh[b, :]

@@ -125,7 +125,7 @@ def backward(runtime, cell, saved, dy, dh_n, dc_n):
     dx, dw_ih, dw_hh, db_ih, db_hh = input_and_weight_grads(
         xp, runtime.matmul, dgx, dgh, x, saved["h_prev"], w_ih, saved["has_bias"],
         spec.name == "gru", rh=saved["hn_all"] if spec.reset_before else None)
-    dp = None
+    extra = ()
     if spec.peepholes:
-        dp = peephole_grads(xp, dgh, saved["c0"], saved["c_all"], saved["reverse"])
-    return dx, dh, (dc if spec.has_cell_state else None), dw_ih, dw_hh, db_ih, db_hh, dp
+        extra += (peephole_grads(xp, dgh, saved["c0"], saved["c_all"], saved["reverse"]),)
+    return dx, dh, (dc if spec.has_cell_state else None), dw_ih, dw_hh, db_ih, db_hh, extra
