@@ -36,32 +36,48 @@ def emulation():
     return emulation
 
 
-def _problem(cell, T, B, I, H, dtype, seed):
-    """Input, states, ``[w_ih, w_hh, b_ih, b_hh]``, the peephole keyword (a dict: empty
-    for a cell without) and the generator."""
+def _problem(cell, T, B, I, H, dtype, seed, proj_size=0):
+    """Input, states, ``[w_ih, w_hh, b_ih, b_hh]``, the extra weights' keywords (a dict:
+    the peepholes, the projection ``w_hr [P,H]``; empty for neither) and the generator."""
     rng = np.random.default_rng(seed)
     spec = get_cell(cell)
     G = spec.gates
+    S = proj_size or H
     scale = 1 / np.sqrt(H)
     x = rng.standard_normal((T, B, I)).astype(dtype)
-    h0 = rng.standard_normal((B, H)).astype(dtype)
+    h0 = rng.standard_normal((B, S)).astype(dtype)
     c0 = rng.standard_normal((B, H)).astype(dtype) if spec.has_cell_state else None
     w = [rng.uniform(-scale, scale, s).astype(dtype)
-         for s in ((G * H, I), (G * H, H), (G * H,), (G * H,))]
-    peep = {"peepholes": rng.uniform(-1, 1, (3, H)).astype(dtype)} if spec.peepholes else {}
-    return x, h0, c0, w, peep, rng
+         for s in ((G * H, I), (G * H, S), (G * H,), (G * H,))]
+    extra = {"peepholes": rng.uniform(-1, 1, (3, H)).astype(dtype)} if spec.peepholes else {}
+    if proj_size:
+        extra["w_hr"] = rng.uniform(-scale, scale, (S, H)).astype(dtype)
+    return x, h0, c0, w, extra, rng
+
+
+def _flat(grads):
+    """A backward's results with its tuple of extra weights' gradients spread out."""
+    return list(grads[:7]) + list(grads[7])
+
+
+CASES = [(cell, 0) for cell in ALL_CELLS] + [
+    (cell, 7) for cell in ALL_CELLS if get_cell(cell).family == "lstm"]  # (a projection)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
-@pytest.mark.parametrize("cell", ALL_CELLS)
-def test_training_forward_and_backward_match_the_reference(emulation, cell, layout, dtype):
+@pytest.mark.parametrize("cell,proj_size", CASES,
+                         ids=[f"{c}-proj{p}" if p else c for c, p in CASES])
+def test_training_forward_and_backward_match_the_reference(emulation, cell, proj_size,
+                                                           layout, dtype):
+    """With a projection, P = 7 state units are shared out unevenly (3 blocks: 3, 3, 1)."""
     sms, smem, H = LAYOUTS[layout]
     T, B, I = 6, 3, 5
     rt = emulation.Runtime(sms=sms, smem_optin=smem)
     for k, (reverse, lengths) in enumerate([(False, None), (True, [6, 2, 0]),
                                             (False, [1, 6, 4])]):
-        x, h0, c0, w, peep, rng = _problem(cell, T, B, I, H, dtype, seed=k)
+        x, h0, c0, w, peep, rng = _problem(cell, T, B, I, H, dtype, seed=k,
+                                           proj_size=proj_size)
         bias = w[2:] if k != 2 else [None, None]  # the last case without biases
         args = (x, h0, c0, w[0], w[1], *bias)
         want = reference.forward(cell, *args, lengths=lengths, reverse=reverse, **peep)
@@ -72,12 +88,14 @@ def test_training_forward_and_backward_match_the_reference(emulation, cell, layo
                 assert g is None
             else:
                 assert_close(g, r, dtype, f"{what}: {name}")
-        dy = rng.standard_normal(x.shape[:2] + (H,)).astype(dtype)
-        dh_n = rng.standard_normal((B, H)).astype(dtype)
+        dy = rng.standard_normal(x.shape[:2] + (proj_size or H,)).astype(dtype)
+        dh_n = rng.standard_normal((B, proj_size or H)).astype(dtype)
         dc_n = rng.standard_normal((B, H)).astype(dtype) if c0 is not None else None
         grads_want = reference.backward(cell, want[3], dy, dh_n, dc_n)
         grads_got = rt.backward(cell, got[3], dy, dh_n, dc_n)
-        names = ("dx", "dh0", "dc0", "dw_ih", "dw_hh", "db_ih", "db_hh", "dpeepholes")
+        names = ("dx", "dh0", "dc0", "dw_ih", "dw_hh", "db_ih", "db_hh") + tuple(
+            "d" + key for key in peep)
+        grads_got, grads_want = _flat(grads_got), _flat(grads_want)
         assert len(grads_got) == len(grads_want) == len(names)
         for name, g, r in zip(names, grads_got, grads_want):
             if r is None:
@@ -92,10 +110,12 @@ def test_training_forward_and_backward_match_the_reference(emulation, cell, layo
     assert set(blocks.values()) == {expected_blocks}
 
 
-@pytest.mark.parametrize("cell", ALL_CELLS)
-def test_inference_matches_the_reference(emulation, cell):
+@pytest.mark.parametrize("cell,proj_size", CASES,
+                         ids=[f"{c}-proj{p}" if p else c for c, p in CASES])
+def test_inference_matches_the_reference(emulation, cell, proj_size):
     rt = emulation.Runtime(sms=3, smem_optin=48 * 1024)
-    x, h0, c0, w, peep, _ = _problem(cell, 5, 2, 4, 36, np.float64, seed=7)
+    x, h0, c0, w, peep, _ = _problem(cell, 5, 2, 4, 36, np.float64, seed=7,
+                                     proj_size=proj_size)
     lengths = [5, 3]
     want = reference.forward(cell, x, h0, c0, *w, lengths=lengths, training=False, **peep)
     got = rt.forward(cell, x, h0, c0, *w, lengths=lengths, training=False, **peep)

@@ -34,18 +34,22 @@ ONE_BLOCK_MAX_H = 32
 Plan = namedtuple("Plan", "blocks units smem on_chip")
 
 
-def plan(G, H, itemsize, sms, smem_optin):
-    """How a layer of ``H`` units with ``G`` gates runs on a device of ``sms``
-    multiprocessors whose blocks may opt in to ``smem_optin`` bytes of shared memory.
+def plan(G, H, itemsize, sms, smem_optin, S=None):
+    """How a layer of ``H`` units with ``G`` gates (and a state of ``S`` units: ``H``, or
+    an LSTM's projection) runs on a device of ``sms`` multiprocessors whose blocks may opt
+    in to ``smem_optin`` bytes of shared memory.
 
     One block per multiprocessor (or per unit when ``H`` is smaller; one block for at most
     :data:`ONE_BLOCK_MAX_H` units), each owning ``units`` hidden units with all their
-    gates; the block's ``G*units*H`` recurrent weights go to shared memory when they fit
-    (``on_chip``), otherwise the kernels read them from global memory (through L2)."""
+    gates; the block's ``G*units*S`` recurrent weights (backward: the columns of its share
+    of the ``S`` state units) go to shared memory when they fit (``on_chip``), otherwise
+    the kernels read them from global memory (through L2)."""
+    S = H if S is None else S
     blocks = 1 if H <= ONE_BLOCK_MAX_H else max(1, min(H, sms))
     units = max(1, math.ceil(H / blocks))
     blocks = max(1, math.ceil(H / units))
-    smem = G * units * H * itemsize
+    state_units = units if S == H else math.ceil(S / blocks)
+    smem = G * max(units * S, state_units * H) * itemsize
     on_chip = smem <= smem_optin
     return Plan(blocks, units, smem if on_chip else 0, on_chip)
 
@@ -57,12 +61,13 @@ def _peep(xp, peepholes, dt):
 
 
 def forward(runtime, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None, reverse=False,
-            training=True, peepholes=None):
+            training=True, peepholes=None, w_hr=None):
     """Kernel contract forward on ``runtime``'s arrays of ``x``'s dtype."""
     xp = runtime.xp
     spec = get_cell(cell)
     T, B, I = x.shape
-    GH, H = w_hh.shape
+    GH, S = w_hh.shape  # S: the state's size (H, or the projection's)
+    H = GH // spec.gates
     dt = x.dtype
     xg = xp.empty((T, B, GH), dt)
     runtime.matmul(x.reshape(T * B, I), w_ih.T, xg.reshape(T * B, GH))
@@ -71,33 +76,36 @@ def forward(runtime, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None, reve
     b_hh_ = xp.ascontiguousarray(b_hh) if b_hh is not None else xp.zeros(GH, dt)
     lens = np.full(B, T, np.int64) if lengths is None else np.asarray(lengths, np.int64)
     lens_d = xp.asarray(lens)
-    hbuf = xp.empty((2, B, H), dt)
+    hbuf = xp.empty((2, B, S), dt)
     hbuf[0] = h0
     if spec.has_cell_state:
         c = xp.array(c0, dt)
     else:  # (gru_reset_before: r * h of the step, for its second product)
         c = xp.zeros((B, H) if spec.reset_before else 1, dt)
-    y = xp.empty((T, B, H), dt)
+    y = xp.empty((T, B, S), dt)
 
     def kept(shape, wanted):  # what backward reads, or a buffer of its own never written
         return xp.empty(shape if wanted else (1,), dt)
 
+    projected = w_hr is not None
     acts = kept((T, B, GH), training)
-    h_prev = kept((T, B, H), training)
+    h_prev = kept((T, B, S), training)
     c_all = kept((T, B, H), training and spec.has_cell_state)
-    hn_all = kept((T, B, H), training and spec.family == "gru")
+    hn_all = kept((T, B, H), training and (spec.family == "gru" or projected))
     peep = _peep(xp, peepholes, dt)
-    p = plan(spec.gates, H, dt.itemsize, runtime.sms, runtime.smem_optin)
+    w_hr_ = xp.ascontiguousarray(w_hr) if projected else xp.empty(1, dt)
+    p = plan(spec.gates, H, dt.itemsize, runtime.sms, runtime.smem_optin, S)
     name = forward_name(CTYPES[dt.name], spec.name, training, p.on_chip)
     runtime.launch(name, p.blocks, THREADS, p.smem, (
-        xp.ascontiguousarray(xg), xp.ascontiguousarray(w_hh), b_hh_, peep, lens_d, hbuf, c,
-        xp.empty((GH, B), dt), y, acts, h_prev, c_all, hn_all,
-        np.int32(T), np.int32(B), np.int32(H), np.int32(p.units), np.int32(bool(reverse))))
+        xp.ascontiguousarray(xg), xp.ascontiguousarray(w_hh), b_hh_, peep, w_hr_, lens_d,
+        hbuf, c, xp.empty((B, H) if projected else 1, dt), xp.empty((GH, B), dt), y, acts,
+        h_prev, c_all, hn_all, np.int32(T), np.int32(B), np.int32(H), np.int32(S),
+        np.int32(p.units), np.int32(bool(reverse))))
     h_n = hbuf[T % 2].copy()
     saved = None
     if training:
         saved = dict(x=x, w_ih=w_ih, w_hh=w_hh, has_bias=b_ih is not None, lens=lens_d,
-                     reverse=reverse, peep=peep, acts=acts, h_prev=h_prev, c_all=c_all, hn_all=hn_all,
+                     reverse=reverse, peep=peep, w_hr=w_hr_ if projected else None, acts=acts, h_prev=h_prev, c_all=c_all, hn_all=hn_all,
                      c0=xp.ascontiguousarray(c0) if spec.has_cell_state else xp.empty(1, dt))
     return y, h_n, (c if spec.has_cell_state else None), saved
 
@@ -106,21 +114,24 @@ def backward(runtime, cell, saved, dy, dh_n, dc_n):
     """Kernel contract backward on ``runtime``'s arrays."""
     xp = runtime.xp
     spec = get_cell(cell)
-    x, w_ih, w_hh = saved["x"], saved["w_ih"], saved["w_hh"]
+    x, w_ih, w_hh, w_hr = saved["x"], saved["w_ih"], saved["w_hh"], saved["w_hr"]
     T, B, I = x.shape
-    GH, H = w_hh.shape
+    GH, S = w_hh.shape
+    H = GH // spec.gates
     dt = x.dtype
-    dh = xp.zeros((B, H), dt) if dh_n is None else xp.array(dh_n, dt)
+    projected = w_hr is not None
+    dh = xp.zeros((B, S), dt) if dh_n is None else xp.array(dh_n, dt)
     dc = xp.zeros((B, H), dt) if dc_n is None else xp.array(dc_n, dt)
     dgh = xp.empty((T, B, GH), dt)
     dgx = xp.empty((T, B, GH), dt) if spec.family == "gru" else dgh
-    p = plan(spec.gates, H, dt.itemsize, runtime.sms, runtime.smem_optin)
+    dhs = xp.empty((T, B, S) if projected else 1, dt)
+    p = plan(spec.gates, H, dt.itemsize, runtime.sms, runtime.smem_optin, S)
     name = backward_name(CTYPES[dt.name], spec.name, p.on_chip)
     runtime.launch(name, p.blocks, THREADS, p.smem, (
-        xp.ascontiguousarray(w_hh.T), saved["peep"], xp.ascontiguousarray(dy), saved["lens"],
-        saved["acts"], saved["h_prev"], saved["c_all"], saved["hn_all"], saved["c0"],
-        dh, dc, xp.zeros((B, H), dt), dgx, dgh,
-        np.int32(T), np.int32(B), np.int32(H), np.int32(p.units),
+        xp.ascontiguousarray(w_hh.T), saved["peep"], w_hr if projected else xp.empty(1, dt),
+        xp.ascontiguousarray(dy), saved["lens"], saved["acts"], saved["h_prev"],
+        saved["c_all"], saved["hn_all"], saved["c0"], dh, dc, xp.zeros((B, H), dt), dhs,
+        dgx, dgh, np.int32(T), np.int32(B), np.int32(H), np.int32(S), np.int32(p.units),
         np.int32(bool(saved["reverse"]))))
     dx, dw_ih, dw_hh, db_ih, db_hh = input_and_weight_grads(
         xp, runtime.matmul, dgx, dgh, x, saved["h_prev"], w_ih, saved["has_bias"],
@@ -128,4 +139,7 @@ def backward(runtime, cell, saved, dy, dh_n, dc_n):
     extra = ()
     if spec.peepholes:
         extra += (peephole_grads(xp, dgh, saved["c0"], saved["c_all"], saved["reverse"]),)
+    if projected:  # dw_hr = sum dh' (o * tanh(c'))^T
+        extra += (runtime.matmul(dhs.reshape(T * B, S).T, saved["hn_all"].reshape(T * B, H),
+                                 xp.empty((S, H), dt)),)
     return dx, dh, (dc if spec.has_cell_state else None), dw_ih, dw_hh, db_ih, db_hh, extra

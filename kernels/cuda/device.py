@@ -83,10 +83,10 @@ def plan(G, H, itemsize):
 
 
 def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None, reverse=False,
-            training=True, peepholes=None):
+            training=True, peepholes=None, w_hr=None):
     """Kernel contract forward (see DESIGN.md) on CuPy arrays of ``x``'s dtype."""
     return contract.forward(RUNTIME, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths,
-                            reverse, training, peepholes)
+                            reverse, training, peepholes, w_hr)
 
 
 def backward(cell, saved, dy, dh_n, dc_n):

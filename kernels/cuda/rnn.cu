@@ -2,11 +2,13 @@
 // one direction in one cooperative launch, one grid barrier per step.
 //
 // Shapes (DESIGN.md legend; row-major): xg [T,B,G*H] = x @ w_ih^T + b_ih (one cuBLAS GEMM
-// before the launch); w_hh [G*H,H]; w_hh_t [H,G*H] (its transpose, for backward);
-// states [B,H]. Block k owns hidden units [k*U, k*U+U) with all their gates, keeps its rows
-// of w_hh (backward: its columns) in shared memory when they fit (SMEM_W), else reads them
-// from global memory / L2 (the fallback for large H), and meets the other blocks at one
-// grid.sync() per step. Recurrent products: one warp per (gate row, batch row) dot product,
+// before the launch); w_hh [G*H,S]; w_hh_t [S,G*H] (its transpose, for backward);
+// states h [B,S], c [B,H], where S = H, or P for an LSTM with a projection (w_hr [P,H],
+// h = w_hr (o * tanh(c))). Block k owns hidden units [k*U, k*U+U) with all their gates,
+// keeps its rows of w_hh (backward: its columns) in shared memory when they fit (SMEM_W),
+// else reads them from global memory / L2 (the fallback for large H), and meets the other
+// blocks at one grid.sync() per step (two with a projection, whose state units [k*SU,
+// k*SU+SU) block k owns: the projection needs every unit's o * tanh(c)). Recurrent products: one warp per (gate row, batch row) dot product,
 // lanes striding over H, a fixed-order shuffle reduction (deterministic, no atomics).
 // A layer small enough for one block (the plan decides) skips the grid barrier: the block's
 // own barrier then orders the steps. Specialised at compile time on dtype, cell, training
@@ -28,7 +30,7 @@ __device__ __forceinline__ void step_barrier(cg::grid_group& grid) {
     }
 }
 
-// Load this block's rows (rows_of_block) of a [R, K] row-major matrix into shared memory:
+// Load this block's rows of a [R, K] row-major matrix into shared memory:
 // local row g*U + uu holds global row g*stride + u0 + uu.
 template <typename T, int G>
 __device__ void load_rows(T* dst, const T* __restrict__ src, int u0, int U, int stride, int K) {
@@ -40,20 +42,20 @@ __device__ void load_rows(T* dst, const T* __restrict__ src, int u0, int U, int 
 }
 
 // One warp per (gate row, batch row) dot product of this block's rows of gates [g0, g1)
-// with the batch's vectors `v` ([B,H]), lanes striding over H, a fixed-order shuffle
+// with the batch's vectors `v` ([B,S]), lanes striding over S, a fixed-order shuffle
 // reduction; hg[row, b] = product + b_hh[row].
 template <typename T, int G, bool SMEM_W>
 __device__ void gate_products(const T* w_s, const T* __restrict__ w_hh,
                               const T* __restrict__ b_hh, const T* v, T* hg, int g0, int g1,
-                              int u0, int U, int B, int H) {
+                              int u0, int U, int B, int H, int S) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     for (int p = warp + g0 * U * B; p < g1 * U * B; p += warps) {
         const int r = p / B, b = p - r * B;
         const int g = r / U, row = g * H + u0 + (r - g * U);
-        const T* w = SMEM_W ? w_s + (size_t)r * H : w_hh + (size_t)row * H;
-        const T* h = v + (size_t)b * H;
+        const T* w = SMEM_W ? w_s + (size_t)r * S : w_hh + (size_t)row * S;
+        const T* h = v + (size_t)b * S;
         T acc = T(0);
-        for (int k = lane; k < H; k += 32) acc += w[k] * h[k];
+        for (int k = lane; k < S; k += 32) acc += w[k] * h[k];
         acc = warp_sum(acc);
         if (lane == 0) hg[(size_t)row * B + b] = acc + b_hh[row];
     }
@@ -63,33 +65,40 @@ template <typename T, int CELL, bool TRAINING, bool SMEM_W>
 __global__ void __launch_bounds__(256) rnn_forward(
     const T* __restrict__ xg, const T* __restrict__ w_hh, const T* __restrict__ b_hh,
     const T* __restrict__ peep,  // [3,H] LSTM_P's peephole weights (rows i, f, o)
+    const T* __restrict__ w_hr,  // [S,H] the LSTMs' projection (when S != H)
     const long long* __restrict__ lengths,
-    T* __restrict__ hbuf,    // [2,B,H]: hbuf[0] = h0 on entry; the final state ends in hbuf[T%2]
+    T* __restrict__ hbuf,    // [2,B,S]: hbuf[0] = h0 on entry; the final state ends in hbuf[T%2]
     T* __restrict__ c,       // [B,H]: c0 on entry, c_n on exit (LSTMs); r * h (GRU_RB)
+    T* __restrict__ m,       // [B,H] scratch: o * tanh(c) of the step (projection)
     T* __restrict__ hg,      // [G*H,B] scratch: recurrent products of the current step
-    T* __restrict__ y,       // [T,B,H]
+    T* __restrict__ y,       // [T,B,S]
     T* __restrict__ acts,    // [T,B,G*H] gate activations (training)
-    T* __restrict__ h_prev,  // [T,B,H] state before each step (training)
+    T* __restrict__ h_prev,  // [T,B,S] state before each step (training)
     T* __restrict__ c_all,   // [T,B,H] cell state after each step (training, LSTMs)
-    T* __restrict__ hn_all,  // [T,B,H] W_hn h + b_hn (GRU) or r * h (GRU_RB) (training)
-    int steps, int B, int H, int units, int reverse) {
+    T* __restrict__ hn_all,  // [T,B,H] W_hn h + b_hn (GRU), r * h (GRU_RB) or o * tanh(c)
+                             // (projection; zero at padding) (training)
+    int steps, int B, int H, int S, int units, int reverse) {
     constexpr int G = Gates<CELL>::G;
     constexpr bool RB = CELL == GRU_RB;  // a second product a step, over r * h
     constexpr bool HC = HasC<CELL>::value;
+    const bool proj = HC && S != H;
     cg::grid_group grid = cg::this_grid();
     extern __shared__ __align__(16) unsigned char smem_raw[];  // reused as T*
     T* w_s = reinterpret_cast<T*>(smem_raw);
     const int u0 = blockIdx.x * units;
     const int U = max(0, min(units, H - u0));
+    const int SU = (S + gridDim.x - 1) / gridDim.x;  // state units a block projects
+    const int s0 = blockIdx.x * SU, SN = max(0, min(SU, S - s0));
     const int GH = G * H;
-    if (SMEM_W) load_rows<T, G>(w_s, w_hh, u0, U, H, H);
+    if (SMEM_W) load_rows<T, G>(w_s, w_hh, u0, U, H, S);
     __syncthreads();
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
 
     for (int s = 0; s < steps; ++s) {
         const int t = reverse ? steps - 1 - s : s;
-        const T* hcur = hbuf + (size_t)(s & 1) * B * H;
-        T* hnext = hbuf + (size_t)((s + 1) & 1) * B * H;
-        gate_products<T, G, SMEM_W>(w_s, w_hh, b_hh, hcur, hg, 0, RB ? 2 : G, u0, U, B, H);
+        const T* hcur = hbuf + (size_t)(s & 1) * B * S;
+        T* hnext = hbuf + (size_t)((s + 1) & 1) * B * S;
+        gate_products<T, G, SMEM_W>(w_s, w_hh, b_hh, hcur, hg, 0, RB ? 2 : G, u0, U, B, H, S);
         __syncthreads();
         if (RB) {  // r * h of the block's units for every row, then everyone's for n
             for (int p = threadIdx.x; p < U * B; p += blockDim.x) {
@@ -101,17 +110,22 @@ __global__ void __launch_bounds__(256) rnn_forward(
                 if (TRAINING) hn_all[tbh] = rh;
             }
             step_barrier(grid);
-            gate_products<T, G, SMEM_W>(w_s, w_hh, b_hh, c, hg, 2, 3, u0, U, B, H);
+            gate_products<T, G, SMEM_W>(w_s, w_hh, b_hh, c, hg, 2, 3, u0, U, B, H, S);
             __syncthreads();
         }
         for (int p = threadIdx.x; p < U * B; p += blockDim.x) {
             const int uu = p / B, b = p - uu * B, u = u0 + uu;
             const size_t bh = (size_t)b * H + u, tbh = ((size_t)t * B + b) * H + u;
-            const T hp = hcur[bh];
-            if (TRAINING) h_prev[tbh] = hp;
+            const T hp = proj ? T(0) : hcur[bh];  // (with a projection: the state's below)
+            if (TRAINING && !proj) h_prev[tbh] = hp;
             if (t >= lengths[b]) {  // padding: the state carries over, no output
-                hnext[bh] = hp;
-                y[tbh] = T(0);
+                if (proj) {
+                    m[bh] = T(0);
+                    if (TRAINING) hn_all[tbh] = T(0);
+                } else {
+                    hnext[bh] = hp;
+                    y[tbh] = T(0);
+                }
                 if (TRAINING && HC) c_all[tbh] = c[bh];
                 continue;
             }
@@ -125,8 +139,32 @@ __global__ void __launch_bounds__(256) rnn_forward(
                 if (TRAINING) c_all[tbh] = cn;
             }
             if (TRAINING && CELL == GRU) hn_all[tbh] = hn;
-            hnext[bh] = hv;
-            y[tbh] = hv;
+            if (proj) {
+                m[bh] = hv;
+                if (TRAINING) hn_all[tbh] = hv;
+            } else {
+                hnext[bh] = hv;
+                y[tbh] = hv;
+            }
+        }
+        if (proj) {  // every unit's o * tanh(c), then the state units this block owns
+            step_barrier(grid);
+            for (int p = warp; p < SN * B; p += warps) {
+                const int q = s0 + p / B, b = p % B;
+                const size_t bs = (size_t)b * S + q, tbs = ((size_t)t * B + b) * S + q;
+                const T* w = w_hr + (size_t)q * H;
+                const T* mv = m + (size_t)b * H;
+                T acc = T(0);
+                for (int k = lane; k < H; k += 32) acc += w[k] * mv[k];
+                acc = warp_sum(acc);
+                if (lane == 0) {
+                    const T hp = hcur[bs];
+                    if (TRAINING) h_prev[tbs] = hp;
+                    const bool valid = t < lengths[b];
+                    hnext[bs] = valid ? acc : hp;
+                    y[tbs] = valid ? acc : T(0);
+                }
+            }
         }
         step_barrier(grid);  // every unit of step s is written before any block reads it
     }
@@ -134,33 +172,41 @@ __global__ void __launch_bounds__(256) rnn_forward(
 
 template <typename T, int CELL, bool SMEM_W>
 __global__ void __launch_bounds__(256) rnn_backward(
-    const T* __restrict__ w_hh_t,  // [H,G*H]
+    const T* __restrict__ w_hh_t,  // [S,G*H]
     const T* __restrict__ peep,    // [3,H] LSTM_P's peephole weights
+    const T* __restrict__ w_hr,    // [S,H] the LSTMs' projection (when S != H)
     const T* __restrict__ dy, const long long* __restrict__ lengths,
     const T* __restrict__ acts, const T* __restrict__ h_prev, const T* __restrict__ c_all,
     const T* __restrict__ hn_all, const T* __restrict__ c0,
-    T* __restrict__ dh,      // [B,H]: dh_n on entry, dh0 on exit
+    T* __restrict__ dh,      // [B,S]: dh_n on entry, dh0 on exit
     T* __restrict__ dc,      // [B,H]: dc_n on entry, dc0 on exit (LSTMs)
     T* __restrict__ direct,  // [B,H] scratch: the GRU's z * dh path to the previous state
+    T* __restrict__ dhs,     // [T,B,S] the state gradient reaching each step (projection;
+                             // zero at padding), for dw_hr
     // (not __restrict__: the same array except for the GRUs)
     T* dgx,                  // [T,B,G*H] pre-activation gradients, input side
     T* dgh,                  // [T,B,G*H] recurrent side
-    int steps, int B, int H, int units, int reverse) {
+    int steps, int B, int H, int S, int units, int reverse) {
     constexpr int G = Gates<CELL>::G;
     constexpr bool RB = CELL == GRU_RB;  // n's product saw r * h: d(r*h) = W_hn^T dn first
     constexpr bool HC = HasC<CELL>::value;
+    const bool proj = HC && S != H;
     cg::grid_group grid = cg::this_grid();
     extern __shared__ __align__(16) unsigned char smem_raw[];  // reused as T*
-    T* w_s = reinterpret_cast<T*>(smem_raw);  // [U, G*H]: this block's columns of w_hh
+    T* w_s = reinterpret_cast<T*>(smem_raw);  // [SU, G*H]: this block's columns of w_hh
     const int u0 = blockIdx.x * units;
     const int U = max(0, min(units, H - u0));
+    // the state units whose gradient this block computes: its hidden units, or with a
+    // projection its share of the S state units
+    const int SU = proj ? (S + gridDim.x - 1) / gridDim.x : units;
+    const int s0 = blockIdx.x * SU, SN = max(0, min(SU, S - s0));
     const int GH = G * H;
-    if (SMEM_W) load_rows<T, 1>(w_s, w_hh_t, u0, U, 0, GH);
+    if (SMEM_W) load_rows<T, 1>(w_s, w_hh_t, s0, SN, 0, GH);
     __syncthreads();
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    // dot product of row u of w_hh_t (columns [j0, j1)) with step t's gate gradients of b
-    auto column_dot = [&](int uu, int b, int t, int j0, int j1) {
-        const T* w = SMEM_W ? w_s + (size_t)uu * GH : w_hh_t + (size_t)(u0 + uu) * GH;
+    // dot product of row s0 + q of w_hh_t (columns [j0, j1)) with step t's gate gradients
+    auto column_dot = [&](int q, int b, int t, int j0, int j1) {
+        const T* w = SMEM_W ? w_s + (size_t)q * GH : w_hh_t + (size_t)(s0 + q) * GH;
         const T* g = dgh + ((size_t)t * B + b) * GH;
         T acc = T(0);
         for (int j = j0 + lane; j < j1; j += 32) acc += w[j] * g[j];
@@ -171,6 +217,14 @@ __global__ void __launch_bounds__(256) rnn_backward(
         const int t = reverse ? s : steps - 1 - s;  // reverse of the forward walk
         const bool first = t == (reverse ? steps - 1 : 0);
         const int tp = reverse ? t + 1 : t - 1;
+        if (proj) {  // the state's whole gradient, every unit's before the product with w_hr
+            for (int p = threadIdx.x; p < SN * B; p += blockDim.x) {
+                const int q = s0 + p / B, b = p % B;
+                const size_t bs = (size_t)b * S + q, tbs = ((size_t)t * B + b) * S + q;
+                dhs[tbs] = t < lengths[b] ? dh[bs] + dy[tbs] : T(0);
+            }
+            step_barrier(grid);
+        }
         if (RB) {  // dn of the block's units, then everyone's for d(r*h) = W_hn^T dn
             for (int p = threadIdx.x; p < U * B; p += blockDim.x) {
                 const int uu = p / B, b = p - uu * B, u = u0 + uu;
@@ -202,7 +256,15 @@ __global__ void __launch_bounds__(256) rnn_backward(
             const T* ar = acts + ((size_t)t * B + b) * GH;
             const T cp = HC ? (first ? c0[bh] : c_all[((size_t)tp * B + b) * H + u]) : T(0);
             T dcv = HC ? dc[bh] : T(0);
-            const T dir = cell_backward<CELL>(ar, peep, dh[bh] + dy[tbh], u, H, h_prev[tbh],
+            T dht;  // the gradient reaching the cell's output: dh', or w_hr^T dh'
+            if (proj) {
+                const T* g = dhs + ((size_t)t * B + b) * S;
+                dht = T(0);
+                for (int q = 0; q < S; ++q) dht += w_hr[(size_t)q * H + u] * g[q];
+            } else {
+                dht = dh[bh] + dy[tbh];
+            }
+            const T dir = cell_backward<CELL>(ar, peep, dht, u, H, proj ? T(0) : h_prev[tbh],
                                               HC ? c_all[tbh] : T(0), cp, dcv,
                                               CELL == GRU || RB ? hn_all[tbh] : T(0),
                                               RB ? direct[bh] : T(0), gx, gh);
@@ -210,12 +272,12 @@ __global__ void __launch_bounds__(256) rnn_backward(
             if (CELL == GRU || RB) direct[bh] = dir;
         }
         step_barrier(grid);  // every gate gradient of step t is written
-        for (int p = warp; p < U * B; p += warps) {
-            const int uu = p / B, b = p - uu * B, u = u0 + uu;
-            const T acc = column_dot(uu, b, t, 0, RB ? 2 * H : GH);
+        for (int p = warp; p < SN * B; p += warps) {
+            const int q = p / B, b = p - q * B;
+            const T acc = column_dot(q, b, t, 0, RB ? 2 * H : GH);
             if (lane == 0 && t < lengths[b]) {
-                const size_t bh = (size_t)b * H + u;
-                dh[bh] = acc + (CELL == GRU || RB ? direct[bh] : T(0));
+                const size_t bs = (size_t)b * S + s0 + q;  // (S = H but with a projection)
+                dh[bs] = acc + (CELL == GRU || RB ? direct[bs] : T(0));
             }
         }
         __syncthreads();  // dh of owned units is final before the next step reads it
