@@ -14,7 +14,8 @@ from fastrnn.torch import _ops  # noqa: E402
 
 PAIRS = {"rnn_tanh": (ft.RNN, torch.nn.RNN, {"nonlinearity": "tanh"}),
          "rnn_relu": (ft.RNN, torch.nn.RNN, {"nonlinearity": "relu"}),
-         "lstm": (ft.LSTM, torch.nn.LSTM, {}), "gru": (ft.GRU, torch.nn.GRU, {})}
+         "lstm": (ft.LSTM, torch.nn.LSTM, {}), "gru": (ft.GRU, torch.nn.GRU, {}),
+         "lstm_proj": (ft.LSTM, torch.nn.LSTM, {"proj_size": 4})}
 T, B, I, H = 5, 4, 3, 6
 GRID = list(itertools.product(sorted(PAIRS), [1, 2], [False, True], [False, True],
                               [True, False], [False, True], [False, True]))
@@ -51,9 +52,11 @@ def test_matches_torch_nn(case):
     cell, L, bi, bf, bias, packed, given = case
     torch.manual_seed(hash(case) % 2**31)
     ours, ref = _pair(cell, num_layers=L, bidirectional=bi, batch_first=bf, bias=bias)
-    D, lstm = 2 if bi else 1, cell == "lstm"
+    D, lstm = 2 if bi else 1, cell.startswith("lstm")
+    S = PAIRS[cell][2].get("proj_size") or H  # the state's size
     x = torch.randn((B, T, I) if bf else (T, B, I), dtype=torch.float64)
-    states = [torch.randn(L * D, B, H, dtype=torch.float64) for _ in range(2 if lstm else 1)]
+    states = [torch.randn(L * D, B, size, dtype=torch.float64)
+              for size in ([S, H] if lstm else [S])]
     results = []
     for model in (ours, ref):
         xs = _leaves(x, *states)
@@ -89,7 +92,7 @@ def test_matches_torch_nn(case):
         _close(a, b, f"grad {name}")
 
 
-@pytest.mark.parametrize("cell", sorted(PAIRS))
+@pytest.mark.parametrize("cell", ["gru", "lstm", "rnn_relu", "rnn_tanh"])
 @pytest.mark.parametrize("unbatched", [False, True])
 def test_step_cells_match_torch(cell, unbatched):
     ours_cls, torch_cls, kw = {
@@ -207,8 +210,10 @@ def test_convert_swaps_in_place_and_keeps_everything():
     assert all(a is b for a, b in zip(params, model.parameters()))
     assert not model.training and model[0].weight_ih_l0.dtype == torch.float64
     _close(model[:3](x), want, "converted output")
-    with pytest.raises(ValueError, match="proj_size=2"):
-        ft.convert(torch.nn.LSTM(I, H, proj_size=2))
+    projected = torch.nn.LSTM(I, H, proj_size=2).double()
+    want = projected(x)[0]
+    assert type(ft.convert(projected)) is ft.LSTM
+    _close(projected(x)[0], want, "converted LSTM with proj_size")
 
 
 def test_twenty_training_steps_equal_torch():
@@ -287,8 +292,6 @@ def test_errors_like_torch(bad):
     fn, kind, match = bad
     with pytest.raises(kind, match=match):
         fn(ft.GRU(I, H))
-    with pytest.raises(ValueError, match="proj_size=3 is not supported"):
-        ft.LSTM(I, 5, proj_size=3)
 
 
 def _gpu_reason():

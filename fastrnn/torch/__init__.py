@@ -36,19 +36,9 @@ SAFE_GLOBALS = list(_SWAPS.values())
 def convert(model):
     """Swap every ``torch.nn`` RNN, LSTM, GRU and cell inside ``model`` (or ``model``
     itself) for fastrnn's, in place: same parameters (the very tensors), device, dtype and
-    training mode. Returns the model. Modules fastrnn cannot run (``proj_size`` > 0) raise
-    before anything is changed."""
-    def swap(module):
+    training mode (``proj_size`` included). Returns the model."""
+    for module in list(model.modules()):
         cls = _SWAPS.get(type(module))
-        if cls is None:
-            return module
-        if getattr(module, "proj_size", 0):
-            raise ValueError(f"convert: {module!r} has proj_size={module.proj_size}, which "
-                             "fastrnn does not support yet")
-        return cls
-
-    plan = [(m, swap(m)) for m in model.modules()]
-    for module, cls in plan:
-        if cls is not module:
+        if cls is not None:
             module.__class__ = cls
     return model

@@ -48,9 +48,7 @@ class _Sequence:
     _cell = None  # fastrnn's cell name, set per class or instance
 
     def _init_checks(self):
-        if getattr(self, "proj_size", 0):
-            raise ValueError(f"{type(self).__name__}: proj_size={self.proj_size} is not "
-                             "supported by fastrnn yet; use proj_size=0 or torch.nn.LSTM")
+        """torch's constructor checked the arguments; fastrnn runs every combination."""
 
     def flatten_parameters(self):
         """Harmless: fastrnn reads the parameters where they are."""
@@ -81,8 +79,9 @@ class _Sequence:
                                        f"{want + 1}-D but got {s.dim()}-D tensor")
             states = tuple(s if batched else s.unsqueeze(1) for s in states)
         else:
-            zeros = x.new_zeros((self.num_layers * D, B, self.hidden_size))
-            states = (zeros, zeros) if lstm else (zeros,)
+            LD, S = self.num_layers * D, getattr(self, "proj_size", 0) or self.hidden_size
+            zeros = x.new_zeros((LD, B, S))
+            states = (zeros, x.new_zeros((LD, B, self.hidden_size))) if lstm else (zeros,)
         params = self._flat_weights
         check_input = x if packed or not self.batch_first or not batched else input
         _check_runnable(who, x)
@@ -95,7 +94,8 @@ class _Sequence:
         out, h_n, c_n, _ = rnn(x, states[0], cx, list(params), lens, self._cell,
                                   self.num_layers, self.bidirectional, self.bias,
                                   float(self.dropout), self.training, need,
-                                  getattr(self, "backend", None) or "")
+                                  getattr(self, "backend", None) or "",
+                                  getattr(self, "proj_size", 0))
         if packed:
             sorted_idx = input.sorted_indices
             out_sorted = out if sorted_idx is None else out.index_select(1, sorted_idx)
@@ -141,8 +141,8 @@ class GRU(_Sequence, torch.nn.GRU):
 
 
 class LSTM(_Sequence, torch.nn.LSTM):
-    """``torch.nn.LSTM`` computed by fastrnn's kernels; same arguments (``proj_size`` must
-    be 0)."""
+    """``torch.nn.LSTM`` computed by fastrnn's kernels; same arguments (``proj_size``
+    included)."""
 
     _cell = "lstm"
 
@@ -192,7 +192,7 @@ class _Step:
         _, h_n, c_n, _ = rnn(x[None], states[0][None], cx, params,
                                 torch.empty(0, dtype=torch.int64), self._cell, 1, False,
                                 self.bias, 0.0, self.training, need,
-                                getattr(self, "backend", None) or "")
+                                getattr(self, "backend", None) or "", 0)
         h, c = h_n[0], c_n[0] if lstm else None
         if not batched:
             h, c = h[0], c[0] if lstm else None

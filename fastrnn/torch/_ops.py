@@ -8,8 +8,9 @@ implementations, so ``torch.compile(model, fullgraph=True)`` traces through them
 pair is registered as the first operator's autograd formula.
 
 Shapes (DESIGN.md legend): ``x [T,B,I]`` (time-major), ``hx, cx [L*D,B,H]``, ``weights``
-the layer's flat list (``w_ih, w_hh[, b_ih, b_hh]`` per layer and direction), ``lengths
-[B]`` int64 on the CPU or empty (all ``T``).
+the layer's flat list (``w_ih, w_hh[, b_ih, b_hh][, w_hr]`` per layer and direction),
+``lengths [B]`` int64 on the CPU or empty (all ``T``); with ``proj_size = P > 0`` (an LSTM's
+projection) ``hx [L*D,B,P]`` and outputs ``D*P`` wide.
 """
 
 import itertools
@@ -68,11 +69,17 @@ class _NoStream:
         return False
 
 
-def _groups(weights, has_bias):
+def _groups(weights, has_bias, proj_size):
+    """:func:`fastrnn.functional.rnn`'s weight tuples from the module's flat list."""
     arrays = [_array(w) for w in weights]
-    per = 4 if has_bias else 2
-    return [tuple(arrays[k:k + per]) if has_bias else (arrays[k], arrays[k + 1], None, None)
-            for k in range(0, len(arrays), per)]
+    per = 2 + 2 * has_bias + (proj_size > 0)
+    groups = []
+    for k in range(0, len(arrays), per):
+        g = arrays[k:k + per]
+        if not has_bias:
+            g[2:2] = [None, None]
+        groups.append(tuple(g))
+    return groups
 
 
 def _release(handle):
@@ -80,28 +87,29 @@ def _release(handle):
 
 
 def _compute(x, hx, cx, weights, lengths, cell, num_layers, bidirectional, has_bias,
-             dropout, training, save, backend):
+             dropout, training, save, backend, proj_size):
     """:func:`fastrnn.functional.rnn` on the tensors' memory: output, h_n, c_n (empty but
     for the LSTM), and what backward needs (None unless ``save``)."""
     with _stream(x.device):
         out, h_n, c_n, ctx = functional.rnn(
-            cell, _array(x), _groups(weights, has_bias), _array(hx),
+            cell, _array(x), _groups(weights, has_bias, proj_size), _array(hx),
             _array(cx) if cell == "lstm" else None, num_layers=num_layers,
             bidirectional=bidirectional,
             lengths=lengths.numpy() if lengths.numel() else None, dropout=dropout,
             training=training, rng=_TorchUniform(x.device), save=save,
-            backend=backend or None)
+            backend=backend or None, proj_size=proj_size)
     return _tensor(out, x), _tensor(h_n, x), _tensor(c_n, x), ctx
 
 
 def _rnn(x: torch.Tensor, hx: torch.Tensor, cx: torch.Tensor, weights: list[torch.Tensor],
          lengths: torch.Tensor, cell: str, num_layers: int, bidirectional: bool,
-         has_bias: bool, dropout: float, training: bool, save: bool,
-         backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+         has_bias: bool, dropout: float, training: bool, save: bool, backend: str,
+         proj_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Output ``[T,B,D*H]``, ``h_n``, ``c_n`` (empty but for the LSTM) and a handle
     (int64 scalar; 0 when nothing was saved)."""
     out, h_n, c_n, ctx = _compute(x, hx, cx, weights, lengths, cell, num_layers,
-                                  bidirectional, has_bias, dropout, training, save, backend)
+                                  bidirectional, has_bias, dropout, training, save, backend,
+                                  proj_size)
     handle = torch.zeros((), dtype=torch.int64)
     if ctx is not None:
         key = next(_handles)
@@ -125,12 +133,13 @@ def rnn(*args):
 
 @rnn_op.register_fake
 def _rnn_fake(x, hx, cx, weights, lengths, cell, num_layers, bidirectional, has_bias,
-              dropout, training, save, backend):
+              dropout, training, save, backend, proj_size):
     T, B, _ = x.shape
     D = 2 if bidirectional else 1
-    H = weights[1].shape[1]
+    S = weights[1].shape[1]  # the state's size: H, or proj_size
+    H = weights[1].shape[0] // (4 if cell == "lstm" else 3 if cell == "gru" else 1)
     c_n = x.new_empty((num_layers * D, B, H)) if cell == "lstm" else x.new_empty(0)
-    return (x.new_empty((T, B, D * H)), x.new_empty((num_layers * D, B, H)), c_n,
+    return (x.new_empty((T, B, D * S)), x.new_empty((num_layers * D, B, S)), c_n,
             x.new_empty((), dtype=torch.int64))
 
 
@@ -179,7 +188,7 @@ def _backward(ctx, grad_out, grad_hn, grad_cn, _grad_handle):
     dx, dh, dc, *dws = rnn_backward_op(handle, grad_out, grad_hn, grad_cn, x, hx, cx, weights)
     need = ctx.needs_input_grad
     return (dx if need[0] else None, dh if need[1] else None,
-            dc if ctx.lstm and need[2] else None, dws) + (None,) * 9
+            dc if ctx.lstm and need[2] else None, dws) + (None,) * 10
 
 
 def _no_double_backward(ctx, *grads):
