@@ -44,16 +44,13 @@ def weight_names(cell, proj_size=0):
     return names + ("w_hr",) if proj_size else names
 
 
-def _check_proj_size(proj_size, spec, H):
+def _check_proj_size(proj_size, spec):
     if isinstance(proj_size, bool) or not isinstance(proj_size, (int, np.integer)) or \
             proj_size < 0:
         raise ValueError(f"proj_size: expected an integer >= 0, got {proj_size!r}")
     if proj_size and spec.family != "lstm":
         raise ValueError(f"proj_size: only the LSTMs have a projection, got proj_size="
                          f"{proj_size} for {spec.name!r}")
-    if proj_size >= H:
-        raise ValueError(f"proj_size: expected less than the hidden size {H}, got "
-                         f"{proj_size}")
     return int(proj_size)
 
 
@@ -152,10 +149,14 @@ def rnn(cell, x, weights, h0=None, c0=None, *, num_layers=1, bidirectional=False
     if not weights:
         raise ValueError(f"weights: expected at least one "
                          f"({', '.join(weight_names(cell, proj_size))}) tuple")
-    H = weights[0][1].shape[0] // spec.gates
-    proj_size = _check_proj_size(proj_size, spec, H)
+    proj_size = _check_proj_size(proj_size, spec)
+    # H from w_hh [G*H,H], or with a projection from w_hr [P,H] (checked below)
+    H = getattr(weights[0][-1 if proj_size else 1], "shape", (0,))[-1]
     S = proj_size or H  # the state's size
     _check_weights(weights, spec, L, D, I, H, S, dtype, proj_size)
+    if proj_size >= H:
+        raise ValueError(f"proj_size: expected less than the hidden size {H}, got "
+                         f"{proj_size}")
     if h0 is not None:
         check_array("h0", h0, 3, dtype, (L * D, B, S))
     if spec.has_cell_state:

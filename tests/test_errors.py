@@ -144,6 +144,16 @@ def test_functional_checks_weights_and_arguments():
         F.rnn("gru", x, [(np.ones((9, I)), np.ones((12, 3)), None, None)])
     with pytest.raises(ValueError, match=r"weights: expected 2 .* got 1"):
         F.rnn("lstm", x, [w], bidirectional=True)
+    with pytest.raises(ValueError, match=r"weights\[0\]: expected \(w_ih, w_hh, b_ih, b_hh, "
+                                         r"w_hr\) for 'lstm', got 4 entries"):
+        F.rnn("lstm", x, [w], proj_size=2)
+    with pytest.raises(ValueError, match="proj_size: expected less than the hidden size 3, "
+                                         "got 3"):
+        F.rnn("lstm", x, [w + (np.ones((3, H)),)], proj_size=3)
+    with pytest.raises(ValueError, match="proj_size: only the LSTMs have a projection"):
+        F.rnn("gru", x, [(np.ones((9, I)), np.ones((9, H)), None, None)], proj_size=2)
+    with pytest.raises(ValueError, match=r"weights\[0\].peepholes: expected shape \(3, 3\)"):
+        F.rnn("lstm_peephole", x, [w + (np.ones((4, H)),)])
     with pytest.raises(ValueError, match="c0: only the LSTM"):
         F.rnn("gru", x, [(np.ones((9, I)), np.ones((9, H)), None, None)],
               c0=np.zeros((1, 2, H)))

@@ -31,7 +31,7 @@ def forward_loop(cell, proj, w_packed, gate_at, second, bias, h0, c0, seq, chunk
     of gate ``g`` starts at column ``gate_at[g]`` of a step's product; for
     ``gru_reset_before`` the panels from ``second`` on (the ``n`` gate's) multiply ``r * h``
     in a second product, the others ``h``. An LSTM with a projection (``wr_packed``:
-    ``w_hr.T`` packed; empty without) writes ``o * tanh(c')`` into ``saved.hn_all`` and
+    ``w_hr.T`` packed; empty without) writes ``o * tanh c'`` into ``saved.hn_all`` and
     takes the state ``h' [S]`` from a product with it; states ``h0 [B,S]``, ``c0 [B,H]``.
 
     ``proj = (xg, x, w_packed, per)``: the input projection is either given (``xg``) or,
@@ -86,7 +86,7 @@ def forward_loop(cell, proj, w_packed, gate_at, second, bias, h0, c0, seq, chunk
                 gemm_panels(rh, r0, r1, w_packed, second, P, hg, s)
             else:
                 gemm_packed(h, r0, r1, w_packed, hg, s)
-            mo = saved.hn_all[ts]  # (with a projection: o * tanh(c'))
+            mo = saved.hn_all[ts]  # (with a projection: o * tanh c')
             for b in range(r0, r1):
                 if t >= lengths[b]:
                     for j in range(S):  # (explicit loops: Numba miscompiles a
@@ -105,7 +105,7 @@ def forward_loop(cell, proj, w_packed, gate_at, second, bias, h0, c0, seq, chunk
                     copy(saved.c_all[ts, b], c[b])
                 if not projected:
                     copy(y[t, b], h[b])
-            if projected:  # h' = o * tanh(c') @ w_hr.T
+            if projected:  # h' = o * tanh c' @ w_hr.T
                 gemm_packed(mo, r0, r1, wr_packed, hr, s)
                 for b in range(r0, r1):
                     if t < lengths[b]:
@@ -178,7 +178,7 @@ def backward_loop(cell, w_packed, w_n_packed, dy, dh_n, dc_n, c0, seq, chunks, s
                 backward_step(cell, 0, H, H, dhb, acts[t, b], c_all[tl, b], cp, dc[b],
                               h_prev[t, b], hn_all[tn, b], gx, gh, direct[b], tc, db[ci],
                               peep)
-            if projected:  # the gradient reaching o * tanh(c'), then the LSTM's step
+            if projected:  # the gradient reaching o * tanh c', then the LSTM's step
                 gemm_packed(dh, r0, r1, wr_packed, dm, s)
                 for b in range(r0, r1):
                     if t < lengths[b]:
