@@ -30,13 +30,13 @@ def configs(suite):
 def contender_params(suite):
     out = []
     for name in ["fastrnn-numpy", "fastrnn-cpu", "fastrnn-gpu", "torch-cpu", "torch-cudnn",
-                 "onnxruntime"]:
+                 "onnxruntime", "openvino"]:
         reason = None
-        if name == "onnxruntime":
+        if name in bench.INFERENCE_ENGINES:
             if suite != "cpu":
                 reason = "not a gpu contender"
-            elif not (bench._has("onnx") and bench._has("onnxruntime")):
-                reason = "onnx or onnxruntime is not installed"
+            elif not (bench._has("onnx") and bench._has(name)):
+                reason = f"onnx or {name} is not installed"
         elif name.startswith("fastrnn-"):
             rep = fastrnn.backends()[name.split("-", 1)[1]]
             if not rep["available"]:

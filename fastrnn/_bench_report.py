@@ -13,7 +13,7 @@ def environment(results):
     env = {"fastrnn": fastrnn.__version__, "python": platform.python_version(),
            "numpy": np.__version__, "machine": platform.machine(),
            "processor": _cpu_name(), "cpus": os.cpu_count()}
-    for mod in ("numba", "torch", "cupy"):
+    for mod in ("numba", "torch", "cupy", "onnxruntime", "openvino"):
         try:
             env[mod] = __import__(mod).__version__
         except ImportError:

@@ -79,14 +79,9 @@ def _build_onnxruntime(cfg, weights, threads):
     import tempfile
 
     import onnxruntime as ort
-
-    import fastrnn.onnx
-    layer = _layer(cfg, "numpy")
-    layer.load_state_dict(weights)
     x, _ = _inputs(cfg)
     with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "model.onnx")
-        fastrnn.onnx.export(layer, path, lengths=False)
+        path = _onnx_model(cfg, weights, tmp)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
@@ -102,6 +97,45 @@ def _build_onnxruntime(cfg, weights, threads):
         if cfg["cell"] == "lstm":
             res["c_n"] = got[2]
         return res
+
+    return run, outputs, lambda: None
+
+
+def _onnx_model(cfg, weights, tmp):
+    """The path of the ONNX model :func:`fastrnn.onnx.export` writes for the configuration's
+    layer with ``weights`` (inference, no ``sequence_lens``), inside the folder ``tmp``."""
+    import fastrnn.onnx
+    layer = _layer(cfg, "numpy")
+    layer.load_state_dict(weights)
+    path = os.path.join(tmp, "model.onnx")
+    fastrnn.onnx.export(layer, path, lengths=False)
+    return path
+
+
+def _build_openvino(cfg, weights, threads):
+    """OpenVINO (its CPU plugin, float32 inference precision, ``threads`` inference
+    threads, latency mode) compiling the same ONNX model as ONNX Runtime's."""
+    import tempfile
+
+    import openvino as ov
+    core = ov.Core()
+    with tempfile.TemporaryDirectory() as tmp:
+        model = core.read_model(_onnx_model(cfg, weights, tmp))
+    compiled = core.compile_model(model, "CPU", {
+        "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads,
+        "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1})
+    request = compiled.create_infer_request()
+    x, _ = _inputs(cfg)
+    feed = {"input": x}
+    names = [next(iter(o.get_names())) for o in compiled.outputs]
+
+    def run():
+        return request.infer(feed)
+
+    def outputs():
+        got = run()
+        res = {name: np.array(got[compiled.output(name)]) for name in names}
+        return {k: res[k] for k in ("output", "h_n", "c_n") if k in res}
 
     return run, outputs, lambda: None
 
@@ -160,13 +194,14 @@ def _build_torch(device, cfg, weights, threads, bridge=False):
 
 def build_contender(name, cfg, weights, threads):
     """``(run, outputs, sync)`` for a contender name (``fastrnn-<backend>``,
-    ``fastrnn-torch``, ``torch-cpu``, ``torch-cudnn``, ``onnxruntime``) on configuration
-    ``cfg`` (a dict of
-    :class:`fastrnn.bench.Config`)."""
+    ``fastrnn-torch``, ``torch-cpu``, ``torch-cudnn``, ``onnxruntime``, ``openvino``) on
+    configuration ``cfg`` (a dict of :class:`fastrnn.bench.Config`)."""
     if name == "fastrnn-torch":
         return _build_torch("cpu", cfg, weights, threads, bridge=True)
     if name == "onnxruntime":
         return _build_onnxruntime(cfg, weights, threads)
+    if name == "openvino":
+        return _build_openvino(cfg, weights, threads)
     if name.startswith("fastrnn-"):
         return _build_fastrnn(name.split("-", 1)[1], cfg, weights)
     return _build_torch("cuda" if name == "torch-cudnn" else "cpu", cfg, weights, threads)

@@ -144,6 +144,8 @@ def contenders(suite="cpu", backends=None, peer=True):
             names.append("torch-cudnn")
         if suite == "cpu" and _has("onnx") and _has("onnxruntime"):
             names.append("onnxruntime")  # (inference configurations only)
+        if suite == "cpu" and _has("onnx") and _has("openvino"):
+            names.append("openvino")  # (inference configurations only)
     return names
 
 
@@ -172,10 +174,14 @@ def _has(module):
 
 def applies(name, config):
     """Whether contender ``name`` runs ``config``: PyTorch has no sigmoid RNN, and ONNX
-    Runtime is an inference engine."""
+    Runtime and OpenVINO are inference engines."""
     if name in ("torch-cpu", "fastrnn-torch") and config.cell == "rnn_sigmoid":
         return False
-    return not (name == "onnxruntime" and config.mode == "train")
+    return not (name in INFERENCE_ENGINES and config.mode == "train")
+
+
+# Contenders that only infer (they run the layer's ONNX export)
+INFERENCE_ENGINES = ("onnxruntime", "openvino")
 
 
 def _rel_err(a, b):

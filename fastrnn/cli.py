@@ -27,7 +27,7 @@ def info_lines():
 
     lines = [f"fastrnn {__version__}", f"python {platform.python_version()} "
              f"({platform.machine()}, {os.cpu_count()} CPUs)", f"numpy {np.__version__}"]
-    for mod in ("numba", "cupy", "torch", "onnx", "onnxruntime"):
+    for mod in ("numba", "cupy", "torch", "onnx", "onnxruntime", "openvino"):
         try:
             lines.append(f"{mod} {__import__(mod).__version__}")
         except ImportError:
@@ -139,7 +139,7 @@ def main(argv=None):
     b.add_argument("--threads", help="threads for every contender (default: all); a "
                    "comma-separated list, e.g. 1,2,4, runs the suite once per count")
     b.add_argument("--no-peer", action="store_true",
-                   help="do not time the peers (PyTorch, ONNX Runtime)")
+                   help="do not time the peers (PyTorch, ONNX Runtime, OpenVINO)")
     b.add_argument("--json", help="write the results as JSON here")
     b.add_argument("--markdown", help="write a markdown table here")
     b.add_argument("--plot", help="write a PNG chart of speedups here (needs matplotlib)")

@@ -188,6 +188,22 @@ def test_onnx_runtime_times_inference_after_agreeing(tmp_path):
     assert res["contenders"]["onnxruntime"]["runs"] == 1
 
 
+def test_openvino_times_inference_after_agreeing():
+    """OpenVINO (an optional extra) runs the layer's ONNX export: it passes the agreement
+    check with the reference on every cell family, then is timed; never on training."""
+    pytest.importorskip("openvino")
+    names = bench.contenders("cpu")
+    assert "openvino" in names
+    cfgs = [bench.Config(f"tiny-{cell}", cell, 5, 6, 1, 2, 3, 4, "infer")
+            for cell in ("gru", "lstm", "rnn_tanh")]
+    train = bench.Config("tiny-train", "lstm", 5, 6, 1, 1, 3, 4, "train")
+    results = bench.run(cfgs + [train], ["fastrnn-numpy", "openvino"], rounds=1, reps=1,
+                        stream=open(os.devnull, "w"), gap_s=0)
+    for res in results[:3]:
+        assert res["contenders"]["openvino"]["runs"] == 1
+    assert "openvino" not in results[3]["contenders"]
+
+
 def test_thread_sweeps_parse_and_refuse_bad_counts():
     assert bench.thread_counts(None) == [None]
     assert bench.thread_counts("2") == [2]
