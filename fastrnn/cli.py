@@ -46,6 +46,8 @@ def info_lines():
         + (", reset_after=False" if spec.reset_before else "")
         + (", peepholes=True" if spec.peepholes else "") + ")"
         for name, spec in CELLS.items()))
+    lines.append("layer options (every backend): LSTM(proj_size=P) with either LSTM cell, as "
+                 "torch.nn.LSTM's")
     if backends()["cpu"]["available"]:
         from .kernels import cpu
         try:

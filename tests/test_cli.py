@@ -24,6 +24,7 @@ def test_info_lists_versions_and_backends():
     assert all(name in cells for name in CELLS)
     assert "gru_reset_before (GRU, reset_after=False)" in cells
     assert "lstm_peephole (LSTM, peepholes=True)" in cells
+    assert "LSTM(proj_size=P)" in out
 
 
 def test_info_names_a_bad_pinning_setting_instead_of_failing():
