@@ -154,29 +154,10 @@ def backward_step(cell, u0, n, H, dh, ar, cr, cp, dc, hp, hn, gx, gh, direct, tc
     previous state (written); ``tc``: scratch of ``n``; ``db [G*H + 3*H]``: sums (``gx``
     at each gate column, then the GRU's ``n`` block of ``gh`` or ``lstm_peephole``'s
     peephole gradients), added to; ``peep [3,H]``: the peephole weights."""
-    if cell == LSTM:
+    if cell == LSTM or cell == LSTM_P:  # (the peephole terms only for LSTM_P)
+        peeps = cell == LSTM_P
         ai, af = ar[u0:u0 + n], ar[H + u0:H + u0 + n]
         ag, ao = ar[2 * H + u0:2 * H + u0 + n], ar[3 * H + u0:3 * H + u0 + n]
-        for j in range(n):
-            tc[j] = tanh(cr[j])
-        for j in range(n):
-            dc[j] += dh[j] * ao[j] * (ONE - tc[j] * tc[j])
-        gi, gf = gh[u0:u0 + n], gh[H + u0:H + u0 + n]
-        gg, go = gh[2 * H + u0:2 * H + u0 + n], gh[3 * H + u0:3 * H + u0 + n]
-        for j in range(n):
-            gi[j] = dc[j] * ag[j] * ai[j] * (ONE - ai[j])
-        for j in range(n):
-            gf[j] = dc[j] * cp[j] * af[j] * (ONE - af[j])
-        for j in range(n):
-            gg[j] = dc[j] * ai[j] * (ONE - ag[j] * ag[j])
-        for j in range(n):
-            go[j] = dh[j] * tc[j] * ao[j] * (ONE - ao[j])
-        for j in range(n):
-            dc[j] *= af[j]
-    elif cell == LSTM_P:
-        ai, af = ar[u0:u0 + n], ar[H + u0:H + u0 + n]
-        ag, ao = ar[2 * H + u0:2 * H + u0 + n], ar[3 * H + u0:3 * H + u0 + n]
-        pi, pf, po = peep[0, u0:u0 + n], peep[1, u0:u0 + n], peep[2, u0:u0 + n]
         gi, gf = gh[u0:u0 + n], gh[H + u0:H + u0 + n]
         gg, go = gh[2 * H + u0:2 * H + u0 + n], gh[3 * H + u0:3 * H + u0 + n]
         for j in range(n):
@@ -185,8 +166,10 @@ def backward_step(cell, u0, n, H, dh, ar, cr, cp, dc, hp, hn, gx, gh, direct, tc
             go[j] = dh[j] * tc[j] * ao[j] * (ONE - ao[j])
         for j in range(n):
             dc[j] += dh[j] * ao[j] * (ONE - tc[j] * tc[j])
-        for j in range(n):
-            dc[j] += go[j] * po[j]
+        if peeps:  # o saw c': dc' += do * p_o
+            po = peep[2, u0:u0 + n]
+            for j in range(n):
+                dc[j] += go[j] * po[j]
         for j in range(n):
             gi[j] = dc[j] * ag[j] * ai[j] * (ONE - ai[j])
         for j in range(n):
@@ -195,19 +178,22 @@ def backward_step(cell, u0, n, H, dh, ar, cr, cp, dc, hp, hn, gx, gh, direct, tc
             gg[j] = dc[j] * ai[j] * (ONE - ag[j] * ag[j])
         for j in range(n):
             dc[j] *= af[j]
-        for j in range(n):
-            dc[j] += gi[j] * pi[j]
-        for j in range(n):
-            dc[j] += gf[j] * pf[j]
-        G = 4
-        dpi, dpf = db[G * H + u0:G * H + u0 + n], db[(G + 1) * H + u0:(G + 1) * H + u0 + n]
-        dpo = db[(G + 2) * H + u0:(G + 2) * H + u0 + n]
-        for j in range(n):
-            dpi[j] += gi[j] * cp[j]
-        for j in range(n):
-            dpf[j] += gf[j] * cp[j]
-        for j in range(n):
-            dpo[j] += go[j] * cr[j]
+        if peeps:  # i and f saw c: dc += di * p_i + df * p_f, and the peepholes' sums
+            pi, pf = peep[0, u0:u0 + n], peep[1, u0:u0 + n]
+            for j in range(n):
+                dc[j] += gi[j] * pi[j]
+            for j in range(n):
+                dc[j] += gf[j] * pf[j]
+            G = 4
+            dpi = db[G * H + u0:G * H + u0 + n]
+            dpf = db[(G + 1) * H + u0:(G + 1) * H + u0 + n]
+            dpo = db[(G + 2) * H + u0:(G + 2) * H + u0 + n]
+            for j in range(n):
+                dpi[j] += gi[j] * cp[j]
+            for j in range(n):
+                dpf[j] += gf[j] * cp[j]
+            for j in range(n):
+                dpo[j] += go[j] * cr[j]
     elif cell == GRU:
         ar_, az, an = ar[u0:u0 + n], ar[H + u0:H + u0 + n], ar[2 * H + u0:2 * H + u0 + n]
         xr_, xz, xn = gx[u0:u0 + n], gx[H + u0:H + u0 + n], gx[2 * H + u0:2 * H + u0 + n]
