@@ -14,7 +14,8 @@ GPU. A runtime has:
 - ``matmul(a, b, out)``: ``out[:] = a @ b``.
 
 Shapes (DESIGN.md legend): ``x [T,B,I]``, ``h0, c0 [B,H]``, ``w_ih [G*H,I]``,
-``w_hh [G*H,H]``, ``b_ih, b_hh [G*H]`` or None, ``peepholes [3,H]`` (``lstm_peephole``).
+``w_hh [G*H,H]``, ``b_ih, b_hh [G*H]`` or None, ``peepholes [3,H]`` (``lstm_peephole``); an
+LSTM with a projection ``w_hr [P,H]`` has ``h0 [B,P]`` and ``w_hh [G*H,P]``.
 """
 
 import math
