@@ -167,32 +167,24 @@ def backward_loop(cell, w_packed, w_n_packed, dy, dh_n, dc_n, c0, seq, chunks, s
                     dhb[j] += dyb[j]  # now the total gradient reaching this step's h
                 if rb:
                     backward_first(0, H, H, dhb, acts[t, b], gx, gh, dn[b])
-                    continue
-                if projected:  # (the pointwise step follows the product dh @ w_hr)
+                elif projected:
                     copy(dhs[t, b], dhb)
-                    continue
-                lstm = has_cell_state(cell)
-                tl = t if lstm else 0          # (c_all, hn_all: one-step scratch
-                tn = t if cell == GRU else 0   # for the other cells)
-                cp = c0[b] if first or not lstm else c_all[tp, b]
-                backward_step(cell, 0, H, H, dhb, acts[t, b], c_all[tl, b], cp, dc[b],
-                              h_prev[t, b], hn_all[tn, b], gx, gh, direct[b], tc, db[ci],
-                              peep)
-            if projected:  # the gradient reaching o * tanh c', then the LSTM's step
-                gemm_packed(dh, r0, r1, wr_packed, dm, s)
-                for b in range(r0, r1):
-                    if t < lengths[b]:
-                        cp = c0[b] if first else c_all[tp, b]
-                        backward_step(cell, 0, H, H, dm[b], acts[t, b], c_all[t, b], cp,
-                                      dc[b], h_prev[t, b], hn_all[0, b], dgx[t, b],
-                                      dgh[t, b], direct[b], tc, db[ci], peep)
-            if rb:  # d(r*h) = dn @ W_hn, then the gradients of r and z
+            # the step's first product, where the cell has one: gru_reset_before's d(r*h) =
+            # dn @ W_hn, a projected LSTM's gradient reaching o * tanh c', dh @ w_hr
+            if rb:
                 gemm_packed(dn, r0, r1, w_n_packed, drh, s)
-                for b in range(r0, r1):
-                    if t < lengths[b]:
-                        backward_step(cell, 0, H, H, dh[b], acts[t, b], c_all[0, b], c0[b],
-                                      dc[b], h_prev[t, b], drh[b], dgx[t, b], dgh[t, b],
-                                      direct[b], tc, db[ci], peep)
+            elif projected:
+                gemm_packed(dh, r0, r1, wr_packed, dm, s)
+            lstm = has_cell_state(cell)
+            tl = t if lstm else 0          # (c_all, hn_all: one-step scratch
+            tn = t if cell == GRU else 0   # for the other cells)
+            for b in range(r0, r1):
+                if t < lengths[b]:
+                    cp = c0[b] if first or not lstm else c_all[tp, b]
+                    backward_step(cell, 0, H, H, dm[b] if projected else dh[b], acts[t, b],
+                                  c_all[tl, b], cp, dc[b], h_prev[t, b],
+                                  drh[b] if rb else hn_all[tn, b], dgx[t, b], dgh[t, b],
+                                  direct[b], tc, db[ci], peep)
             gemm_packed(dgh[t], r0, r1, w_packed, dhp, s)
             for b in range(r0, r1):
                 if t < lengths[b]:
