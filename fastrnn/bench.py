@@ -172,16 +172,16 @@ def _has(module):
     return importlib.util.find_spec(module) is not None
 
 
+# Contenders that only infer (they run the layer's ONNX export)
+INFERENCE_ENGINES = ("onnxruntime", "openvino")
+
+
 def applies(name, config):
     """Whether contender ``name`` runs ``config``: PyTorch has no sigmoid RNN, and ONNX
     Runtime and OpenVINO are inference engines."""
     if name in ("torch-cpu", "fastrnn-torch") and config.cell == "rnn_sigmoid":
         return False
     return not (name in INFERENCE_ENGINES and config.mode == "train")
-
-
-# Contenders that only infer (they run the layer's ONNX export)
-INFERENCE_ENGINES = ("onnxruntime", "openvino")
 
 
 def _rel_err(a, b):

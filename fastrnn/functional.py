@@ -45,9 +45,10 @@ def weight_names(cell, proj_size=0):
 
 
 def _check_proj_size(proj_size, spec):
-    if isinstance(proj_size, bool) or not isinstance(proj_size, (int, np.integer)) or \
-            proj_size < 0:
-        raise ValueError(f"proj_size: expected an integer >= 0, got {proj_size!r}")
+    if isinstance(proj_size, bool) or not isinstance(proj_size, (int, np.integer)):
+        raise TypeError(f"proj_size: expected an integer, got {proj_size!r}")
+    if proj_size < 0:
+        raise ValueError(f"proj_size: expected an integer >= 0, got {proj_size}")
     if proj_size and spec.family != "lstm":
         raise ValueError(f"proj_size: only the LSTMs have a projection, got proj_size="
                          f"{proj_size} for {spec.name!r}")

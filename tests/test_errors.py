@@ -150,6 +150,8 @@ def test_functional_checks_weights_and_arguments():
     with pytest.raises(ValueError, match="proj_size: expected less than the hidden size 3, "
                                          "got 3"):
         F.rnn("lstm", x, [w + (np.ones((3, H)),)], proj_size=3)
+    with pytest.raises(TypeError, match="proj_size: expected an integer, got 2.0"):
+        F.rnn("lstm", x, [w], proj_size=2.0)
     with pytest.raises(ValueError, match="proj_size: only the LSTMs have a projection"):
         F.rnn("gru", x, [(np.ones((9, I)), np.ones((9, H)), None, None)], proj_size=2)
     with pytest.raises(ValueError, match=r"weights\[0\].peepholes: expected shape \(3, 3\)"):

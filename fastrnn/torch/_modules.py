@@ -47,9 +47,6 @@ class _Sequence:
 
     _cell = None  # fastrnn's cell name, set per class or instance
 
-    def _init_checks(self):
-        """torch's constructor checked the arguments; fastrnn runs every combination."""
-
     def flatten_parameters(self):
         """Harmless: fastrnn reads the parameters where they are."""
 
@@ -115,10 +112,6 @@ class _Sequence:
 class RNN(_Sequence, torch.nn.RNN):
     """``torch.nn.RNN`` (tanh or relu) computed by fastrnn's kernels; same arguments."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._init_checks()
-
     @property
     def _cell(self):
         return "rnn_" + self.nonlinearity
@@ -132,10 +125,6 @@ class GRU(_Sequence, torch.nn.GRU):
 
     _cell = "gru"
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._init_checks()
-
     def forward(self, input, hx=None):
         return self._run(input, hx, lstm=False)
 
@@ -145,10 +134,6 @@ class LSTM(_Sequence, torch.nn.LSTM):
     included)."""
 
     _cell = "lstm"
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._init_checks()
 
     def forward(self, input, hx=None):
         if hx is not None and not (isinstance(hx, tuple) and len(hx) == 2):

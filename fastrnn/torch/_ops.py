@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .. import functional
+from ..kernels.cells import get_cell
 
 _contexts = {}  # handle -> what rnn_backward needs, dropped with the handle's tensor
 _handles = itertools.count(1)
@@ -137,7 +138,7 @@ def _rnn_fake(x, hx, cx, weights, lengths, cell, num_layers, bidirectional, has_
     T, B, _ = x.shape
     D = 2 if bidirectional else 1
     S = weights[1].shape[1]  # the state's size: H, or proj_size
-    H = weights[1].shape[0] // (4 if cell == "lstm" else 3 if cell == "gru" else 1)
+    H = weights[1].shape[0] // get_cell(cell).gates
     c_n = x.new_empty((num_layers * D, B, H)) if cell == "lstm" else x.new_empty(0)
     return (x.new_empty((T, B, D * S)), x.new_empty((num_layers * D, B, S)), c_n,
             x.new_empty((), dtype=torch.int64))
