@@ -211,6 +211,9 @@ def test_clear_errors(tmp_path):
             "LSTM node 'l': input P of shape (1, 8): expected (1, 12)")):
         fo.run_node(node, [np.zeros((2, 1, 3), np.float32), W4, R4, None, None, None, None,
                            np.ones((1, 8), np.float32)])
+    with pytest.raises(fo.UnsupportedNodeError, match=re.escape("input P of shape (1, 8)")):
+        fo.run_node(node, [np.zeros((2, 1, 3), np.float32), W4, R4, None, None, None, None,
+                           np.zeros((1, 8), np.float32)])
     with pytest.raises(TypeError, match="cannot write a LastStep"):
         fo.export(fastrnn.nn.Sequential(fastrnn.LSTM(3, 4), fastrnn.nn.LastStep()),
                   tmp_path / "x.onnx")

@@ -92,7 +92,7 @@ def run_recurrent(node, attrs, inputs, backend):
         raise UnsupportedNodeError(f"{node_label(node)}: W and R hold {W.shape[0]} direction(s), "
                                    f"direction={direction!r} needs {D}")
     peephole = cell == "lstm_peephole"
-    if peephole and tuple(P.shape) != (D, 3 * H):
+    if P is not None and tuple(P.shape) != (D, 3 * H):  # (all-zero ones too)
         raise UnsupportedNodeError(f"{node_label(node)}: input P of shape {tuple(P.shape)}: "
                                    f"expected {(D, 3 * H)}")
     lengths = None if seq_lens is None else np.asarray(seq_lens, np.int64)
