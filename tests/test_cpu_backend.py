@@ -343,9 +343,13 @@ def test_pinning_can_be_turned_off():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+# rows r0..r1 are B-2 of them: tiles of MR (8 with AVX-512, else 6), 4, 2 and 1 in every
+# mix, with AVX2 also the last 8 or 9 rows as two tiles of 4 (B 10, 11, 17); from 1 MB of
+# weights (K=256, N=1024) the tiles prefetch the next panel
 @pytest.mark.parametrize("B,K,N", [(13, 37, 70), (8, 256, 1024), (3, 5, 3), (20, 32, 128),
-                                   (20, 256, 1024)])  # >= 1 MB, two full row tiles:
-@pytest.mark.parametrize("transpose", [True, False])  # the tiles prefetch the next panel
+                                   (20, 256, 1024), (10, 256, 1024), (11, 37, 70),
+                                   (17, 64, 96)])
+@pytest.mark.parametrize("transpose", [True, False])
 @pytest.mark.parametrize("step", [0, 1])  # odd steps walk the panels in reverse
 def test_packed_gemm_matches_numpy_on_any_row_range(dtype, B, K, N, transpose, step):
     from fastrnn.kernels.cpu._gemm import gemm_packed, pack, panel_width
@@ -357,7 +361,7 @@ def test_packed_gemm_matches_numpy_on_any_row_range(dtype, B, K, N, transpose, s
     want = a.astype(np.float64) @ (w.T if transpose else w).astype(np.float64)
     out = np.full((B, wp.shape[0] * wp.shape[2]), np.nan, dtype)
     r0, r1 = (1, B - 1) if B > 2 else (0, B)
-    if B == 20 and K == 256:
+    if K == 256 and B in (10, 20):
         from fastrnn.kernels.cpu import _gemm
         assert wp.nbytes >= _gemm._PREFETCH_BYTES
     gemm_packed(a, r0, r1, wp, out, step)

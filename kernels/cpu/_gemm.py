@@ -207,7 +207,11 @@ def _tile(rows, prefetch=False):
 
 
 _t1, _t2, _t4, _tmr = (_tile(r) for r in (1, 2, 4, MR))
-_tmr_p = _tile(MR, prefetch=True)
+_tmr_p, _t4_p = _tile(MR, prefetch=True), _tile(4, prefetch=True)
+# With MR = 6 (AVX2), a block whose last MR-row tile would leave 2 or 3 rows takes its last
+# 8 or 9 rows as two 4-row tiles (and a 1-row one): a 2-row tile keeps 4 sums in flight,
+# too few to cover the FMA latency (8 rows by 256 x 1024 on Zen 3: 63.0 -> 59.5 us).
+_FOURS_FOR_SHORT_TAIL = MR == 6
 
 # A walk over at least this many bytes of panels prefetches each next panel into L2 while
 # it computes the current one (see :func:`gemm_panels`).
@@ -231,34 +235,43 @@ def gemm_panels(a, r0, r1, wp, p0, p1, out, step=0):
     larger than L2 then mostly come from L2 instead of all from L3 every step.
 
     A walk over at least ``_PREFETCH_BYTES`` also prefetches the next panel into L2 while
-    it computes the current one, the panel's ``MR``-row tiles each asking for an equal
-    share of it, so the panel's first tile no longer waits on L3 (weights larger than a
+    it computes the current one, the panel's ``MR``- and 4-row tiles each asking for an
+    equal share of it, so the panel's first tile no longer waits on L3 (weights larger than a
     core's L2, or sharing it with a step's other arrays). Measurements of both: see
     docs/performance-notes.md, "The per-step product"."""
     K, NR = wp.shape[1], wp.shape[2]
     lda = a.strides[0] // a.itemsize
     ldo = out.strides[0] // out.itemsize
     fetch = (p1 - p0) * K * NR * wp.itemsize >= _PREFETCH_BYTES
-    tiles = max(1, (r1 - r0) // MR)
+    full = (r1 - r0) // MR  # row tiles of MR, then of 4, 2 and 1
+    tail = r1 - r0 - full * MR
+    if _FOURS_FOR_SHORT_TAIL and full > 0 and (tail == 2 or tail == 3):
+        full -= 1
+        tail += MR
+    fours = tail // 4
+    tiles = max(1, full + fours)
     pf_step = max(1, NR // tiles)  # elements per k: the tiles share the next panel evenly
     for i in range(p1 - p0):
         back = step % 2 == 1
         p = p1 - 1 - i if back else p0 + i
         nxt = p - 1 if back else p + 1  # (none after the last: the next step starts here)
         w_off = p * K * NR
+        pf = fetch and i + 1 < p1 - p0
         r = r0
-        tile = 0
-        while r + MR <= r1:
-            if fetch and i + 1 < p1 - p0:
-                _tmr_p(a, r * lda, lda, wp, w_off, out, r * ldo + p * NR, ldo, K,
-                     nxt * K * NR + tile * K * pf_step, pf_step)
-            else:
+        for tile in range(full + fours):
+            rows = MR if tile < full else 4
+            pf_off = nxt * K * NR + tile * K * pf_step
+            if rows == MR and pf:
+                _tmr_p(a, r * lda, lda, wp, w_off, out, r * ldo + p * NR, ldo, K, pf_off,
+                       pf_step)
+            elif rows == MR:
                 _tmr(a, r * lda, lda, wp, w_off, out, r * ldo + p * NR, ldo, K)
-            r += MR
-            tile += 1
-        if r + 4 <= r1:  # the last rows (fewer than MR) as tiles of 4, 2 and 1
-            _t4(a, r * lda, lda, wp, w_off, out, r * ldo + p * NR, ldo, K)
-            r += 4
+            elif pf:
+                _t4_p(a, r * lda, lda, wp, w_off, out, r * ldo + p * NR, ldo, K, pf_off,
+                      pf_step)
+            else:
+                _t4(a, r * lda, lda, wp, w_off, out, r * ldo + p * NR, ldo, K)
+            r += rows
         if r + 2 <= r1:
             _t2(a, r * lda, lda, wp, w_off, out, r * ldo + p * NR, ldo, K)
             r += 2
