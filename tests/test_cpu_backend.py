@@ -393,13 +393,14 @@ def test_split_gemm_matches_numpy_whichever_way_it_splits(dtype, M, K, N, transp
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("K", [256, 40])  # a whole number of vectors, and not (fallback)
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 7, 9])  # groups of 4, 2 and 1 rows of a
-def test_matvec_matches_numpy_on_any_row_and_column_range(dtype, K, rows):
+@pytest.mark.parametrize("back", [False, True])  # the weight rows walked from the last
+def test_matvec_matches_numpy_on_any_row_and_column_range(dtype, K, rows, back):
     from fastrnn.kernels.cpu._gemm import matvec
     rng = np.random.default_rng(K + rows)
     a = rng.standard_normal((rows + 2, K)).astype(dtype)
     w = rng.standard_normal((37, K)).astype(dtype)
     out = np.full((rows + 2, 37), np.nan, dtype)
-    matvec(a, 1, rows + 1, w, 2, 35, out)
+    matvec(a, 1, rows + 1, w, 2, 35, out, back)
     want = (a.astype(np.float64) @ w.T.astype(np.float64)).astype(dtype)
     assert_close(out[1:rows + 1, 2:35], want[1:rows + 1, 2:35], dtype, "products")
     assert np.all(np.isnan(out[0])) and np.all(np.isnan(out[rows + 1]))

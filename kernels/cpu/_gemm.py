@@ -360,11 +360,13 @@ _ROWS_PER_PASS = 4 if AVX512 else 2
 
 
 @jit()
-def matvec(a, r0, r1, w, j0, j1, out):
+def matvec(a, r0, r1, w, j0, j1, out, back=False):
     """``out[r, j] = a[r, :] @ w[j, :]`` for ``r0 <= r < r1``, ``j0 <= j < j1``: the
     product of a few rows on unpacked ``w [M,K]`` (same contract as
     :func:`._math.matmul_nt`), bound by reading ``w``: ``_ROWS_PER_PASS`` rows of ``a``
-    a pass over it."""
+    a pass over it. ``back``: walk ``w``'s rows from the last (a time loop alternates, as
+    :func:`gemm_panels` does, so that a step starts on the rows the previous one read
+    last, still in cache)."""
     K = w.shape[1]
     lanes = VECTOR_LANES32 if w.itemsize == 4 else VECTOR_LANES32 // 2
     if K % lanes != 0:
@@ -376,22 +378,24 @@ def matvec(a, r0, r1, w, j0, j1, out):
     r = r0
     while r < r1:  # up to _ROWS_PER_PASS rows of ``a`` share each load of the weights
         vecs = 4 if r + 4 <= r1 and _ROWS_PER_PASS == 4 else (2 if r + 2 <= r1 else 1)
-        _dot_rows(a, r * lda, lda, w, j0, j1, ldw, out, r * ldo, ldo, K, vecs)
+        _dot_rows(a, r * lda, lda, w, j0, j1, ldw, out, r * ldo, ldo, K, vecs, back)
         r += vecs
 
 
 @jit()
-def _dot_rows(a, a_off, lda, w, j0, j1, ldw, out, o_off, ldo, K, vecs):
-    """``vecs`` (1, 2 or 4) rows of :func:`matvec`'s product, weight rows four at a time."""
-    j = j0
-    while j + 4 <= j1:
+def _dot_rows(a, a_off, lda, w, j0, j1, ldw, out, o_off, ldo, K, vecs, back):
+    """``vecs`` (1, 2 or 4) rows of :func:`matvec`'s product, weight rows four at a time
+    (from ``j0``, or from the last group of four when ``back``), then the rest one by one."""
+    groups = (j1 - j0) // 4
+    for i in range(groups):
+        j = j0 + 4 * (groups - 1 - i if back else i)
         if vecs == 4:
             _d4x4(a, a_off, lda, w, j * ldw, ldw, out, o_off + j, ldo, K)
         elif vecs == 2:
             _d4x2(a, a_off, lda, w, j * ldw, ldw, out, o_off + j, ldo, K)
         else:
             _d4(a, a_off, lda, w, j * ldw, ldw, out, o_off + j, ldo, K)
-        j += 4
+    j = j0 + 4 * groups
     while j < j1:
         if vecs == 4:
             _d1x4(a, a_off, lda, w, j * ldw, ldw, out, o_off + j, ldo, K)

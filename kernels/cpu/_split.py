@@ -45,8 +45,10 @@ def _units_step(cell, t, ts, q, u0, u1, xg, weights, bias, cur, nxt, c, hg, leng
     wp, starts = weights.packed, weights.starts
     rowdot = wp.shape[0] == 0
     if rowdot:
-        for g in range(G):
-            matvec(cur, 0, B, weights.w_hh, g * H + u0, g * H + u1, hg)
+        back = t % 2 == 1  # alternate: start on the weights the last step read last
+        for i in range(G):
+            g = G - 1 - i if back else i
+            matvec(cur, 0, B, weights.w_hh, g * H + u0, g * H + u1, hg, back)
         gate_at = (u0, H + u0, 2 * H + u0, 3 * H + u0)
     else:
         gemm_panels(cur, 0, B, wp, starts[q * G], starts[q * G + G], hg, t)
