@@ -61,6 +61,8 @@ def info_lines():
                 if cpu.WAIT_SETTINGS else
                 "the user's OMP_WAIT_POLICY/GOMP_SPINCOUNT (or the runtime's defaults)")
         lines.append(f"cpu backend: idle workers wait as {wait}")
+        lines.append(f"cpu backend: L2 cache {cpu.L2_BYTES // 1024} KiB a core (sizes where "
+                     "the batch 1-2 loops compute the input projection)")
         try:
             cache = cpu.cache_info()
             lines.append(f"cpu backend: array cache {cache['idle_bytes'] / 2**20:.1f} MiB idle "

@@ -40,6 +40,15 @@ def test_kernels_are_the_fastrnn_kernels_subpackage():
     assert ref.__name__ == "fastrnn.kernels.reference"
 
 
+def test_info_names_the_l2_size_the_cpu_backend_reads():
+    if not fastrnn.backends()["cpu"]["available"]:
+        pytest.skip("the cpu backend is not available")
+    from fastrnn.kernels.cpu import _caches
+    out = subprocess.run([sys.executable, "-m", "fastrnn.cli", "info"], check=True,
+                         capture_output=True, text=True).stdout
+    assert f"L2 cache {_caches.l2_bytes() // 1024} KiB a core" in out, out
+
+
 def test_info_says_how_idle_cpu_workers_wait():
     """What fastrnn set while Numba's pool started (GNU OpenMP: a short spin; others:
     sleep at once), or that the user's own setting applies."""

@@ -155,6 +155,8 @@ def test_small_batches_split_the_units_and_match_the_reference(cell, dtype, B, m
     packs."""
     from fastrnn.kernels import cpu
     monkeypatch.setattr(cpu, "_MIN_WORK_PER_THREAD", 0)  # split even these short calls
+    # (weights that fit beside each other in half of a 2 MB L2, whatever this CPU's L2)
+    monkeypatch.setattr(cpu, "_UNIT_PROJECTION_BYTES", 1 << 20)
     if B > cpu._SPLIT_MAX_BATCH:
         monkeypatch.setattr(cpu, "_SPLIT_LARGE_BYTES", 0)
         monkeypatch.setattr(cpu, "_ROWDOT_MAX_ROWS", 4)
@@ -196,6 +198,7 @@ def test_in_loop_projection_on_whole_vectors_matches_the_reference(cell, dtype,
     fallback), over chunks of 8, 8 and 3 steps, in both directions, with padding."""
     from fastrnn.kernels import cpu
     monkeypatch.setattr(cpu, "_MIN_WORK_PER_THREAD", 0)
+    monkeypatch.setattr(cpu, "_UNIT_PROJECTION_BYTES", 1 << 20)  # (whatever this CPU's L2)
     per = []
     real = cpu.forward_loop_split
     monkeypatch.setattr(cpu, "forward_loop_split",
@@ -211,6 +214,38 @@ def test_in_loop_projection_on_whole_vectors_matches_the_reference(cell, dtype,
     if cpu.num_threads() >= 2 and len(os.sched_getaffinity(0)) >= 2:
         # every forward (3 batches x 2 modes x 2 directions) projected inside the loop
         assert per == [cpu._UNIT_PROJECTION_STEPS] * 12
+
+
+def test_l2_size_is_read_from_sysfs_and_defaults_when_unknown(tmp_path):
+    from fastrnn.kernels.cpu import _caches
+    for index, (level, kind, size) in enumerate([("1", "Data", "32K"),
+                                                 ("1", "Instruction", "32K"),
+                                                 ("2", "Unified", "512K"),
+                                                 ("3", "Unified", "32768K")]):
+        d = tmp_path / f"index{index}"
+        d.mkdir()
+        for name, value in (("level", level), ("type", kind), ("size", size)):
+            (d / name).write_text(value + "\n")
+    assert _caches.l2_bytes(str(tmp_path)) == 512 * 1024
+    (tmp_path / "index2" / "size").write_text("2M\n")
+    assert _caches.l2_bytes(str(tmp_path)) == 2 << 20
+    assert _caches.l2_bytes(str(tmp_path / "missing")) == _caches.DEFAULT_L2_BYTES
+    (tmp_path / "index2" / "size").write_text("large\n")
+    assert _caches.l2_bytes(str(tmp_path)) == _caches.DEFAULT_L2_BYTES
+
+
+def test_unit_split_projects_inside_the_loop_only_when_its_weights_fit_half_of_l2(
+        monkeypatch):
+    """LSTM I=H=256 at batch 1 on two threads: 1 MB of w_ih and w_hh a thread. Beside a
+    2 MB L2 (a Xeon's) the loop projects; beside 512 KB (a Zen 3 core's) a GEMM before the
+    loop does, and the loop keeps its w_hh in cache."""
+    from fastrnn.kernels import cpu
+    from fastrnn.kernels.cpu import _caches
+    assert cpu._UNIT_PROJECTION_BYTES == _caches.l2_bytes() // 2
+    units = np.array([0, 128, 256], np.int64)
+    for l2, want in ((2 << 20, "units"), (512 << 10, "gemm")):
+        monkeypatch.setattr(cpu, "_UNIT_PROJECTION_BYTES", l2 // 2)
+        assert cpu._projection(150, 1, 256, 1024, 256, 4, 2, units) == want
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
