@@ -24,9 +24,9 @@ def l2_bytes(root="/sys/devices/system/cpu/cpu0/cache"):
     """Bytes of L2 of the CPU described under ``root``, or :data:`DEFAULT_L2_BYTES`."""
     try:
         for entry in sorted(os.listdir(root)):
-            path = os.path.join(root, entry)
             if not entry.startswith("index"):
                 continue
+            path = os.path.join(root, entry)
             with open(os.path.join(path, "level")) as f:
                 level = f.read().strip()
             with open(os.path.join(path, "type")) as f:
