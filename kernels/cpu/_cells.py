@@ -46,8 +46,8 @@ def forward_step(cell, u0, n, H, gr, gate_at, xr, bias, hp, hx, c, ar, hn):
     ``gr``/``gate_at``: the recurrent products (without bias); ``xr [G*H]``: the input
     projection (without bias); ``bias``: :class:`.Biases` (with the peepholes);
     ``hp``, ``hx``: the units' previous and new state (may be the same array); ``c``: their
-    cell state (LSTM, updated in place); ``ar [G*H]`` receives the activations, ``hn`` the GRU's ``W_hn h + b_hn``
-    (both kept for backward)."""
+    cell state (LSTM, updated in place); ``ar [G*H]`` receives the activations, ``hn`` the
+    GRU's ``W_hn h + b_hn`` (both kept for backward)."""
     bg = bias.gates
     if cell == LSTM:
         for g in range(4):
