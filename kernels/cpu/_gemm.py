@@ -59,47 +59,43 @@ def pack_blocks(w, blocks):
 
 # Weights at least this large are packed by all threads.
 _PARALLEL_PACK_BYTES = 1 << 20
+# Column blocks are packed this many rows of ``w`` at a time, every panel's share of them
+# before the next rows: a panel at a time would walk all of ``w`` (a TLB miss every few
+# rows) once per panel.
+_PACK_ROWS = 16
 
 
 def _pack(w, blocks, columns):
     nr = panel_width(w.dtype)
-    bounds = np.asarray(blocks, np.int64).reshape(-1, 2)
-    starts = np.zeros(len(bounds) + 1, np.int64)
-    starts[1:] = np.cumsum(-(-(bounds[:, 1] - bounds[:, 0]) // nr))
+    starts = [0]
+    for lo, hi in blocks:
+        starts.append(starts[-1] + -(-(hi - lo) // nr))
     K = w.shape[0] if columns else w.shape[1]
     wp = empty((starts[-1], K, nr), w.dtype)
-    # the block of each panel, so that one flat loop can hand panels to threads
-    owner = np.repeat(np.arange(len(bounds), dtype=np.int64), np.diff(starts))
-    run = _pack_all_parallel if w.nbytes >= _PARALLEL_PACK_BYTES else _pack_all
-    run(w, columns, bounds, starts, owner, wp)
+    bounds = np.array(blocks, np.int64).reshape(-1, 2)
+    starts = np.array(starts, np.int64)
+    parallel = w.nbytes >= _PARALLEL_PACK_BYTES
+    if columns:
+        (_pack_columns_parallel if parallel else _pack_columns)(w, bounds, starts, wp)
+    else:
+        (_pack_rows_parallel if parallel else _pack_rows)(w, bounds, starts, wp)
     return wp, starts
 
 
 @jit()
-def _pack_panel(w, columns, bounds, starts, owner, wp, gp):
-    """Panel ``gp``: ``W``'s columns ``p*NR..`` of its block (``W = w[r0:r1].T`` for row
-    blocks, ``w[:, j0:j1]`` for column blocks), zero past the block's end. Row blocks write
-    the panel in order, gathering each of its rows from ``NR`` rows of ``w`` (faster than
-    writing a column at a time)."""
+def _pack_row_panel(w, bounds, starts, wp, gp):
+    """Panel ``gp`` of row blocks: ``W = w[r0:r1].T``'s columns ``p*NR..`` of its block, zero
+    past the block's end. Each row of the panel gathers one column of ``NR`` rows of ``w``
+    (faster than writing a column at a time)."""
     K, NR = wp.shape[1], wp.shape[2]
     zero = np.float32(0)
-    i = owner[gp]
+    i = 0
+    while starts[i + 1] <= gp:  # the panel's block (a few blocks: a linear search)
+        i += 1
     lo, hi = bounds[i, 0], bounds[i, 1]
-    p = gp - starts[i]
+    r0 = lo + (gp - starts[i]) * NR  # the panel's first column of W
     panel = wp[gp]
-    r0 = lo + p * NR  # the panel's first column of W
-    if columns:
-        if r0 + NR <= hi:  # a whole panel: plain row copies
-            for k in range(K):
-                dst, src = panel[k], w[k, r0:r0 + NR]
-                for c in range(NR):
-                    dst[c] = src[c]
-            return
-        for k in range(K):
-            for c in range(NR):
-                panel[k, c] = w[k, r0 + c] if r0 + c < hi else zero
-        return
-    if r0 + NR <= hi:  # a whole panel: each row of it gathers one column of NR rows
+    if r0 + NR <= hi:
         rows = w[r0:r0 + NR]
         for k in range(K):
             dst = panel[k]
@@ -112,15 +108,52 @@ def _pack_panel(w, columns, bounds, starts, owner, wp, gp):
 
 
 @jit()
-def _pack_all(w, columns, bounds, starts, owner, wp):
+def _pack_rows(w, bounds, starts, wp):
     for gp in range(wp.shape[0]):
-        _pack_panel(w, columns, bounds, starts, owner, wp, gp)
+        _pack_row_panel(w, bounds, starts, wp, gp)
 
 
 @jit(parallel=True)
-def _pack_all_parallel(w, columns, bounds, starts, owner, wp):
+def _pack_rows_parallel(w, bounds, starts, wp):
     for gp in prange(wp.shape[0]):
-        _pack_panel(w, columns, bounds, starts, owner, wp, gp)
+        _pack_row_panel(w, bounds, starts, wp, gp)
+
+
+@jit()
+def _pack_column_rows(w, bounds, starts, wp, k0, k1):
+    """Rows ``k0 <= k < k1`` of every panel of column blocks (``W = w[:, j0:j1]``), zero
+    past each block's end."""
+    NR = wp.shape[2]
+    zero = np.float32(0)
+    for i in range(bounds.shape[0]):
+        lo, hi = bounds[i, 0], bounds[i, 1]
+        for p in range(starts[i + 1] - starts[i]):
+            panel = wp[starts[i] + p]
+            c0 = lo + p * NR
+            if c0 + NR <= hi:  # a whole panel: plain row copies
+                for k in range(k0, k1):
+                    dst, src = panel[k], w[k, c0:c0 + NR]
+                    for c in range(NR):
+                        dst[c] = src[c]
+            else:
+                for k in range(k0, k1):
+                    for c in range(NR):
+                        panel[k, c] = w[k, c0 + c] if c0 + c < hi else zero
+
+
+@jit()
+def _pack_columns(w, bounds, starts, wp):
+    K = wp.shape[1]
+    for k0 in range(0, K, _PACK_ROWS):
+        _pack_column_rows(w, bounds, starts, wp, k0, min(K, k0 + _PACK_ROWS))
+
+
+@jit(parallel=True)
+def _pack_columns_parallel(w, bounds, starts, wp):
+    K = wp.shape[1]
+    for i in prange((K + _PACK_ROWS - 1) // _PACK_ROWS):
+        _pack_column_rows(w, bounds, starts, wp, i * _PACK_ROWS,
+                          min(K, (i + 1) * _PACK_ROWS))
 
 
 def _tile(rows, prefetch=False):
