@@ -251,14 +251,19 @@ def test_unit_split_projects_inside_the_loop_only_when_its_weights_fit_half_of_l
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("B", [1, 2, 4])
-def test_tiny_calls_run_on_one_thread_and_read_w_hh_unpacked(cell, dtype, B, monkeypatch):
+@pytest.mark.parametrize("weights_size", ["large", "small"])
+def test_tiny_calls_run_on_one_thread_and_read_w_hh_unpacked(cell, dtype, B, weights_size,
+                                                             monkeypatch):
     """A call with too little work for two threads (a step of generation) runs its compiled
     code on the caller alone and gives Numba's thread setting back; with a few rows in all
     it takes the unit-split loops with one block (w_hh read as it is, not packed), the
-    forward outside any parallel region."""
+    forward outside any parallel region - whether or not w_hh is large enough for the
+    unit split to pay on two threads."""
     import numba
     from fastrnn.kernels import cpu
-    H = {"lstm": 128, "gru": 160}[cell]  # w_hh >= _SPLIT_MIN_WEIGHTS elements
+    # w_hh at least _SPLIT_MIN_WEIGHTS elements, or well under it
+    H = {"lstm": 128, "gru": 160}[cell] if weights_size == "large" else 24
+    assert (CELLS[cell].gates * H * H >= cpu._SPLIT_MIN_WEIGHTS) == (weights_size == "large")
     x, weights, h0, c0 = random_problem(cell, 3, B, 5, H, 1, 2, dtype, seed=B,
                                         scale=1 / np.sqrt(H))
     seen = []

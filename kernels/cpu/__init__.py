@@ -127,15 +127,15 @@ def _unit_split(T, B, GH, H, itemsize=4):
     ``w_hh`` as it is instead of packing it."""
     # (never more threads than usable CPUs: they meet every step, and a thread waiting for
     # one that has no CPU would have to yield at every barrier)
-    small = _rowdot(T, B) and GH * H >= _SPLIT_MIN_WEIGHTS
-    large = B <= _SPLIT_LARGE_MAX_BATCH and GH * H * itemsize >= _SPLIT_LARGE_BYTES
-    if not (small or large):
-        return None
+    few = _rowdot(T, B)
     threads = min(num_threads(), usable_cpus(), H // _UNIT_ALIGN)
     enough = T * B * GH * H >= threads * _MIN_WORK_PER_THREAD
-    if small and (threads < 2 or not enough):
+    if few and (threads < 2 or not enough):
+        # one thread whatever the weights' size: packing them would cost more than the call
         return np.asarray([0, H], dtype=np.int64)
-    if threads < 2 or not enough:
+    small = few and GH * H >= _SPLIT_MIN_WEIGHTS
+    large = B <= _SPLIT_LARGE_MAX_BATCH and GH * H * itemsize >= _SPLIT_LARGE_BYTES
+    if not (small or large) or threads < 2 or not enough:
         return None
     bounds = [_UNIT_ALIGN * round(H * k / threads / _UNIT_ALIGN) for k in range(threads)]
     return np.asarray(bounds + [H], dtype=np.int64)
