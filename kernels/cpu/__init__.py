@@ -160,10 +160,10 @@ _PROJECTION_STEPS = 8
 _PROJECTION_ROWS = 256
 
 
-def _projection_steps(chunks):
-    """Steps per input-projection product in the batch-split forward (``chunks``: its row
-    blocks)."""
-    rows = max(1, int(np.max(np.diff(chunks))))  # (an empty batch has a block of 0 rows)
+def _projection_steps(B, blocks):
+    """Steps per input-projection product in the batch-split forward (``B`` rows in
+    ``blocks`` balanced row blocks, see :func:`_chunks`)."""
+    rows = max(1, -(-B // blocks))  # the largest block (an empty batch: blocks of 0 rows)
     return max(1, min(_PROJECTION_STEPS, _PROJECTION_ROWS // rows))
 
 
@@ -300,9 +300,10 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, extra, lengths, reverse, t
             wp = pack(w_hh, transpose=True)
             gate_at, second = (0, H, 2 * H, 3 * H), wp.shape[0]
         wr = pack(w_hr, transpose=True) if w_hr is not None else np.empty((0, 1, 1), dt)
-        forward_loop(CELL_IDS[spec.name], Projection(xg, x_steps, wx, _projection_steps(chunks)),
-                     wp, gate_at, second, bias, np.ascontiguousarray(h0),
-                     np.ascontiguousarray(c0_), seq, chunks, Outputs(y, h_n, c_n), saved, wr)
+        proj = Projection(xg, x_steps, wx, _projection_steps(B, chunks.size - 1))
+        forward_loop(CELL_IDS[spec.name], proj, wp, gate_at, second, bias,
+                     np.ascontiguousarray(h0), np.ascontiguousarray(c0_), seq, chunks,
+                     Outputs(y, h_n, c_n), saved, wr)
     else:
         hbuf = np.empty((2, B, H), dt)
         hbuf[0] = h0

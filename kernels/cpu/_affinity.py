@@ -74,12 +74,13 @@ def _enabled():
     return _SETTINGS[value] and hasattr(os, "sched_setaffinity")
 
 
-def plan(threads):
+def plan(threads, allowed=None):
     """The CPU for each of ``threads`` threads (index 0: the caller), or None when the
-    process may not use that many CPUs or pinning is off."""
-    if not _enabled() or threads < 2:
+    process may not use that many CPUs or pinning is off. ``allowed``: the caller's CPU set,
+    if already known."""
+    if threads < 2 or not _enabled():
         return None
-    cpus = sorted(os.sched_getaffinity(0))
+    cpus = sorted(os.sched_getaffinity(0) if allowed is None else allowed)
     if len(cpus) < threads:
         return None
     return cpus[:threads]
@@ -105,18 +106,21 @@ def _pin_helpers(cpus):
 def pinned(threads):
     """Run the body with the caller on its own CPU and ``threads - 1`` helpers on others."""
     global _owner
-    cpus = plan(threads)
+    mine = cpus = None
+    if threads >= 2 and _enabled():
+        mine = os.sched_getaffinity(0)
+        cpus = plan(threads, mine)
     if cpus is not None:
-        with _owner_lock:
-            if _owner is None:
-                _owner = threading.get_ident()
+        if _owner is None:
+            with _owner_lock:
+                if _owner is None:
+                    _owner = threading.get_ident()
         if _owner != threading.get_ident():
             cpus = None
     if cpus is None:
         yield
         return
     _pin_helpers(cpus)
-    mine = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {cpus[0]})
     _local.mask = mine
     try:
