@@ -267,13 +267,15 @@ def test_tiny_calls_run_on_one_thread_and_read_w_hh_unpacked(cell, dtype, B, wei
     x, weights, h0, c0 = random_problem(cell, 3, B, 5, H, 1, 2, dtype, seed=B,
                                         scale=1 / np.sqrt(H))
     seen = []
-    for name in ("forward_loop_serial", "forward_loop_split", "backward_loop_split"):
+    for name in ("forward_rows", "forward_loop_serial", "forward_loop_split", "forward_loop",
+                 "backward_loop_split", "pack", "pack_blocks"):
         real = getattr(cpu, name)
 
-        def spy(*a, _real=real, _name=name):
-            units = a[8] if _name.startswith("forward") else a[7]
-            seen.append((_name, list(units), cpu.num_threads()))
-            return _real(*a)
+        def spy(*a, _real=real, _name=name, **kw):
+            units = {"backward_loop_split": 7, "forward_rows": 11}.get(_name)
+            units = None if units is None else list(a[units])
+            seen.append((_name, units, cpu.num_threads()))
+            return _real(*a, **kw)
         monkeypatch.setattr(cpu, name, spy)
     gemms = []
     real_matmul = cpu.matmul
@@ -285,18 +287,21 @@ def test_tiny_calls_run_on_one_thread_and_read_w_hh_unpacked(cell, dtype, B, wei
     # projection came from the row-dot kernel, not a BLAS GEMM
     assert len(gemms) == 6
     assert numba.get_num_threads() == before
-    assert [n for n, _, _ in seen].count("forward_loop_serial") == 2  # two directions
-    assert [n for n, _, _ in seen].count("backward_loop_split") == 2
-    assert len(seen) == 4 and all(units == [0, H] for _, units, _ in seen)
-    # (the serial forward starts no parallel region; the backward's runs on one thread)
+    # the forward: one compiled call a direction (forward_rows, which starts no parallel
+    # region and reads w_hh as it is: nothing packed); the backward: one unit block on one
+    # thread
+    names = [n for n, _, _ in seen]
+    assert names.count("forward_rows") == 2 and names.count("backward_loop_split") == 2
+    assert len(seen) == 4
+    assert all(units == [0, H] for _, units, _ in seen)
     assert all(threads == 1 for n, _, threads in seen if n == "backward_loop_split")
 
 
 @pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru"])
 def test_serial_loop_runs_any_number_of_unit_blocks(cell, monkeypatch):
-    """forward_loop_serial walks every unit block on the caller: with two blocks (a
-    one-thread call never asks for more than one, but the loop does not rely on it) it
-    matches the reference, lengths and reverse included."""
+    """The serial forward (forward_rows) walks every unit block on the caller: with two
+    blocks (a one-thread call never asks for more than one, but the loop does not rely on
+    it) it matches the reference, lengths and reverse included."""
     from fastrnn.kernels import cpu
     H = 96
     x, weights, h0, c0 = random_problem(cell, 4, 3, 5, H, 1, 2, np.float64, seed=5,
@@ -304,9 +309,8 @@ def test_serial_loop_runs_any_number_of_unit_blocks(cell, monkeypatch):
     monkeypatch.setattr(cpu, "_unit_split", lambda *a: np.array([0, 48, H]))
     monkeypatch.setattr(cpu, "_threads_for", lambda *a: 1)
     seen = []
-    real = cpu.forward_loop_serial
-    monkeypatch.setattr(cpu, "forward_loop_serial",
-                        lambda *a: (seen.append(list(a[8])), real(*a))[1])
+    real = cpu.forward_rows
+    monkeypatch.setattr(cpu, "forward_rows", lambda *a: (seen.append(list(a[11])), real(*a))[1])
     _assert_matches_reference(cell, x, weights, h0, c0, np.float64, training=False,
                               bidirectional=True, lengths=[4, 2, 3])
     assert seen == [[0, 48, H]] * 2
@@ -552,7 +556,7 @@ def test_read_only_inputs_match_the_reference_and_compile_nothing_new(B, H):
     writability: that would be seconds on first use)."""
     from fastrnn.kernels.cpu import _loops, _split
     loops = (_loops.forward_loop, _loops.backward_loop, _split.forward_loop_split,
-             _split.forward_loop_serial, _split.backward_loop_split)
+             _split.forward_loop_serial, _split.forward_rows, _split.backward_loop_split)
     x, weights, h0, c0 = random_problem("lstm", 12, B, 6, H, 1, 1, np.float32, seed=2,
                                         scale=1 / np.sqrt(H))
     lengths = np.arange(12, 12 - B, -1, dtype=np.int64)

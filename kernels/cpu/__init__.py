@@ -31,11 +31,12 @@ from ._blas import matmul, single_threaded_blas
 from ._caches import L2_BYTES
 from ._fork import child_safe
 from ._fpu import flush_denormals, restore
-from ._gemm import matvec, pack, pack_blocks, pack_column_blocks, panel_width
+from ._gemm import pack, pack_blocks, pack_column_blocks, panel_width
 from ._jit import CACHE, WAIT_SETTINGS, num_threads
 from ._loops import backward_loop, forward_loop
 from ._math import CELL_IDS
-from ._split import backward_loop_split, forward_loop_serial, forward_loop_split
+from ._split import (backward_loop_split, forward_loop_serial, forward_loop_split,
+                     forward_rows)
 
 __all__ = ["forward", "backward", "cache_dir", "num_threads", "pinned_cpus",
            "WAIT_SETTINGS", "L2_BYTES", "empty_cache", "cache_info", "set_cache_limit"]
@@ -127,11 +128,16 @@ def _unit_split(T, B, GH, H, itemsize=4):
     ``w_hh`` as it is instead of packing it."""
     # (never more threads than usable CPUs: they meet every step, and a thread waiting for
     # one that has no CPU would have to yield at every barrier)
+    # A call of few rows too small for two threads (checked first, without asking how many
+    # there are) or for the threads there are: one block whatever the weights' size,
+    # since packing them would cost more than the call.
     few = _rowdot(T, B)
+    work = T * B * GH * H
+    if few and work < 2 * _MIN_WORK_PER_THREAD:
+        return np.asarray([0, H], dtype=np.int64)
     threads = min(num_threads(), usable_cpus(), H // _UNIT_ALIGN)
-    enough = T * B * GH * H >= threads * _MIN_WORK_PER_THREAD
+    enough = work >= threads * _MIN_WORK_PER_THREAD
     if few and (threads < 2 or not enough):
-        # one thread whatever the weights' size: packing them would cost more than the call
         return np.asarray([0, H], dtype=np.int64)
     small = few and GH * H >= _SPLIT_MIN_WEIGHTS
     large = B <= _SPLIT_LARGE_MAX_BATCH and GH * H * itemsize >= _SPLIT_LARGE_BYTES
@@ -225,9 +231,9 @@ def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None, reverse=False
     try:
         if plan.projection == "rowdot":
             # no BLAS and no parallel region: nothing to hold back or pin (a step of
-            # generation)
-            return _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, (peepholes, w_hr),
-                            lengths, reverse, training, plan)
+            # generation), and one compiled call
+            return _forward_rows(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, peepholes,
+                                 lengths, reverse, training, plan.units)
         with single_threaded_blas(), _at_most(threads), pinned(threads):
             return _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, (peepholes, w_hr),
                             lengths, reverse, training, plan)
@@ -254,6 +260,57 @@ def _peep(peepholes, dt):
     return np.empty((0, 0), dt) if peepholes is None else np.ascontiguousarray(peepholes)
 
 
+def _biases(b_ih, b_hh, peepholes, GH, dt):
+    """:class:`Biases` (zeros for a layer without bias)."""
+    b_ih_ = b_ih if b_ih is not None else np.zeros(GH, dt)
+    b_hh_ = b_hh if b_hh is not None else np.zeros(GH, dt)
+    return Biases(b_ih_, b_hh_, b_ih_ + b_hh_, _peep(peepholes, dt))
+
+
+_NO_LENGTHS = np.empty(0, np.int64)  # (forward_rows: every row has T steps)
+
+
+def _sequence(lengths, reverse, B, T):
+    lens = np.full(B, T, np.int64) if lengths is None else np.array(lengths, np.int64)
+    return Sequence(lens, bool(reverse))
+
+
+def _kept(x, w_ih, w_hh, b_ih, seq, saved, c0, peep, w_hr):
+    """What :func:`backward` needs of a training forward."""
+    return dict(x=x, w_ih=w_ih, w_hh=w_hh, has_bias=b_ih is not None, seq=seq,
+                saved=saved, c0=c0, peep=peep, w_hr=w_hr)
+
+
+def _forward_rows(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, peepholes, lengths, reverse,
+                  training, units):
+    """A one-thread call of a few rows (the ``"rowdot"`` plan): the whole call in
+    :func:`._split.forward_rows`."""
+    spec = get_cell(cell)
+    T, B, _ = x.shape
+    GH, H = w_hh.shape
+    dt = x.dtype
+    if b_ih is None:
+        b_ih_ = b_hh_ = np.zeros(GH, dt)
+    else:
+        b_ih_, b_hh_ = b_ih, b_hh
+    c0_ = c0 if spec.has_cell_state else np.zeros((B, H), dt)
+    steps = T if training else 1
+    y, h_n, c_n = np.empty((T, B, H), dt), np.empty((B, H), dt), np.empty((B, H), dt)
+    saved = Saved(np.empty((steps, B, GH), dt), np.empty((steps, B, H), dt),
+                  np.empty((steps if spec.has_cell_state else 1, B, H), dt),
+                  np.empty((steps if spec.family == "gru" else 1, B, H), dt))
+    peep = _peep(peepholes, dt)
+    forward_rows(CELL_IDS[spec.name], np.ascontiguousarray(x), h0, c0_,
+                 np.ascontiguousarray(w_ih), np.ascontiguousarray(w_hh), b_ih_, b_hh_, peep,
+                 _NO_LENGTHS if lengths is None else np.array(lengths, np.int64),
+                 bool(reverse), units, y, h_n, c_n, *saved)
+    keep = None
+    if training:
+        keep = _kept(x, w_ih, w_hh, b_ih, _sequence(lengths, reverse, B, T), saved, c0_,
+                     peep, None)
+    return y, h_n, (c_n if spec.has_cell_state else None), keep
+
+
 def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, extra, lengths, reverse, training,
              plan):
     spec = get_cell(cell)
@@ -263,24 +320,18 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, extra, lengths, reverse, t
     H = GH // spec.gates
     dt = x.dtype
     units, projection = plan.units, plan.projection
-    b_ih_ = b_ih if b_ih is not None else np.zeros(GH, dt)
     if projection == "batch":
         xg, wx = np.empty((0, B, GH), dt), pack(w_ih, transpose=True)
     else:
         xg, wx = empty((T, B, GH), dt), np.empty((0, 1, 1), dt)
-    if projection in ("rowdot", "units"):  # (the row-dot kernel reads rows with unit stride)
+    if projection == "units":  # (the row-dot kernel reads rows with unit stride)
         x2, w_ih2 = np.ascontiguousarray(x).reshape(T * B, I), np.ascontiguousarray(w_ih)
     else:
         x2, w_ih2 = np.empty((0, I), dt), np.empty((0, I), dt)
-    if projection == "rowdot":
-        matvec(x2, 0, T * B, w_ih2, 0, GH, xg.reshape(T * B, GH))
-    elif projection == "gemm":
+    if projection == "gemm":
         matmul(x.reshape(T * B, I), w_ih.T, xg.reshape(T * B, GH))
-    b_hh_ = b_hh if b_hh is not None else np.zeros(GH, dt)
-    peep = _peep(peepholes, dt)
-    bias = Biases(b_ih_, b_hh_, b_ih_ + b_hh_, peep)
-    lens = np.full(B, T, np.int64) if lengths is None else np.array(lengths, np.int64)
-    seq = Sequence(lens, bool(reverse))
+    bias = _biases(b_ih, b_hh, peepholes, GH, dt)
+    seq = _sequence(lengths, reverse, B, T)
     c0_ = c0 if spec.has_cell_state else np.zeros((B, H), dt)
     steps = T if training else 1
     y = empty((T, B, S), dt)
@@ -326,10 +377,7 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, extra, lengths, reverse, t
                                bias, hbuf, c_n, hg, seq, units, np.zeros(3, np.int64), y,
                                saved)
         h_n[...] = hbuf[T % 2]
-    keep = None
-    if training:
-        keep = dict(x=x, w_ih=w_ih, w_hh=w_hh, has_bias=b_ih is not None, seq=seq,
-                    saved=saved, c0=c0_, peep=peep, w_hr=w_hr)
+    keep = _kept(x, w_ih, w_hh, b_ih, seq, saved, c0_, bias.peep, w_hr) if training else None
     return y, h_n, (c_n if spec.has_cell_state else None), keep
 
 

@@ -21,6 +21,7 @@ deadlock, see :func:`._sync.start`). Argument groups: :mod:`._args`.
 import numpy as np
 from numba import prange
 
+from ._args import Biases, Saved, Sequence, UnitWeights
 from ._cells import backward_step, forward_step
 from ._fpu import flush_denormals, restore
 from ._gemm import gemm_panels, matvec
@@ -132,6 +133,42 @@ def forward_loop_serial(cell, xg, weights, bias, hbuf, c, hg, seq, units, y, sav
         for q in range(units.size - 1):
             _units_step(cell, t, ts, q, units[q], units[q + 1], xg, weights, bias, cur, nxt,
                         c, hg, lengths, y, saved)
+
+
+@jit()
+def forward_rows(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, peep, lengths, reverse, units,
+                 y, h_n, c_n, acts, h_prev, c_all, hn_all):
+    """A whole one-thread call of a few rows (a step of generation): the input projection
+    with the row-dot kernel, then :func:`forward_loop_serial` over the unit blocks
+    ``units`` (one, as a rule) on ``w_hh`` as it is.
+
+    Plain arrays in, nothing out: typing named tuples and boxing returned arrays at the
+    call would cost a good part of a step, so the caller allocates the outputs (``y
+    [T,B,H]``, ``h_n``, ``c_n [B,H]``) and the arrays of :class:`.Saved` (``acts``,
+    ``h_prev``, ``c_all``, ``hn_all``). ``x [T,B,I]`` C-contiguous; ``c0`` zeros for the
+    cells without a cell state; ``lengths [B]``, or empty when every row has ``T`` steps;
+    ``peep``: as in :class:`.Biases`."""
+    T, B, I = x.shape
+    GH, H = w_hh.shape
+    dt = x.dtype
+    xg = np.empty((T, B, GH), dt)
+    matvec(x.reshape((T * B, I)), 0, T * B, w_ih, 0, GH, xg.reshape((T * B, GH)))
+    lens = lengths
+    if lengths.size == 0:
+        lens = np.empty(B, np.int64)
+        for b in range(B):
+            lens[b] = T
+    hbuf = np.empty((2, B, H), dt)
+    for b in range(B):
+        copy(hbuf[0, b], h0[b])
+        copy(c_n[b], c0[b])
+    forward_loop_serial(cell, xg, UnitWeights(w_hh, np.empty((0, 1, 1), dt),
+                                              np.zeros(1, np.int64)),
+                        Biases(b_ih, b_hh, b_ih + b_hh, peep), hbuf, c_n,
+                        np.empty((B, GH), dt), Sequence(lens, reverse), units, y,
+                        Saved(acts, h_prev, c_all, hn_all))
+    for b in range(B):
+        copy(h_n[b], hbuf[T % 2, b])
 
 
 @jit()
