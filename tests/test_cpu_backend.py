@@ -246,6 +246,34 @@ def test_unit_split_projects_inside_the_loop_only_when_its_weights_fit_half_of_l
     for l2, want in ((2 << 20, "units"), (512 << 10, "gemm")):
         monkeypatch.setattr(cpu, "_UNIT_PROJECTION_BYTES", l2 // 2)
         assert cpu._projection(150, 1, 256, 1024, 256, 4, 2, units) == want
+        # one step projects in the loop whatever the L2 (no later step needs w_hh there)
+        assert cpu._projection(1, 16, 256, 1024, 256, 4, 2, units) == "units"
+        assert cpu._projection(2, 16, 256, 1024, 256, 4, 2, units) == want
+
+
+@pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru"])
+@pytest.mark.parametrize("B", [1, 5, 16])
+def test_one_step_on_two_threads_projects_in_the_loop_and_matches_the_reference(
+        cell, B, monkeypatch):
+    """A one-step call split over two threads' unit blocks projects its input inside the
+    loop even when the weights exceed the L2 line; lengths of 0 and 1 included."""
+    from fastrnn.kernels import cpu
+    if cpu.num_threads() < 2 or cpu.usable_cpus() < 2:
+        pytest.skip("needs two threads")
+    monkeypatch.setattr(cpu, "_MIN_WORK_PER_THREAD", 0)
+    monkeypatch.setattr(cpu, "_SPLIT_MIN_WEIGHTS", 0)  # two unit blocks at any size
+    monkeypatch.setattr(cpu, "_UNIT_PROJECTION_BYTES", 0)  # the weights never "fit"
+    pers = []
+    real = cpu.forward_loop_split
+    monkeypatch.setattr(cpu, "forward_loop_split",
+                        lambda *a: (pers.append((a[1].per, list(a[8]))), real(*a))[1])
+    H = 64
+    x, weights, h0, c0 = random_problem(cell, 1, B, 7, H, 1, 2, np.float32, seed=B,
+                                        scale=1 / np.sqrt(H))
+    lengths = [1, 0, 1, 1, 0][:B] + [1] * max(0, B - 5)
+    _assert_matches_reference(cell, x, weights, h0, c0, np.float32, training=True,
+                              bidirectional=True, lengths=lengths)
+    assert len(pers) == 2 and all(per > 0 and len(u) == 3 for per, u in pers)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])

@@ -177,16 +177,18 @@ def _projection(T, B, I, GH, H, itemsize, threads, units):
     """Where the forward computes the input projection: ``"batch"`` (inside the batch-split
     loop, see :func:`_fuse_projection`), ``"units"`` (inside the unit-split loop on
     unpacked weights, each thread for its units every ``_UNIT_PROJECTION_STEPS`` steps,
-    with the row-dot kernel: w_ih stays in the thread's L2 beside its w_hh, and the call
-    needs no BLAS GEMM and no GEMM thread), ``"rowdot"`` (the row-dot kernel before the
-    loop: a one-thread call of a few rows) or ``"gemm"`` (one BLAS GEMM before the loop).
+    with the row-dot kernel, when w_ih stays in the thread's L2 beside its w_hh or the call
+    is one step: the call needs no BLAS GEMM and no GEMM thread), ``"rowdot"`` (the row-dot kernel before the
+    serial loop, both in one compiled call: a one-thread call of a few rows) or ``"gemm"`` (one BLAS GEMM before the loop).
 
     The lines between them are measured in docs/performance-notes.md, "Where the input
     projection is computed"."""
     if units is None:
         return "batch" if _fuse_projection(I, GH, H, itemsize) else "gemm"
-    if (threads > 1 and _rowdot(T, B)
-            and (I + H) * GH * itemsize <= (units.size - 1) * _UNIT_PROJECTION_BYTES):
+    # (a call of one step projects in the loop whatever the weights' size: no later step
+    # needs w_hh in L2, and a GEMM of a few rows mostly packs the weights)
+    fits = (I + H) * GH * itemsize <= (units.size - 1) * _UNIT_PROJECTION_BYTES
+    if threads > 1 and _rowdot(T, B) and (fits or T == 1):
         return "units"
     if threads == 1 and T * B <= _ROWDOT_PROJECTION_ROWS:
         return "rowdot"
