@@ -463,6 +463,24 @@ def test_split_gemm_matches_numpy_whichever_way_it_splits(dtype, M, K, N, transp
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_gemm_of_inner_dimension_one_is_the_outer_product(dtype, contiguous):
+    """A weight gradient of a one-row call: ``dg.T @ x`` over one row, into a whole array
+    or into a block of one (the GRU's n rows)."""
+    from fastrnn.kernels.cpu import _blas
+    rng = np.random.default_rng(7)
+    a = rng.standard_normal((1, 30)).astype(dtype).T
+    b = rng.standard_normal((1, 11)).astype(dtype)
+    full = np.full((30, 14), np.nan, dtype)
+    out = full[:, :11] if not contiguous else np.full((30, 11), np.nan, dtype)
+    assert out.flags.c_contiguous == contiguous
+    with _blas.single_threaded_blas():
+        assert _blas.matmul(a, b, out) is out
+    assert_close(out, (a.astype(np.float64) @ b.astype(np.float64)).astype(dtype), dtype,
+                 "outer product")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("K", [256, 40])  # a whole number of vectors, and not (fallback)
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 7, 9])  # groups of 4, 2 and 1 rows of a
 @pytest.mark.parametrize("back", [False, True])  # the weight rows walked from the last
