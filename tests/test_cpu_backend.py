@@ -252,21 +252,24 @@ def test_unit_split_projects_inside_the_loop_only_when_its_weights_fit_half_of_l
 
 
 @pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru"])
-@pytest.mark.parametrize("B", [1, 5, 16])
+@pytest.mark.parametrize("B", [1, 2, 5, 16])
 def test_one_step_on_two_threads_projects_in_the_loop_and_matches_the_reference(
         cell, B, monkeypatch):
     """A one-step call split over two threads' unit blocks projects its input inside the
-    loop even when the weights exceed the L2 line; lengths of 0 and 1 included."""
+    loop even when the weights exceed the L2 line, and at batch 1-2 its backward reads
+    w_hh unpacked; lengths of 0 and 1 included."""
     from fastrnn.kernels import cpu
     if cpu.num_threads() < 2 or cpu.usable_cpus() < 2:
         pytest.skip("needs two threads")
     monkeypatch.setattr(cpu, "_MIN_WORK_PER_THREAD", 0)
     monkeypatch.setattr(cpu, "_SPLIT_MIN_WEIGHTS", 0)  # two unit blocks at any size
     monkeypatch.setattr(cpu, "_UNIT_PROJECTION_BYTES", 0)  # the weights never "fit"
-    pers = []
-    real = cpu.forward_loop_split
+    pers, packs = [], []
+    real, real_pack = cpu.forward_loop_split, cpu.pack_column_blocks
     monkeypatch.setattr(cpu, "forward_loop_split",
                         lambda *a: (pers.append((a[1].per, list(a[8]))), real(*a))[1])
+    monkeypatch.setattr(cpu, "pack_column_blocks",
+                        lambda *a: (packs.append(a[1]), real_pack(*a))[1])
     H = 64
     x, weights, h0, c0 = random_problem(cell, 1, B, 7, H, 1, 2, np.float32, seed=B,
                                         scale=1 / np.sqrt(H))
@@ -274,6 +277,26 @@ def test_one_step_on_two_threads_projects_in_the_loop_and_matches_the_reference(
     _assert_matches_reference(cell, x, weights, h0, c0, np.float32, training=True,
                               bidirectional=True, lengths=lengths)
     assert len(pers) == 2 and all(per > 0 and len(u) == 3 for per, u in pers)
+    assert len(packs) == (0 if B <= 2 else 2)
+
+
+@pytest.mark.parametrize("cell", ["rnn_relu", "lstm_peephole", "gru"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("B", [1, 2])
+def test_one_step_backward_on_unpacked_weights_matches_the_reference(cell, dtype, B,
+                                                                      monkeypatch):
+    """A training step of one or two rows on one thread (BPTT by hand with a cell): the
+    backward reads w_hh as it is, and every gradient matches the reference."""
+    from fastrnn.kernels import cpu
+    packs = []
+    real_pack = cpu.pack_column_blocks
+    monkeypatch.setattr(cpu, "pack_column_blocks",
+                        lambda *a: (packs.append(a[1]), real_pack(*a))[1])
+    H = 48
+    x, weights, h0, c0 = random_problem(cell, 1, B, 9, H, 2, 1, dtype, seed=3 + B,
+                                        scale=1 / np.sqrt(H))
+    _assert_matches_reference(cell, x, weights, h0, c0, dtype, training=True, num_layers=2)
+    assert packs == []
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])

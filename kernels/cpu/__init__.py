@@ -111,6 +111,14 @@ def _rowdot(T, B):
     return B <= _SPLIT_MAX_BATCH or T * B <= _ROWDOT_MAX_ROWS
 
 
+def _unpacked_backward(T, B):
+    """Whether the unit-split backward reads ``w_hh`` as it is rather than packing its
+    column blocks: for one step of one or two rows, where packing costs more than the
+    product; from a few rows or steps on, the packed product's speed pays for the packing
+    (docs/performance-notes.md, "Splitting work")."""
+    return T == 1 and B <= _SPLIT_MAX_BATCH
+
+
 def _units_for(cell, T, B, GH, H, itemsize, projected=False):
     """:func:`_unit_split` for ``cell``: None (the batch split) for ``gru_reset_before``,
     whose second product per step needs every unit's ``r * h``, and for an LSTM with a
@@ -410,12 +418,17 @@ def _backward(cell, saved, dy, dh_n, dc_n):
                       kept, grads, saved["peep"], wr)
     else:
         grads = Grads(dgx, dgh, dh_n.copy(), dc_n.copy(), np.zeros((1, GH + 3 * H), dt), dhs)
-        wp, starts = pack_column_blocks(w_hh, [(units[q], units[q + 1])
-                                               for q in range(units.size - 1)])
-        backward_loop_split(CELL_IDS[spec.name], UnitWeights(w_hh, wp, starts),
+        if _unpacked_backward(T, B):
+            wp, starts = np.empty((0, 1, panel_width(dt)), dt), np.zeros(1, np.int64)
+            dhp = np.empty((B, H), dt)
+        else:
+            wp, starts = pack_column_blocks(w_hh, [(units[q], units[q + 1])
+                                                   for q in range(units.size - 1)])
+            dhp = np.empty((B, starts[-1] * panel_width(dt)), dt)
+        backward_loop_split(CELL_IDS[spec.name],
+                            UnitWeights(np.ascontiguousarray(w_hh), wp, starts),
                             np.ascontiguousarray(dy), grads.dh0, grads.dc0, saved["c0"],
-                            saved["seq"], units, np.zeros(3, np.int64), kept, grads,
-                            np.empty((B, starts[-1] * panel_width(dt)), dt),
+                            saved["seq"], units, np.zeros(3, np.int64), kept, grads, dhp,
                             np.zeros((B, H), dt), saved["peep"])
     # (the loops summed the bias gradients: the shared helper gets has_bias=False)
     dx, dw_ih, dw_hh, _, _ = input_and_weight_grads(

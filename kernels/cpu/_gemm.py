@@ -393,6 +393,29 @@ _ROWS_PER_PASS = 4 if AVX512 else 2
 
 
 @jit()
+def vecmat(a, r0, r1, w, c0, c1, out, back=False):
+    """``out[r, c0:c1] = a[r, :] @ w[:, c0:c1]`` for ``r0 <= r < r1``: the product of a few
+    rows with unpacked ``w [K,N]`` read along its rows (the backward's ``dg @ w_hh`` for a
+    step of a few rows, where packing ``w`` would cost more than the product). Each row of
+    ``w`` is read once for all rows of ``a``, whose sums stay in cache. ``back``: walk
+    ``w``'s rows from the last (as :func:`matvec`)."""
+    K = w.shape[0]
+    n = c1 - c0
+    for r in range(r0, r1):
+        o = out[r, c0:c1]
+        for j in range(n):
+            o[j] = 0
+    for i in range(K):
+        k = K - 1 - i if back else i
+        wk = w[k, c0:c1]
+        for r in range(r0, r1):
+            s = a[r, k]
+            o = out[r, c0:c1]
+            for j in range(n):
+                o[j] += s * wk[j]
+
+
+@jit()
 def matvec(a, r0, r1, w, j0, j1, out, back=False):
     """``out[r, j] = a[r, :] @ w[j, :]`` for ``r0 <= r < r1``, ``j0 <= j < j1``: the
     product of a few rows on unpacked ``w [M,K]`` (same contract as

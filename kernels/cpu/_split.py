@@ -24,7 +24,7 @@ from numba import prange
 from ._args import Biases, Saved, Sequence, UnitWeights
 from ._cells import backward_step, forward_step
 from ._fpu import flush_denormals, restore
-from ._gemm import gemm_panels, matvec
+from ._gemm import gemm_panels, matvec, vecmat
 from ._jit import jit
 from ._math import GRU, copy, has_cell_state
 from ._sync import PARALLEL, barrier, start
@@ -206,8 +206,9 @@ def backward_loop_split(cell, weights, dy, dh, dc, c0, seq, units, sync, saved, 
                         direct, peep):
     """Same results as :func:`._loops.backward_loop`. ``dh``, ``dc`` hold ``dh_n``,
     ``dc_n`` and end as ``dh0``, ``dc0``; ``weights.packed``/``starts``: column block ``q``
-    of ``w_hh`` (unit block ``q``) packed by :func:`._gemm.pack_column_blocks`; ``dhp`` is
-    scratch for the products, ``direct [B,H]`` zeroed scratch (the GRU's ``z * dh``);
+    of ``w_hh`` (unit block ``q``) packed by :func:`._gemm.pack_column_blocks`, or, when
+    ``packed`` is empty, ``weights.w_hh`` read as it is (:func:`._gemm.vecmat`: a call of
+    a few rows); ``dhp`` is scratch for the products (``[B,H]`` unpacked), ``direct [B,H]`` zeroed scratch (the GRU's ``z * dh``);
     ``grads.db [1, G*H + 3*H]`` (zeroed) receives the sums (each thread adds only its
     units' columns); ``peep``: the peephole weights (:class:`.Biases`)."""
     lengths, reverse = seq
@@ -217,6 +218,7 @@ def backward_loop_split(cell, weights, dy, dh, dc, c0, seq, units, sync, saved, 
     B = dh.shape[0]
     P = units.size - 1
     NR = wp.shape[2]
+    rowdot = wp.shape[0] == 0
     for p in prange(P):
         fpu = flush_denormals()
         tc = np.empty(dh.shape[1], dgh.dtype)
@@ -234,8 +236,13 @@ def backward_loop_split(cell, weights, dy, dh, dc, c0, seq, units, sync, saved, 
                 if meet:
                     barrier(sync, P, s + 1)  # every unit's gate gradients are in dgh[t]
                 for q in range(q0, q1):
-                    gemm_panels(dgh[t], 0, B, wp, starts[q], starts[q + 1], dhp, t)
-                    u0, col = units[q], starts[q] * NR
+                    u0 = units[q]
+                    if rowdot:
+                        vecmat(dgh[t], 0, B, weights.w_hh, u0, units[q + 1], dhp, t % 2 == 1)
+                        col = u0
+                    else:
+                        gemm_panels(dgh[t], 0, B, wp, starts[q], starts[q + 1], dhp, t)
+                        col = starts[q] * NR
                     for b in range(B):
                         if t < lengths[b]:
                             for j in range(units[q + 1] - u0):
