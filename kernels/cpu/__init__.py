@@ -186,8 +186,9 @@ def _projection(T, B, I, GH, H, itemsize, threads, units):
     loop, see :func:`_fuse_projection`), ``"units"`` (inside the unit-split loop on
     unpacked weights, each thread for its units every ``_UNIT_PROJECTION_STEPS`` steps,
     with the row-dot kernel, when w_ih stays in the thread's L2 beside its w_hh or the call
-    is one step: the call needs no BLAS GEMM and no GEMM thread), ``"rowdot"`` (the row-dot kernel before the
-    serial loop, both in one compiled call: a one-thread call of a few rows) or ``"gemm"`` (one BLAS GEMM before the loop).
+    is one step: the call needs no BLAS GEMM and no GEMM thread), ``"rowdot"`` (the row-dot
+    kernel before the serial loop, both in one compiled call: a one-thread call of a few
+    rows) or ``"gemm"`` (one BLAS GEMM before the loop).
 
     The lines between them are measured in docs/performance-notes.md, "Where the input
     projection is computed"."""

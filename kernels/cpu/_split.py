@@ -207,10 +207,11 @@ def backward_loop_split(cell, weights, dy, dh, dc, c0, seq, units, sync, saved, 
     """Same results as :func:`._loops.backward_loop`. ``dh``, ``dc`` hold ``dh_n``,
     ``dc_n`` and end as ``dh0``, ``dc0``; ``weights.packed``/``starts``: column block ``q``
     of ``w_hh`` (unit block ``q``) packed by :func:`._gemm.pack_column_blocks`, or, when
-    ``packed`` is empty, ``weights.w_hh`` read as it is (:func:`._gemm.vecmat`: a call of
-    a few rows); ``dhp`` is scratch for the products (``[B,H]`` unpacked), ``direct [B,H]`` zeroed scratch (the GRU's ``z * dh``);
-    ``grads.db [1, G*H + 3*H]`` (zeroed) receives the sums (each thread adds only its
-    units' columns); ``peep``: the peephole weights (:class:`.Biases`)."""
+    ``packed`` is empty, ``weights.w_hh`` read as it is (:func:`._gemm.vecmat`: one step
+    of one or two rows); ``dhp`` is scratch for the products (``[B,H]`` unpacked),
+    ``direct [B,H]`` zeroed scratch (the GRU's ``z * dh``); ``grads.db [1, G*H + 3*H]``
+    (zeroed) receives the sums (each thread adds only its units' columns); ``peep``: the
+    peephole weights (:class:`.Biases`)."""
     lengths, reverse = seq
     wp, starts = weights.packed, weights.starts
     dgh = grads.dgh
