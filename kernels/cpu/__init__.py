@@ -134,8 +134,6 @@ def _unit_split(T, B, GH, H, itemsize=4):
     A call of few rows (:func:`_rowdot`) with too little work to wake a second thread (a
     one-step cell call, a step of generation) gets one block, so that it still reads
     ``w_hh`` as it is instead of packing it."""
-    # (never more threads than usable CPUs: they meet every step, and a thread waiting for
-    # one that has no CPU would have to yield at every barrier)
     # A call of few rows too small for two threads (checked first, without asking how many
     # there are) or for the threads there are: one block whatever the weights' size,
     # since packing them would cost more than the call.
@@ -143,6 +141,8 @@ def _unit_split(T, B, GH, H, itemsize=4):
     work = T * B * GH * H
     if few and work < 2 * _MIN_WORK_PER_THREAD:
         return np.asarray([0, H], dtype=np.int64)
+    # (never more threads than usable CPUs: they meet every step, and a thread waiting for
+    # one that has no CPU would have to yield at every barrier)
     threads = min(num_threads(), usable_cpus(), H // _UNIT_ALIGN)
     enough = work >= threads * _MIN_WORK_PER_THREAD
     if few and (threads < 2 or not enough):
@@ -271,10 +271,17 @@ def _peep(peepholes, dt):
     return np.empty((0, 0), dt) if peepholes is None else np.ascontiguousarray(peepholes)
 
 
+def _bias_pair(b_ih, b_hh, GH, dt):
+    """``b_ih, b_hh`` as the loops take them (zeros for a layer without bias)."""
+    if b_ih is None:
+        zeros = np.zeros(GH, dt)
+        return zeros, zeros
+    return b_ih, b_hh
+
+
 def _biases(b_ih, b_hh, peepholes, GH, dt):
-    """:class:`Biases` (zeros for a layer without bias)."""
-    b_ih_ = b_ih if b_ih is not None else np.zeros(GH, dt)
-    b_hh_ = b_hh if b_hh is not None else np.zeros(GH, dt)
+    """:class:`Biases`."""
+    b_ih_, b_hh_ = _bias_pair(b_ih, b_hh, GH, dt)
     return Biases(b_ih_, b_hh_, b_ih_ + b_hh_, _peep(peepholes, dt))
 
 
@@ -300,10 +307,7 @@ def _forward_rows(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, peepholes, lengths, r
     T, B, _ = x.shape
     GH, H = w_hh.shape
     dt = x.dtype
-    if b_ih is None:
-        b_ih_ = b_hh_ = np.zeros(GH, dt)
-    else:
-        b_ih_, b_hh_ = b_ih, b_hh
+    b_ih_, b_hh_ = _bias_pair(b_ih, b_hh, GH, dt)
     c0_ = c0 if spec.has_cell_state else np.zeros((B, H), dt)
     steps = T if training else 1
     y, h_n, c_n = np.empty((T, B, H), dt), np.empty((B, H), dt), np.empty((B, H), dt)

@@ -393,20 +393,18 @@ _ROWS_PER_PASS = 4 if AVX512 else 2
 
 
 @jit()
-def vecmat(a, r0, r1, w, c0, c1, out, back=False):
+def vecmat(a, r0, r1, w, c0, c1, out):
     """``out[r, c0:c1] = a[r, :] @ w[:, c0:c1]`` for ``r0 <= r < r1``: the product of a few
-    rows with unpacked ``w [K,N]`` read along its rows (the backward's ``dg @ w_hh`` for a
-    step of a few rows, where packing ``w`` would cost more than the product). Each row of
-    ``w`` is read once for all rows of ``a``, whose sums stay in cache. ``back``: walk
-    ``w``'s rows from the last (as :func:`matvec`)."""
+    rows with unpacked ``w [K,N]`` read along its rows (the backward's ``dg @ w_hh`` for one
+    step of one or two rows, where packing ``w`` would cost more than the product). Each
+    row of ``w`` is read once for all rows of ``a``, whose sums stay in cache."""
     K = w.shape[0]
     n = c1 - c0
     for r in range(r0, r1):
         o = out[r, c0:c1]
         for j in range(n):
             o[j] = 0
-    for i in range(K):
-        k = K - 1 - i if back else i
+    for k in range(K):
         wk = w[k, c0:c1]
         for r in range(r0, r1):
             s = a[r, k]

@@ -239,7 +239,7 @@ def backward_loop_split(cell, weights, dy, dh, dc, c0, seq, units, sync, saved, 
                 for q in range(q0, q1):
                     u0 = units[q]
                     if rowdot:
-                        vecmat(dgh[t], 0, B, weights.w_hh, u0, units[q + 1], dhp, t % 2 == 1)
+                        vecmat(dgh[t], 0, B, weights.w_hh, u0, units[q + 1], dhp)
                         col = u0
                     else:
                         gemm_panels(dgh[t], 0, B, wp, starts[q], starts[q + 1], dhp, t)
