@@ -300,6 +300,31 @@ def test_one_step_backward_on_unpacked_weights_matches_the_reference(cell, dtype
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_a_step_with_strided_states_matches_the_reference_and_compiles_nothing_new(cell):
+    """The kernel contract takes any NumPy states: a one-step call on views with strides
+    (every other row of a larger array) gives the reference's results without compiling
+    the one-step loop for another layout."""
+    from fastrnn.kernels import cpu, reference
+    from fastrnn.kernels.cpu import _split
+    H, B = 32, 2
+    x, weights, h0, c0 = random_problem(cell, 1, B, 5, H, 1, 1, np.float32, seed=11,
+                                        scale=1 / np.sqrt(H))
+    w = weights[0]
+    cpu.forward(cell, x, h0[0], None if c0 is None else c0[0], *w, training=False)
+    before = len(_split.forward_rows.signatures)
+    wide = np.repeat(h0[0], 2, axis=0)[::2]  # rows 0, 2 of a (2B, H) array: strided
+    assert not wide.flags.c_contiguous
+    c_wide = None if c0 is None else np.repeat(c0[0], 2, axis=0)[::2]
+    got = cpu.forward(cell, x, wide, c_wide, *w, training=False)
+    want = reference.forward(cell, x, h0[0], None if c0 is None else c0[0], *w,
+                             training=False)
+    for g, r in zip(got[:3], want[:3]):
+        if r is not None:
+            assert_close(g, r, np.float32, "one-step result")
+    assert len(_split.forward_rows.signatures) == before
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("B", [1, 2, 4])
 @pytest.mark.parametrize("weights_size", ["large", "small"])

@@ -315,8 +315,11 @@ def _forward_rows(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, peepholes, lengths, r
                   np.empty((steps if spec.has_cell_state else 1, B, H), dt),
                   np.empty((steps if spec.family == "gru" else 1, B, H), dt))
     peep = _peep(peepholes, dt)
-    forward_rows(CELL_IDS[spec.name], np.ascontiguousarray(x), h0, c0_,
-                 np.ascontiguousarray(w_ih), np.ascontiguousarray(w_hh), b_ih_, b_hh_, peep,
+    # (contiguous, as the batch-split loop takes them: a strided state would compile
+    # forward_rows once more)
+    forward_rows(CELL_IDS[spec.name], np.ascontiguousarray(x), np.ascontiguousarray(h0),
+                 np.ascontiguousarray(c0_), np.ascontiguousarray(w_ih),
+                 np.ascontiguousarray(w_hh), b_ih_, b_hh_, peep,
                  _NO_LENGTHS if lengths is None else np.array(lengths, np.int64),
                  bool(reverse), units, y, h_n, c_n, *saved)
     keep = None
