@@ -205,14 +205,33 @@ class LastStep(_Layer):
     With ``directions=2`` (after a bidirectional layer, ``F = 2*H``) the forward half comes
     from the last valid step and the reverse half from step 0, where the reverse direction
     ends: the final states of both directions.
+
+    ``batch_first`` and ``directions`` follow the recurrent layer before the ``LastStep`` in
+    a :class:`Sequential` (through any ``Dropout`` between them) unless stated; a stated
+    value that contradicts that layer is an error. A ``LastStep`` that follows no recurrent
+    layer needs both stated: the layout of ``[T,B,F]`` and the split of ``F`` cannot be
+    read from the array.
     """
 
-    def __init__(self, batch_first=False, directions=1):
+    def __init__(self, batch_first=None, directions=None):
         super().__init__(np.float32, None, None)
-        if directions not in (1, 2):
-            raise ValueError(f"directions: expected 1 or 2, got {directions!r}")
-        self.batch_first = bool(batch_first)
+        if batch_first is not None and not isinstance(batch_first, (bool, np.bool_)):
+            raise TypeError(f"batch_first: expected True, False or None, got {batch_first!r}")
+        if directions not in (None, 1, 2) or isinstance(directions, bool):
+            raise ValueError(f"directions: expected 1, 2 or None, got {directions!r}")
+        self.batch_first = None if batch_first is None else bool(batch_first)
         self.directions = directions
+        self._stated = (self.batch_first, directions)
+
+    def _follow(self, layer, where):
+        """Take the layout and directions of ``layer``, the recurrent layer this one reads
+        the output of; ``where`` names the two in errors."""
+        got = (bool(layer.batch_first), layer.num_directions)
+        for name, stated, value in zip(("batch_first", "directions"), self._stated, got):
+            if stated is not None and stated != value:
+                raise ValueError(f"{where}: LastStep({name}={stated!r}) follows a "
+                                 f"{type(layer).__name__} whose output has {name}={value!r}")
+        self.batch_first, self.directions = got
 
     def extra_repr(self):
         return f"batch_first={self.batch_first}, directions={self.directions}"
@@ -220,6 +239,13 @@ class LastStep(_Layer):
     def forward(self, x, lengths=None):
         xp = dispatch.array_module(x, names=["x"])
         check_array("x", x, 3)
+        unknown = [n for n, v in (("batch_first", self.batch_first),
+                                  ("directions", self.directions)) if v is None]
+        if unknown:
+            raise ValueError(f"LastStep: {' and '.join(unknown)} unknown; state "
+                             f"{'them' if len(unknown) > 1 else 'it'} (LastStep(batch_first="
+                             "..., directions=...)) or place the LastStep after a recurrent "
+                             "layer in a Sequential")
         seq = x.transpose(1, 0, 2) if self.batch_first else x
         T, B, F = seq.shape
         if F % self.directions:
@@ -273,6 +299,21 @@ class Sequential(Module):
                 raise TypeError(f"modules[{k}]: expected a fastrnn module, got "
                                 f"{type(m).__name__}")
             self.add_module(str(k), m)
+        self._bind_last_steps()
+
+    def _bind_last_steps(self):
+        """Each :class:`LastStep` takes the layout and directions of the recurrent layer it
+        reads (the nearest one before it, through ``Dropout``)."""
+        source = None  # (position, layer)
+        for k, m in enumerate(self):
+            if isinstance(m, (RNN, GRU, LSTM)):
+                source = (k, m)
+            elif isinstance(m, LastStep):
+                if source is not None:
+                    m._follow(source[1], f"modules[{k}] after modules[{source[0]}]")
+                source = None
+            elif not isinstance(m, Dropout):
+                source = None
 
     def __iter__(self):
         return iter(self._modules.values())

@@ -61,7 +61,7 @@ def test_last_step_picks_final_states(directions):
     x = np.random.default_rng(0).standard_normal((6, 3, 3))
     lengths = [6, 2, 4]
     out, (h_n, _) = lstm(x, lengths=lengths)
-    last = nn.LastStep(directions=directions)
+    last = nn.LastStep(batch_first=False, directions=directions)
     picked = last(out, lengths)
     want = np.concatenate(list(h_n), axis=1)  # final state of each direction
     np.testing.assert_allclose(picked, want, rtol=1e-13)
@@ -69,6 +69,43 @@ def test_last_step_picks_final_states(directions):
     back = last.backward(g)
     assert back.shape == out.shape
     assert np.isclose((back * out).sum(), (g * picked).sum())
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_last_step_follows_the_layer_before_it(bidirectional):
+    """Batch size equal to the sequence length: a LastStep that guessed the layout would
+    pick the wrong steps without any error."""
+    rng = np.random.default_rng(2)
+    lstm = fastrnn.LSTM(3, 4, batch_first=True, bidirectional=bidirectional,
+                        dtype=np.float64, seed=0)
+    last = nn.LastStep()
+    model = nn.Sequential(lstm, nn.Dropout(0.5), last)
+    model.eval()
+    assert last.batch_first is True and last.directions == (2 if bidirectional else 1)
+    x = rng.standard_normal((5, 5, 3))  # [B,T,I], B == T
+    lengths = [5, 2, 4, 1, 3]
+    picked = model(x, lengths=lengths)
+    _, (h_n, _) = lstm(x, lengths=lengths)
+    np.testing.assert_allclose(picked, np.concatenate(list(h_n), axis=1), rtol=1e-13)
+
+
+def test_last_step_refuses_to_guess():
+    x = np.random.default_rng(0).standard_normal((4, 4, 6))
+    with pytest.raises(ValueError, match="LastStep: batch_first and directions unknown"):
+        nn.LastStep()(x)
+    with pytest.raises(ValueError, match="LastStep: batch_first unknown"):
+        nn.LastStep(directions=1)(x)
+    with pytest.raises(ValueError, match=r"modules\[1\] after modules\[0\]: LastStep\("
+                                         r"directions=1\) follows a LSTM whose output has "
+                                         r"directions=2"):
+        nn.Sequential(fastrnn.LSTM(3, 3, bidirectional=True), nn.LastStep(directions=1))
+    with pytest.raises(ValueError, match=r"LastStep\(batch_first=False\) follows a GRU"):
+        nn.Sequential(fastrnn.GRU(3, 3, batch_first=True), nn.LastStep(batch_first=False))
+    with pytest.raises(ValueError, match="directions: expected 1, 2 or None, got 3"):
+        nn.LastStep(directions=3)
+    after_linear = nn.Sequential(fastrnn.GRU(3, 6), nn.Linear(6, 6), nn.LastStep())
+    with pytest.raises(ValueError, match="unknown"):
+        after_linear(np.ones((4, 2, 3), np.float32))
 
 
 def test_sequential_names_and_many_to_one_backward():

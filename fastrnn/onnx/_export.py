@@ -9,7 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..kernels.cells import get_cell
 from ..layers import GRU, LSTM, RNN
-from ..nn import Dropout, Embedding, Linear, Sequential
+from ..nn import Dropout, Embedding, LastStep, Linear, Sequential
 from ._backend import attributes
 from ._convert import OP_TYPE, from_onnx, peepholes_from_onnx, peepholes_to_onnx, to_onnx
 from ._nodes import UnsupportedNodeError, cell_for, node_label
@@ -33,7 +33,7 @@ class _Graph:
         return f"{stem}_{self.count}"
 
     def init(self, name, value):
-        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+        self.inits.append(numpy_helper.from_array(np.asarray(value, order="C"), name))
         return name
 
     def node(self, op, inputs, n_out=1, **attrs):
@@ -118,15 +118,53 @@ def _describe(module):
                 "embedding_dim": module.embedding_dim}
     if isinstance(module, Dropout):
         return {"type": "Dropout", "p": module.p}
+    if isinstance(module, LastStep):
+        if module.batch_first is None or module.directions is None:
+            raise ValueError("model: a LastStep that follows no recurrent layer needs "
+                             "batch_first and directions stated to be exported")
+        return {"type": "LastStep", "batch_first": module.batch_first,
+                "directions": module.directions}
     raise TypeError(f"model: fastrnn.onnx.export cannot write a {type(module).__name__}: it "
-                    "writes RNN, LSTM, GRU, and Sequentials of them with Linear, Embedding "
-                    "and Dropout")
+                    "writes fastrnn's RNN, LSTM and GRU layers, and Sequentials of them with "
+                    "Linear, Embedding, Dropout and LastStep")
+
+
+def _last_step(g, m, x, lengths_name):
+    """Nodes of a :class:`LastStep` on the time-major ``x [T,B,F]``: ``[B,F]``."""
+    if lengths_name:  # x[len_b - 1, b, :] for each row: GatherElements along time
+        one = g.init(g.name("one"), np.array(1, np.int64))
+        last = g.node("Sub", [g.node("Cast", [lengths_name], to=TensorProto.INT64), one])
+        index = g.node("Reshape", [last, g.init(g.name("shape"),
+                                                np.array([1, -1, 1], np.int64))])
+        span = g.node("Slice", [g.node("Shape", [x]),
+                                g.init(g.name("start"), np.array([1], np.int64)),
+                                g.init(g.name("end"), np.array([3], np.int64))])
+        size = g.node("Concat", [g.init(g.name("one"), np.array([1], np.int64)), span],
+                      axis=0)
+        picked = g.node("GatherElements", [x, g.node("Expand", [index, size])], axis=0)
+        out = g.node("Squeeze", [picked, g.init(g.name("axes"), np.array([0], np.int64))])
+    else:
+        out = g.node("Gather", [x, g.init(g.name("index"), np.array(-1, np.int64))], axis=0)
+    if m.directions == 2:  # the reverse half ends at step 0
+        first = g.node("Gather", [x, g.init(g.name("index"), np.array(0, np.int64))], axis=0)
+        features = g.node("Slice", [g.node("Shape", [x]),
+                                    g.init(g.name("start"), np.array([2], np.int64)),
+                                    g.init(g.name("end"), np.array([3], np.int64))])
+        half = g.node("Div", [features, g.init(g.name("two"), np.array([2], np.int64))])
+        axis = g.init(g.name("axis"), np.array([1], np.int64))
+        zero = g.init(g.name("zero"), np.array([0], np.int64))
+        forward = g.node("Slice", [out, zero, half, axis])
+        end = g.init(g.name("end"), np.array([np.iinfo(np.int64).max], np.int64))
+        reverse = g.node("Slice", [first, half, end, axis])
+        out = g.node("Concat", [forward, reverse], axis=1)
+    return out
 
 
 def export(model, path, *, lengths=True, initial_states=False, opset=OPSET):
     """Write ``model`` - an ``RNN``, ``LSTM`` or ``GRU`` layer, or a ``Sequential`` of such
-    layers, ``Linear``, ``Embedding`` and ``Dropout`` (the identity: the export is for
-    inference) - to ``path`` as an ONNX model (opset ``opset``, at least 14).
+    layers, ``Linear``, ``Embedding``, ``Dropout`` (the identity: the export is for
+    inference) and ``LastStep`` (many-to-one: ``output`` is then ``[B,F]``) - to ``path`` as
+    an ONNX model (opset ``opset``, at least 14).
 
     Inputs: ``input`` (as the model takes it: ``[T,B,I]``, or ``[B,T,I]`` with
     ``batch_first``; integer indices ``[T,B]`` for a leading ``Embedding``), with
@@ -147,7 +185,13 @@ def export(model, path, *, lengths=True, initial_states=False, opset=OPSET):
     if dtype not in _ELEM:
         raise ValueError(f"model: dtype {dtype} has no ONNX form here (float32, float64)")
     g = _Graph(dtype)
-    batch_first = bool(recurrent) and recurrent[0].batch_first
+    steps = [m for m in modules if isinstance(m, LastStep)]
+    batch_first = (recurrent or steps or [None])[0]
+    batch_first = bool(batch_first is not None and batch_first.batch_first)
+    for m in steps:
+        if m.batch_first != batch_first:
+            raise ValueError(f"model: a LastStep with batch_first={m.batch_first} in a model "
+                             f"whose input has batch_first={batch_first}")
     first = modules[0]
     if isinstance(first, Embedding):
         graph_inputs = [helper.make_tensor_value_info(
@@ -174,6 +218,7 @@ def export(model, path, *, lengths=True, initial_states=False, opset=OPSET):
     if batch_first:  # everything below is time-major
         x = g.node("Transpose", [x], perm=[1, 0] if isinstance(first, Embedding) else [1, 0, 2])
     h_n = c_n = None
+    stepped = False  # after a LastStep, x is [B,F]
     for k, m in enumerate(modules):
         prefix = f"{k}." if isinstance(model, Sequential) else ""
         if isinstance(m, (RNN, GRU, LSTM)):
@@ -186,9 +231,12 @@ def export(model, path, *, lengths=True, initial_states=False, opset=OPSET):
         elif isinstance(m, Embedding):
             x = g.node("Gather", [g.init(prefix + "weight", _host(m._parameters["weight"].data)),
                                   x], axis=0)
+        elif isinstance(m, LastStep):
+            x = _last_step(g, m, x, lengths_name)
+            stepped = True
         else:  # Dropout: the identity in inference
             x = g.node("Identity", [x])
-    if batch_first:
+    if batch_first and not stepped:
         x = g.node("Transpose", [x], perm=[1, 0, 2])
     last = modules[-1]
     features = (last.out_features if isinstance(last, Linear) else last.embedding_dim
@@ -198,7 +246,7 @@ def export(model, path, *, lengths=True, initial_states=False, opset=OPSET):
             features = m.num_directions * m.hidden_size
         elif features is None and isinstance(m, Linear):
             features = m.out_features
-    lead = ["batch", "seq"] if batch_first else ["seq", "batch"]
+    lead = ["batch"] if stepped else ["batch", "seq"] if batch_first else ["seq", "batch"]
     outputs = [("output", x, lead + [features])]
     if not isinstance(model, Sequential):
         states = [model.num_layers * model.num_directions, "batch", model.hidden_size]
@@ -277,6 +325,8 @@ def load(path, *, dtype=None, backend=None):
             m = Embedding(d["num_embeddings"], d["embedding_dim"], dtype=dtype or np.float32,
                           backend=backend)
             _set(m, {"weight": inits[prefix + "weight"]})
+        elif kind == "LastStep":
+            m = LastStep(batch_first=d["batch_first"], directions=d["directions"])
         else:
             m = Dropout(d["p"])
         modules.append(m)
