@@ -80,10 +80,16 @@ class _Sequence:
             zeros = x.new_zeros((LD, B, S))
             states = (zeros, x.new_zeros((LD, B, self.hidden_size))) if lstm else (zeros,)
         params = self._flat_weights
-        check_input = x if packed or not self.batch_first or not batched else input
+        # torch's checks read the batch from the input in the user's layout (an unbatched
+        # input as a batch of one, where batch_first puts the batch)
+        if packed:
+            check_input = input.data
+        elif batched:
+            check_input = input
+        else:
+            check_input = input.unsqueeze(0 if self.batch_first else 1)
         _check_runnable(who, x)
-        self.check_forward_args(check_input if not packed else input.data,
-                                states if lstm else states[0], batch_sizes)
+        self.check_forward_args(check_input, states if lstm else states[0], batch_sizes)
         _check_runnable(who, x, params)
         need = _grad_wanted(x, *states, *params)
         cx = states[1] if lstm else x.new_empty(0)

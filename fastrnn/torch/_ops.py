@@ -47,11 +47,13 @@ def _array(t):
 
 
 def _tensor(a, like):
+    """``a`` as a tensor, C-contiguous whatever strides the kernels gave it (the fake
+    kernels promise contiguous results); None as an empty tensor."""
     if a is None:
         return like.new_empty(0)
     if isinstance(a, np.ndarray):
-        return torch.from_numpy(a)
-    return torch.from_dlpack(a)
+        return torch.from_numpy(np.ascontiguousarray(a))
+    return torch.from_dlpack(a).contiguous()
 
 
 def _stream(device):
@@ -167,8 +169,9 @@ def rnn_backward_op(handle: torch.Tensor, grad_out: torch.Tensor, grad_hn: torch
 
 @rnn_backward_op.register_fake
 def _rnn_backward_fake(handle, grad_out, grad_hn, grad_cn, x, hx, cx, weights):
-    return [torch.empty_like(x), torch.empty_like(hx), torch.empty_like(cx)] + [
-        torch.empty_like(w) for w in weights]
+    # contiguous, as the real kernel returns them (``empty_like`` would copy the strides of
+    # a transposed or permuted input)
+    return [t.new_empty(t.shape) for t in (x, hx, cx, *weights)]
 
 
 def _setup_context(ctx, inputs, output):
