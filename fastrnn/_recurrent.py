@@ -103,8 +103,8 @@ class RecurrentBase(Module):
         self.batch_first = bool(batch_first)
         self.bidirectional = bool(bidirectional)
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not (
-                0 <= dropout < 1):
-            raise ValueError(f"dropout: expected a probability in [0, 1), got {dropout!r}")
+                0 <= dropout <= 1):
+            raise ValueError(f"dropout: expected a probability in [0, 1], got {dropout!r}")
         if dropout > 0 and self.num_layers == 1:
             warnings.warn("dropout acts between layers, so it has no effect with "
                           f"num_layers=1 (got dropout={dropout})", stacklevel=3)

@@ -165,8 +165,8 @@ def rnn(cell, x, weights, h0=None, c0=None, *, num_layers=1, bidirectional=False
             check_array("c0", c0, 3, dtype, (L * D, B, H))
     elif c0 is not None:
         raise ValueError(f"c0: only the LSTM has a cell state, got an array for {cell!r}")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout: expected a probability in [0, 1), got {dropout}")
+    if not 0.0 <= dropout <= 1.0:
+        raise ValueError(f"dropout: expected a probability in [0, 1], got {dropout}")
     lengths = check_lengths(lengths, B, T)
     # (the caller's states are copied when saving: the kernels may keep them for backward)
     h0 = xp.zeros((L * D, B, S), dtype) if h0 is None else h0.copy() if save else h0
@@ -207,7 +207,11 @@ def rnn(cell, x, weights, h0=None, c0=None, *, num_layers=1, bidirectional=False
         out = outs[0] if D == 1 else xp.concatenate(outs, axis=2)
         if training and dropout > 0 and layer < L - 1:
             rng = _rng_for(xp, rng)
-            keep = (rng.random(out.shape) >= dropout).astype(dtype) / dtype.type(1 - dropout)
+            if dropout == 1.0:  # every unit dropped (as torch: zeros, not 0 / 0)
+                keep = xp.zeros(out.shape, dtype)
+            else:
+                keep = (rng.random(out.shape) >= dropout).astype(dtype) / dtype.type(
+                    1 - dropout)
             out = out * keep
             masks.append(keep)
         inp = out

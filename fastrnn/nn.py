@@ -163,8 +163,8 @@ class Dropout(_Layer):
 
     def __init__(self, p=0.5, seed=None, backend=None):
         super().__init__(np.float32, backend, seed)
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
-            raise ValueError(f"p: expected a probability in [0, 1), got {p!r}")
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
+            raise ValueError(f"p: expected a probability in [0, 1], got {p!r}")
         self.p = float(p)
         self._xp_rng = None
 
@@ -188,7 +188,10 @@ class Dropout(_Layer):
             if self._xp_rng is None:
                 self._xp_rng = self._xp.random.default_rng(int(self._rng.integers(2**31)))
             u = self._xp_rng.random(x.shape)
-        mask = (u >= self.p).astype(x.dtype) / x.dtype.type(1 - self.p)
+        if self.p == 1:  # every element dropped (zeros, not 0 / 0)
+            mask = self._xp.zeros(x.shape, x.dtype)
+        else:
+            mask = (u >= self.p).astype(x.dtype) / x.dtype.type(1 - self.p)
         self._guard.record(mask, True)
         return x * mask
 

@@ -194,8 +194,8 @@ def test_layers_hold_float64_when_asked_and_reject_other_dtypes():
         fastrnn.RNN(I, H, nonlinearity="gelu")
     with pytest.raises(ValueError, match="hidden_size"):
         fastrnn.LSTM(I, 0)
-    with pytest.raises(ValueError, match="dropout"):
-        fastrnn.LSTM(I, H, dropout=1.0)
+    with pytest.raises(ValueError, match=r"dropout: expected a probability in \[0, 1\]"):
+        fastrnn.LSTM(I, H, dropout=1.01)
     with pytest.raises(ValueError, match="num_layers"):
         fastrnn.LSTM(I, H, num_layers=1.5)
 

@@ -218,6 +218,59 @@ def test_torch_compile_inductor_on_transposed_and_permuted_inputs():
         _close(a, b, "compiled gradient")
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_dropout_one_matches_torch_nn(training):
+    """dropout=1.0, as torch accepts it: every unit between layers dropped in training, no
+    effect in eval mode; outputs and gradients equal torch.nn's."""
+    torch.manual_seed(2)
+    ours, ref = _pair("gru", num_layers=2, dropout=1.0)
+    for m in (ours, ref):
+        m.train(training)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    results = []
+    for model in (ours, ref):
+        (xs,) = _leaves(x)
+        out, hn = model(xs)
+        (out.square().sum() + hn.sum()).backward()
+        results.append((out, hn, [p.grad for p in model.parameters()]))
+    (o1, h1, g1), (o2, h2, g2) = results
+    _close(o1, o2, "output")
+    _close(h1, h2, "final state")
+    for a, b in zip(g1, g2):
+        _close(a, b, "parameter gradient")
+
+
+def test_cells_check_like_torch_and_ignore_the_training_flag():
+    """torch's messages and exception types for a cell's bad input; a cell (no dropout)
+    gives the same result in training and eval mode; a sequence of no steps is refused."""
+    for ours_cls, torch_cls, lstm in ((ft.GRUCell, torch.nn.GRUCell, False),
+                                      (ft.LSTMCell, torch.nn.LSTMCell, True)):
+        ours, ref = ours_cls(3, 4).double(), torch_cls(3, 4).double()
+        ref.load_state_dict(ours.state_dict())
+        cases = [(torch.randn(2, 5), None), (torch.randn(2, 3), torch.randn(5, 4)),
+                 (torch.randn(2, 3), torch.randn(2, 6)), (torch.randn(3), torch.randn(2, 4)),
+                 (torch.randn(2, 3), torch.randn(4)), (torch.randn(2, 2, 3), None),
+                 (torch.randn(2, 3), torch.randn(1, 2, 4))]
+        for x, h in cases:
+            x = x.double()
+            if h is not None:
+                h = h.double()
+                h = (h, h.clone()) if lstm else h
+            errors = []
+            for m in (ours, ref):
+                with pytest.raises((RuntimeError, ValueError)) as err:
+                    m(x, h)
+                errors.append((err.type, str(err.value)))
+            assert errors[0] == errors[1]
+        x = torch.randn(2, 3, dtype=torch.float64)
+        a = ours.train()(x)
+        b = ours.eval()(x)
+        for u, v in zip(a if lstm else (a,), b if lstm else (b,)):
+            assert torch.equal(u, v)
+    with pytest.raises(RuntimeError, match="Expected sequence length to be larger than 0"):
+        ft.LSTM(I, H)(torch.randn(0, B, I))
+
+
 def test_classes_state_dicts_and_repr_are_torchs():
     for cell, (ours_cls, torch_cls, kw) in PAIRS.items():
         m = ours_cls(I, H, num_layers=2, bidirectional=True, **kw)

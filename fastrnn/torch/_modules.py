@@ -64,6 +64,8 @@ class _Sequence:
             x = input if not batched else input.transpose(0, 1) if self.batch_first else input
             if not batched:
                 x = x.unsqueeze(1)
+        if x.shape[0] == 0:
+            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
         D = 2 if self.bidirectional else 1
         B = x.shape[1]
         states = hx if lstm else (hx,) if hx is not None else None
@@ -151,39 +153,47 @@ class _Step:
     """The forward shared by the step cells."""
 
     def _step(self, input, hx, lstm):
-        who = f"fastrnn.torch.{type(self).__name__}"
+        """One step, with torch's checks and messages (a cell has no dropout: training and
+        eval mode compute the same)."""
+        name = type(self).__name__
+        who = f"fastrnn.torch.{name}"
         if input.dim() not in (1, 2):
-            raise ValueError(f"{type(self).__name__}: Expected input to be 1D or 2D, got "
-                             f"{input.dim()}D instead")
+            raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D "
+                             "instead")
+        if hx is not None:
+            for idx, s in enumerate(hx if lstm else (hx,)):
+                if s.dim() not in (1, 2):
+                    what = f"hx[{idx}]" if lstm else "hidden"
+                    raise ValueError(f"{name}: Expected {what} to be 1D or 2D, got "
+                                     f"{s.dim()}D instead")
         batched = input.dim() == 2
         x = input if batched else input.unsqueeze(0)
-        states = hx if lstm else (hx,) if hx is not None else None
-        if states is not None:
-            for s in states:
-                if s.dim() != input.dim():
-                    raise RuntimeError(f"{type(self).__name__}: Expected hidden to be "
-                                       f"{input.dim()}D, got {s.dim()}D instead")
-            states = tuple(s if batched else s.unsqueeze(0) for s in states)
-        else:
-            zeros = x.new_zeros((x.shape[0], self.hidden_size))
+        B = x.shape[0]
+        if hx is None:
+            zeros = x.new_zeros((B, self.hidden_size))
             states = (zeros, zeros) if lstm else (zeros,)
-        for s in states:
-            if s.shape != (x.shape[0], self.hidden_size):
-                raise RuntimeError(f"{type(self).__name__}: hidden state has shape "
-                                   f"{tuple(s.shape)}, expected "
-                                   f"({x.shape[0]}, {self.hidden_size})")
+        else:
+            states = tuple(s if batched else s.unsqueeze(0) for s in (hx if lstm else (hx,)))
         if x.shape[1] != self.input_size:
             raise RuntimeError(f"input has inconsistent input_size: got {x.shape[1]} "
                                f"expected {self.input_size}")
+        for label, s in enumerate(states):
+            if s.shape[0] != B:
+                raise RuntimeError(f"Input batch size {B} doesn't match hidden{label} batch "
+                                   f"size {s.shape[0]}")
+            if s.dim() != 2 or s.shape[1] != self.hidden_size:
+                got = s.shape[1] if s.dim() > 1 else "none"
+                raise RuntimeError(f"hidden{label} has inconsistent hidden_size: got {got}, "
+                                   f"expected {self.hidden_size}")
         params = [self.weight_ih, self.weight_hh] + (
             [self.bias_ih, self.bias_hh] if self.bias else [])
         _check_runnable(who, x, params)
         need = _grad_wanted(x, *states, *params)
         cx = states[1][None] if lstm else x.new_empty(0)
         _, h_n, c_n, _ = rnn(x[None], states[0][None], cx, params,
-                                torch.empty(0, dtype=torch.int64), self._cell, 1, False,
-                                self.bias, 0.0, self.training, need,
-                                getattr(self, "backend", None) or "", 0)
+                             torch.empty(0, dtype=torch.int64), self._cell, 1, False,
+                             self.bias, 0.0, False, need,
+                             getattr(self, "backend", None) or "", 0)
         h, c = h_n[0], c_n[0] if lstm else None
         if not batched:
             h, c = h[0], c[0] if lstm else None
