@@ -9,12 +9,15 @@ import numpy as np
 import fastrnn
 
 
+class Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The description as written, and each option's default."""
+
+
 def parser(doc):
-    p = argparse.ArgumentParser(description=doc,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=doc, formatter_class=Help)
     p.add_argument("--backend", default=None,
-                   help="numpy, cpu, gpu or auto (default: fastrnn's selection)")
-    p.add_argument("--seed", type=int, default=0)
+                   help="numpy, cpu, gpu or auto; unset: fastrnn's own selection")
+    p.add_argument("--seed", type=int, default=0, help="seed of the data split and weights")
     p.add_argument("--smoke", action="store_true",
                    help="a tiny, fast run that checks the example works (CI runs this)")
     return p
@@ -33,15 +36,20 @@ class Progress:
         self.start = time.perf_counter()
 
     def __iter__(self):
+        tty = sys.stderr.isatty()
         for k in range(self.total):
             yield k
-            self._draw(k + 1)
-        sys.stderr.write("\n")
+            # (redrawn in place on a terminal; a file or a pipe gets a line every tenth)
+            if tty or (k + 1) * 10 // self.total != k * 10 // self.total:
+                self._draw(k + 1, tty)
+        if tty:
+            sys.stderr.write("\n")
 
-    def _draw(self, done):
+    def _draw(self, done, tty):
         width = 30
         filled = width * done // self.total
         elapsed = time.perf_counter() - self.start
-        sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] "
-                         f"{done}/{self.total} {elapsed:5.1f}s {self.status}")
+        start, end = ("\r", "") if tty else ("", "\n")
+        sys.stderr.write(f"{start}{self.label} [{'#' * filled}{'.' * (width - filled)}] "
+                         f"{done}/{self.total} {elapsed:5.1f}s {self.status}{end}")
         sys.stderr.flush()

@@ -99,12 +99,12 @@ def sample(model, vocab, prime, n, temperature, rng):
 def main(argv=None):
     p = parser(__doc__)
     p.add_argument("--text", help="train on this text file instead of the stdlib docstrings")
-    p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--hidden", type=int, default=192)
-    p.add_argument("--layers", type=int, default=1)
-    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--steps", type=int, default=1500, help="Adam steps")
+    p.add_argument("--hidden", type=int, default=192, help="LSTM units per layer")
+    p.add_argument("--layers", type=int, default=1, help="stacked LSTM layers")
+    p.add_argument("--batch", type=int, default=32, help="windows per step")
     p.add_argument("--length", type=int, default=64, help="characters per training window")
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
     p.add_argument("--sample", type=int, default=300, help="characters to generate")
     args = p.parse_args(argv)
     if args.smoke:

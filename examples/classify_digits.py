@@ -27,10 +27,10 @@ def load_digits():
 
 def main(argv=None):
     p = parser(__doc__)
-    p.add_argument("--hidden", type=int, default=64)
-    p.add_argument("--epochs", type=int, default=25)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--lr", type=float, default=5e-3)
+    p.add_argument("--hidden", type=int, default=64, help="LSTM units per direction")
+    p.add_argument("--epochs", type=int, default=25, help="passes over the training images")
+    p.add_argument("--batch", type=int, default=64, help="images per step")
+    p.add_argument("--lr", type=float, default=5e-3, help="AdamW learning rate")
     args = p.parse_args(argv)
     if args.smoke:
         args.epochs, args.hidden = 2, 16

@@ -30,10 +30,10 @@ def windows(series, window):
 def main(argv=None):
     p = parser(__doc__)
     p.add_argument("--window", type=int, default=24, help="years of history per forecast")
-    p.add_argument("--test-years", type=int, default=40)
-    p.add_argument("--hidden", type=int, default=32)
-    p.add_argument("--epochs", type=int, default=300)
-    p.add_argument("--lr", type=float, default=1e-2)
+    p.add_argument("--test-years", type=int, default=40, help="last years held out")
+    p.add_argument("--hidden", type=int, default=32, help="GRU units")
+    p.add_argument("--epochs", type=int, default=300, help="passes over the training windows")
+    p.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate")
     p.add_argument("--plot", default="sunspots_forecast.png", help="where to save the PNG")
     args = p.parse_args(argv)
     if args.smoke:

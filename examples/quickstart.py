@@ -12,9 +12,11 @@ import fastrnn
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--backend", default=None, help="numpy, cpu, gpu or auto")
-    parser.add_argument("--steps", type=int, default=400)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--backend", default=None,
+                        help="numpy, cpu, gpu or auto; unset: fastrnn's own selection")
+    parser.add_argument("--steps", type=int, default=400, help="Adam steps")
     args = parser.parse_args(argv)
 
     rng = np.random.default_rng(0)

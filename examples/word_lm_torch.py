@@ -26,16 +26,22 @@ import torch
 
 from char_lm import stdlib_docstrings
 
-args = argparse.ArgumentParser(description=__doc__,
-                               formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The description as written, and each option's default."""
+
+
+args = argparse.ArgumentParser(description=__doc__, formatter_class=_Help)
 args.add_argument("--fastrnn", action="store_true", help="use fastrnn.torch.LSTM")
-args.add_argument("--epochs", type=int, default=3)
-args.add_argument("--hidden", type=int, default=256)
-args.add_argument("--bptt", type=int, default=35)
-args.add_argument("--batch", type=int, default=20)
-args.add_argument("--lr", type=float, default=20.0)
-args.add_argument("--clip", type=float, default=0.25)
-args.add_argument("--seed", type=int, default=0)
+args.add_argument("--epochs", type=int, default=3, help="passes over the training text")
+args.add_argument("--hidden", type=int, default=256, help="LSTM units per layer")
+args.add_argument("--bptt", type=int, default=35, help="steps per truncated backpropagation")
+args.add_argument("--batch", type=int, default=20, help="parallel streams of text")
+args.add_argument("--lr", type=float, default=20.0, help="SGD learning rate (divided by 4 "
+                  "when the validation loss stops falling)")
+args.add_argument("--clip", type=float, default=0.25, help="gradient norm clipping")
+args.add_argument("--seed", type=int, default=0, help="torch's random seed")
 args.add_argument("--smoke", action="store_true", help="a tiny run (CI runs this)")
 args = args.parse_args()
 
@@ -106,7 +112,8 @@ def main():
     print(f"{type(model.rnn).__module__}.LSTM, vocabulary {len(vocab)}, "
           f"{train.numel()} training tokens")
     lr, best = args.lr, None
-    path = os.path.join(tempfile.mkdtemp(), "best.pt")
+    folder = tempfile.TemporaryDirectory()  # (removed with the best weights at the end)
+    path = os.path.join(folder.name, "best.pt")
     start = time.perf_counter()
     for epoch in range(args.epochs):
         model.train()
@@ -130,6 +137,7 @@ def main():
         else:
             lr /= 4.0
     model.load_state_dict(torch.load(path))
+    folder.cleanup()
     print(f"test perplexity {math.exp(evaluate(model, test, 10)):.1f} "
           f"(uniform: {len(vocab)}), training {time.perf_counter() - start:.1f} s")
 

@@ -70,6 +70,9 @@ def table(results):
                      f"{r['median_ms']:>10.3f} "
                      f"{r['min_ms']:>9.3f} {r['max_ms']:>9.3f} {_fmt_ratio(r['vs_reference']):>8}"
                      f" {_fmt_ratio(r['vs_peer']):>8} {r['times_floor']:>7.1f}x")
+    lines.append("vs ref, vs peer: the reference's and the fastest peer's median over this "
+                 "row's (above 1: faster); x floor: this row's median over the time of its "
+                 "FLOPs at the measured GEMM rate")
     return "\n".join(lines)
 
 
