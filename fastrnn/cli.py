@@ -1,9 +1,10 @@
-"""The ``fastrnn`` command."""
+"""The ``fastrnn`` command: ``info`` (the default), ``bench`` and ``compile``."""
 
 import argparse
 import os
 import platform
 import sys
+import textwrap
 
 
 def _gpu_line():
@@ -27,11 +28,18 @@ def info_lines():
 
     lines = [f"fastrnn {__version__}", f"python {platform.python_version()} "
              f"({platform.machine()}, {os.cpu_count()} CPUs)", f"numpy {np.__version__}"]
-    for mod in ("numba", "cupy", "torch", "onnx", "onnxruntime", "openvino"):
-        try:
-            lines.append(f"{mod} {__import__(mod).__version__}")
-        except ImportError:
-            lines.append(f"{mod} not installed")
+    from importlib import metadata
+    for mod, dist in (("numba", ("numba",)), ("cupy", ("cupy", "cupy-cuda13x", "cupy-cuda12x")),
+                      ("torch", ("torch",)), ("onnx", ("onnx",)),
+                      ("onnxruntime", ("onnxruntime",)), ("openvino", ("openvino",))):
+        # (installed versions without importing the packages: torch alone takes seconds)
+        versions = []
+        for name in dist:
+            try:
+                versions.append(metadata.version(name))
+            except metadata.PackageNotFoundError:
+                pass
+        lines.append(f"{mod} {versions[0]}" if versions else f"{mod} not installed")
     from ._blas_info import describe
     lines.append(describe())
     auto = ("cpu" if backends()["cpu"]["available"] else
@@ -57,6 +65,12 @@ def info_lines():
             pins = f"pinning: {err}"
         lines.append(f"cpu backend: {cpu.num_threads()} threads (NUMBA_NUM_THREADS), {pins}, "
                      f"compiled-kernel cache: {cpu.cache_dir() or 'none (not writable)'}")
+        done = cpu.compiled_cells()
+        if done is not None:
+            for kind, pairs in done.items():
+                what = ", ".join(f"{c} {d}" for c, d in pairs) or "none yet"
+                lines.append(f"cpu backend: cells compiled ({kind} split): {what}")
+            lines.append("cpu backend: `fastrnn compile` compiles every cell ahead of time")
         wait = (", ".join(f"{k}={v}" for k, v in cpu.WAIT_SETTINGS.items()) + " (set by fastrnn)"
                 if cpu.WAIT_SETTINGS else
                 "the user's OMP_WAIT_POLICY/GOMP_SPINCOUNT (or the runtime's defaults)")
@@ -124,11 +138,66 @@ def bench_main(args):
     return 0
 
 
+def compile_main(args):
+    from . import _compile, backends
+    from .kernels.cells import CELLS
+
+    if not backends()["cpu"]["available"]:
+        raise SystemExit(f"fastrnn compile: the cpu backend is unavailable here: "
+                         f"{backends()['cpu']['reason']}")
+    cells = list(CELLS) if args.all or not args.cells else args.cells.split(",")
+    dtypes = list(_compile.DTYPES) if args.all or not args.dtypes else args.dtypes.split(",")
+    for name, chosen, known in (("--cells", cells, CELLS), ("--dtypes", dtypes,
+                                                            _compile.DTYPES)):
+        unknown = [c for c in chosen if c not in known]
+        if unknown:
+            raise SystemExit(f"fastrnn compile: {name}: expected names from "
+                             f"{', '.join(known)}, got {', '.join(unknown)}")
+    if args.jobs is not None and args.jobs < 1:
+        raise SystemExit(f"fastrnn compile: --jobs: expected at least 1, got {args.jobs}")
+    jobs = args.jobs or _compile.default_jobs()
+    from .kernels import cpu
+    print(f"compiling the cpu kernels of {len(cells)} cells in {', '.join(dtypes)} with "
+          f"{jobs} processes into {cpu.cache_dir()}", file=sys.stderr)
+    seconds = _compile.compile_kernels(cells, dtypes, jobs)
+    print(f"compiled {len(cells) * len(dtypes)} cell and dtype pairs in {seconds:.0f} s")
+    return 0
+
+
+def _configurations():
+    """The benchmark configurations and their shapes, for ``fastrnn bench --help``."""
+    from . import bench
+    lines = []
+    for suite, configs in bench.SUITES.items():
+        for c in configs.values():
+            dirs = " bidirectional" if c.D == 2 else ""
+            mode = "training" if c.mode == "train" else "inference"
+            lines.append(f"  {c.name:<4} {suite}: {c.cell} {c.L}x{c.H}{dirs}, input {c.I}, "
+                         f"batch {c.B}, {c.T} steps, {mode}"
+                         + (" (--quick)" if c.name in bench.QUICK[suite] else ""))
+    return "\n".join(lines)
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="fastrnn", description=__doc__)
-    sub = parser.add_subparsers(dest="command")
-    sub.add_parser("info", help="versions, backends and why any is unavailable")
-    b = sub.add_parser("bench", help="time every backend against the reference and the peer")
+    from . import __version__
+    parser = argparse.ArgumentParser(
+        prog="fastrnn", description="fastrnn: fast RNN, LSTM and GRU layers for NumPy, CuPy "
+        "and PyTorch. Without a command, `fastrnn` runs `fastrnn info`.")
+    parser.add_argument("--version", action="version", version=f"fastrnn {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="{info,bench,compile}")
+    sub.add_parser("info", help="versions, backends and why any is unavailable, threads, the "
+                   "compiled-kernel cache (the default command)")
+    b = sub.add_parser(
+        "bench", help="time every backend against the reference and the peer",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Time every backend against the NumPy reference and the peers (PyTorch, "
+        "ONNX Runtime, OpenVINO), each contender in its own process, after checking that "
+        "it agrees with the reference.",
+        epilog="configurations:\n" + _configurations() + "\n\n" + textwrap.fill(
+            "In the report, 'vs ref' and 'vs peer' are the reference's and the fastest "
+            "peer's median time over the contender's (above 1: the contender is faster); "
+            "'x floor' is the contender's median over the floor, the time of its FLOPs at "
+            "the measured GEMM rate.", 79))
     b.add_argument("--suite", default="cpu", help="cpu (default) or gpu")
     b.add_argument("--only", help="comma-separated configuration names, e.g. C1,C3")
     b.add_argument("--backend", help="comma-separated fastrnn backends to time (default: "
@@ -147,9 +216,20 @@ def main(argv=None):
     b.add_argument("--json", help="write the results as JSON here")
     b.add_argument("--markdown", help="write a markdown table here")
     b.add_argument("--plot", help="write a PNG chart of speedups here (needs matplotlib)")
+    c = sub.add_parser("compile", help="compile the cpu kernels ahead of time into the "
+                       "on-disk cache, so that first calls load them instead")
+    c.add_argument("--all", action="store_true",
+                   help="every cell in float32 and float64 (the default)")
+    c.add_argument("--cells", help="comma-separated cells, e.g. lstm,gru (default: all of "
+                   "them; `fastrnn info` lists them)")
+    c.add_argument("--dtypes", help="float32, float64 or both, comma-separated (default: both)")
+    c.add_argument("--jobs", type=int, help="processes compiling at once (default: one per "
+                   "usable CPU)")
     args = parser.parse_args(argv)
     if args.command == "bench":
         return bench_main(args)
+    if args.command == "compile":
+        return compile_main(args)
     print("\n".join(info_lines()))
     return 0
 

@@ -10,11 +10,6 @@ about 0.4 ms), compiled with Numba where it can run (NumPy or CuPy arithmetic ot
 
 import numpy as np
 
-try:
-    import numba
-except ImportError:  # pragma: no cover - numba is a dependency; the reference runs without
-    numba = None
-
 
 def _words_numpy(xp, u):
     odd = xp.arange(1, 2 * u.size, 2, dtype=xp.uint64)
@@ -26,19 +21,30 @@ def _word_view(xp, a):
     return flat.view(xp.uint64 if flat.nbytes % 8 == 0 else xp.uint32)
 
 
-def _sum_words(u):  # compiled below
+def _sum_words(u):  # compiled on first use
     h = np.uint64(0)
     for i in range(u.size):
         h += np.uint64(u[i]) * np.uint64(2 * i + 1)
     return h
 
 
-_words = None
-if numba is not None:
-    try:
-        _words = numba.njit(cache=True, nogil=True)(_sum_words)
-    except RuntimeError:  # no writable cache directory: compile in every process
-        _words = numba.njit(nogil=True)(_sum_words)
+_words = []  # the compiled _sum_words (None where Numba is missing), once looked up
+
+
+def _compiled():
+    """``_sum_words`` compiled by Numba, made on the first fingerprint (importing Numba
+    takes a good part of a second: not at ``import fastrnn``); None without Numba."""
+    if not _words:
+        try:
+            import numba
+        except ImportError:  # pragma: no cover - numba is a dependency
+            _words.append(None)
+            return None
+        try:
+            _words.append(numba.njit(cache=True, nogil=True)(_sum_words))
+        except RuntimeError:  # no writable cache directory: compile in every process
+            _words.append(numba.njit(nogil=True)(_sum_words))
+    return _words[0]
 
 
 def fingerprint(a):
@@ -47,6 +53,7 @@ def fingerprint(a):
         import cupy
         return _words_numpy(cupy, _word_view(cupy, a))
     u = _word_view(np, a)
-    if _words is None:
+    words = _compiled()
+    if words is None:
         return _words_numpy(np, u)
-    return int(_words(u))
+    return int(words(u))

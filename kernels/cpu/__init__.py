@@ -33,13 +33,22 @@ from ._fork import child_safe
 from ._fpu import flush_denormals, restore
 from ._gemm import pack, pack_blocks, pack_column_blocks, panel_width
 from ._jit import CACHE, WAIT_SETTINGS, num_threads
-from ._loops import backward_loop, forward_loop
+from . import _compiled
+from ._loops import batch_loops
 from ._math import CELL_IDS
-from ._split import (backward_loop_split, forward_loop_serial, forward_loop_split,
-                     forward_rows)
+from ._split import unit_loops
+from ._warm import warm as _warm
+from ._warm import warm_shared
 
 __all__ = ["forward", "backward", "cache_dir", "num_threads", "pinned_cpus",
-           "WAIT_SETTINGS", "L2_BYTES", "empty_cache", "cache_info", "set_cache_limit"]
+           "WAIT_SETTINGS", "L2_BYTES", "empty_cache", "cache_info", "set_cache_limit",
+           "warm", "warm_shared", "compiled_cells"]
+
+
+def warm(cell, dtype):
+    """Compile, or load from the on-disk cache, every kernel of ``cell`` in ``dtype``: each
+    loop kind once on small arrays (``fastrnn compile``)."""
+    _warm(cell, dtype, _forward, _backward, _forward_rows)
 
 
 def cache_dir():
@@ -47,10 +56,47 @@ def cache_dir():
     if not CACHE:
         return None
     try:  # Numba's own answer: it may fall back from NUMBA_CACHE_DIR to another place
-        return forward_loop._cache._impl.locator.get_cache_path()
+        return batch_loops(CELL_IDS["lstm"]).forward._cache._impl.locator.get_cache_path()
     except AttributeError:  # a Numba without that internal: the documented default
         return os.environ.get("NUMBA_CACHE_DIR") or os.path.join(
             os.path.dirname(os.path.abspath(__file__)), "__pycache__")
+
+
+# The compiled loops of a cell id, each compiled for that cell alone (:mod:`._loops`,
+# :mod:`._split`): the first call of a cell compiles its kernels and no other cell's.
+def forward_loop(cell, *args):
+    return batch_loops(cell).forward(*args)
+
+
+def backward_loop(cell, *args):
+    return batch_loops(cell).backward(*args)
+
+
+def forward_loop_split(cell, *args):
+    return unit_loops(cell).forward(*args)
+
+
+def forward_loop_serial(cell, *args):
+    return unit_loops(cell).forward_serial(*args)
+
+
+def forward_rows(cell, *args):
+    return unit_loops(cell).rows(*args)
+
+
+def backward_loop_split(cell, *args):
+    return unit_loops(cell).backward(*args)
+
+
+def compiled_cells():
+    """``{"batch": [(cell, dtype), ...], "unit": [...]}``: which cells' loops the kernel
+    cache holds, for the batch split and the unit split (None: no cache, or an index this
+    Numba does not write)."""
+    if not CACHE:
+        return None
+    lstm = CELL_IDS["lstm"]
+    return _compiled.compiled({"batch": batch_loops(lstm).forward,
+                               "unit": unit_loops(lstm).forward}, CELL_IDS)
 
 
 def pinned_cpus():
@@ -256,11 +302,14 @@ def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None, reverse=False
 def backward(cell, saved, dy, dh_n, dc_n):
     """Kernel contract backward (see DESIGN.md)."""
     dy, dh_n, dc_n = map(_writable, (dy, dh_n, dc_n))
+    (T, B, _), (GH, H) = saved["x"].shape, saved["w_hh"].shape
     threads = _threads_for(saved["x"].shape, saved["w_hh"].shape)
+    units = _units_for(cell, T, B, GH, GH // get_cell(cell).gates, saved["x"].dtype.itemsize,
+                       saved["w_hr"] is not None)
     fpu = flush_denormals()
     try:
         with single_threaded_blas(), _at_most(threads), pinned(threads):
-            return _backward(cell, saved, dy, dh_n, dc_n)
+            return _backward(cell, saved, dy, dh_n, dc_n, units)
     finally:
         restore(fpu)
 
@@ -399,7 +448,9 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, extra, lengths, reverse, t
     return y, h_n, (c_n if spec.has_cell_state else None), keep
 
 
-def _backward(cell, saved, dy, dh_n, dc_n):
+def _backward(cell, saved, dy, dh_n, dc_n, units):
+    """The backward of :func:`backward`; ``units``: the unit blocks of the unit-split loop,
+    or None for the batch split."""
     spec = get_cell(cell)
     x, w_ih, w_hh, kept = saved["x"], saved["w_ih"], saved["w_hh"], saved["saved"]
     w_hr = saved["w_hr"]
@@ -412,7 +463,6 @@ def _backward(cell, saved, dy, dh_n, dc_n):
     dgh = empty((T, B, GH), dt)  # the loop writes every step, padding included
     dgx = empty((T, B, GH), dt) if spec.family == "gru" else dgh
     dhs = empty((T if w_hr is not None else 0, B, S), dt)
-    units = _units_for(cell, T, B, GH, H, dt.itemsize, w_hr is not None)
     if units is None:
         chunks = _chunks(T, B, GH, H)
         grads = Grads(dgx, dgh, np.empty((B, S), dt), np.empty((B, H), dt),

@@ -22,7 +22,7 @@ from numba.extending import intrinsic
 
 from ._alloc import empty
 from ._jit import AVX512, jit
-from ._math import matmul_nt
+from ._math import ROW0, matmul_nt
 
 _VECTOR_BYTES = 64 if AVX512 else 32
 # Rows per tile: its 2*MR accumulators, 2 weight vectors and 1 broadcast must fit in the
@@ -256,7 +256,7 @@ def gemm_packed(a, r0, r1, wp, out, step=0):
     """``out[r, :P*NR] = a[r, :K] @ W`` for rows ``r0 <= r < r1`` (``wp``: :func:`pack`).
     ``out`` needs room for whole panels: at least ``P*NR`` columns. ``step``: see
     :func:`gemm_panels`."""
-    gemm_panels(a, r0, r1, wp, 0, wp.shape[0], out, step)
+    gemm_panels(a, r0, r1, wp, ROW0, wp.shape[0], out, step)
 
 
 @jit()

@@ -29,6 +29,10 @@ _P, _Q = _tanh_pade(12)
 assert len(_P) == 7 and len(_Q) == 7
 P0, P1, P2, P3, P4, P5, P6 = (np.float32(c) for c in _P)
 Q0, Q1, Q2, Q3, Q4, Q5, Q6 = (np.float32(c) for c in _Q)
+# A zero typed int64, for the row or panel start of a product call: a literal 0 would make
+# Numba compile the called kernel once more, specialised on that literal.
+ROW0 = np.int64(0)
+
 CLAMP = np.float32(9.0)  # tanh(9) = 1 - 3e-8: 1 in float32
 F32_HALF = np.float32(0.5)
 

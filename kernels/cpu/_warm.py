@@ -1,0 +1,68 @@
+"""Compile ahead of time: run every loop kind of one cell and dtype once on small arrays, so
+that Numba compiles and caches its kernels (``fastrnn compile``).
+
+Each loop kind is run through the call the backend itself makes, with a plan chosen here
+instead of by the call's size: the batch split (forward and backward), the unit split on
+two blocks (forward and backward, packed and unpacked weights), the serial unit loop and
+the one-call path of a few rows; the packing and product kernels come with them, and the
+packing of large weights by all threads once per dtype. The arrays are random, so the
+compiled code is the code a real call of that cell and dtype runs.
+"""
+
+import numpy as np
+
+from ..cells import get_cell
+from ._args import Plan
+from ._gemm import pack, pack_column_blocks
+
+_T, _B, _I, _H = 3, 4, 8, 32  # small: the work is compiling, not computing
+_UNITS = np.array([0, 16, 32], np.int64)  # two unit blocks
+
+
+def _problem(cell, dtype, B, T=_T):
+    spec = get_cell(cell)
+    rng = np.random.default_rng(0)
+    G = spec.gates
+
+    def r(*shape):
+        return rng.uniform(-0.5, 0.5, shape).astype(dtype)
+
+    return dict(x=r(T, B, _I), h0=r(B, _H), c0=r(B, _H) if spec.has_cell_state else None,
+                w_ih=r(G * _H, _I), w_hh=r(G * _H, _H), b_ih=r(G * _H), b_hh=r(G * _H),
+                peepholes=r(3, _H) if spec.peepholes else None)
+
+
+def _forward_backward(forward, backward, cell, p, plan, units):
+    y, _, _, saved = forward(cell, p["x"], p["h0"], p["c0"], p["w_ih"], p["w_hh"], p["b_ih"],
+                             p["b_hh"], (p["peepholes"], None), None, False, True, plan)
+    dy = np.ones_like(y)
+    backward(cell, saved, dy, None, None, units)
+
+
+def warm(cell, dtype, forward, backward, forward_rows):
+    """Compile (or load from the cache) every kernel that ``cell`` in ``dtype`` runs, through
+    the backend's own ``forward(cell, ..., plan)``, ``backward(cell, ..., units)`` and
+    ``forward_rows`` (the package's internal steps of a call, given a plan here)."""
+    _forward, _backward, _forward_rows = forward, backward, forward_rows
+    dtype = np.dtype(dtype)
+    batch = _problem(cell, dtype, _B)
+    _forward_backward(_forward, _backward, cell, batch, Plan(1, None, "gemm"), None)
+    _forward_backward(_forward, _backward, cell, batch, Plan(1, None, "batch"), None)
+    if get_cell(cell).reset_before:
+        return  # (gru_reset_before runs the batch split only)
+    # unpacked w_hh (batch 1); the one-step backward on unpacked w_hh; packed (over 128 rows)
+    for B, T in ((1, _T), (1, 1), (_B, 40)):
+        p = _problem(cell, dtype, B, T)
+        for plan in (Plan(2, _UNITS, "units"), Plan(2, _UNITS, "gemm"),
+                     Plan(1, _UNITS, "gemm")):
+            _forward_backward(_forward, _backward, cell, p, plan, _UNITS)
+    p = _problem(cell, dtype, 1, 1)
+    _forward_rows(cell, p["x"], p["h0"], p["c0"], p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"],
+                  p["peepholes"], None, False, False, np.array([0, _H], np.int64))
+
+
+def warm_shared(dtype):
+    """The kernels no cell owns: packing large weights by all threads."""
+    big = np.ones((512, 600), dtype)  # over the parallel packing line
+    pack(big, transpose=True)
+    pack_column_blocks(big, [(0, 300), (300, 600)])
