@@ -2,9 +2,9 @@
 build step, a cluster's shared image), so that a process's first call loads its kernels
 instead of compiling them.
 
-Each cell and dtype compiles in a process of its own, as many at once as asked; a last pass
-in this process loads every one of them again, which also compiles anything a concurrent
-writer dropped from a shared cache index.
+Every cell runs in the same compiled loops, one set per dtype: each dtype compiles in a
+process of its own, as many at once as asked; a last pass in this process loads them all
+again, which also compiles anything a concurrent writer dropped from a shared cache index.
 """
 
 import multiprocessing
@@ -16,12 +16,10 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 DTYPES = ("float32", "float64")
 
 
-def _one(cell, dtype, shared):
+def _one(dtype):
     from .kernels import cpu
     start = time.perf_counter()
-    cpu.warm(cell, dtype)
-    if shared:
-        cpu.warm_shared(dtype)
+    cpu.warm(dtype)
     return time.perf_counter() - start
 
 
@@ -46,20 +44,19 @@ class _Progress:
         self.out.flush()
 
 
-def compile_kernels(cells, dtypes, jobs, out=sys.stderr):
-    """Compile the cpu backend's kernels of ``cells`` in ``dtypes`` with ``jobs`` processes;
+def compile_kernels(dtypes, jobs, out=sys.stderr):
+    """Compile the cpu backend's kernels in ``dtypes`` with up to ``jobs`` processes;
     returns the seconds it took."""
     start = time.perf_counter()
-    units = [(c, d, k == 0) for d in dtypes for k, c in enumerate(cells)]
-    progress = _Progress(len(units), out)
+    progress = _Progress(len(dtypes), out)
     context = multiprocessing.get_context("spawn")  # (a fresh Numba in each worker)
-    with ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=context) as pool:
-        futures = {pool.submit(_one, *u): u for u in units}
+    with ProcessPoolExecutor(max_workers=max(1, min(jobs, len(dtypes))),
+                             mp_context=context) as pool:
+        futures = {pool.submit(_one, d): d for d in dtypes}
         for done in as_completed(futures):
-            cell, dtype, _ = futures[done]
-            progress.step(f"{cell} {dtype}", done.result())
-    for cell, dtype, shared in units:  # loads from the cache; compiles what was dropped
-        _one(cell, dtype, shared)
+            progress.step(futures[done], done.result())
+    for dtype in dtypes:  # loads from the cache; compiles what was dropped
+        _one(dtype)
     return time.perf_counter() - start
 
 

@@ -65,12 +65,11 @@ def info_lines():
             pins = f"pinning: {err}"
         lines.append(f"cpu backend: {cpu.num_threads()} threads (NUMBA_NUM_THREADS), {pins}, "
                      f"compiled-kernel cache: {cpu.cache_dir() or 'none (not writable)'}")
-        done = cpu.compiled_cells()
+        done = cpu.compiled_kernels()
         if done is not None:
-            for kind, pairs in done.items():
-                what = ", ".join(f"{c} {d}" for c, d in pairs) or "none yet"
-                lines.append(f"cpu backend: cells compiled ({kind} split): {what}")
-            lines.append("cpu backend: `fastrnn compile` compiles every cell ahead of time")
+            lines.append("cpu backend: compiled loops (every cell): " + "; ".join(
+                f"{loop} {', '.join(dtypes) or 'not yet'}" for loop, dtypes in done.items())
+                + " (`fastrnn compile` compiles them all ahead of time)")
         wait = (", ".join(f"{k}={v}" for k, v in cpu.WAIT_SETTINGS.items()) + " (set by fastrnn)"
                 if cpu.WAIT_SETTINGS else
                 "the user's OMP_WAIT_POLICY/GOMP_SPINCOUNT (or the runtime's defaults)")
@@ -140,27 +139,23 @@ def bench_main(args):
 
 def compile_main(args):
     from . import _compile, backends
-    from .kernels.cells import CELLS
 
     if not backends()["cpu"]["available"]:
         raise SystemExit(f"fastrnn compile: the cpu backend is unavailable here: "
                          f"{backends()['cpu']['reason']}")
-    cells = list(CELLS) if args.all or not args.cells else args.cells.split(",")
     dtypes = list(_compile.DTYPES) if args.all or not args.dtypes else args.dtypes.split(",")
-    for name, chosen, known in (("--cells", cells, CELLS), ("--dtypes", dtypes,
-                                                            _compile.DTYPES)):
-        unknown = [c for c in chosen if c not in known]
-        if unknown:
-            raise SystemExit(f"fastrnn compile: {name}: expected names from "
-                             f"{', '.join(known)}, got {', '.join(unknown)}")
+    unknown = [d for d in dtypes if d not in _compile.DTYPES]
+    if unknown:
+        raise SystemExit(f"fastrnn compile: --dtypes: expected names from "
+                         f"{', '.join(_compile.DTYPES)}, got {', '.join(unknown)}")
     if args.jobs is not None and args.jobs < 1:
         raise SystemExit(f"fastrnn compile: --jobs: expected at least 1, got {args.jobs}")
     jobs = args.jobs or _compile.default_jobs()
     from .kernels import cpu
-    print(f"compiling the cpu kernels of {len(cells)} cells in {', '.join(dtypes)} with "
+    print(f"compiling the cpu kernels of every cell in {', '.join(dtypes)} with up to "
           f"{jobs} processes into {cpu.cache_dir()}", file=sys.stderr)
-    seconds = _compile.compile_kernels(cells, dtypes, jobs)
-    print(f"compiled {len(cells) * len(dtypes)} cell and dtype pairs in {seconds:.0f} s")
+    seconds = _compile.compile_kernels(dtypes, jobs)
+    print(f"compiled every loop kind in {', '.join(dtypes)} in {seconds:.0f} s")
     return 0
 
 
@@ -219,12 +214,11 @@ def main(argv=None):
     c = sub.add_parser("compile", help="compile the cpu kernels ahead of time into the "
                        "on-disk cache, so that first calls load them instead")
     c.add_argument("--all", action="store_true",
-                   help="every cell in float32 and float64 (the default)")
-    c.add_argument("--cells", help="comma-separated cells, e.g. lstm,gru (default: all of "
-                   "them; `fastrnn info` lists them)")
+                   help="float32 and float64 (the default); every cell runs in the same "
+                   "compiled loops")
     c.add_argument("--dtypes", help="float32, float64 or both, comma-separated (default: both)")
-    c.add_argument("--jobs", type=int, help="processes compiling at once (default: one per "
-                   "usable CPU)")
+    c.add_argument("--jobs", type=int, help="processes compiling at once, one dtype each "
+                   "(default: one per usable CPU)")
     args = parser.parse_args(argv)
     if args.command == "bench":
         return bench_main(args)

@@ -311,8 +311,7 @@ def test_a_step_with_strided_states_matches_the_reference_and_compiles_nothing_n
                                         scale=1 / np.sqrt(H))
     w = weights[0]
     cpu.forward(cell, x, h0[0], None if c0 is None else c0[0], *w, training=False)
-    rows = _split.unit_loops(cpu.CELL_IDS[cell]).rows
-    before = len(rows.signatures)
+    before = len(_split.forward_rows.signatures)
     wide = np.repeat(h0[0], 2, axis=0)[::2]  # rows 0, 2 of a (2B, H) array: strided
     assert not wide.flags.c_contiguous
     c_wide = None if c0 is None else np.repeat(c0[0], 2, axis=0)[::2]
@@ -322,7 +321,7 @@ def test_a_step_with_strided_states_matches_the_reference_and_compiles_nothing_n
     for g, r in zip(got[:3], want[:3]):
         if r is not None:
             assert_close(g, r, np.float32, "one-step result")
-    assert len(rows.signatures) == before
+    assert len(_split.forward_rows.signatures) == before
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
@@ -649,8 +648,9 @@ def test_read_only_inputs_match_the_reference_and_compile_nothing_new(B, H):
     """Arrays a user cannot write to (a memory-mapped file, ``np.frombuffer``) are as good
     as any: same results, and no loop compiled again for them (Numba specialises on
     writability: that would be seconds on first use)."""
-    from fastrnn.kernels.cpu import _loops, _math, _split
-    loops = (*_loops.batch_loops(_math.LSTM), *_split.unit_loops(_math.LSTM))
+    from fastrnn.kernels.cpu import _loops, _split
+    loops = (_loops.forward_loop, _loops.backward_loop, _split.forward_loop_split,
+             _split.forward_loop_serial, _split.forward_rows, _split.backward_loop_split)
     x, weights, h0, c0 = random_problem("lstm", 12, B, 6, H, 1, 1, np.float32, seed=2,
                                         scale=1 / np.sqrt(H))
     lengths = np.arange(12, 12 - B, -1, dtype=np.int64)

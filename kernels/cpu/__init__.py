@@ -34,21 +34,21 @@ from ._fpu import flush_denormals, restore
 from ._gemm import pack, pack_blocks, pack_column_blocks, panel_width
 from ._jit import CACHE, WAIT_SETTINGS, num_threads
 from . import _compiled
-from ._loops import batch_loops
+from ._loops import backward_loop, forward_loop
 from ._math import CELL_IDS
-from ._split import unit_loops
+from ._split import (backward_loop_split, forward_loop_serial, forward_loop_split,
+                     forward_rows)
 from ._warm import warm as _warm
-from ._warm import warm_shared
 
 __all__ = ["forward", "backward", "cache_dir", "num_threads", "pinned_cpus",
            "WAIT_SETTINGS", "L2_BYTES", "empty_cache", "cache_info", "set_cache_limit",
-           "warm", "warm_shared", "compiled_cells"]
+           "warm", "compiled_kernels"]
 
 
-def warm(cell, dtype):
-    """Compile, or load from the on-disk cache, every kernel of ``cell`` in ``dtype``: each
-    loop kind once on small arrays (``fastrnn compile``)."""
-    _warm(cell, dtype, _forward, _backward, _forward_rows)
+def warm(dtype):
+    """Compile, or load from the on-disk cache, every kernel in ``dtype``: each loop kind
+    once on small arrays (``fastrnn compile``)."""
+    _warm(dtype, _forward, _backward, _forward_rows)
 
 
 def cache_dir():
@@ -56,47 +56,22 @@ def cache_dir():
     if not CACHE:
         return None
     try:  # Numba's own answer: it may fall back from NUMBA_CACHE_DIR to another place
-        return batch_loops(CELL_IDS["lstm"]).forward._cache._impl.locator.get_cache_path()
+        return forward_loop._cache._impl.locator.get_cache_path()
     except AttributeError:  # a Numba without that internal: the documented default
         return os.environ.get("NUMBA_CACHE_DIR") or os.path.join(
             os.path.dirname(os.path.abspath(__file__)), "__pycache__")
 
 
-# The compiled loops of a cell id, each compiled for that cell alone (:mod:`._loops`,
-# :mod:`._split`): the first call of a cell compiles its kernels and no other cell's.
-def forward_loop(cell, *args):
-    return batch_loops(cell).forward(*args)
-
-
-def backward_loop(cell, *args):
-    return batch_loops(cell).backward(*args)
-
-
-def forward_loop_split(cell, *args):
-    return unit_loops(cell).forward(*args)
-
-
-def forward_loop_serial(cell, *args):
-    return unit_loops(cell).forward_serial(*args)
-
-
-def forward_rows(cell, *args):
-    return unit_loops(cell).rows(*args)
-
-
-def backward_loop_split(cell, *args):
-    return unit_loops(cell).backward(*args)
-
-
-def compiled_cells():
-    """``{"batch": [(cell, dtype), ...], "unit": [...]}``: which cells' loops the kernel
-    cache holds, for the batch split and the unit split (None: no cache, or an index this
-    Numba does not write)."""
+def compiled_kernels():
+    """``{loop: [dtype, ...]}``: the dtypes the kernel cache holds each loop kind in (every
+    cell runs in the same compiled loops); None without a cache, or with an index this
+    Numba does not write."""
     if not CACHE:
         return None
-    lstm = CELL_IDS["lstm"]
-    return _compiled.compiled({"batch": batch_loops(lstm).forward,
-                               "unit": unit_loops(lstm).forward}, CELL_IDS)
+    return _compiled.compiled({
+        "batch split": forward_loop, "batch split backward": backward_loop,
+        "unit split": forward_loop_split, "unit split backward": backward_loop_split,
+        "one thread": forward_loop_serial, "a few rows": forward_rows})
 
 
 def pinned_cpus():

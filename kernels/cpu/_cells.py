@@ -23,7 +23,7 @@ ONE = np.float32(1)  # float32 literals: a Python float would promote float32 lo
 ZERO = np.float32(0)
 
 
-@jit(inline="always")
+@jit()
 def forward_first(u0, n, H, gr, gate_at, xr, bias, hp, ar, rh):
     """The part of a ``gru_reset_before`` step before its second product: ``r`` and ``z``
     of units ``[u0, u0+n)`` into ``ar``, and ``rh = r * h`` (the second product's input,
@@ -39,7 +39,7 @@ def forward_first(u0, n, H, gr, gate_at, xr, bias, hp, ar, rh):
         rh[j] = ar_[j] * hp[j]
 
 
-@jit(inline="always")
+@jit()
 def forward_step(cell, u0, n, H, gr, gate_at, xr, bias, hp, hx, c, ar, hn):
     """Gates and new state of units ``[u0, u0+n)`` of one row.
 
@@ -125,7 +125,7 @@ def forward_step(cell, u0, n, H, gr, gate_at, xr, bias, hp, hx, c, ar, hn):
         copy(hx, aq)
 
 
-@jit(inline="always")
+@jit()
 def backward_first(u0, n, H, dh, ar, gx, gh, dn):
     """The part of a ``gru_reset_before`` step's gradients before its product ``dn @
     W_hn``: ``dn`` (the ``n`` gate's) into ``gx`` and the contiguous ``dn``; ``gh``'s ``n``
@@ -140,7 +140,7 @@ def backward_first(u0, n, H, dh, ar, gx, gh, dn):
         hn_[j] = ZERO
 
 
-@jit(inline="always")
+@jit()
 def backward_step(cell, u0, n, H, dh, ar, cr, cp, dc, hp, hn, gx, gh, direct, tc, db, peep):
     """Gate gradients of units ``[u0, u0+n)`` of one row at one step.
 

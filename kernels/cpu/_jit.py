@@ -116,13 +116,9 @@ if not CACHE:
                   RuntimeWarning, stacklevel=2)
 
 
-def jit(parallel=False, inline="never"):
-    """``numba.njit`` with the project's flags (cached when a cache directory is writable).
-
-    ``inline="always"`` puts the function's code into each caller before typing, where the
-    caller's constants (a loop's cell id) prune its branches: the pointwise steps of every
-    cell compile as the one cell a loop runs, not as all of them."""
-    return numba.njit(cache=CACHE, parallel=parallel, nogil=True, inline=inline, **OPTIONS)
+def jit(parallel=False):
+    """``numba.njit`` with the project's flags (cached when a cache directory is writable)."""
+    return numba.njit(cache=CACHE, parallel=parallel, nogil=True, **OPTIONS)
 
 
 AVX512 = bool(_ll.get_host_cpu_features().get("avx512f", False))

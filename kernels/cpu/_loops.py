@@ -11,9 +11,6 @@ Shapes (DESIGN.md legend): ``xg [T,B,G*H]`` (input projection, without bias), st
 :func:`._gemm.pack`. Argument groups: :mod:`._args`.
 """
 
-import functools
-from collections import namedtuple
-
 import numpy as np
 from numba import prange
 
@@ -26,189 +23,174 @@ from ._math import GRU, GRU_RB, ROW0, copy, has_cell_state
 ZERO = np.float32(0)  # unifies with float64 in float64 kernels
 
 
-BatchLoops = namedtuple("BatchLoops", "forward backward")
+@jit(parallel=True)
+def forward_loop(cell, proj, w_packed, gate_at, second, bias, h0, c0, seq, chunks, out,
+                 saved, wr_packed):
+    """Run the recurrence over the row blocks ``chunks [threads+1]``; ``out``: :class:`Outputs`
+    (``h_n``, ``c_n`` written at the end), ``saved``: :class:`Saved`. The recurrent product
+    of gate ``g`` starts at column ``gate_at[g]`` of a step's product; for
+    ``gru_reset_before`` the panels from ``second`` on (the ``n`` gate's) multiply ``r * h``
+    in a second product, the others ``h``. An LSTM with a projection (``wr_packed``:
+    ``w_hr.T`` packed; empty without) writes ``o * tanh c'`` into ``saved.hn_all`` and
+    takes the state ``h' [S]`` from a product with it; states ``h0 [B,S]``, ``c0 [B,H]``.
 
-
-@functools.cache
-def batch_loops(cell):
-    """:class:`BatchLoops` ``(forward, backward)`` compiled for ``cell`` alone (a cell id of
-    :mod:`._math`).
-
-    The id is a constant of each compiled function (a closure variable), so Numba drops the
-    other cells' branches before typing and passes the id on as a literal: the pointwise
-    steps (:mod:`._cells`) compile that cell's code only. One definition serves every cell;
-    each cell's loops compile on its first call and are cached on disk apart."""
-
-    @jit(parallel=True)
-    def forward_loop(proj, w_packed, gate_at, second, bias, h0, c0, seq, chunks, out,
-                     saved, wr_packed):
-        """Run the recurrence over the row blocks ``chunks [threads+1]``; ``out``: :class:`Outputs`
-        (``h_n``, ``c_n`` written at the end), ``saved``: :class:`Saved`. The recurrent product
-        of gate ``g`` starts at column ``gate_at[g]`` of a step's product; for
-        ``gru_reset_before`` the panels from ``second`` on (the ``n`` gate's) multiply ``r * h``
-        in a second product, the others ``h``. An LSTM with a projection (``wr_packed``:
-        ``w_hr.T`` packed; empty without) writes ``o * tanh c'`` into ``saved.hn_all`` and
-        takes the state ``h' [S]`` from a product with it; states ``h0 [B,S]``, ``c0 [B,H]``.
-
-        ``proj = (xg, x, w_packed, per)``: the input projection is either given (``xg``) or,
-        when ``xg`` is empty, computed in the loop from ``x`` and ``w_packed`` (``w_ih.T``
-        packed) for the thread's own rows, where it never leaves the core's cache: one product
-        every ``per`` steps, over those steps' rows copied together."""
-        xg, x, wx_packed, per = proj
-        y, h_n, c_n = out
-        lengths, reverse = seq
-        T, B, S = y.shape  # S: the state's size (H, or the projection's)
-        H = c0.shape[1]
-        P, _, NR = w_packed.shape
-        fused = xg.shape[0] == 0
-        keep = saved.acts.shape[0] == T
-        projected = wr_packed.shape[0] > 0
-        for ci in prange(chunks.size - 1):
-            wide_vectors()
-            fpu = flush_denormals()
-            r0, r1 = chunks[ci], chunks[ci + 1]
-            h = h0.copy()  # each thread reads and writes only its rows
-            c = c0.copy()
-            hg = np.empty((B, P * NR), y.dtype)
-            hr = np.empty((B, wr_packed.shape[0] * NR), y.dtype)  # the projection's product
-            nr = r1 - r0
-            xa = np.empty((per * nr if fused else 0, x.shape[2]), y.dtype)
-            xs = np.empty((per * nr if fused else 0, wx_packed.shape[0] * NR), y.dtype)
-            for s in range(T):
-                t = T - 1 - s if reverse else s
-                ts = t if keep else 0
-                if keep:  # (not when inferring: nothing reads it)
-                    for b in range(r0, r1):
-                        copy(saved.h_prev[ts, b], h[b])
-                k = s % per
-                if fused and k == 0:
-                    steps = min(per, T - s)
-                    for kk in range(steps):
-                        tk = T - 1 - s - kk if reverse else s + kk
-                        for b in range(nr):
-                            copy(xa[kk * nr + b], x[tk, r0 + b])
-                    gemm_packed(xa, ROW0, steps * nr, wx_packed, xs, s // per)
-                if cell == GRU_RB:
-                    gemm_panels(h, r0, r1, w_packed, ROW0, second, hg, s)
-                    rh = saved.hn_all[ts]  # r * h, the second product's input
-                    for b in range(r0, r1):
-                        if t >= lengths[b]:
-                            for j in range(H):
-                                rh[b, j] = ZERO
-                            continue
-                        xr = xs[k * nr + b - r0] if fused else xg[t, b]
-                        forward_first(0, H, H, hg[b], gate_at, xr, bias, h[b], saved.acts[ts, b],
-                                      rh[b])
-                    gemm_panels(rh, r0, r1, w_packed, second, P, hg, s)
-                else:
-                    gemm_packed(h, r0, r1, w_packed, hg, s)
-                mo = saved.hn_all[ts]  # (with a projection: o * tanh c')
+    ``proj = (xg, x, w_packed, per)``: the input projection is either given (``xg``) or,
+    when ``xg`` is empty, computed in the loop from ``x`` and ``w_packed`` (``w_ih.T``
+    packed) for the thread's own rows, where it never leaves the core's cache: one product
+    every ``per`` steps, over those steps' rows copied together."""
+    xg, x, wx_packed, per = proj
+    y, h_n, c_n = out
+    lengths, reverse = seq
+    T, B, S = y.shape  # S: the state's size (H, or the projection's)
+    H = c0.shape[1]
+    P, _, NR = w_packed.shape
+    fused = xg.shape[0] == 0
+    keep = saved.acts.shape[0] == T
+    projected = wr_packed.shape[0] > 0
+    for ci in prange(chunks.size - 1):
+        wide_vectors()
+        fpu = flush_denormals()
+        r0, r1 = chunks[ci], chunks[ci + 1]
+        h = h0.copy()  # each thread reads and writes only its rows
+        c = c0.copy()
+        hg = np.empty((B, P * NR), y.dtype)
+        hr = np.empty((B, wr_packed.shape[0] * NR), y.dtype)  # the projection's product
+        nr = r1 - r0
+        xa = np.empty((per * nr if fused else 0, x.shape[2]), y.dtype)
+        xs = np.empty((per * nr if fused else 0, wx_packed.shape[0] * NR), y.dtype)
+        for s in range(T):
+            t = T - 1 - s if reverse else s
+            ts = t if keep else 0
+            if keep:  # (not when inferring: nothing reads it)
+                for b in range(r0, r1):
+                    copy(saved.h_prev[ts, b], h[b])
+            k = s % per
+            if fused and k == 0:
+                steps = min(per, T - s)
+                for kk in range(steps):
+                    tk = T - 1 - s - kk if reverse else s + kk
+                    for b in range(nr):
+                        copy(xa[kk * nr + b], x[tk, r0 + b])
+                gemm_packed(xa, ROW0, steps * nr, wx_packed, xs, s // per)
+            if cell == GRU_RB:
+                gemm_panels(h, r0, r1, w_packed, ROW0, second, hg, s)
+                rh = saved.hn_all[ts]  # r * h, the second product's input
                 for b in range(r0, r1):
                     if t >= lengths[b]:
-                        for j in range(S):  # (explicit loops: Numba miscompiles a
-                            y[t, b, j] = ZERO  # slice fill inside prange)
-                        if has_cell_state(cell):
-                            copy(saved.c_all[ts, b], c[b])
-                        if projected:  # (the projection's weight gradient reads it)
-                            for j in range(H):
-                                mo[b, j] = ZERO
+                        for j in range(H):
+                            rh[b, j] = ZERO
                         continue
                     xr = xs[k * nr + b - r0] if fused else xg[t, b]
-                    forward_step(cell, 0, H, H, hg[b], gate_at, xr, bias, h[b],
-                                 mo[b] if projected else h[b], c[b], saved.acts[ts, b],
-                                 saved.hn_all[ts if cell == GRU else 0, b])
+                    forward_first(ROW0, H, H, hg[b], gate_at, xr, bias, h[b], saved.acts[ts, b],
+                                  rh[b])
+                gemm_panels(rh, r0, r1, w_packed, second, P, hg, s)
+            else:
+                gemm_packed(h, r0, r1, w_packed, hg, s)
+            mo = saved.hn_all[ts]  # (with a projection: o * tanh c')
+            for b in range(r0, r1):
+                if t >= lengths[b]:
+                    for j in range(S):  # (explicit loops: Numba miscompiles a
+                        y[t, b, j] = ZERO  # slice fill inside prange)
                     if has_cell_state(cell):
                         copy(saved.c_all[ts, b], c[b])
-                    if not projected:
-                        copy(y[t, b], h[b])
-                if projected:  # h' = o * tanh c' @ w_hr.T
-                    gemm_packed(mo, r0, r1, wr_packed, hr, s)
-                    for b in range(r0, r1):
-                        if t < lengths[b]:
-                            for j in range(S):
-                                h[b, j] = hr[b, j]
-                            copy(y[t, b], h[b])
-            for b in range(r0, r1):
-                h_n[b, :] = h[b, :]
-                c_n[b, :] = c[b, :]
-            restore(fpu)
-
-
-    @jit(parallel=True)
-    def backward_loop(w_packed, w_n_packed, dy, dh_n, dc_n, c0, seq, chunks, saved, grads,
-                      peep, wr_packed):
-        """Walk the steps in reverse processing order; ``grads``: :class:`Grads`, whose ``db``
-        has a row per row block (zeroed), summed here while the values are in L1. For
-        ``gru_reset_before``, ``w_n_packed`` holds ``W_hn`` (:func:`._gemm.pack`, not
-        transposed) for the step's first product, ``d(r*h) = dn @ W_hn``; ``peep``: the
-        peephole weights (:class:`.Biases`). With a projection (``wr_packed``: ``w_hr``
-        packed, not transposed; empty without), ``grads.dhs`` receives each step's state
-        gradient and the pointwise step takes ``dh @ w_hr``; ``dh_n [B,S]``, ``dc_n [B,H]``."""
-        lengths, reverse = seq
-        dgx, dgh, dh0, dc0, db, dhs = grads
-        acts, h_prev, c_all, hn_all = saved
-        T, B, GH = dgh.shape
-        S, H = dh_n.shape[1], dc_n.shape[1]
-        P, _, NR = w_packed.shape
-        projected = wr_packed.shape[0] > 0
-        for ci in prange(chunks.size - 1):
-            wide_vectors()
-            fpu = flush_denormals()
-            r0, r1 = chunks[ci], chunks[ci + 1]
-            dh = dh_n.copy()
-            dc = dc_n.copy()
-            direct = np.zeros((B, H), dgh.dtype)  # the GRU's z * dh path to h_prev
-            dhp = np.empty((B, P * NR), dgh.dtype)
-            dm = np.empty((B if projected else 0, wr_packed.shape[0] * NR), dgh.dtype)
-            tc = np.empty(H, dgh.dtype)
-            rb = cell == GRU_RB
-            dn = np.zeros((B if rb else 0, H), dgh.dtype)
-            drh = np.zeros((B if rb else 0, w_n_packed.shape[0] * NR), dgh.dtype)
-            for s in range(T):
-                t = s if reverse else T - 1 - s
-                first = t == (T - 1 if reverse else 0)
-                tp = t + 1 if reverse else t - 1
-                for b in range(r0, r1):
-                    gx, gh, dhb = dgx[t, b], dgh[t, b], dh[b]
-                    if t >= lengths[b]:
-                        for j in range(GH):  # padding: no gate gradient; the state's
-                            gx[j] = ZERO     # passes through unchanged
-                            gh[j] = ZERO
-                        if projected:
-                            for j in range(S):
-                                dhs[t, b, j] = ZERO
-                        continue
-                    dyb = dy[t, b]
-                    for j in range(S):
-                        dhb[j] += dyb[j]  # now the total gradient reaching this step's h
-                    if rb:
-                        backward_first(0, H, H, dhb, acts[t, b], gx, gh, dn[b])
-                    elif projected:
-                        copy(dhs[t, b], dhb)
-                # the step's first product, where the cell has one: gru_reset_before's d(r*h) =
-                # dn @ W_hn, a projected LSTM's gradient reaching o * tanh c', dh @ w_hr
-                if rb:
-                    gemm_packed(dn, r0, r1, w_n_packed, drh, s)
-                elif projected:
-                    gemm_packed(dh, r0, r1, wr_packed, dm, s)
-                lstm = has_cell_state(cell)
-                tl = t if lstm else 0          # (c_all, hn_all: one-step scratch
-                tn = t if cell == GRU else 0   # for the other cells)
-                for b in range(r0, r1):
-                    if t < lengths[b]:
-                        cp = c0[b] if first or not lstm else c_all[tp, b]
-                        backward_step(cell, 0, H, H, dm[b] if projected else dh[b], acts[t, b],
-                                      c_all[tl, b], cp, dc[b], h_prev[t, b],
-                                      drh[b] if rb else hn_all[tn, b], dgx[t, b], dgh[t, b],
-                                      direct[b], tc, db[ci], peep)
-                gemm_packed(dgh[t], r0, r1, w_packed, dhp, s)
+                    if projected:  # (the projection's weight gradient reads it)
+                        for j in range(H):
+                            mo[b, j] = ZERO
+                    continue
+                xr = xs[k * nr + b - r0] if fused else xg[t, b]
+                forward_step(cell, ROW0, H, H, hg[b], gate_at, xr, bias, h[b],
+                             mo[b] if projected else h[b], c[b], saved.acts[ts, b],
+                             saved.hn_all[ts if cell == GRU else 0, b])
+                if has_cell_state(cell):
+                    copy(saved.c_all[ts, b], c[b])
+                if not projected:
+                    copy(y[t, b], h[b])
+            if projected:  # h' = o * tanh c' @ w_hr.T
+                gemm_packed(mo, r0, r1, wr_packed, hr, s)
                 for b in range(r0, r1):
                     if t < lengths[b]:
                         for j in range(S):
-                            dh[b, j] = dhp[b, j] + direct[b, j]
-            for b in range(r0, r1):
-                dh0[b, :] = dh[b, :]
-                dc0[b, :] = dc[b, :]
-            restore(fpu)
+                            h[b, j] = hr[b, j]
+                        copy(y[t, b], h[b])
+        for b in range(r0, r1):
+            h_n[b, :] = h[b, :]
+            c_n[b, :] = c[b, :]
+        restore(fpu)
 
-    return BatchLoops(forward_loop, backward_loop)
+
+@jit(parallel=True)
+def backward_loop(cell, w_packed, w_n_packed, dy, dh_n, dc_n, c0, seq, chunks, saved, grads,
+                  peep, wr_packed):
+    """Walk the steps in reverse processing order; ``grads``: :class:`Grads`, whose ``db``
+    has a row per row block (zeroed), summed here while the values are in L1. For
+    ``gru_reset_before``, ``w_n_packed`` holds ``W_hn`` (:func:`._gemm.pack`, not
+    transposed) for the step's first product, ``d(r*h) = dn @ W_hn``; ``peep``: the
+    peephole weights (:class:`.Biases`). With a projection (``wr_packed``: ``w_hr``
+    packed, not transposed; empty without), ``grads.dhs`` receives each step's state
+    gradient and the pointwise step takes ``dh @ w_hr``; ``dh_n [B,S]``, ``dc_n [B,H]``."""
+    lengths, reverse = seq
+    dgx, dgh, dh0, dc0, db, dhs = grads
+    acts, h_prev, c_all, hn_all = saved
+    T, B, GH = dgh.shape
+    S, H = dh_n.shape[1], dc_n.shape[1]
+    P, _, NR = w_packed.shape
+    projected = wr_packed.shape[0] > 0
+    for ci in prange(chunks.size - 1):
+        wide_vectors()
+        fpu = flush_denormals()
+        r0, r1 = chunks[ci], chunks[ci + 1]
+        dh = dh_n.copy()
+        dc = dc_n.copy()
+        direct = np.zeros((B, H), dgh.dtype)  # the GRU's z * dh path to h_prev
+        dhp = np.empty((B, P * NR), dgh.dtype)
+        dm = np.empty((B if projected else 0, wr_packed.shape[0] * NR), dgh.dtype)
+        tc = np.empty(H, dgh.dtype)
+        rb = cell == GRU_RB
+        dn = np.zeros((B if rb else 0, H), dgh.dtype)
+        drh = np.zeros((B if rb else 0, w_n_packed.shape[0] * NR), dgh.dtype)
+        for s in range(T):
+            t = s if reverse else T - 1 - s
+            first = t == (T - 1 if reverse else 0)
+            tp = t + 1 if reverse else t - 1
+            for b in range(r0, r1):
+                gx, gh, dhb = dgx[t, b], dgh[t, b], dh[b]
+                if t >= lengths[b]:
+                    for j in range(GH):  # padding: no gate gradient; the state's
+                        gx[j] = ZERO     # passes through unchanged
+                        gh[j] = ZERO
+                    if projected:
+                        for j in range(S):
+                            dhs[t, b, j] = ZERO
+                    continue
+                dyb = dy[t, b]
+                for j in range(S):
+                    dhb[j] += dyb[j]  # now the total gradient reaching this step's h
+                if rb:
+                    backward_first(ROW0, H, H, dhb, acts[t, b], gx, gh, dn[b])
+                elif projected:
+                    copy(dhs[t, b], dhb)
+            # the step's first product, where the cell has one: gru_reset_before's d(r*h) =
+            # dn @ W_hn, a projected LSTM's gradient reaching o * tanh c', dh @ w_hr
+            if rb:
+                gemm_packed(dn, r0, r1, w_n_packed, drh, s)
+            elif projected:
+                gemm_packed(dh, r0, r1, wr_packed, dm, s)
+            lstm = has_cell_state(cell)
+            tl = t if lstm else 0          # (c_all, hn_all: one-step scratch
+            tn = t if cell == GRU else 0   # for the other cells)
+            for b in range(r0, r1):
+                if t < lengths[b]:
+                    cp = c0[b] if first or not lstm else c_all[tp, b]
+                    backward_step(cell, ROW0, H, H, dm[b] if projected else dh[b], acts[t, b],
+                                  c_all[tl, b], cp, dc[b], h_prev[t, b],
+                                  drh[b] if rb else hn_all[tn, b], dgx[t, b], dgh[t, b],
+                                  direct[b], tc, db[ci], peep)
+            gemm_packed(dgh[t], r0, r1, w_packed, dhp, s)
+            for b in range(r0, r1):
+                if t < lengths[b]:
+                    for j in range(S):
+                        dh[b, j] = dhp[b, j] + direct[b, j]
+        for b in range(r0, r1):
+            dh0[b, :] = dh[b, :]
+            dc0[b, :] = dc[b, :]
+        restore(fpu)

@@ -4,7 +4,10 @@ portable row-dot matmul.
 Activations are specialised per dtype at compile time. float32 uses a rational tanh (the
 [12/12] Pade approximant from tanh's continued fraction, relative error below 4e-7 on
 float32, clamped where tanh is 1 to float32 precision), which vectorises; float64 uses libm.
-Both are overflow-safe: inputs of +-1e4 give finite results.
+Both are overflow-safe: inputs of +-1e4 give finite results. Each is compiled once per
+dtype and called (LLVM inlines it when it optimises the caller): inlined by Numba at every
+call site instead, the pointwise steps took three times as long to compile
+(docs/performance-notes.md, "Compilation").
 """
 
 import numpy as np
@@ -29,8 +32,8 @@ _P, _Q = _tanh_pade(12)
 assert len(_P) == 7 and len(_Q) == 7
 P0, P1, P2, P3, P4, P5, P6 = (np.float32(c) for c in _P)
 Q0, Q1, Q2, Q3, Q4, Q5, Q6 = (np.float32(c) for c in _Q)
-# A zero typed int64, for the row or panel start of a product call: a literal 0 would make
-# Numba compile the called kernel once more, specialised on that literal.
+# A zero typed int64, for a row, panel or unit start passed to a compiled function: a
+# literal 0 would make Numba compile that function once more, specialised on the literal.
 ROW0 = np.int64(0)
 
 CLAMP = np.float32(9.0)  # tanh(9) = 1 - 3e-8: 1 in float32
@@ -61,7 +64,7 @@ def sigmoid(x):
     raise NotImplementedError
 
 
-@overload(tanh, inline="always", jit_options=OPTIONS)
+@overload(tanh, jit_options=OPTIONS)
 def _tanh_impl(x):
     if x == types.float32:
         def impl(x):
@@ -74,7 +77,7 @@ def _tanh_impl(x):
     return lambda x: np.tanh(x)
 
 
-@overload(sigmoid, inline="always", jit_options=OPTIONS)
+@overload(sigmoid, jit_options=OPTIONS)
 def _sigmoid_impl(x):
     if x == types.float32:
         return lambda x: F32_HALF + F32_HALF * tanh(F32_HALF * x)
@@ -92,7 +95,7 @@ def rnn_activation(cell, x):
     raise NotImplementedError
 
 
-@overload(rnn_activation, inline="always", jit_options=OPTIONS)
+@overload(rnn_activation, jit_options=OPTIONS)
 def _rnn_activation_impl(cell, x):
     zero = np.float32(0)  # unifies with float64 in float64 kernels
 
@@ -111,7 +114,7 @@ def rnn_activation_grad(cell, dh, a):
     raise NotImplementedError
 
 
-@overload(rnn_activation_grad, inline="always", jit_options=OPTIONS)
+@overload(rnn_activation_grad, jit_options=OPTIONS)
 def _rnn_activation_grad_impl(cell, dh, a):
     zero, one = np.float32(0), np.float32(1)
 

@@ -18,9 +18,6 @@ If the threads turn out to run one after another, the first does every block alo
 deadlock, see :func:`._sync.start`). Argument groups: :mod:`._args`.
 """
 
-import functools
-from collections import namedtuple
-
 import numpy as np
 from numba import prange
 
@@ -35,7 +32,7 @@ from ._sync import PARALLEL, barrier, start
 ZERO = np.float32(0)
 
 
-@jit(inline="always")
+@jit()
 def _units_step(cell, t, ts, q, u0, u1, xg, weights, bias, cur, nxt, c, hg, lengths, y,
                 saved):
     """Step ``t`` for hidden units ``[u0, u1)`` (block ``q``) of every row: read ``cur``,
@@ -77,6 +74,49 @@ def _units_step(cell, t, ts, q, u0, u1, xg, weights, bias, cur, nxt, c, hg, leng
         copy(y[t, b, u0:u1], hx)
 
 
+@jit(parallel=True)
+def forward_loop_split(cell, proj, weights, bias, hbuf, c, hg, seq, units, sync, y, saved):
+    """Same results as :func:`._loops.forward_loop`. ``units [P+1]``: the unit blocks of the
+    ``P`` threads; ``hbuf [2,B,H]`` holds ``h0`` in slot 0 and ends with ``h_n`` in slot
+    ``T % 2``; ``c`` holds ``c0`` and ends as ``c_n``; ``hg`` is scratch for the products;
+    ``sync`` is a zeroed ``int64 [3]``. With ``proj.per > 0`` the loop computes ``proj.xg``
+    itself: every ``per`` steps each thread projects the next ``per`` steps' rows of
+    ``proj.x [T*B,I]`` onto its units' rows of ``proj.w = w_ih`` (:func:`._gemm.matvec`):
+    it reads only its own columns of ``xg``, so no barrier is needed for them."""
+    xg, x2, w_ih, per = proj
+    lengths, reverse = seq
+    T = xg.shape[0]
+    B = hbuf.shape[1]
+    H = hbuf.shape[2]
+    G = xg.shape[2] // H
+    P = units.size - 1
+    keep = saved.acts.shape[0] == T
+    xg2 = xg.reshape((T * B, G * H))
+    for p in prange(P):
+        fpu = flush_denormals()
+        mode = start(sync, P)
+        if mode != 0:
+            meet = mode == PARALLEL
+            q0, q1 = (p, p + 1) if meet else (0, P)
+            for s in range(T):
+                t = T - 1 - s if reverse else s
+                ts = t if keep else 0
+                cur, nxt = hbuf[s % 2], hbuf[1 - s % 2]
+                if per > 0 and s % per == 0:
+                    n = min(per, T - s)
+                    lo = T - s - n if reverse else s  # the steps' times are lo .. lo+n-1
+                    for q in range(q0, q1):
+                        for g in range(G):
+                            matvec(x2, lo * B, (lo + n) * B, w_ih, g * H + units[q],
+                                   g * H + units[q + 1], xg2)
+                for q in range(q0, q1):
+                    _units_step(cell, t, ts, q, units[q], units[q + 1], xg, weights, bias,
+                                cur, nxt, c, hg, lengths, y, saved)
+                if meet:
+                    barrier(sync, P, s + 1)
+        restore(fpu)
+
+
 @jit()
 def forward_loop_serial(cell, xg, weights, bias, hbuf, c, hg, seq, units, y, saved):
     """:func:`forward_loop_split` with every unit block on the calling thread and no
@@ -95,7 +135,43 @@ def forward_loop_serial(cell, xg, weights, bias, hbuf, c, hg, seq, units, y, sav
                         c, hg, lengths, y, saved)
 
 
-@jit(inline="always")
+@jit()
+def forward_rows(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, peep, lengths, reverse, units,
+                 y, h_n, c_n, acts, h_prev, c_all, hn_all):
+    """A whole one-thread call of a few rows (a step of generation): the input projection
+    with the row-dot kernel, then :func:`forward_loop_serial` over the unit blocks
+    ``units`` (one, as a rule) on ``w_hh`` as it is.
+
+    Plain arrays in, nothing out: typing named tuples and boxing returned arrays at the
+    call would cost a good part of a step, so the caller allocates the outputs (``y
+    [T,B,H]``, ``h_n``, ``c_n [B,H]``) and the arrays of :class:`.Saved` (``acts``,
+    ``h_prev``, ``c_all``, ``hn_all``). ``x [T,B,I]`` C-contiguous; ``c0`` zeros for the
+    cells without a cell state; ``lengths [B]``, or empty when every row has ``T`` steps;
+    ``peep``: as in :class:`.Biases`."""
+    T, B, I = x.shape
+    GH, H = w_hh.shape
+    dt = x.dtype
+    xg = np.empty((T, B, GH), dt)
+    matvec(x.reshape((T * B, I)), ROW0, T * B, w_ih, ROW0, GH, xg.reshape((T * B, GH)))
+    lens = lengths
+    if lengths.size == 0:
+        lens = np.empty(B, np.int64)
+        for b in range(B):
+            lens[b] = T
+    hbuf = np.empty((2, B, H), dt)
+    for b in range(B):
+        copy(hbuf[0, b], h0[b])
+        copy(c_n[b], c0[b])
+    forward_loop_serial(cell, xg, UnitWeights(w_hh, np.empty((0, 1, 1), dt),
+                                              np.zeros(1, np.int64)),
+                        Biases(b_ih, b_hh, b_ih + b_hh, peep), hbuf, c_n,
+                        np.empty((B, GH), dt), Sequence(lens, reverse), units, y,
+                        Saved(acts, h_prev, c_all, hn_all))
+    for b in range(B):
+        copy(h_n[b], hbuf[T % 2, b])
+
+
+@jit()
 def _units_grad(cell, t, first, tp, u0, u1, dy, dh, dc, c0, lengths, saved, grads, direct,
                 tc, db, peep):
     """The gate gradients of step ``t`` for hidden units ``[u0, u1)`` of every row, added
@@ -125,143 +201,51 @@ def _units_grad(cell, t, first, tp, u0, u1, dy, dh, dc, c0, lengths, saved, grad
                       gx, gh, direct[b, u0:u1], tc, db, peep)
 
 
-UnitLoops = namedtuple("UnitLoops", "forward forward_serial rows backward")
-
-
-@functools.cache
-def unit_loops(cell):
-    """:class:`UnitLoops` ``(forward, forward_serial, rows, backward)`` compiled for ``cell``
-    alone (a cell id of :mod:`._math`; see :func:`._loops.batch_loops`)."""
-
-    @jit(parallel=True)
-    def forward_loop_split(proj, weights, bias, hbuf, c, hg, seq, units, sync, y, saved):
-        """Same results as :func:`._loops.forward_loop`. ``units [P+1]``: the unit blocks of the
-        ``P`` threads; ``hbuf [2,B,H]`` holds ``h0`` in slot 0 and ends with ``h_n`` in slot
-        ``T % 2``; ``c`` holds ``c0`` and ends as ``c_n``; ``hg`` is scratch for the products;
-        ``sync`` is a zeroed ``int64 [3]``. With ``proj.per > 0`` the loop computes ``proj.xg``
-        itself: every ``per`` steps each thread projects the next ``per`` steps' rows of
-        ``proj.x [T*B,I]`` onto its units' rows of ``proj.w = w_ih`` (:func:`._gemm.matvec`):
-        it reads only its own columns of ``xg``, so no barrier is needed for them."""
-        xg, x2, w_ih, per = proj
-        lengths, reverse = seq
-        T = xg.shape[0]
-        B = hbuf.shape[1]
-        H = hbuf.shape[2]
-        G = xg.shape[2] // H
-        P = units.size - 1
-        keep = saved.acts.shape[0] == T
-        xg2 = xg.reshape((T * B, G * H))
-        for p in prange(P):
-            fpu = flush_denormals()
-            mode = start(sync, P)
-            if mode != 0:
-                meet = mode == PARALLEL
-                q0, q1 = (p, p + 1) if meet else (0, P)
-                for s in range(T):
-                    t = T - 1 - s if reverse else s
-                    ts = t if keep else 0
-                    cur, nxt = hbuf[s % 2], hbuf[1 - s % 2]
-                    if per > 0 and s % per == 0:
-                        n = min(per, T - s)
-                        lo = T - s - n if reverse else s  # the steps' times are lo .. lo+n-1
-                        for q in range(q0, q1):
-                            for g in range(G):
-                                matvec(x2, lo * B, (lo + n) * B, w_ih, g * H + units[q],
-                                       g * H + units[q + 1], xg2)
-                    for q in range(q0, q1):
-                        _units_step(cell, t, ts, q, units[q], units[q + 1], xg, weights, bias,
-                                    cur, nxt, c, hg, lengths, y, saved)
-                    if meet:
-                        barrier(sync, P, s + 1)
-            restore(fpu)
-
-    @jit()
-    def forward_serial(xg, weights, bias, hbuf, c, hg, seq, units, y, saved):
-        """:func:`forward_loop_serial` for this cell."""
-        forward_loop_serial(cell, xg, weights, bias, hbuf, c, hg, seq, units, y, saved)
-
-    @jit()
-    def forward_rows(x, h0, c0, w_ih, w_hh, b_ih, b_hh, peep, lengths, reverse, units,
-                     y, h_n, c_n, acts, h_prev, c_all, hn_all):
-        """A whole one-thread call of a few rows (a step of generation): the input projection
-        with the row-dot kernel, then :func:`forward_loop_serial` over the unit blocks
-        ``units`` (one, as a rule) on ``w_hh`` as it is.
-
-        Plain arrays in, nothing out: typing named tuples and boxing returned arrays at the
-        call would cost a good part of a step, so the caller allocates the outputs (``y
-        [T,B,H]``, ``h_n``, ``c_n [B,H]``) and the arrays of :class:`.Saved` (``acts``,
-        ``h_prev``, ``c_all``, ``hn_all``). ``x [T,B,I]`` C-contiguous; ``c0`` zeros for the
-        cells without a cell state; ``lengths [B]``, or empty when every row has ``T`` steps;
-        ``peep``: as in :class:`.Biases`."""
-        T, B, I = x.shape
-        GH, H = w_hh.shape
-        dt = x.dtype
-        xg = np.empty((T, B, GH), dt)
-        matvec(x.reshape((T * B, I)), ROW0, T * B, w_ih, ROW0, GH, xg.reshape((T * B, GH)))
-        lens = lengths
-        if lengths.size == 0:
-            lens = np.empty(B, np.int64)
-            for b in range(B):
-                lens[b] = T
-        hbuf = np.empty((2, B, H), dt)
-        for b in range(B):
-            copy(hbuf[0, b], h0[b])
-            copy(c_n[b], c0[b])
-        forward_loop_serial(cell, xg, UnitWeights(w_hh, np.empty((0, 1, 1), dt),
-                                                  np.zeros(1, np.int64)),
-                            Biases(b_ih, b_hh, b_ih + b_hh, peep), hbuf, c_n,
-                            np.empty((B, GH), dt), Sequence(lens, reverse), units, y,
-                            Saved(acts, h_prev, c_all, hn_all))
-        for b in range(B):
-            copy(h_n[b], hbuf[T % 2, b])
-
-    @jit(parallel=True)
-    def backward_loop_split(weights, dy, dh, dc, c0, seq, units, sync, saved, grads, dhp,
-                            direct, peep):
-        """Same results as :func:`._loops.backward_loop`. ``dh``, ``dc`` hold ``dh_n``,
-        ``dc_n`` and end as ``dh0``, ``dc0``; ``weights.packed``/``starts``: column block ``q``
-        of ``w_hh`` (unit block ``q``) packed by :func:`._gemm.pack_column_blocks`, or, when
-        ``packed`` is empty, ``weights.w_hh`` read as it is (:func:`._gemm.vecmat`: one step
-        of one or two rows); ``dhp`` is scratch for the products (``[B,H]`` unpacked),
-        ``direct [B,H]`` zeroed scratch (the GRU's ``z * dh``); ``grads.db [1, G*H + 3*H]``
-        (zeroed) receives the sums (each thread adds only its units' columns); ``peep``: the
-        peephole weights (:class:`.Biases`)."""
-        lengths, reverse = seq
-        wp, starts = weights.packed, weights.starts
-        dgh = grads.dgh
-        T = dgh.shape[0]
-        B = dh.shape[0]
-        P = units.size - 1
-        NR = wp.shape[2]
-        rowdot = wp.shape[0] == 0
-        for p in prange(P):
-            fpu = flush_denormals()
-            tc = np.empty(dh.shape[1], dgh.dtype)
-            mode = start(sync, P)
-            if mode != 0:
-                meet = mode == PARALLEL
-                q0, q1 = (p, p + 1) if meet else (0, P)
-                for s in range(T):
-                    t = s if reverse else T - 1 - s
-                    first = t == (T - 1 if reverse else 0)
-                    tp = t + 1 if reverse else t - 1
-                    for q in range(q0, q1):
-                        _units_grad(cell, t, first, tp, units[q], units[q + 1], dy, dh, dc, c0,
-                                    lengths, saved, grads, direct, tc, grads.db[0], peep)
-                    if meet:
-                        barrier(sync, P, s + 1)  # every unit's gate gradients are in dgh[t]
-                    for q in range(q0, q1):
-                        u0 = units[q]
-                        if rowdot:
-                            vecmat(dgh[t], ROW0, B, weights.w_hh, u0, units[q + 1], dhp)
-                            col = u0
-                        else:
-                            gemm_panels(dgh[t], ROW0, B, wp, starts[q], starts[q + 1], dhp, t)
-                            col = starts[q] * NR
-                        for b in range(B):
-                            if t < lengths[b]:
-                                for j in range(units[q + 1] - u0):
-                                    dh[b, u0 + j] = dhp[b, col + j] + direct[b, u0 + j]
-            restore(fpu)
-
-    return UnitLoops(forward_loop_split, forward_serial, forward_rows, backward_loop_split)
+@jit(parallel=True)
+def backward_loop_split(cell, weights, dy, dh, dc, c0, seq, units, sync, saved, grads, dhp,
+                        direct, peep):
+    """Same results as :func:`._loops.backward_loop`. ``dh``, ``dc`` hold ``dh_n``,
+    ``dc_n`` and end as ``dh0``, ``dc0``; ``weights.packed``/``starts``: column block ``q``
+    of ``w_hh`` (unit block ``q``) packed by :func:`._gemm.pack_column_blocks`, or, when
+    ``packed`` is empty, ``weights.w_hh`` read as it is (:func:`._gemm.vecmat`: one step
+    of one or two rows); ``dhp`` is scratch for the products (``[B,H]`` unpacked),
+    ``direct [B,H]`` zeroed scratch (the GRU's ``z * dh``); ``grads.db [1, G*H + 3*H]``
+    (zeroed) receives the sums (each thread adds only its units' columns); ``peep``: the
+    peephole weights (:class:`.Biases`)."""
+    lengths, reverse = seq
+    wp, starts = weights.packed, weights.starts
+    dgh = grads.dgh
+    T = dgh.shape[0]
+    B = dh.shape[0]
+    P = units.size - 1
+    NR = wp.shape[2]
+    rowdot = wp.shape[0] == 0
+    for p in prange(P):
+        fpu = flush_denormals()
+        tc = np.empty(dh.shape[1], dgh.dtype)
+        mode = start(sync, P)
+        if mode != 0:
+            meet = mode == PARALLEL
+            q0, q1 = (p, p + 1) if meet else (0, P)
+            for s in range(T):
+                t = s if reverse else T - 1 - s
+                first = t == (T - 1 if reverse else 0)
+                tp = t + 1 if reverse else t - 1
+                for q in range(q0, q1):
+                    _units_grad(cell, t, first, tp, units[q], units[q + 1], dy, dh, dc, c0,
+                                lengths, saved, grads, direct, tc, grads.db[0], peep)
+                if meet:
+                    barrier(sync, P, s + 1)  # every unit's gate gradients are in dgh[t]
+                for q in range(q0, q1):
+                    u0 = units[q]
+                    if rowdot:
+                        vecmat(dgh[t], ROW0, B, weights.w_hh, u0, units[q + 1], dhp)
+                        col = u0
+                    else:
+                        gemm_panels(dgh[t], ROW0, B, wp, starts[q], starts[q + 1], dhp, t)
+                        col = starts[q] * NR
+                    for b in range(B):
+                        if t < lengths[b]:
+                            for j in range(units[q + 1] - u0):
+                                dh[b, u0 + j] = dhp[b, col + j] + direct[b, u0 + j]
+        restore(fpu)

@@ -1,12 +1,13 @@
-"""Compile ahead of time: run every loop kind of one cell and dtype once on small arrays, so
-that Numba compiles and caches its kernels (``fastrnn compile``).
+"""Compile ahead of time: run every loop kind of one dtype once on small arrays, so that
+Numba compiles and caches its kernels (``fastrnn compile``).
 
 Each loop kind is run through the call the backend itself makes, with a plan chosen here
 instead of by the call's size: the batch split (forward and backward), the unit split on
 two blocks (forward and backward, packed and unpacked weights), the serial unit loop and
 the one-call path of a few rows; the packing and product kernels come with them, and the
-packing of large weights by all threads once per dtype. The arrays are random, so the
-compiled code is the code a real call of that cell and dtype runs.
+packing of large weights by all threads. Every cell runs in the same compiled loops (the
+cell is a run-time argument), so an LSTM's calls compile them for all cells. The arrays
+are random, so the compiled code is the code a real call runs.
 """
 
 import numpy as np
@@ -39,17 +40,16 @@ def _forward_backward(forward, backward, cell, p, plan, units):
     backward(cell, saved, dy, None, None, units)
 
 
-def warm(cell, dtype, forward, backward, forward_rows):
-    """Compile (or load from the cache) every kernel that ``cell`` in ``dtype`` runs, through
-    the backend's own ``forward(cell, ..., plan)``, ``backward(cell, ..., units)`` and
-    ``forward_rows`` (the package's internal steps of a call, given a plan here)."""
+def warm(dtype, forward, backward, forward_rows):
+    """Compile (or load from the cache) every loop kind in ``dtype``, through the backend's
+    own ``forward(cell, ..., plan)``, ``backward(cell, ..., units)`` and ``forward_rows``
+    (the package's internal steps of a call, given a plan here)."""
     _forward, _backward, _forward_rows = forward, backward, forward_rows
+    cell = "lstm"
     dtype = np.dtype(dtype)
     batch = _problem(cell, dtype, _B)
     _forward_backward(_forward, _backward, cell, batch, Plan(1, None, "gemm"), None)
     _forward_backward(_forward, _backward, cell, batch, Plan(1, None, "batch"), None)
-    if get_cell(cell).reset_before:
-        return  # (gru_reset_before runs the batch split only)
     # unpacked w_hh (batch 1); the one-step backward on unpacked w_hh; packed (over 128 rows)
     for B, T in ((1, _T), (1, 1), (_B, 40)):
         p = _problem(cell, dtype, B, T)
@@ -59,10 +59,6 @@ def warm(cell, dtype, forward, backward, forward_rows):
     p = _problem(cell, dtype, 1, 1)
     _forward_rows(cell, p["x"], p["h0"], p["c0"], p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"],
                   p["peepholes"], None, False, False, np.array([0, _H], np.int64))
-
-
-def warm_shared(dtype):
-    """The kernels no cell owns: packing large weights by all threads."""
-    big = np.ones((512, 600), dtype)  # over the parallel packing line
+    big = np.ones((512, 600), dtype)  # over the line where all threads pack
     pack(big, transpose=True)
     pack_column_blocks(big, [(0, 300), (300, 600)])
