@@ -172,6 +172,27 @@ def test_many_to_one_classifier_runs_in_onnx_runtime(batch_first, bidirectional,
     np.testing.assert_array_equal(back(x, lengths=lens), want)
 
 
+def test_fastrnn_torch_layers_export_and_other_torch_modules_are_refused(tmp_path):
+    torch = pytest.importorskip("torch")
+    import fastrnn.torch as ft
+    torch.manual_seed(0)
+    layer = ft.GRU(5, 6, num_layers=2, bidirectional=True, batch_first=True)
+    fo.export(layer, tmp_path / "t.onnx")
+    x = np.random.default_rng(0).standard_normal((3, 7, 5)).astype(np.float32)
+    lengths = np.array([7, 3, 5], np.int32)
+    sess = ort.InferenceSession(str(tmp_path / "t.onnx"), providers=["CPUExecutionProvider"])
+    out, h_n = sess.run(None, {"input": x, "sequence_lens": lengths})
+    packed = torch.nn.utils.rnn.pack_padded_sequence(torch.from_numpy(x), torch.tensor(lengths),
+                                                     batch_first=True, enforce_sorted=False)
+    with torch.no_grad():
+        want, want_h = layer(packed)
+    want, _ = torch.nn.utils.rnn.pad_packed_sequence(want, batch_first=True)
+    np.testing.assert_allclose(out, want.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(h_n, want_h.numpy(), rtol=1e-4, atol=1e-5)
+    with pytest.raises(TypeError, match="swap its fastrnn.torch layers back to torch.nn's"):
+        fo.export(torch.nn.Sequential(ft.LSTM(4, 8)), tmp_path / "s.onnx")
+
+
 def test_gru_reset_before_matches_onnx_reference_implementation(tmp_path):
     """An independent implementation of the published equations: ONNX's reference
     evaluator runs the exported GRU (linear_before_reset=0)."""

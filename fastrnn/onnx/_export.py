@@ -160,11 +160,44 @@ def _last_step(g, m, x, lengths_name):
     return out
 
 
+def _torch_module(model):
+    """Whether ``model`` is a PyTorch module (told without importing torch)."""
+    return any(c.__module__.split(".")[0] == "torch" for c in type(model).__mro__)
+
+
+def _native(model):
+    """A ``fastrnn.torch`` RNN, LSTM or GRU layer as fastrnn's own layer with its weights (the
+    writer reads fastrnn's layers); any other PyTorch module is an error that says what to
+    do."""
+    kind = type(model).__name__
+    if type(model).__module__.startswith("fastrnn.torch") and kind in ("RNN", "LSTM", "GRU"):
+        params = list(model.parameters())
+        dtype = np.dtype(str(params[0].dtype).split(".")[-1]) if params else np.float32
+        kw = dict(num_layers=model.num_layers, bias=model.bias, batch_first=model.batch_first,
+                  bidirectional=model.bidirectional, dtype=dtype)
+        if kind == "RNN":
+            layer = RNN(model.input_size, model.hidden_size, nonlinearity=model.nonlinearity,
+                        **kw)
+        elif kind == "GRU":
+            layer = GRU(model.input_size, model.hidden_size, **kw)
+        else:
+            layer = LSTM(model.input_size, model.hidden_size, proj_size=model.proj_size, **kw)
+        layer.load_state_dict({k: v.detach().cpu().numpy()
+                               for k, v in model.state_dict().items()})
+        return layer
+    raise TypeError(
+        f"model: fastrnn.onnx.export writes fastrnn's layers and Sequentials and single "
+        f"fastrnn.torch RNN, LSTM and GRU layers, got a {type(model).__module__}.{kind}; for "
+        "a whole PyTorch model, swap its fastrnn.torch layers back to torch.nn's (they share "
+        "their state_dict) and use torch.onnx.export")
+
+
 def export(model, path, *, lengths=True, initial_states=False, opset=OPSET):
     """Write ``model`` - an ``RNN``, ``LSTM`` or ``GRU`` layer, or a ``Sequential`` of such
     layers, ``Linear``, ``Embedding``, ``Dropout`` (the identity: the export is for
-    inference) and ``LastStep`` (many-to-one: ``output`` is then ``[B,F]``) - to ``path`` as
-    an ONNX model (opset ``opset``, at least 14).
+    inference) and ``LastStep`` (many-to-one: ``output`` is then ``[B,F]``), or a
+    ``fastrnn.torch`` RNN, LSTM or GRU layer - to ``path`` as an ONNX model (opset
+    ``opset``, at least 14).
 
     Inputs: ``input`` (as the model takes it: ``[T,B,I]``, or ``[B,T,I]`` with
     ``batch_first``; integer indices ``[T,B]`` for a leading ``Embedding``), with
@@ -174,6 +207,8 @@ def export(model, path, *, lengths=True, initial_states=False, opset=OPSET):
     Returns the ``onnx.ModelProto`` it wrote."""
     if isinstance(opset, bool) or not isinstance(opset, int) or opset < 14:
         raise ValueError(f"opset: expected an integer >= 14, got {opset!r}")
+    if _torch_module(model):
+        model = _native(model)
     modules = list(model) if isinstance(model, Sequential) else [model]
     if not modules:
         raise ValueError("model: an empty Sequential has nothing to export")
