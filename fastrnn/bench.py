@@ -206,9 +206,12 @@ def check_agreement(config, results):
 
 
 def _progress(done, total, label, stream):
+    """A bar redrawn in place on a terminal; a line per step in a file or a pipe."""
     width = 30
     filled = int(width * done / max(total, 1))
-    stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {label:<40}")
+    tty = hasattr(stream, "isatty") and stream.isatty()
+    bar = f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} "
+    stream.write(f"\r{bar}{label:<40}" if tty else f"{bar}{label}\n")
     stream.flush()
 
 
@@ -262,7 +265,8 @@ def run(configs, names, rounds=5, reps=3, reference_reps=1, threads=None, quick=
                 w.close()
         results.append(_summarise(config, times, rate, threads))
     _progress(total, total, "done", stream)
-    stream.write("\n")
+    if hasattr(stream, "isatty") and stream.isatty():
+        stream.write("\n")
     return results
 
 
