@@ -18,6 +18,7 @@ import os
 import numba
 import numpy as np
 
+from . import _compiled
 from ..cells import get_cell
 from ..gate_grads import input_and_weight_grads
 from ._affinity import plan as _pin_plan
@@ -33,7 +34,6 @@ from ._fork import child_safe
 from ._fpu import flush_denormals, restore
 from ._gemm import pack, pack_blocks, pack_column_blocks, panel_width
 from ._jit import CACHE, WAIT_SETTINGS, num_threads
-from . import _compiled
 from ._loops import backward_loop, forward_loop
 from ._math import CELL_IDS
 from ._split import (backward_loop_split, forward_loop_serial, forward_loop_split,
@@ -277,7 +277,7 @@ def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None, reverse=False
 def backward(cell, saved, dy, dh_n, dc_n):
     """Kernel contract backward (see DESIGN.md)."""
     dy, dh_n, dc_n = map(_writable, (dy, dh_n, dc_n))
-    (T, B, _), (GH, H) = saved["x"].shape, saved["w_hh"].shape
+    (T, B, _), GH = saved["x"].shape, saved["w_hh"].shape[0]
     threads = _threads_for(saved["x"].shape, saved["w_hh"].shape)
     units = _units_for(cell, T, B, GH, GH // get_cell(cell).gates, saved["x"].dtype.itemsize,
                        saved["w_hr"] is not None)
