@@ -64,11 +64,6 @@ def _after_fork_in_child():
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def controls_blas_threads():
-    """Whether NumPy's OpenBLAS was found, so GEMMs run split over our own threads."""
-    return _OPENBLAS is not None
-
-
 @contextlib.contextmanager
 def single_threaded_blas():
     """Hold NumPy's OpenBLAS at one thread for the duration (re-entrant, thread-safe)."""

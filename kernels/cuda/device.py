@@ -23,7 +23,6 @@ from .names import all_names
 __all__ = ["forward", "backward", "plan"]
 
 _DIR = os.path.dirname(os.path.abspath(__file__))
-THREADS = contract.THREADS
 _modules = {}
 _kernels = {}  # (device, name, smem) -> (kernel, resident blocks)
 
@@ -75,11 +74,6 @@ class _CuPyRuntime:
 
 
 RUNTIME = _CuPyRuntime()
-
-
-def plan(G, H, itemsize):
-    """:func:`.contract.plan` for the current device."""
-    return contract.plan(G, H, itemsize, RUNTIME.sms, RUNTIME.smem_optin)
 
 
 def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None, reverse=False,
