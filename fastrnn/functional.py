@@ -155,7 +155,7 @@ def rnn(cell, x, weights, h0=None, c0=None, *, num_layers=1, bidirectional=False
     H = getattr(weights[0][-1 if proj_size else 1], "shape", (0,))[-1]
     S = proj_size or H  # the state's size
     _check_weights(weights, spec, L, D, I, H, S, dtype, proj_size)
-    if proj_size >= H:
+    if proj_size and proj_size >= H:
         raise ValueError(f"proj_size: expected less than the hidden size {H}, got "
                          f"{proj_size}")
     if h0 is not None:

@@ -271,6 +271,24 @@ def test_cells_check_like_torch_and_ignore_the_training_flag():
         ft.LSTM(I, H)(torch.randn(0, B, I))
 
 
+@pytest.mark.parametrize("batched", [True, False])
+def test_cells_of_no_units_give_torchs_empty_states(batched):
+    for ours_cls, torch_cls in ((ft.RNNCell, torch.nn.RNNCell), (ft.GRUCell, torch.nn.GRUCell),
+                                (ft.LSTMCell, torch.nn.LSTMCell)):
+        ours, ref = ours_cls(3, 0).double(), torch_cls(3, 0).double()
+        x = torch.randn(*((2,) if batched else ()), 3, dtype=torch.float64)
+        results = []
+        for m in (ours, ref):
+            (xs,) = _leaves(x)
+            out = m(xs)
+            outs = out if isinstance(out, tuple) else (out,)
+            sum(o.sum() for o in outs).backward()
+            results.append(([o.shape for o in outs], xs.grad,
+                            [p.grad.shape for p in m.parameters()]))
+        assert results[0][0] == results[1][0] and results[0][2] == results[1][2]
+        assert torch.equal(results[0][1], results[1][1])
+
+
 def test_classes_state_dicts_and_repr_are_torchs():
     for cell, (ours_cls, torch_cls, kw) in PAIRS.items():
         m = ours_cls(I, H, num_layers=2, bidirectional=True, **kw)

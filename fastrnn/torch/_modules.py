@@ -188,6 +188,11 @@ class _Step:
         params = [self.weight_ih, self.weight_hh] + (
             [self.bias_ih, self.bias_hh] if self.bias else [])
         _check_runnable(who, x, params)
+        if self.hidden_size == 0:  # torch's empty state, still in the graph of the inputs
+            link = sum(t.sum() for t in (x, *states, *params)) * 0
+            h = x.new_zeros((B, 0)) + link
+            h, c = (h, h.clone()) if batched else (h[0], h[0].clone())
+            return (h, c) if lstm else h
         need = _grad_wanted(x, *states, *params)
         cx = states[1][None] if lstm else x.new_empty(0)
         _, h_n, c_n, _ = rnn(x[None], states[0][None], cx, params,
