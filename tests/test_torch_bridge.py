@@ -269,6 +269,11 @@ def test_cells_check_like_torch_and_ignore_the_training_flag():
             assert torch.equal(u, v)
     with pytest.raises(RuntimeError, match="Expected sequence length to be larger than 0"):
         ft.LSTM(I, H)(torch.randn(0, B, I))
+    packed = torch.nn.utils.rnn.pack_padded_sequence(  # lengths beyond the 3 padded steps
+        torch.randn(3, 2, I), torch.tensor([5, 2]), enforce_sorted=False)
+    with pytest.raises(ValueError, match="batch_sizes add up to 7 steps of data, but whose "
+                                         "data has 5"):
+        ft.LSTM(I, H)(packed)
 
 
 @pytest.mark.parametrize("batched", [True, False])

@@ -54,6 +54,12 @@ class _Sequence:
         who = f"fastrnn.torch.{type(self).__name__}"
         packed = isinstance(input, PackedSequence)
         if packed:
+            rows = int(input.batch_sizes.sum())
+            if rows != input.data.shape[0]:
+                raise ValueError(f"input: a PackedSequence whose batch_sizes add up to {rows} "
+                                 f"steps of data, but whose data has {input.data.shape[0]} "
+                                 "(were lengths longer than the padded sequences given to "
+                                 "pack_padded_sequence?)")
             padded, lengths = pad_packed_sequence(input, batch_first=False)
             batch_sizes, x, batched = input.batch_sizes, padded, True
         else:
