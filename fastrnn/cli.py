@@ -143,7 +143,10 @@ def compile_main(args):
     if not backends()["cpu"]["available"]:
         raise SystemExit(f"fastrnn compile: the cpu backend is unavailable here: "
                          f"{backends()['cpu']['reason']}")
-    dtypes = list(_compile.DTYPES) if args.all or not args.dtypes else args.dtypes.split(",")
+    if args.all and args.dtypes:
+        raise SystemExit("fastrnn compile: --all compiles every dtype; give --all or --dtypes, "
+                         "not both")
+    dtypes = args.dtypes.split(",") if args.dtypes else list(_compile.DTYPES)
     unknown = [d for d in dtypes if d not in _compile.DTYPES]
     if unknown:
         raise SystemExit(f"fastrnn compile: --dtypes: expected names from "

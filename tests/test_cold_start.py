@@ -59,3 +59,6 @@ def test_fastrnn_compile_fills_the_cache_and_info_lists_it():
                           "float32,float16"], capture_output=True, text=True)
     assert bad.returncode != 0 and "--dtypes: expected names from" in bad.stderr
     assert "got float16" in bad.stderr
+    both = subprocess.run([sys.executable, "-m", "fastrnn.cli", "compile", "--all",
+                           "--dtypes", "float32"], capture_output=True, text=True)
+    assert both.returncode != 0 and "give --all or --dtypes, not both" in both.stderr
