@@ -48,22 +48,51 @@ def test_kernels_import_nothing_from_fastrnn():
                 assert not any(a.name.startswith("fastrnn") for a in node.names), path
 
 
+def _imported_modules(tree):
+    """Every module an ``import`` or ``from ... import`` statement names (absolute ones)."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            yield node.module
+
+
 def test_only_the_bridges_import_torch():
     allowed = {"torch", "distributed.py", "_bench_worker.py", "bench.py", "cli.py"}
     for path in (ROOT / "fastrnn").rglob("*.py"):
         rel = path.relative_to(ROOT / "fastrnn").parts[0]
-        source = path.read_text()
-        if "import torch" in source:
+        if any(m.split(".")[0] == "torch" for m in _imported_modules(ast.parse(
+                path.read_text()))):
             assert rel in allowed, path
+
+
+def test_the_house_checks_see_every_form_of_import():
+    """The checks above read the code's syntax tree: ``from torch import nn``, a late
+    ``import torch.nn`` and an absolute ``from fastrnn.x import _y`` are all seen."""
+    tree = ast.parse("def f():\n    import torch.nn\nfrom torch import nn\n")
+    assert sorted(_imported_modules(tree)) == ["torch", "torch.nn"]
+    assert _private_imports(ast.parse("from fastrnn.kernels.cpu import _forward\n"
+                                      "from .x import _y, z\n")) == ["_forward", "_y"]
+
+
+def _private_imports(tree):
+    """Private names imported from another module, relative (``from .x import _y``) or of
+    the package (``from fastrnn.x import _y``); a private module itself (``from . import
+    _x``) is the package's own."""
+    private = []
+    for node in ast.walk(tree):
+        ours = node.level >= 1 or (node.module or "").split(".")[0] == "fastrnn" \
+            if isinstance(node, ast.ImportFrom) else False
+        if ours and node.module:
+            private += [a.name for a in node.names
+                        if a.name.startswith("_") and not a.name.startswith("__")]
+    return private
 
 
 def test_no_module_imports_another_modules_private_names():
     for path in list((ROOT / "fastrnn").rglob("*.py")) + list((ROOT / "kernels").rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level >= 1 and node.module:
-                private = [a.name for a in node.names
-                           if a.name.startswith("_") and not a.name.startswith("__")]
-                assert not private, f"{path.relative_to(ROOT)} imports {private}"
+        private = _private_imports(ast.parse(path.read_text()))
+        assert not private, f"{path.relative_to(ROOT)} imports {private}"
 
 
 def test_classes_relate_as_in_torch():
@@ -84,8 +113,10 @@ def _sources():
 
 def test_cell_ids_and_gate_counts_are_typed_only_in_cells_py():
     import re
-    mapping = re.compile(r"""["'](rnn_tanh|rnn_relu|rnn_sigmoid|lstm|gru)["']\s*:\s*\d""")
-    enum = re.compile(r"\b(RNN_TANH|RNN_RELU|RNN_SIGMOID|LSTM|GRU)\s*=\s*\d")
+    from fastrnn.kernels.cells import CELLS
+    names = "|".join(sorted(CELLS, key=len, reverse=True))  # every cell, variants included
+    mapping = re.compile(rf"""["']({names})["']\s*:\s*\d""")
+    enum = re.compile(rf"\b({names.upper()}|LSTM_P|GRU_RB)\s*=\s*\d")
     for path in _sources():
         if path == ROOT / "kernels" / "cells.py":
             continue
