@@ -44,21 +44,20 @@ def warm(dtype, forward, backward, forward_rows):
     """Compile (or load from the cache) every loop kind in ``dtype``, through the backend's
     own ``forward(cell, ..., plan)``, ``backward(cell, ..., units)`` and ``forward_rows``
     (the package's internal steps of a call, given a plan here)."""
-    _forward, _backward, _forward_rows = forward, backward, forward_rows
     cell = "lstm"
     dtype = np.dtype(dtype)
     batch = _problem(cell, dtype, _B)
-    _forward_backward(_forward, _backward, cell, batch, Plan(1, None, "gemm"), None)
-    _forward_backward(_forward, _backward, cell, batch, Plan(1, None, "batch"), None)
+    _forward_backward(forward, backward, cell, batch, Plan(1, None, "gemm"), None)
+    _forward_backward(forward, backward, cell, batch, Plan(1, None, "batch"), None)
     # unpacked w_hh (batch 1); the one-step backward on unpacked w_hh; packed (over 128 rows)
     for B, T in ((1, _T), (1, 1), (_B, 40)):
         p = _problem(cell, dtype, B, T)
         for plan in (Plan(2, _UNITS, "units"), Plan(2, _UNITS, "gemm"),
                      Plan(1, _UNITS, "gemm")):
-            _forward_backward(_forward, _backward, cell, p, plan, _UNITS)
+            _forward_backward(forward, backward, cell, p, plan, _UNITS)
     p = _problem(cell, dtype, 1, 1)
-    _forward_rows(cell, p["x"], p["h0"], p["c0"], p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"],
-                  p["peepholes"], None, False, False, np.array([0, _H], np.int64))
+    forward_rows(cell, p["x"], p["h0"], p["c0"], p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"],
+                 p["peepholes"], None, False, False, np.array([0, _H], np.int64))
     big = np.ones((512, 600), dtype)  # over the line where all threads pack
     pack(big, transpose=True)
     pack_column_blocks(big, [(0, 300), (300, 600)])
