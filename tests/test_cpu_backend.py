@@ -280,6 +280,28 @@ def test_one_step_on_two_threads_projects_in_the_loop_and_matches_the_reference(
     assert len(packs) == (0 if B <= 2 else 2)
 
 
+@pytest.mark.parametrize("cell", SPLIT_CELLS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_one_step_of_many_rows_takes_blas_products_and_matches_the_reference(
+        cell, dtype, monkeypatch):
+    """A one-step call of many rows (a cell's) computes both products by BLAS and only the
+    pointwise step in compiled code; lengths of 0 and 1, both directions."""
+    from fastrnn.kernels import cpu
+    monkeypatch.setattr(cpu, "_MIN_WORK_PER_THREAD", 10**12)  # one thread
+    steps = []
+    real = cpu._forward_step
+    monkeypatch.setattr(cpu, "_forward_step", lambda *a: (steps.append(a[0]), real(*a))[1])
+    B, H = cpu._STEP_GEMM_ROWS + 3, 37
+    x, weights, h0, c0 = random_problem(cell, 1, B, 11, H, 1, 2, dtype, seed=3,
+                                        scale=1 / np.sqrt(H))
+    lengths = [1, 0] * (B // 2) + [1] * (B % 2)
+    _assert_matches_reference(cell, x, weights, h0, c0, dtype, training=True,
+                              bidirectional=True, lengths=lengths)
+    _assert_matches_reference(cell, x, weights, h0, c0, dtype, training=False,
+                              bidirectional=True)
+    assert steps == [cell] * 4  # two directions, training and inference
+
+
 @pytest.mark.parametrize("cell", ["rnn_relu", "lstm_peephole", "gru"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("B", [1, 2])

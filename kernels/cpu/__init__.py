@@ -113,6 +113,12 @@ _SPLIT_LARGE_MAX_BATCH = 16
 _UNIT_ALIGN = 16  # unit blocks start on whole vectors
 
 
+# A one-step call (a cell's) of at least this many rows on one thread computes both
+# products, ``x @ w_ih.T`` and ``h0 @ w_hh.T``, by BLAS GEMMs and then only the pointwise
+# step in compiled code (the ``"step"`` plan): from here on a GEMM beats the row-dot
+# kernel by more than its call costs; on two threads, from twice as many rows when w_hh
+# is too large for one core's L2 (docs/performance-notes.md, "Cells").
+_STEP_GEMM_ROWS = 24
 # A call on one thread with at most this many rows computes its input projection with the
 # row-dot kernel (:func:`._gemm.matvec`, four rows a pass over ``w_ih``) instead of a BLAS
 # GEMM, whose fixed cost dominates there.
@@ -209,12 +215,16 @@ def _projection(T, B, I, GH, H, itemsize, threads, units):
     with the row-dot kernel, when w_ih stays in the thread's L2 beside its w_hh or the call
     is one step: the call needs no BLAS GEMM and no GEMM thread), ``"rowdot"`` (the row-dot
     kernel before the serial loop, both in one compiled call: a one-thread call of a few
-    rows) or ``"gemm"`` (one BLAS GEMM before the loop).
+    rows), ``"step"`` (a one-step call of many rows: both products by BLAS GEMMs, see
+    :data:`_STEP_GEMM_ROWS`) or ``"gemm"`` (one BLAS GEMM before the loop).
 
     The lines between them are measured in docs/performance-notes.md, "Where the input
     projection is computed"."""
     if units is None:
         return "batch" if _fuse_projection(I, GH, H, itemsize) else "gemm"
+    if T == 1 and B >= _STEP_GEMM_ROWS and (threads == 1 or (
+            B >= 2 * _STEP_GEMM_ROWS and GH * H * itemsize >= _SPLIT_LARGE_BYTES)):
+        return "step"
     # (a call of one step projects in the loop whatever the weights' size: no later step
     # needs w_hh in L2, and a GEMM of a few rows mostly packs the weights)
     fits = (I + H) * GH * itemsize <= (units.size - 1) * _UNIT_PROJECTION_BYTES
@@ -266,6 +276,9 @@ def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None, reverse=False
             # generation), and one compiled call
             return _forward_rows(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, peepholes,
                                  lengths, reverse, training, plan.units)
+        if plan.projection == "step":
+            return _forward_step(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, peepholes,
+                                 lengths, training, threads)
         with single_threaded_blas(), _at_most(threads), pinned(threads):
             return _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, (peepholes, w_hr),
                             lengths, reverse, training, plan)
@@ -324,9 +337,11 @@ def _kept(x, w_ih, w_hh, b_ih, seq, saved, c0, peep, w_hr):
 
 
 def _forward_rows(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, peepholes, lengths, reverse,
-                  training, units):
+                  training, units, hg=None):
     """A one-thread call of a few rows (the ``"rowdot"`` plan): the whole call in
-    :func:`._split.forward_rows`."""
+    :func:`._split.forward_rows`; with ``hg`` (the ``"step"`` plan) ``x [1,B,G*H]`` is
+    the input projection, ``hg [B,G*H]`` the recurrent one, and ``w_ih``, ``w_hh`` are
+    kept for backward only."""
     spec = get_cell(cell)
     T, B, _ = x.shape
     GH, H = w_hh.shape
@@ -339,18 +354,46 @@ def _forward_rows(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, peepholes, lengths, r
                   np.empty((steps if spec.has_cell_state else 1, B, H), dt),
                   np.empty((steps if spec.family == "gru" else 1, B, H), dt))
     peep = _peep(peepholes, dt)
+    if hg is None:
+        w_ih_, w_hh_, hg = w_ih, w_hh, np.empty((B, GH), dt)
+    else:  # (no rows: the products are given)
+        w_ih_, w_hh_ = np.empty((0, x.shape[2]), dt), np.empty((0, H), dt)
     # (contiguous, as the batch-split loop takes them: a strided state would compile
     # forward_rows once more)
     forward_rows(CELL_IDS[spec.name], np.ascontiguousarray(x), np.ascontiguousarray(h0),
-                 np.ascontiguousarray(c0_), np.ascontiguousarray(w_ih),
-                 np.ascontiguousarray(w_hh), b_ih_, b_hh_, peep,
+                 np.ascontiguousarray(c0_), np.ascontiguousarray(w_ih_),
+                 np.ascontiguousarray(w_hh_), b_ih_, b_hh_, peep,
                  _NO_LENGTHS if lengths is None else np.array(lengths, np.int64),
-                 bool(reverse), units, y, h_n, c_n, *saved)
+                 bool(reverse), units, y, h_n, c_n, *saved, hg)
     keep = None
     if training:
         keep = _kept(x, w_ih, w_hh, b_ih, _sequence(lengths, reverse, B, T), saved, c0_,
                      peep, None)
     return y, h_n, (c_n if spec.has_cell_state else None), keep
+
+
+def _forward_step(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, peepholes, lengths, training,
+                  threads):
+    """A one-step call of many rows (the ``"step"`` plan): ``x @ w_ih.T`` and ``h0 @
+    w_hh.T`` by BLAS (split over the threads when there are several), then the pointwise
+    step in one compiled call."""
+    B, GH = x.shape[1], w_hh.shape[0]
+    dt = x.dtype
+    xg, hg = np.empty((1, B, GH), dt), np.empty((B, GH), dt)
+    if threads > 1:
+        with single_threaded_blas(), _at_most(threads), pinned(threads):
+            matmul(x[0], w_ih.T, xg[0])
+            matmul(h0, w_hh.T, hg)
+    else:
+        with single_threaded_blas():
+            np.matmul(x[0], w_ih.T, out=xg[0])
+            np.matmul(h0, w_hh.T, out=hg)
+    units = np.asarray([0, w_hh.shape[1]], dtype=np.int64)
+    y, h_n, c_n, keep = _forward_rows(cell, xg, h0, c0, w_ih, w_hh, b_ih, b_hh, peepholes,
+                                      lengths, False, training, units, hg)
+    if keep is not None:  # (backward needs the input, not its projection)
+        keep["x"] = x
+    return y, h_n, c_n, keep
 
 
 def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, extra, lengths, reverse, training,

@@ -32,7 +32,7 @@ Grads = namedtuple("Grads", "dgx dgh dh0 dc0 db dhs")
 
 # How a forward call runs: threads it may use, units (the unit blocks of the unit-split
 # loops, or None for the batch split) and where the input projection is computed
-# ("gemm", "batch", "units" or "rowdot", see the package's _projection)
+# ("gemm", "batch", "units", "rowdot" or "step", see the package's _projection)
 Plan = namedtuple("Plan", "threads units projection")
 
 # The input projection: xg [T,B,G*H] (without bias), x the input and w its weights, per

@@ -3,16 +3,21 @@ portable row-dot matmul.
 
 Activations are specialised per dtype at compile time. float32 uses a rational tanh (the
 [12/12] Pade approximant from tanh's continued fraction, relative error below 4e-7 on
-float32, clamped where tanh is 1 to float32 precision), which vectorises; float64 uses libm.
-Both are overflow-safe: inputs of +-1e4 give finite results. Each is compiled once per
+float32, clamped where tanh is 1 to float32 precision); float64 an exp of its own (range
+reduction by ln 2, a degree-13 polynomial, the power of two written into the exponent
+bits; a few ulp) and tanh from its expm1. Neither calls libm, so the pointwise loops
+vectorise in both dtypes. Both are overflow-safe: inputs of +-1e4 give finite results. Each is compiled once per
 dtype and called (LLVM inlines it when it optimises the caller): inlined by Numba at every
 call site instead, the pointwise steps took three times as long to compile
 (docs/performance-notes.md, "Compilation").
 """
 
+import math
+
 import numpy as np
+from llvmlite import ir
 from numba import types
-from numba.extending import overload
+from numba.extending import intrinsic, overload
 from numpy.polynomial import polynomial as _poly
 
 from ..cells import CELLS
@@ -54,6 +59,51 @@ def has_cell_state(cell):
     return cell == LSTM or cell == LSTM_P
 
 
+@intrinsic
+def _f64_from_bits(typingctx, bits):
+    """The float64 whose bit pattern is the int64 ``bits`` (a register move)."""
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+    return types.float64(types.int64), codegen
+
+
+# exp(x) = 2^k exp(r), k = round(x / ln 2), r = x - k ln 2 (ln 2 in two parts, the first
+# exact in k * LN2_HI) in [-ln2/2, ln2/2], where Taylor's degree 13 leaves 4e-18
+LOG2E = 1.4426950408889634
+LN2_HI, LN2_LO = 6.93147180369123816490e-01, 1.90821492927058770002e-10
+E0, E1, E2, E3, E4, E5, E6, E7, E8, E9, E10, E11, E12, E13 = (
+    1.0 / math.factorial(k) for k in range(14))
+EXP_MIN = -708.0  # exp(-708) = 3e-308: 2^k stays a normal number
+EXPM1_SERIES = -0.35  # above: expm1 from its series, where exp(y) - 1 would cancel
+
+
+@jit()
+def exp_nonpositive(x):
+    """exp(x) in float64 for x <= 0 (below -708: exp(-708)), a few ulp."""
+    x = max(x, EXP_MIN)
+    k = np.floor(x * LOG2E + 0.5)
+    r = (x - k * LN2_HI) - k * LN2_LO
+    p = ((((((((((((E13 * r + E12) * r + E11) * r + E10) * r + E9) * r + E8) * r + E7) * r
+                + E6) * r + E5) * r + E4) * r + E3) * r + E2) * r + E1) * r + E0
+    return p * _f64_from_bits((np.int64(np.int32(k)) + 1023) << 52)
+
+
+@jit()
+def _expm1_nonpositive(y):
+    """exp(y) - 1 in float64 for y <= 0, without cancellation near 0."""
+    s = max(y, EXPM1_SERIES)
+    series = s * (E1 + s * (E2 + s * (E3 + s * (E4 + s * (E5 + s * (E6 + s * (
+        E7 + s * (E8 + s * (E9 + s * (E10 + s * (E11 + s * (E12 + s * E13))))))))))))
+    return series if y > EXPM1_SERIES else exp_nonpositive(y) - 1.0
+
+
+@jit()
+def _tanh64(x):
+    m = _expm1_nonpositive(-2.0 * abs(x))  # tanh|x| = -m / (2 + m)
+    t = -m / (2.0 + m)
+    return t if x >= 0 else -t
+
+
 def tanh(x):
     """tanh specialised per dtype (compiled code only)."""
     raise NotImplementedError
@@ -74,7 +124,7 @@ def _tanh_impl(x):
             q = (((((Q6 * u + Q5) * u + Q4) * u + Q3) * u + Q2) * u + Q1) * u + Q0
             return x * p / q
         return impl
-    return lambda x: np.tanh(x)
+    return lambda x: _tanh64(x)
 
 
 @overload(sigmoid, jit_options=OPTIONS)
@@ -84,7 +134,7 @@ def _sigmoid_impl(x):
 
     def impl(x):
         # exp only sees -|x|; branch-free: r = sigmoid(-|x|), and sigmoid(|x|) = 1 - r.
-        e = np.exp(-abs(x))
+        e = exp_nonpositive(-abs(x))
         r = e / (1.0 + e)
         return r + (x >= 0) * (1.0 - 2.0 * r)
     return impl

@@ -38,14 +38,17 @@ def _units_step(cell, t, ts, q, u0, u1, xg, weights, bias, cur, nxt, c, hg, leng
     """Step ``t`` for hidden units ``[u0, u1)`` (block ``q``) of every row: read ``cur``,
     write ``nxt``. The recurrent products come from :func:`._gemm.matvec` on
     ``weights.w_hh`` when ``weights.packed`` is empty (columns as in ``w_hh``), else from
-    the panels of block ``q``."""
+    the panels of block ``q``; when ``weights.w_hh`` has no rows, ``hg [B,G*H]`` already
+    holds them (a one-step call)."""
     B = hg.shape[0]
     H = cur.shape[1]
     G = xg.shape[2] // H
     n = u1 - u0
     wp, starts = weights.packed, weights.starts
-    rowdot = wp.shape[0] == 0
-    if rowdot:
+    if weights.w_hh.shape[0] == 0:  # hg already holds the products (a one-step call's,
+        # computed by BLAS), columns as in w_hh
+        gate_at = (u0, H + u0, 2 * H + u0, 3 * H + u0)
+    elif wp.shape[0] == 0:
         back = t % 2 == 1  # alternate: start on the weights the last step read last
         for i in range(G):
             g = G - 1 - i if back else i
@@ -137,22 +140,31 @@ def forward_loop_serial(cell, xg, weights, bias, hbuf, c, hg, seq, units, y, sav
 
 @jit()
 def forward_rows(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, peep, lengths, reverse, units,
-                 y, h_n, c_n, acts, h_prev, c_all, hn_all):
+                 y, h_n, c_n, acts, h_prev, c_all, hn_all, hg):
     """A whole one-thread call of a few rows (a step of generation): the input projection
     with the row-dot kernel, then :func:`forward_loop_serial` over the unit blocks
     ``units`` (one, as a rule) on ``w_hh`` as it is.
 
     Plain arrays in, nothing out: typing named tuples and boxing returned arrays at the
     call would cost a good part of a step, so the caller allocates the outputs (``y
-    [T,B,H]``, ``h_n``, ``c_n [B,H]``) and the arrays of :class:`.Saved` (``acts``,
-    ``h_prev``, ``c_all``, ``hn_all``). ``x [T,B,I]`` C-contiguous; ``c0`` zeros for the
-    cells without a cell state; ``lengths [B]``, or empty when every row has ``T`` steps;
-    ``peep``: as in :class:`.Biases`."""
+    [T,B,H]``, ``h_n``, ``c_n [B,H]``), the arrays of :class:`.Saved` (``acts``,
+    ``h_prev``, ``c_all``, ``hn_all``) and ``hg [B,G*H]``, scratch for the recurrent
+    products. ``x [T,B,I]`` C-contiguous; ``c0`` zeros for the cells without a cell state;
+    ``lengths [B]``, or empty when every row has ``T`` steps; ``peep``: as in
+    :class:`.Biases`.
+
+    A one-step call whose products BLAS computed (the ``"step"`` plan) passes ``w_ih`` and
+    ``w_hh`` with no rows, ``x [1,B,G*H]`` the input projection and ``hg`` the recurrent
+    one."""
     T, B, I = x.shape
-    GH, H = w_hh.shape
+    GH = hg.shape[1]
+    H = w_hh.shape[1]
     dt = x.dtype
-    xg = np.empty((T, B, GH), dt)
-    matvec(x.reshape((T * B, I)), ROW0, T * B, w_ih, ROW0, GH, xg.reshape((T * B, GH)))
+    if w_ih.shape[0] == 0:
+        xg = x
+    else:
+        xg = np.empty((T, B, GH), dt)
+        matvec(x.reshape((T * B, I)), ROW0, T * B, w_ih, ROW0, GH, xg.reshape((T * B, GH)))
     lens = lengths
     if lengths.size == 0:
         lens = np.empty(B, np.int64)
@@ -164,9 +176,8 @@ def forward_rows(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, peep, lengths, reverse
         copy(c_n[b], c0[b])
     forward_loop_serial(cell, xg, UnitWeights(w_hh, np.empty((0, 1, 1), dt),
                                               np.zeros(1, np.int64)),
-                        Biases(b_ih, b_hh, b_ih + b_hh, peep), hbuf, c_n,
-                        np.empty((B, GH), dt), Sequence(lens, reverse), units, y,
-                        Saved(acts, h_prev, c_all, hn_all))
+                        Biases(b_ih, b_hh, b_ih + b_hh, peep), hbuf, c_n, hg,
+                        Sequence(lens, reverse), units, y, Saved(acts, h_prev, c_all, hn_all))
     for b in range(B):
         copy(h_n[b], hbuf[T % 2, b])
 
