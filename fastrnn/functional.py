@@ -94,7 +94,7 @@ def _rng_for(xp, rng):
 
 def rnn(cell, x, weights, h0=None, c0=None, *, num_layers=1, bidirectional=False,
         lengths=None, dropout=0.0, training=True, rng=None, backend=None, save=None,
-        proj_size=0):
+        proj_size=0, guard=True):
     """Run a stacked, optionally bidirectional recurrent network.
 
     Parameters
@@ -129,6 +129,13 @@ def rnn(cell, x, weights, h0=None, c0=None, *, num_layers=1, bidirectional=False
     proj_size : int
         ``P > 0``: the LSTMs' projection of PyTorch's ``proj_size``, ``h = w_hr @ (o *
         tanh(c))``; the state ``h`` and the outputs have ``P`` units (``h0 [L*D,B,P]``).
+    guard : bool
+        When saving: copy the input and the initial states, and fingerprint the weights,
+        so that :func:`rnn_backward` computes the gradients of this call (or refuses with
+        :class:`WeightChangedError`) whatever the caller changes in place afterwards.
+        False: the caller guarantees that ``x``, ``h0``, ``c0`` and the weights stay as
+        they are until :func:`rnn_backward` (``fastrnn.torch`` does: PyTorch's saved
+        tensors check their versions); nothing is copied or fingerprinted.
 
     Returns
     -------
@@ -169,15 +176,17 @@ def rnn(cell, x, weights, h0=None, c0=None, *, num_layers=1, bidirectional=False
         raise ValueError(f"dropout: expected a probability in [0, 1], got {dropout}")
     lengths = check_lengths(lengths, B, T)
     # (the caller's states are copied when saving: the kernels may keep them for backward)
-    h0 = xp.zeros((L * D, B, S), dtype) if h0 is None else h0.copy() if save else h0
+    copy = save and guard
+    h0 = xp.zeros((L * D, B, S), dtype) if h0 is None else h0.copy() if copy else h0
     if spec.has_cell_state:
-        c0 = xp.zeros((L * D, B, H), dtype) if c0 is None else c0.copy() if save else c0
+        c0 = xp.zeros((L * D, B, H), dtype) if c0 is None else c0.copy() if copy else c0
 
     h_n = xp.empty((L * D, B, S), dtype)
     c_n = xp.empty((L * D, B, H), dtype) if spec.has_cell_state else None
     saved, masks = [], []
     inp = xp.ascontiguousarray(x)
-    if save:
+    weight_prints = None
+    if copy:
         # Backward needs the input, the initial states and the weights as forward saw them.
         # The caller's input is copied, unless making it contiguous already did (the states
         # were copied above); the weights are fingerprinted instead (a pass at memory
@@ -259,7 +268,7 @@ def rnn_backward(ctx, grad_output, grad_h_n=None, grad_c_n=None):
         raise ValueError(f"grad_c_n: only the LSTM has a cell state, got an array for "
                          f"{spec.name!r}")
     names = weight_names(spec.name, ctx["proj_size"])
-    for k, (group, prints) in enumerate(zip(ctx["weights"], ctx["weight_prints"])):
+    for k, (group, prints) in enumerate(zip(ctx["weights"], ctx["weight_prints"] or ())):
         for j, before in prints:
             if fingerprint(group[j]) != before:
                 layer, d = divmod(k, D)

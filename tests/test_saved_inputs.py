@@ -117,3 +117,26 @@ def test_fingerprint_sees_every_single_change_and_agrees_with_numpy(dtype, size)
         b = a.copy()
         b[[0, -1]] = b[[-1, 0]]
         assert fingerprint(b) != base
+
+
+@pytest.mark.parametrize("backend", numpy_backends())
+def test_unguarded_call_keeps_the_callers_arrays_and_checks_nothing(backend):
+    """``guard=False``: the caller promises the arrays stay as they are (fastrnn.torch,
+    whose saved tensors check their versions); the context holds them, not copies, and
+    backward computes from what it finds."""
+    rng = np.random.default_rng(5)
+    ws = [(rng.standard_normal((24, 3)), rng.standard_normal((24, 6)),
+           rng.standard_normal(24), rng.standard_normal(24))]
+    x, h0, c0 = rng.standard_normal((4, 2, 3)), rng.standard_normal((1, 2, 6)), \
+        rng.standard_normal((1, 2, 6))
+    dy = rng.standard_normal((4, 2, 6))
+    out, _, _, ctx = functional.rnn("lstm", x, ws, h0, c0, backend=backend, guard=False)
+    want = functional.rnn_backward(
+        functional.rnn("lstm", x, ws, h0, c0, backend=backend)[3], dy)
+    got = functional.rnn_backward(ctx, dy)
+    for g, w in zip(got[:3] + tuple(got[3][0]), want[:3] + tuple(want[3][0])):
+        assert_close(g, w, np.float64, "gradient")
+    ws[0][1][0, 0] += 1  # no fingerprint: no error, and no copy of x either
+    functional.rnn_backward(ctx, dy)
+    x[...] = 0
+    assert not np.allclose(functional.rnn_backward(ctx, dy)[3][0][0], want[3][0][0])

@@ -501,3 +501,16 @@ def test_cuda_tensors_match_torch_nn(cell):
     _close(g0, g1, "input gradient", 1e-9)
     for a, b in zip(p0, p1):
         _close(a, b, "parameter gradient", 1e-9)
+
+
+@pytest.mark.parametrize("Module", ["LSTM", "LSTMCell"])
+def test_a_weight_changed_in_place_before_backward_is_torchs_error(Module):
+    """The bridge keeps no copies: autograd's saved tensors catch a change in place."""
+    m = getattr(ft, Module)(3, 5).double()
+    x = torch.randn(4, 3, dtype=torch.float64) if Module.endswith("Cell") else \
+        torch.randn(2, 4, 3, dtype=torch.float64)
+    out = m(x)[0]
+    with torch.no_grad():
+        m.weight_hh.add_(1) if Module.endswith("Cell") else m.weight_hh_l0.add_(1)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()

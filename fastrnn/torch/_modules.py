@@ -51,6 +51,9 @@ class _Sequence:
         """Harmless: fastrnn reads the parameters where they are."""
 
     def _run(self, input, hx, lstm):
+        # (as torch's forward: parameters swapped in since - torch.func.functional_call,
+        # stateless reparametrization - replace the cached list)
+        self._update_flat_weights()
         who = f"fastrnn.torch.{type(self).__name__}"
         packed = isinstance(input, PackedSequence)
         if packed:

@@ -22,7 +22,7 @@ import torch
 from .. import functional
 from ..kernels.cells import get_cell
 
-_contexts = {}  # handle -> what rnn_backward needs, dropped with the handle's tensor
+_contexts = {}  # handle -> [what rnn_backward needs, handles referring to it]
 _handles = itertools.count(1)
 
 
@@ -85,14 +85,28 @@ def _groups(weights, has_bias, proj_size):
     return groups
 
 
-def _release(handle):
-    _contexts.pop(handle, None)
+def _hold(handle, keys):
+    """``handle`` (a tensor) refers to the contexts ``keys``: each is dropped once every
+    handle that refers to it is gone (a forward's own, and under ``vmap`` the stacked one)."""
+    for key in keys:
+        _contexts[key][1] += 1
+    weakref.finalize(handle, _release, keys)
+
+
+def _release(keys):
+    for key in keys:
+        entry = _contexts.get(key)
+        if entry is not None:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del _contexts[key]
 
 
 def _compute(x, hx, cx, weights, lengths, cell, num_layers, bidirectional, has_bias,
-             dropout, training, save, backend, proj_size):
+             dropout, training, save, backend, proj_size, guard=True):
     """:func:`fastrnn.functional.rnn` on the tensors' memory: output, h_n, c_n (empty but
-    for the LSTM), and what backward needs (None unless ``save``)."""
+    for the LSTM), and what backward needs (None unless ``save``). ``guard``: as in
+    :func:`fastrnn.functional.rnn` (False where autograd saved the tensors)."""
     with _stream(x.device):
         out, h_n, c_n, ctx = functional.rnn(
             cell, _array(x), _groups(weights, has_bias, proj_size), _array(hx),
@@ -100,7 +114,7 @@ def _compute(x, hx, cx, weights, lengths, cell, num_layers, bidirectional, has_b
             bidirectional=bidirectional,
             lengths=lengths.numpy() if lengths.numel() else None, dropout=dropout,
             training=training, rng=_TorchUniform(x.device), save=save,
-            backend=backend or None, proj_size=proj_size)
+            backend=backend or None, proj_size=proj_size, guard=guard)
     return _tensor(out, x), _tensor(h_n, x), _tensor(c_n, x), ctx
 
 
@@ -110,28 +124,37 @@ def _rnn(x: torch.Tensor, hx: torch.Tensor, cx: torch.Tensor, weights: list[torc
          proj_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Output ``[T,B,D*H]``, ``h_n``, ``c_n`` (empty but for the LSTM) and a handle
     (int64 scalar; 0 when nothing was saved)."""
-    out, h_n, c_n, ctx = _compute(x, hx, cx, weights, lengths, cell, num_layers,
+    return _with_handle(*_compute(x, hx, cx, weights, lengths, cell, num_layers,
                                   bidirectional, has_bias, dropout, training, save, backend,
-                                  proj_size)
+                                  proj_size))
+
+
+def _with_handle(out, h_n, c_n, ctx):
+    """:func:`_compute`'s results with ``ctx`` behind a handle tensor."""
     handle = torch.zeros((), dtype=torch.int64)
     if ctx is not None:
         key = next(_handles)
-        _contexts[key] = ctx
+        _contexts[key] = [ctx, 0]
         handle.fill_(key)
-        weakref.finalize(handle, _release, key)
+        _hold(handle, [key])
     return out, h_n, c_n, handle
 
 
 rnn_op = torch.library.custom_op("fastrnn::rnn", mutates_args=())(_rnn)
 
 
-def rnn(*args):
-    """:func:`rnn_op`; a call that saves nothing for backward (``save`` False) outside
-    ``torch.compile`` skips the operator's dispatch (~0.1-0.2 ms a call) and runs it
-    directly."""
-    if args[11] or torch.compiler.is_compiling():
-        return rnn_op(*args)
-    return _compute(*args)
+def rnn(x, hx, cx, weights, lengths, *config):
+    """:func:`rnn_op` under ``torch.compile``; otherwise the same computation without the
+    operator's dispatch (0.1-1 ms a call): directly when it saves nothing for backward
+    (``save`` False), else through :class:`_RNN`, whose autograd formula and ``vmap`` rule
+    serve eager code and ``torch.func``."""
+    if torch.compiler.is_compiling():
+        return rnn_op(x, hx, cx, weights, lengths, *config)
+    if torch._C._are_functorch_transforms_active():
+        return _RNN.apply(x, hx, cx, lengths, config, *weights)
+    if config[6]:  # save
+        return _RNNEager.apply(x, hx, cx, lengths, config, *weights)
+    return _compute(x, hx, cx, weights, lengths, *config)
 
 
 @rnn_op.register_fake
@@ -146,13 +169,11 @@ def _rnn_fake(x, hx, cx, weights, lengths, cell, num_layers, bidirectional, has_
             x.new_empty((), dtype=torch.int64))
 
 
-@torch.library.custom_op("fastrnn::rnn_backward", mutates_args=())
-def rnn_backward_op(handle: torch.Tensor, grad_out: torch.Tensor, grad_hn: torch.Tensor,
-                    grad_cn: torch.Tensor, x: torch.Tensor, hx: torch.Tensor,
-                    cx: torch.Tensor, weights: list[torch.Tensor]) -> list[torch.Tensor]:
+def _rnn_backward(handle, grad_out, grad_hn, grad_cn, x, hx, cx, weights):
     """``[grad_x, grad_hx, grad_cx, *grad_weights]`` for the forward behind ``handle``
     (``x``, ``hx``, ``cx`` and ``weights`` give the shapes and the device)."""
-    ctx = _contexts.get(int(handle))
+    entry = _contexts.get(int(handle))
+    ctx = entry[0] if entry is not None else None
     if ctx is None:
         raise RuntimeError("fastrnn: nothing was saved for this backward (the forward ran "
                            "without gradients, or its graph was already freed)")
@@ -165,6 +186,14 @@ def rnn_backward_op(handle: torch.Tensor, grad_out: torch.Tensor, grad_hn: torch
     for group in dws:
         grads += [_tensor(g, x) for g in group if g is not None]
     return grads
+
+
+@torch.library.custom_op("fastrnn::rnn_backward", mutates_args=())
+def rnn_backward_op(handle: torch.Tensor, grad_out: torch.Tensor, grad_hn: torch.Tensor,
+                    grad_cn: torch.Tensor, x: torch.Tensor, hx: torch.Tensor,
+                    cx: torch.Tensor, weights: list[torch.Tensor]) -> list[torch.Tensor]:
+    """:func:`_rnn_backward` as an operator (what ``torch.compile`` traces)."""
+    return _rnn_backward(handle, grad_out, grad_hn, grad_cn, x, hx, cx, weights)
 
 
 @rnn_backward_op.register_fake
@@ -181,7 +210,8 @@ def _setup_context(ctx, inputs, output):
     ctx.out_shape = output[0].shape
 
 
-def _backward(ctx, grad_out, grad_hn, grad_cn, _grad_handle):
+def _grads_in(ctx, grad_out, grad_hn, grad_cn):
+    """The saved tensors and the output gradients, zeros where autograd gave None."""
     handle, x, hx, cx, *weights = ctx.saved_tensors
     grad_out = grad_out if grad_out is not None else x.new_zeros(ctx.out_shape)
     grad_hn = grad_hn if grad_hn is not None else torch.zeros_like(hx)
@@ -189,15 +219,128 @@ def _backward(ctx, grad_out, grad_hn, grad_cn, _grad_handle):
         grad_cn = cx.new_empty(0)
     elif grad_cn is None:
         grad_cn = torch.zeros_like(cx)
-    dx, dh, dc, *dws = rnn_backward_op(handle, grad_out, grad_hn, grad_cn, x, hx, cx, weights)
+    return handle, grad_out, grad_hn, grad_cn, x, hx, cx, weights
+
+
+def _backward(ctx, grad_out, grad_hn, grad_cn, _grad_handle):
+    handle, g_out, g_hn, g_cn, x, hx, cx, weights = _grads_in(ctx, grad_out, grad_hn, grad_cn)
+    dx, dh, dc, *dws = rnn_backward_op(handle, g_out, g_hn, g_cn, x, hx, cx, weights)
     need = ctx.needs_input_grad
     return (dx if need[0] else None, dh if need[1] else None,
             dc if ctx.lstm and need[2] else None, dws) + (None,) * 10
 
 
+_DOUBLE_BACKWARD = ("fastrnn: gradients of gradients (double backward) are not supported; "
+                    "compute first-order gradients only")
+
+
 def _no_double_backward(ctx, *grads):
-    raise RuntimeError("fastrnn: gradients of gradients (double backward) are not "
-                       "supported; compute first-order gradients only")
+    raise RuntimeError(_DOUBLE_BACKWARD)
+
+
+def _slices(args, in_dims, i):
+    """Sample ``i`` of the arguments a ``vmap`` rule receives (unmapped ones as they are)."""
+    return [a.select(d, i) if isinstance(a, torch.Tensor) and d is not None else a
+            for a, d in zip(args, in_dims)]
+
+
+class _RNN(torch.autograd.Function):
+    """:func:`rnn_op` for eager code: the same forward and gradients, without the custom
+    operator's dispatch, and with a ``vmap`` rule (``torch.func.vmap``, ``jacrev``,
+    per-sample gradients): one call per sample of the mapped dimension."""
+
+    @staticmethod
+    def forward(x, hx, cx, lengths, config, *weights):
+        # (autograd saves the inputs and weights, and checks their versions in backward:
+        # nothing to copy or fingerprint)
+        return _with_handle(*_compute(x, hx, cx, weights, lengths, *config, guard=False))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, hx, cx, _, config, *weights = inputs
+        ctx.save_for_backward(output[3], x, hx, cx, *weights)
+        ctx.lstm = config[0] == "lstm"
+        ctx.out_shape = output[0].shape
+        ctx.mark_non_differentiable(output[3])
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_hn, grad_cn, _grad_handle):
+        handle, g_out, g_hn, g_cn, x, hx, cx, weights = _grads_in(ctx, grad_out, grad_hn,
+                                                                  grad_cn)
+        if torch._C._are_functorch_transforms_active():
+            grads = _RNNBackward.apply(handle, g_out, g_hn, g_cn, x, hx, cx, *weights)
+        elif any(map(torch._C._functorch.is_legacy_batchedtensor, (g_out, g_hn, g_cn))):
+            grads = _legacy_vmap_backward(handle, g_out, g_hn, g_cn, x, hx, cx, weights)
+        else:
+            grads = _RNNBackwardEager.apply(handle, g_out, g_hn, g_cn, x, hx, cx, *weights)
+        dx, dh, dc, *dws = grads
+        need = ctx.needs_input_grad
+        return (dx if need[0] else None, dh if need[1] else None,
+                dc if ctx.lstm and need[2] else None, None, None, *dws)
+
+    @staticmethod
+    def vmap(info, in_dims, x, hx, cx, lengths, config, *weights):
+        args = (x, hx, cx, lengths, config, *weights)
+        outs = [_RNN.apply(*_slices(args, in_dims, i)) for i in range(info.batch_size)]
+        out, h_n, c_n, handles = (torch.stack(parts) for parts in zip(*outs))
+        keys = [int(h) for h in handles if int(h)]
+        if keys:  # (the samples' handles may go before the stacked one)
+            _hold(handles, keys)
+        return (out, h_n, c_n, handles), (0, 0, 0, 0)
+
+
+def _legacy_vmap_backward(handle, grad_out, grad_hn, grad_cn, x, hx, cx, weights):
+    """Backward under the older ``torch._vmap_internals.vmap`` (gradcheck's batched-gradient
+    check), which knows no ``vmap`` rules of autograd functions: one backward per sample
+    of the mapped output gradients, the results mapped again at that vmap's level."""
+    level = torch._C._vmapmode_increment_nesting() - 1  # (the level of the running vmap)
+    torch._C._vmapmode_decrement_nesting()
+    batched = [g for g in (grad_out, grad_hn, grad_cn)
+               if torch._C._functorch.is_legacy_batchedtensor(g)]
+    size = torch._remove_batch_dim(batched[0], level, 1, 0).shape[0]
+    grads = [torch._remove_batch_dim(g, level, size, 0)
+             if torch._C._functorch.is_legacy_batchedtensor(g) else g.expand(size, *g.shape)
+             for g in (grad_out, grad_hn, grad_cn)]
+    per = [_RNNBackwardEager.apply(handle, *(g[i] for g in grads), x, hx, cx, *weights)
+           for i in range(size)]
+    return [torch._add_batch_dim(torch.stack(parts), 0, level) for parts in zip(*per)]
+
+
+class _RNNEager(_RNN):
+    """:class:`_RNN` outside ``torch.func`` transforms, in the older form whose ``forward``
+    sets up its own context: ``apply`` then skips binding the arguments to the signature
+    (``inspect``, some 20 us a call)."""
+
+    setup_context = torch.autograd.Function.setup_context
+
+    @staticmethod
+    def forward(ctx, *args):
+        output = _RNN.forward(*args)
+        _RNN.setup_context(ctx, args, output)
+        return output
+
+
+class _RNNBackward(torch.autograd.Function):
+    """:func:`_rnn_backward` for :class:`_RNN`, with a ``vmap`` rule (``jacrev``,
+    per-sample gradients); differentiating it again is an error."""
+
+    @staticmethod
+    def forward(handle, grad_out, grad_hn, grad_cn, x, hx, cx, *weights):
+        return tuple(_rnn_backward(handle, grad_out, grad_hn, grad_cn, x, hx, cx, weights))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(_DOUBLE_BACKWARD)
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        outs = [_RNNBackward.apply(*_slices(args, in_dims, i))
+                for i in range(info.batch_size)]
+        return tuple(torch.stack(parts) for parts in zip(*outs)), (0,) * len(outs[0])
 
 
 def _setup_nothing(ctx, inputs, output):
@@ -206,3 +349,13 @@ def _setup_nothing(ctx, inputs, output):
 
 rnn_op.register_autograd(_backward, setup_context=_setup_context)
 rnn_backward_op.register_autograd(_no_double_backward, setup_context=_setup_nothing)
+
+
+class _RNNBackwardEager(_RNNBackward):
+    """:class:`_RNNBackward` outside ``torch.func`` transforms (see :class:`_RNNEager`)."""
+
+    setup_context = torch.autograd.Function.setup_context
+
+    @staticmethod
+    def forward(ctx, *args):
+        return _RNNBackward.forward(*args)
