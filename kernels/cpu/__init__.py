@@ -494,7 +494,12 @@ def _backward(cell, saved, dy, dh_n, dc_n, units):
                       kept, grads, saved["peep"], wr)
     else:
         grads = Grads(dgx, dgh, dh_n.copy(), dc_n.copy(), np.zeros((1, GH + 3 * H), dt), dhs)
-        if _unpacked_backward(T, B):
+        direct = np.zeros((B, H), dt)
+        blas_dh = T == 1 and B > _SPLIT_MAX_BATCH  # (one step of several rows)
+        if blas_dh:  # the loop leaves dh0 to the GEMM below (w_hh of no rows)
+            wp, starts = np.empty((0, 1, panel_width(dt)), dt), np.zeros(1, np.int64)
+            dhp = np.empty((0, H), dt)
+        elif _unpacked_backward(T, B):
             wp, starts = np.empty((0, 1, panel_width(dt)), dt), np.zeros(1, np.int64)
             dhp = np.empty((B, H), dt)
         else:
@@ -502,10 +507,16 @@ def _backward(cell, saved, dy, dh_n, dc_n, units):
                                                    for q in range(units.size - 1)])
             dhp = np.empty((B, starts[-1] * panel_width(dt)), dt)
         backward_loop_split(CELL_IDS[spec.name],
-                            UnitWeights(np.ascontiguousarray(w_hh), wp, starts),
+                            UnitWeights(np.empty((0, H), dt) if blas_dh
+                                        else np.ascontiguousarray(w_hh), wp, starts),
                             np.ascontiguousarray(dy), grads.dh0, grads.dc0, saved["c0"],
                             saved["seq"], units, np.zeros(3, np.int64), kept, grads, dhp,
-                            np.zeros((B, H), dt), saved["peep"])
+                            direct, saved["peep"])
+        if blas_dh:
+            dh0 = matmul(dgh[0], w_hh, np.empty((B, H), dt))
+            dh0 += direct
+            steps = saved["seq"].lengths > 0  # (a row of no step passes dh_n through)
+            np.copyto(grads.dh0, dh0, where=steps[:, None])
     # (the loops summed the bias gradients: the shared helper gets has_bias=False)
     dx, dw_ih, dw_hh, _, _ = input_and_weight_grads(
         np, matmul, dgx, dgh, x, kept.h_prev, w_ih, False, spec.name == "gru", empty,

@@ -219,7 +219,9 @@ def backward_loop_split(cell, weights, dy, dh, dc, c0, seq, units, sync, saved, 
     ``dc_n`` and end as ``dh0``, ``dc0``; ``weights.packed``/``starts``: column block ``q``
     of ``w_hh`` (unit block ``q``) packed by :func:`._gemm.pack_column_blocks`, or, when
     ``packed`` is empty, ``weights.w_hh`` read as it is (:func:`._gemm.vecmat`: one step
-    of one or two rows); ``dhp`` is scratch for the products (``[B,H]`` unpacked),
+    of one or two rows), or, when ``weights.w_hh`` has no rows either, not at all: a
+    one-step call whose caller computes ``dh0 = dgh[0] @ w_hh + direct`` (for the rows
+    with a step) by BLAS; ``dhp`` is scratch for the products (``[B,H]`` unpacked),
     ``direct [B,H]`` zeroed scratch (the GRU's ``z * dh``); ``grads.db [1, G*H + 3*H]``
     (zeroed) receives the sums (each thread adds only its units' columns); ``peep``: the
     peephole weights (:class:`.Biases`)."""
@@ -248,6 +250,8 @@ def backward_loop_split(cell, weights, dy, dh, dc, c0, seq, units, sync, saved, 
                 if meet:
                     barrier(sync, P, s + 1)  # every unit's gate gradients are in dgh[t]
                 for q in range(q0, q1):
+                    if weights.w_hh.shape[0] == 0:
+                        break  # (one step: the caller computes dh from dgh by BLAS)
                     u0 = units[q]
                     if rowdot:
                         vecmat(dgh[t], ROW0, B, weights.w_hh, u0, units[q + 1], dhp)
