@@ -42,6 +42,15 @@ def _grad_wanted(*tensors):
         t is not None and t.requires_grad for t in tensors)
 
 
+def _exporting():
+    """Whether ``torch.onnx.export`` (either exporter) or ``torch.export`` is tracing the
+    call: the modules then run torch.nn's own forward, which the ONNX exporters write as
+    standard ONNX LSTM, GRU and RNN nodes (a cell's as its gate arithmetic), and which
+    makes an exported program of torch's own operators, portable wherever torch runs; the
+    numbers are the same."""
+    return torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting()
+
+
 class _Sequence:
     """The forward shared by RNN, LSTM and GRU (mixed into the torch classes)."""
 
@@ -134,6 +143,8 @@ class RNN(_Sequence, torch.nn.RNN):
         return "rnn_" + self.nonlinearity
 
     def forward(self, input, hx=None):
+        if _exporting():
+            return torch.nn.RNN.forward(self, input, hx)
         return self._run(input, hx, lstm=False)
 
 
@@ -143,6 +154,8 @@ class GRU(_Sequence, torch.nn.GRU):
     _cell = "gru"
 
     def forward(self, input, hx=None):
+        if _exporting():
+            return torch.nn.GRU.forward(self, input, hx)
         return self._run(input, hx, lstm=False)
 
 
@@ -153,6 +166,13 @@ class LSTM(_Sequence, torch.nn.LSTM):
     _cell = "lstm"
 
     def forward(self, input, hx=None):
+        if _exporting():
+            if self.proj_size:  # (torch.nn.LSTM's export fails there too, or writes a
+                # model ONNX Runtime cannot run)
+                raise RuntimeError(f"fastrnn.torch.LSTM: torch.onnx.export cannot write an "
+                                   f"LSTM with proj_size={self.proj_size}: ONNX's LSTM "
+                                   "operator has no projection")
+            return torch.nn.LSTM.forward(self, input, hx)
         if hx is not None and not (isinstance(hx, tuple) and len(hx) == 2):
             raise RuntimeError("fastrnn.torch.LSTM: hx must be a tuple (h_0, c_0)")
         return self._run(input, hx, lstm=True)
@@ -222,6 +242,8 @@ class RNNCell(_Step, torch.nn.RNNCell):
         return "rnn_" + self.nonlinearity
 
     def forward(self, input, hx=None):
+        if _exporting():
+            return torch.nn.RNNCell.forward(self, input, hx)
         return self._step(input, hx, lstm=False)
 
 
@@ -231,6 +253,8 @@ class GRUCell(_Step, torch.nn.GRUCell):
     _cell = "gru"
 
     def forward(self, input, hx=None):
+        if _exporting():
+            return torch.nn.GRUCell.forward(self, input, hx)
         return self._step(input, hx, lstm=False)
 
 
@@ -240,4 +264,6 @@ class LSTMCell(_Step, torch.nn.LSTMCell):
     _cell = "lstm"
 
     def forward(self, input, hx=None):
+        if _exporting():
+            return torch.nn.LSTMCell.forward(self, input, hx)
         return self._step(input, hx, lstm=True)
