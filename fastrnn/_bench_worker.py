@@ -36,7 +36,76 @@ def _layer(cfg, backend):
     return fastrnn.RNN(cfg["I"], cfg["H"], nonlinearity=cfg["cell"].split("_")[1], **kw)
 
 
+def _cell_module(cfg, nn, **kw):
+    """The configuration's cell class of ``nn`` (fastrnn, torch.nn or fastrnn.torch)."""
+    if cfg["cell"] == "lstm":
+        return nn.LSTMCell(cfg["I"], cfg["H"], **kw)
+    if cfg["cell"] == "gru":
+        return nn.GRUCell(cfg["I"], cfg["H"], **kw)
+    return nn.RNNCell(cfg["I"], cfg["H"], nonlinearity=cfg["cell"].split("_")[1], **kw)
+
+
+def _loop_outputs(out, h_n, c_n, grads=None):
+    """What a cell loop's run is checked on: every step's ``h``, the last ``h`` (and
+    ``c``), and with ``grads`` ``grad_x`` and the parameters' (``grad:<name>``)."""
+    res = {"output": out, "h_n": h_n}
+    if c_n is not None:
+        res["c_n"] = c_n
+    res.update(grads or {})
+    return res
+
+
+def _build_fastrnn_loop(backend, cfg, weights):
+    """fastrnn's cell on ``backend`` called once a step; training: the loop's forward, then
+    one ``backward`` a step in reverse (the cell's own BPTT)."""
+    import fastrnn
+    cell = _cell_module(cfg, fastrnn, backend=backend)
+    cell.load_state_dict(weights)
+    train = cfg["mode"] == "train"
+    cell.train(train)
+    x, gout = _inputs(cfg)
+    lstm = cfg["cell"] == "lstm"
+    zeros = np.zeros((cfg["B"], cfg["H"]), np.float32)
+
+    def forward():
+        state = (zeros, zeros) if lstm else zeros
+        hs = []
+        for t in range(cfg["T"]):
+            state = cell(x[t], state)
+            hs.append(state[0] if lstm else state)
+        return np.stack(hs), state
+
+    def backward():
+        cell.zero_grad()
+        dx = np.empty_like(x)
+        dh, dc = zeros, zeros
+        for t in range(cfg["T"] - 1, -1, -1):
+            if lstm:
+                dx[t], (dh, dc) = cell.backward((dh + gout[t], dc))
+            else:
+                dx[t], dh = cell.backward(dh + gout[t])
+        return dx
+
+    def run():
+        out = forward()
+        if train:
+            backward()
+        return out
+
+    def outputs():
+        out, state = forward()
+        grads = None
+        if train:
+            grads = {"grad_x": backward()}
+            grads.update({"grad:" + n: p.grad for n, p in cell.named_parameters()})
+        return _loop_outputs(out, *(state if lstm else (state, None)), grads)
+
+    return run, outputs, lambda: None
+
+
 def _build_fastrnn(backend, cfg, weights):
+    if cfg["loop"]:
+        return _build_fastrnn_loop(backend, cfg, weights)
     layer = _layer(cfg, backend)
     x, gout = _inputs(cfg)
     sync = lambda: None  # noqa: E731
@@ -151,6 +220,8 @@ def _build_torch(device, cfg, weights, threads, bridge=False):
     if device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
+    if cfg["loop"]:
+        return _build_torch_loop(nn, cfg, weights)
     kw = dict(num_layers=cfg["L"], bidirectional=cfg["D"] == 2)
     if cfg["cell"] == "lstm":
         model = nn.LSTM(cfg["I"], cfg["H"], **kw)
@@ -190,6 +261,49 @@ def _build_torch(device, cfg, weights, threads, bridge=False):
         return res
 
     return run, outputs, sync
+
+
+def _build_torch_loop(nn, cfg, weights):
+    """A cell of ``nn`` (torch.nn, or fastrnn.torch) called once a step; training: the
+    loop's forward, then autograd's backward through every step."""
+    import torch
+    cell = _cell_module(cfg, nn)
+    cell.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in weights.items()})
+    x, gout = (torch.from_numpy(a) for a in _inputs(cfg))
+    train = cfg["mode"] == "train"
+    x.requires_grad_(train)
+    lstm = cfg["cell"] == "lstm"
+    zeros = torch.zeros(cfg["B"], cfg["H"])
+
+    def forward():
+        state = (zeros, zeros) if lstm else zeros
+        hs = []
+        for t in range(cfg["T"]):
+            state = cell(x[t], state)
+            hs.append(state[0] if lstm else state)
+        return torch.stack(hs), state
+
+    def run():
+        if not train:
+            with torch.inference_mode():
+                return forward()
+        cell.zero_grad(set_to_none=True)
+        x.grad = None
+        out, state = forward()
+        out.backward(gout)
+        return out, state
+
+    def outputs():
+        out, state = run()
+        h, c = state if lstm else (state, None)
+        grads = None
+        if train:
+            grads = {"grad_x": x.grad.numpy()}
+            grads.update({"grad:" + n: p.grad.numpy() for n, p in cell.named_parameters()})
+        return _loop_outputs(out.detach().numpy(), h.detach().numpy(),
+                             None if c is None else c.detach().numpy(), grads)
+
+    return run, outputs, lambda: None
 
 
 def build_contender(name, cfg, weights, threads):

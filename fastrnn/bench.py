@@ -33,6 +33,9 @@ class Config:
     B: int
     T: int
     mode: str  # "train" (forward + backward) or "infer" (forward, training=False)
+    # the cell class (LSTMCell, ...) called once a step in a Python loop - a decoder, a
+    # generation loop, an agent - instead of the layer over the whole sequence
+    loop: bool = False
 
     def flops(self):
         """Multiply-add FLOPs of the GEMM work: forward, and twice that again for backward
@@ -63,6 +66,16 @@ SUITES = {
         ("C4i", "gru", 512, 512, 1, 1, 32, 100, "infer"),
         ("C9", "lstm", 650, 650, 2, 1, 20, 35, "train"),  # the classic medium word-LM
     ]),
+    # cells called step by step; "train" is the loop's forward, then backward through it
+    "cells": _suite([
+        ("K1", "lstm", 51, 51, 1, 1, 97, 100, "train", True),  # two stacked in the example
+        ("K2", "lstm", 256, 256, 1, 1, 1, 100, "train", True),
+        ("K3", "lstm", 512, 512, 1, 1, 32, 20, "train", True),
+        ("K4", "gru", 256, 256, 1, 1, 16, 100, "train", True),
+        ("K5", "lstm", 256, 256, 1, 1, 1, 100, "infer", True),  # generation
+        ("K6", "gru", 128, 128, 1, 1, 8, 100, "infer", True),
+        ("K7", "rnn_tanh", 128, 128, 1, 1, 8, 100, "infer", True),
+    ]),
     "gpu": _suite([
         ("G1", "lstm", 512, 512, 1, 1, 64, 100, "train"),
         ("G2", "lstm", 1024, 1024, 1, 1, 128, 25, "train"),
@@ -77,7 +90,8 @@ SUITES = {
 }
 # ``--quick``: these configurations at their full shapes (ratios as in the full run, with
 # fewer rounds): inference at batch 1 and 8, LSTM and vanilla-RNN training.
-QUICK = {"cpu": ("C1", "C2", "C5", "C8"), "gpu": ("G1", "G3", "G3i", "G6")}
+QUICK = {"cpu": ("C1", "C2", "C5", "C8"), "cells": ("K1", "K5"),
+         "gpu": ("G1", "G3", "G3i", "G6")}
 REFERENCE = "fastrnn-numpy"
 # Agreement with the reference before timing: float32 sums over long sequences drift, so
 # this checks wiring, not last-bit precision (the test suite does that).
@@ -137,7 +151,7 @@ def contenders(suite="cpu", backends=None, peer=True):
             import torch
         except ImportError:
             torch = None
-        if torch is not None and suite == "cpu":
+        if torch is not None and suite in ("cpu", "cells"):
             # fastrnn inside PyTorch (fastrnn.torch, autograd included) beside torch.nn
             names += (["fastrnn-torch"] if "cpu" in chosen else []) + ["torch-cpu"]
         elif torch is not None and suite == "gpu" and torch.cuda.is_available():
@@ -178,10 +192,10 @@ INFERENCE_ENGINES = ("onnxruntime", "openvino")
 
 def applies(name, config):
     """Whether contender ``name`` runs ``config``: PyTorch has no sigmoid RNN, and ONNX
-    Runtime and OpenVINO are inference engines."""
+    Runtime and OpenVINO are inference engines of whole layers."""
     if name in ("torch-cpu", "fastrnn-torch") and config.cell == "rnn_sigmoid":
         return False
-    return not (name in INFERENCE_ENGINES and config.mode == "train")
+    return not (name in INFERENCE_ENGINES and (config.mode == "train" or config.loop))
 
 
 def _rel_err(a, b):
@@ -271,6 +285,15 @@ def run(configs, names, rounds=5, reps=3, reference_reps=1, threads=None, quick=
 
 
 def _weights(config):
+    if config.loop:
+        from .cell_layers import GRUCell, LSTMCell, RNNCell
+        kw = dict(seed=0, backend="numpy")
+        if config.cell == "lstm":
+            return LSTMCell(config.I, config.H, **kw).state_dict()
+        if config.cell == "gru":
+            return GRUCell(config.I, config.H, **kw).state_dict()
+        return RNNCell(config.I, config.H, nonlinearity=config.cell.split("_")[1],
+                       **kw).state_dict()
     from .layers import GRU, LSTM, RNN
     kw = dict(num_layers=config.L, bidirectional=config.D == 2, seed=0, backend="numpy")
     if config.cell == "lstm":

@@ -170,8 +170,10 @@ def _configurations():
         for c in configs.values():
             dirs = " bidirectional" if c.D == 2 else ""
             mode = "training" if c.mode == "train" else "inference"
-            lines.append(f"  {c.name:<4} {suite}: {c.cell} {c.L}x{c.H}{dirs}, input {c.I}, "
-                         f"batch {c.B}, {c.T} steps, {mode}"
+            what = f"{c.cell} cell {c.H}" if c.loop else f"{c.cell} {c.L}x{c.H}{dirs}"
+            steps = "steps in a Python loop" if c.loop else "steps"
+            lines.append(f"  {c.name:<4} {suite}: {what}, input {c.I}, "
+                         f"batch {c.B}, {c.T} {steps}, {mode}"
                          + (" (--quick)" if c.name in bench.QUICK[suite] else ""))
     return "\n".join(lines)
 
@@ -196,7 +198,8 @@ def main(argv=None):
             "peer's median time over the contender's (above 1: the contender is faster); "
             "'x floor' is the contender's median over the floor, the time of its FLOPs at "
             "the measured GEMM rate.", 79))
-    b.add_argument("--suite", default="cpu", help="cpu (default) or gpu")
+    b.add_argument("--suite", default="cpu",
+                   help="cpu (default), cells (cells called step by step) or gpu")
     b.add_argument("--only", help="comma-separated configuration names, e.g. C1,C3")
     b.add_argument("--backend", help="comma-separated fastrnn backends to time (default: "
                    "every available one for the suite; the reference always runs)")
