@@ -203,8 +203,12 @@ def resolve(backend, xp):
     """
     if backend is None:
         backend = get_backend()
-    _check_name(backend, "backend")
     xp_name = xp.__name__
+    hit = _resolved.get((backend, xp_name))
+    if hit is not None and _loaded.get(hit[0]) is hit[1]:  # (still what is loaded)
+        return hit  # (a call per step of a cell loop: skip the checks below)
+    _check_name(backend, "backend")
+    asked = backend
     if backend == "auto":
         if xp_name == "cupy":
             backend = "gpu"
@@ -221,7 +225,11 @@ def resolve(backend, xp):
         raise TypeError(
             f"backend {backend!r} works on {wanted} arrays, got {xp_name} arrays; pick a "
             f"backend for {xp_name} arrays or move the data")
+    _resolved[(asked, xp_name)] = backend, module
     return backend, module
+
+
+_resolved = {}  # (backend asked for, array module's name) -> resolve's answer
 
 
 def array_module_for(backend):

@@ -12,6 +12,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from ._ops import rnn
 
 _DTYPES = (torch.float32, torch.float64)
+_NO_LENGTHS = torch.empty(0, dtype=torch.int64)  # (every sequence runs all its steps)
 _DEVICES = ("cpu", "cuda")
 
 
@@ -113,7 +114,7 @@ class _Sequence:
         _check_runnable(who, x, params)
         need = _grad_wanted(x, *states, *params)
         cx = states[1] if lstm else x.new_empty(0)
-        lens = lengths if lengths is not None else torch.empty(0, dtype=torch.int64)
+        lens = lengths if lengths is not None else _NO_LENGTHS
         out, h_n, c_n, _ = rnn(x, states[0], cx, list(params), lens, self._cell,
                                   self.num_layers, self.bidirectional, self.bias,
                                   float(self.dropout), self.training, need,
@@ -224,9 +225,8 @@ class _Step:
             return (h, c) if lstm else h
         need = _grad_wanted(x, *states, *params)
         cx = states[1][None] if lstm else x.new_empty(0)
-        _, h_n, c_n, _ = rnn(x[None], states[0][None], cx, params,
-                             torch.empty(0, dtype=torch.int64), self._cell, 1, False,
-                             self.bias, 0.0, False, need,
+        _, h_n, c_n, _ = rnn(x[None], states[0][None], cx, params, _NO_LENGTHS, self._cell, 1,
+                             False, self.bias, 0.0, False, need,
                              getattr(self, "backend", None) or "", 0)
         h, c = h_n[0], c_n[0] if lstm else None
         if not batched:

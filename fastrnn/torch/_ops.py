@@ -40,7 +40,7 @@ class _TorchUniform:
 def _array(t):
     """The tensor's memory as a NumPy (CPU) or CuPy (CUDA) array, without a copy."""
     t = t.detach()
-    if t.device.type == "cpu":
+    if t.is_cpu:
         return t.numpy()
     import cupy
     return cupy.from_dlpack(t)
