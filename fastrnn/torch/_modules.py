@@ -215,8 +215,9 @@ class _Step:
                 got = s.shape[1] if s.dim() > 1 else "none"
                 raise RuntimeError(f"hidden{label} has inconsistent hidden_size: got {got}, "
                                    f"expected {self.hidden_size}")
-        params = [self.weight_ih, self.weight_hh] + (
-            [self.bias_ih, self.bias_hh] if self.bias else [])
+        p = self._parameters  # (what self.weight_ih reads, without Module.__getattr__)
+        params = [p["weight_ih"], p["weight_hh"]] + (
+            [p["bias_ih"], p["bias_hh"]] if self.bias else [])
         _check_runnable(who, x, params)
         if self.hidden_size == 0:  # torch's empty state, still in the graph of the inputs
             link = sum(t.sum() for t in (x, *states, *params)) * 0

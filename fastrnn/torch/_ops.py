@@ -56,10 +56,12 @@ def _tensor(a, like):
     return torch.from_dlpack(a).contiguous()
 
 
-def _stream(device):
-    """Run CuPy work on torch's current stream of ``device`` (nothing to do on the CPU)."""
-    if device.type != "cuda":
-        return _NoStream()
+def _stream(tensor):
+    """Run CuPy work on torch's current stream of ``tensor``'s device (nothing to do on the
+    CPU)."""
+    if not tensor.is_cuda:
+        return _NO_STREAM
+    device = tensor.device
     import cupy
     return cupy.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream)
 
@@ -70,6 +72,9 @@ class _NoStream:
 
     def __exit__(self, *exc):
         return False
+
+
+_NO_STREAM = _NoStream()
 
 
 def _groups(weights, has_bias, proj_size):
@@ -107,13 +112,14 @@ def _compute(x, hx, cx, weights, lengths, cell, num_layers, bidirectional, has_b
     """:func:`fastrnn.functional.rnn` on the tensors' memory: output, h_n, c_n (empty but
     for the LSTM), and what backward needs (None unless ``save``). ``guard``: as in
     :func:`fastrnn.functional.rnn` (False where autograd saved the tensors)."""
-    with _stream(x.device):
+    with _stream(x):
         out, h_n, c_n, ctx = functional.rnn(
             cell, _array(x), _groups(weights, has_bias, proj_size), _array(hx),
             _array(cx) if cell == "lstm" else None, num_layers=num_layers,
             bidirectional=bidirectional,
             lengths=lengths.numpy() if lengths.numel() else None, dropout=dropout,
-            training=training, rng=_TorchUniform(x.device), save=save,
+            training=training, save=save,
+            rng=_TorchUniform(x.device) if training and dropout else None,
             backend=backend or None, proj_size=proj_size, guard=guard)
     return _tensor(out, x), _tensor(h_n, x), _tensor(c_n, x), ctx
 
@@ -177,7 +183,7 @@ def _rnn_backward(handle, grad_out, grad_hn, grad_cn, x, hx, cx, weights):
     if ctx is None:
         raise RuntimeError("fastrnn: nothing was saved for this backward (the forward ran "
                            "without gradients, or its graph was already freed)")
-    with _stream(x.device):
+    with _stream(x):
         g_out = _array(grad_out.contiguous())
         dx, dh0, dc0, dws = functional.rnn_backward(
             ctx, g_out, _array(grad_hn.contiguous()),
