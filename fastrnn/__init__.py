@@ -1,7 +1,7 @@
 """fastrnn: fast recurrent networks (RNN, LSTM, GRU) on NumPy and CuPy arrays.
 
 Layers mirror ``torch.nn``; one flag picks the backend (``numpy`` reference, ``cpu`` Numba
-kernels, ``gpu`` CUDA kernels). See README.md and DESIGN.md.
+kernels, ``gpu`` CUDA kernels). See README.md and docs/architecture.md.
 """
 
 __version__ = "0.1.0"

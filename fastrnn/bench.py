@@ -22,7 +22,7 @@ from .kernels.cells import get_cell
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """One benchmark configuration; shapes follow DESIGN.md's legend."""
+    """One benchmark configuration; shapes follow docs/architecture.md's legend."""
 
     name: str
     cell: str

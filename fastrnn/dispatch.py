@@ -1,6 +1,6 @@
 """Backend registry and selection.
 
-A backend is a module implementing the kernel contract of DESIGN.md (``forward`` and
+A backend is a module implementing the kernel contract of docs/architecture.md (``forward`` and
 ``backward`` for one layer and one direction) on one array module. Choice, strongest first:
 the ``backend=`` argument of a call or layer; :func:`set_backend`; the environment variable
 ``FASTRNN_BACKEND``; otherwise ``auto`` (``gpu`` for CuPy arrays, ``cpu`` for NumPy arrays).

@@ -1,4 +1,4 @@
-"""fastrnn.kernels: the math of every backend (the kernel contract of DESIGN.md).
+"""fastrnn.kernels: the math of every backend (the kernel contract of docs/architecture.md).
 
 Imports nothing from ``fastrnn``; installed as the subpackage ``fastrnn.kernels``.
 """

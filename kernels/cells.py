@@ -1,6 +1,6 @@
 """One spec per recurrent cell: name, gates, states, gate order and equations.
 
-Shapes follow the legend of DESIGN.md: ``T`` steps, ``B`` batch, ``I`` input features,
+Shapes follow the legend of docs/architecture.md: ``T`` steps, ``B`` batch, ``I`` input features,
 ``H`` hidden units, ``G`` gates. Weights are stored exactly as PyTorch and cuDNN store them:
 ``w_ih [G*H, I]``, ``w_hh [G*H, H]``, ``b_ih [G*H]``, ``b_hh [G*H]``, gate blocks stacked
 along the first axis in the order given by ``gate_order``.

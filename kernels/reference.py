@@ -4,7 +4,7 @@ One layer, one direction, every cell of :mod:`.cells`. A plain loop over time wi
 tricks: readability over speed. Every other backend is tested against this module, and this
 module is tested against finite differences and against PyTorch.
 
-Shapes (DESIGN.md legend): ``x [T,B,I]``, ``h0, c0 [B,H]``, ``w_ih [G*H,I]``,
+Shapes (docs/architecture.md legend): ``x [T,B,I]``, ``h0, c0 [B,H]``, ``w_ih [G*H,I]``,
 ``w_hh [G*H,H]``, ``b_ih, b_hh [G*H]`` (or None for ``bias=False``), ``lengths [B]``,
 ``peepholes [3,H]`` (``lstm_peephole`` only; rows i, f, o). An LSTM with a projection
 (``w_hr [P,H]``, PyTorch's ``proj_size``) carries a state ``h`` of ``P`` units: ``h0 [B,P]``,

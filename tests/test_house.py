@@ -141,3 +141,17 @@ def test_the_cuda_cell_header_is_generated_from_kernels_cells():
     from fastrnn.kernels.cuda import names
     with open(names.HEADER) as f:
         assert f.read() == names.cell_header()
+
+
+def test_the_code_points_to_the_repository_for_its_legend_and_contract():
+    """The shape legend and the kernel contract live in docs/architecture.md, which names
+    every module; nothing in the code points to a document outside the repository."""
+    doc = (ROOT / "docs" / "architecture.md").read_text()
+    for path in list((ROOT / "kernels").rglob("*.py")) + list((ROOT / "fastrnn").rglob("*.py")):
+        text = path.read_text()
+        assert "DESIGN.md" not in text, f"{path.relative_to(ROOT)} points outside the repository"
+        name = path.stem if path.stem != "__init__" else None
+        if name and not name.startswith("test"):
+            assert name.lstrip("_") in doc, f"docs/architecture.md does not name {path.name}"
+    for path in (ROOT / "kernels" / "cuda").glob("*.cu*"):
+        assert "DESIGN.md" not in path.read_text()

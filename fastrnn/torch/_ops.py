@@ -7,7 +7,7 @@ handle and the output gradients and returns every input gradient. Both have fake
 implementations, so ``torch.compile(model, fullgraph=True)`` traces through them, and the
 pair is registered as the first operator's autograd formula.
 
-Shapes (DESIGN.md legend): ``x [T,B,I]`` (time-major), ``hx, cx [L*D,B,H]``, ``weights``
+Shapes (docs/architecture.md legend): ``x [T,B,I]`` (time-major), ``hx, cx [L*D,B,H]``, ``weights``
 the layer's flat list (``w_ih, w_hh[, b_ih, b_hh][, w_hr]`` per layer and direction),
 ``lengths [B]`` int64 on the CPU or empty (all ``T``); with ``proj_size = P > 0`` (an LSTM's
 projection) ``hx [L*D,B,P]`` and outputs ``D*P`` wide.

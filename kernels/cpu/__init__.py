@@ -261,7 +261,7 @@ def _writable(a):
 @child_safe
 def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None, reverse=False,
             training=True, peepholes=None, w_hr=None):
-    """Kernel contract forward (see DESIGN.md; ``peepholes [3,H]`` for ``lstm_peephole``,
+    """Kernel contract forward (see docs/architecture.md; ``peepholes [3,H]`` for ``lstm_peephole``,
     ``w_hr [P,H]`` for an LSTM with a projection); arrays are NumPy, of ``x``'s dtype."""
     x, h0, c0, w_ih, w_hh, b_ih, b_hh, peepholes, w_hr = map(
         _writable, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, peepholes, w_hr))
@@ -288,7 +288,7 @@ def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None, reverse=False
 
 @child_safe
 def backward(cell, saved, dy, dh_n, dc_n):
-    """Kernel contract backward (see DESIGN.md)."""
+    """Kernel contract backward (see docs/architecture.md)."""
     dy, dh_n, dc_n = map(_writable, (dy, dh_n, dc_n))
     (T, B, _), GH = saved["x"].shape, saved["w_hh"].shape[0]
     threads = _threads_for(saved["x"].shape, saved["w_hh"].shape)

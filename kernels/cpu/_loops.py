@@ -6,7 +6,7 @@ rows and walks all ``T`` steps for them with no synchronisation until the end (o
 join per call, never one per step). Per step and row block: one register-tiled recurrent
 matmul, then the cell's pointwise step (:mod:`._cells`) for each row.
 
-Shapes (DESIGN.md legend): ``xg [T,B,G*H]`` (input projection, without bias), states
+Shapes (docs/architecture.md legend): ``xg [T,B,G*H]`` (input projection, without bias), states
 ``[B,H]``; ``w_packed`` is ``w_hh.T`` (forward) or ``w_hh`` (backward) in the panels of
 :func:`._gemm.pack`. Argument groups: :mod:`._args`.
 """

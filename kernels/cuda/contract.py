@@ -13,7 +13,7 @@ GPU. A runtime has:
   :mod:`.names`) as a cooperative grid;
 - ``matmul(a, b, out)``: ``out[:] = a @ b``.
 
-Shapes (DESIGN.md legend): ``x [T,B,I]``, ``h0, c0 [B,H]``, ``w_ih [G*H,I]``,
+Shapes (docs/architecture.md legend): ``x [T,B,I]``, ``h0, c0 [B,H]``, ``w_ih [G*H,I]``,
 ``w_hh [G*H,H]``, ``b_ih, b_hh [G*H]`` or None, ``peepholes [3,H]`` (``lstm_peephole``); an
 LSTM with a projection ``w_hr [P,H]`` has ``h0 [B,P]`` and ``w_hh [G*H,P]``.
 """

@@ -78,11 +78,11 @@ RUNTIME = _CuPyRuntime()
 
 def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None, reverse=False,
             training=True, peepholes=None, w_hr=None):
-    """Kernel contract forward (see DESIGN.md) on CuPy arrays of ``x``'s dtype."""
+    """Kernel contract forward (see docs/architecture.md) on CuPy arrays of ``x``'s dtype."""
     return contract.forward(RUNTIME, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths,
                             reverse, training, peepholes, w_hr)
 
 
 def backward(cell, saved, dy, dh_n, dc_n):
-    """Kernel contract backward (see DESIGN.md) on CuPy arrays."""
+    """Kernel contract backward (see docs/architecture.md) on CuPy arrays."""
     return contract.backward(RUNTIME, cell, saved, dy, dh_n, dc_n)
