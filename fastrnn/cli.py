@@ -70,8 +70,9 @@ def info_lines():
             lines.append("cpu backend: compiled loops (every cell): " + "; ".join(
                 f"{loop} {', '.join(dtypes) or 'not yet'}" for loop, dtypes in done.items())
                 + " (`fastrnn compile` compiles them all ahead of time)")
-        wait = (", ".join(f"{k}={v}" for k, v in cpu.WAIT_SETTINGS.items()) + " (set by fastrnn)"
-                if cpu.WAIT_SETTINGS else
+        settings = cpu.wait_settings()
+        wait = (", ".join(f"{k}={v}" for k, v in settings.items()) + " (set by fastrnn)"
+                if settings else
                 "the user's OMP_WAIT_POLICY/GOMP_SPINCOUNT (or the runtime's defaults)")
         lines.append(f"cpu backend: idle workers wait as {wait}")
         lines.append(f"cpu backend: L2 cache {cpu.L2_BYTES // 1024} KiB a core (sizes where "

@@ -22,6 +22,30 @@ def test_import_loads_no_compiler_and_starts_no_thread():
     assert out.split() == ["[]", "1"]
 
 
+def test_importing_the_cpu_backend_starts_nothing_until_its_first_call():
+    """Importing the backend starts no thread pool and looks up no BLAS library; nor does a
+    call of a few rows (one compiled call on the caller's thread); the first call big
+    enough for threads starts Numba's pool with fastrnn's wait settings."""
+    out = _run("import threading, numpy as np\n"
+               "from fastrnn.kernels import cpu\n"
+               "from fastrnn.kernels.cpu import _blas, _jit\n"
+               "def state():\n"
+               "    print(threading.active_count(), _jit._started is None,"
+               " _blas._found is _blas._UNKNOWN)\n"
+               "def call(T, B, H):\n"
+               "    f = lambda *s: np.full(s, 0.01, np.float32)\n"
+               "    cpu.forward('rnn_tanh', f(T, B, H), f(B, H), None, f(H, H), f(H, H),\n"
+               "                None, None, training=False)\n"
+               "state()\n"
+               "call(1, 2, 8)\n"
+               "state()\n"
+               "call(50, 64, 64)\n"
+               "state()\n")
+    before, few, big = (line.split() for line in out.splitlines())
+    assert before == few == ["1", "True", "True"]
+    assert big[1:] == ["False", "False"]
+
+
 def test_a_call_compiles_its_own_loops_only():
     """A float32 training call of a batch of 160 compiles (or loads) the batch-split loops
     in float32: no float64 loop and no unit-split loop."""

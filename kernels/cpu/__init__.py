@@ -33,7 +33,8 @@ from ._caches import L2_BYTES
 from ._fork import child_safe
 from ._fpu import flush_denormals, restore
 from ._gemm import pack, pack_blocks, pack_column_blocks, panel_width
-from ._jit import CACHE, WAIT_SETTINGS, num_threads
+from ._jit import CACHE, num_threads
+from ._jit import start as wait_settings
 from ._loops import backward_loop, forward_loop
 from ._math import CELL_IDS
 from ._split import (backward_loop_split, forward_loop_serial, forward_loop_split,
@@ -41,13 +42,14 @@ from ._split import (backward_loop_split, forward_loop_serial, forward_loop_spli
 from ._warm import warm as _warm
 
 __all__ = ["forward", "backward", "cache_dir", "num_threads", "pinned_cpus",
-           "WAIT_SETTINGS", "L2_BYTES", "empty_cache", "cache_info", "set_cache_limit",
+           "wait_settings", "L2_BYTES", "empty_cache", "cache_info", "set_cache_limit",
            "warm", "compiled_kernels"]
 
 
 def warm(dtype):
     """Compile, or load from the on-disk cache, every kernel in ``dtype``: each loop kind
     once on small arrays (``fastrnn compile``)."""
+    wait_settings()  # (the loops below run parallel regions without asking num_threads)
     _warm(dtype, _forward, _backward, _forward_rows)
 
 

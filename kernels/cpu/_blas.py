@@ -47,7 +47,16 @@ def _find_openblas():
     return None
 
 
-_OPENBLAS = _find_openblas()
+_UNKNOWN = object()
+_found = _UNKNOWN  # _find_openblas()'s answer, looked up at the first GEMM
+
+
+def _openblas():
+    global _found
+    if _found is _UNKNOWN:
+        _found = _find_openblas()
+    return _found
+
 _pool = None
 _pool_size = 0
 _lock = threading.Lock()
@@ -68,10 +77,11 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 def single_threaded_blas():
     """Hold NumPy's OpenBLAS at one thread for the duration (re-entrant, thread-safe)."""
     global _depth, _saved_threads
-    if _OPENBLAS is None:
+    found = _openblas()
+    if found is None:
         yield
         return
-    setter, getter = _OPENBLAS
+    setter, getter = found
     with _lock:
         if _depth == 0:
             _saved_threads = getter()
@@ -138,7 +148,7 @@ def matmul(a, b, out):
             np.multiply(a, b, out=out)
         return out
     threads = min(num_threads(), max(M, N, K))
-    if _OPENBLAS is None or threads < 2 or M * K * N < _MIN_SPLIT_WORK:
+    if threads < 2 or M * K * N < _MIN_SPLIT_WORK or _openblas() is None:
         np.matmul(a, b, out=out)
         return out
     partial = None

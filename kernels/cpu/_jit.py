@@ -90,7 +90,18 @@ def _load_openmp_layer():
         sys.setdlopenflags(flags)
 
 
-WAIT_SETTINGS = _start_threads()  # what was set while the pool started (for `fastrnn info`)
+_started = None  # what start() set while the pool started
+
+
+def start():
+    """Start Numba's thread pool with fastrnn's wait settings, once per process (the first
+    kernel call does; importing the backend starts nothing); returns the environment
+    variables set while it started, for ``fastrnn info``."""
+    global _started
+    if _started is None:
+        _started = _start_threads()
+    return _started
+
 
 FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 # NumPy's error model: float division by zero gives inf instead of a Python exception,
@@ -138,5 +149,8 @@ def wide_vectors(typingctx):
 
 
 def num_threads():
-    """Threads the kernels may use: Numba's setting, which follows NUMBA_NUM_THREADS."""
+    """Threads the kernels may use: Numba's setting, which follows NUMBA_NUM_THREADS
+    (asking starts the pool: see :func:`start`)."""
+    if _started is None:
+        start()
     return numba.get_num_threads()
