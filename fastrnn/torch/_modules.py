@@ -10,6 +10,7 @@ import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from ._ops import rnn
+from ._step import step
 
 _DTYPES = (torch.float32, torch.float64)
 _NO_LENGTHS = torch.empty(0, dtype=torch.int64)  # (every sequence runs all its steps)
@@ -56,6 +57,7 @@ class _Sequence:
     """The forward shared by RNN, LSTM and GRU (mixed into the torch classes)."""
 
     _cell = None  # fastrnn's cell name, set per class or instance
+    backend = None  # fastrnn's backend for this module's calls (None: dispatch chooses)
 
     def flatten_parameters(self):
         """Harmless: fastrnn reads the parameters where they are."""
@@ -118,7 +120,7 @@ class _Sequence:
         out, h_n, c_n, _ = rnn(x, states[0], cx, list(params), lens, self._cell,
                                   self.num_layers, self.bidirectional, self.bias,
                                   float(self.dropout), self.training, need,
-                                  getattr(self, "backend", None) or "",
+                                  self.backend or "",
                                   getattr(self, "proj_size", 0))
         if packed:
             sorted_idx = input.sorted_indices
@@ -182,6 +184,8 @@ class LSTM(_Sequence, torch.nn.LSTM):
 class _Step:
     """The forward shared by the step cells."""
 
+    backend = None  # fastrnn's backend for this module's calls (None: dispatch chooses)
+
     def _step(self, input, hx, lstm):
         """One step, with torch's checks and messages (a cell has no dropout: training and
         eval mode compute the same)."""
@@ -225,11 +229,18 @@ class _Step:
             h, c = (h, h.clone()) if batched else (h[0], h[0].clone())
             return (h, c) if lstm else h
         need = _grad_wanted(x, *states, *params)
-        cx = states[1][None] if lstm else x.new_empty(0)
-        _, h_n, c_n, _ = rnn(x[None], states[0][None], cx, params, _NO_LENGTHS, self._cell, 1,
-                             False, self.bias, 0.0, False, need,
-                             getattr(self, "backend", None) or "", 0)
-        h, c = h_n[0], c_n[0] if lstm else None
+        backend = self.backend or ""
+        if x.is_cpu and not (torch.compiler.is_compiling()
+                             or torch._C._are_functorch_transforms_active()):
+            # (eager code on the CPU: the step straight on the kernel contract)
+            out = step(self._cell, x, states[0], states[1] if lstm else None, params,
+                       backend, need)
+            h, c = out if lstm else (out, None)
+        else:
+            cx = states[1][None] if lstm else x.new_empty(0)
+            _, h_n, c_n, _ = rnn(x[None], states[0][None], cx, params, _NO_LENGTHS,
+                                 self._cell, 1, False, self.bias, 0.0, False, need, backend, 0)
+            h, c = h_n[0], c_n[0] if lstm else None
         if not batched:
             h, c = h[0], c[0] if lstm else None
         return (h, c) if lstm else h

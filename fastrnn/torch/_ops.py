@@ -236,12 +236,12 @@ def _backward(ctx, grad_out, grad_hn, grad_cn, _grad_handle):
             dc if ctx.lstm and need[2] else None, dws) + (None,) * 10
 
 
-_DOUBLE_BACKWARD = ("fastrnn: gradients of gradients (double backward) are not supported; "
+DOUBLE_BACKWARD = ("fastrnn: gradients of gradients (double backward) are not supported; "
                     "compute first-order gradients only")
 
 
 def _no_double_backward(ctx, *grads):
-    raise RuntimeError(_DOUBLE_BACKWARD)
+    raise RuntimeError(DOUBLE_BACKWARD)
 
 
 def _slices(args, in_dims, i):
@@ -295,21 +295,28 @@ class _RNN(torch.autograd.Function):
         return (out, h_n, c_n, handles), (0, 0, 0, 0)
 
 
-def _legacy_vmap_backward(handle, grad_out, grad_hn, grad_cn, x, hx, cx, weights):
-    """Backward under the older ``torch._vmap_internals.vmap`` (gradcheck's batched-gradient
-    check), which knows no ``vmap`` rules of autograd functions: one backward per sample
-    of the mapped output gradients, the results mapped again at that vmap's level."""
+def legacy_vmap_map(fn, grads):
+    """``fn`` over the samples of output gradients mapped by the older
+    ``torch._vmap_internals.vmap`` (gradcheck's batched-gradient check), which knows no
+    ``vmap`` rules of autograd functions: ``fn(*sample's grads)`` gives a list of tensors
+    (or None) per sample; the results are stacked and mapped again at that vmap's level."""
     level = torch._C._vmapmode_increment_nesting() - 1  # (the level of the running vmap)
     torch._C._vmapmode_decrement_nesting()
-    batched = [g for g in (grad_out, grad_hn, grad_cn)
-               if torch._C._functorch.is_legacy_batchedtensor(g)]
-    size = torch._remove_batch_dim(batched[0], level, 1, 0).shape[0]
-    grads = [torch._remove_batch_dim(g, level, size, 0)
-             if torch._C._functorch.is_legacy_batchedtensor(g) else g.expand(size, *g.shape)
-             for g in (grad_out, grad_hn, grad_cn)]
-    per = [_RNNBackwardEager.apply(handle, *(g[i] for g in grads), x, hx, cx, *weights)
-           for i in range(size)]
-    return [torch._add_batch_dim(torch.stack(parts), 0, level) for parts in zip(*per)]
+    is_batched = torch._C._functorch.is_legacy_batchedtensor
+    size = next(torch._remove_batch_dim(g, level, 1, 0).shape[0] for g in grads
+                if g is not None and is_batched(g))
+    physical = [None if g is None else torch._remove_batch_dim(g, level, size, 0)
+                if is_batched(g) else g.expand(size, *g.shape) for g in grads]
+    per = [fn(*(None if g is None else g[i] for g in physical)) for i in range(size)]
+    return [None if parts[0] is None else torch._add_batch_dim(torch.stack(parts), 0, level)
+            for parts in zip(*per)]
+
+
+def _legacy_vmap_backward(handle, grad_out, grad_hn, grad_cn, x, hx, cx, weights):
+    """:func:`legacy_vmap_map` of the backward of one :class:`_RNN` call."""
+    return legacy_vmap_map(
+        lambda *g: _RNNBackwardEager.apply(handle, *g, x, hx, cx, *weights),
+        (grad_out, grad_hn, grad_cn))
 
 
 class _RNNEager(_RNN):
@@ -340,7 +347,7 @@ class _RNNBackward(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads):
-        raise RuntimeError(_DOUBLE_BACKWARD)
+        raise RuntimeError(DOUBLE_BACKWARD)
 
     @staticmethod
     def vmap(info, in_dims, *args):

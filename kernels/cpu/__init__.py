@@ -28,7 +28,7 @@ from ._args import Biases, Grads, Outputs, Plan, Projection, Saved, Sequence, Un
 from ._alloc import empty_cache
 from ._alloc import info as cache_info
 from ._alloc import set_limit as set_cache_limit
-from ._blas import matmul, single_threaded_blas
+from ._blas import ONE_THREAD_GEMM, matmul, single_threaded_blas
 from ._caches import L2_BYTES
 from ._fork import child_safe
 from ._fpu import flush_denormals, restore
@@ -296,9 +296,14 @@ def backward(cell, saved, dy, dh_n, dc_n):
     threads = _threads_for(saved["x"].shape, saved["w_hh"].shape)
     units = _units_for(cell, T, B, GH, GH // get_cell(cell).gates, saved["x"].dtype.itemsize,
                        saved["w_hr"] is not None)
+    # (a call whose GEMMs OpenBLAS runs on the caller anyway - a small cell step - leaves
+    # its thread setting alone: two library calls, ~10 us)
+    I = saved["x"].shape[2]
+    quiet = T * B * GH * max(I, saved["w_hh"].shape[1]) <= ONE_THREAD_GEMM
     fpu = flush_denormals()
     try:
-        with single_threaded_blas(), _at_most(threads), pinned(threads):
+        with (contextlib.nullcontext() if quiet else single_threaded_blas()), \
+                _at_most(threads), pinned(threads):
             return _backward(cell, saved, dy, dh_n, dc_n, units)
     finally:
         restore(fpu)
@@ -386,8 +391,9 @@ def _forward_step(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, peepholes, lengths, t
         with single_threaded_blas(), _at_most(threads), pinned(threads):
             matmul(x[0], w_ih.T, xg[0])
             matmul(h0, w_hh.T, hg)
-    else:
-        with single_threaded_blas():
+    else:  # (OpenBLAS held at one thread, unless it keeps products this small on one)
+        quiet = B * GH * max(x.shape[2], w_hh.shape[1]) <= ONE_THREAD_GEMM
+        with contextlib.nullcontext() if quiet else single_threaded_blas():
             np.matmul(x[0], w_ih.T, out=xg[0])
             np.matmul(h0, w_hh.T, out=hg)
     units = np.asarray([0, w_hh.shape[1]], dtype=np.int64)

@@ -26,6 +26,10 @@ _GET_NAMES = ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threa
               "openblas_get_num_threads64_", "openblas_get_num_threads")
 # Below this many multiply-adds a GEMM is not worth splitting over threads.
 _MIN_SPLIT_WORK = 2_000_000
+# OpenBLAS runs a GEMM of at most this many multiply-adds on the calling thread whatever
+# its thread setting (interface/gemm.c: 65536 * GEMM_MULTITHREAD_THRESHOLD, 4 by default):
+# a call whose products all stay below needs no hold on OpenBLAS's threads.
+ONE_THREAD_GEMM = 65536 * 4
 
 
 def _find_openblas():
@@ -140,6 +144,9 @@ def matmul(a, b, out):
     """
     M, N = out.shape
     K = a.shape[1]
+    if M * K * N < _MIN_SPLIT_WORK and K > 1:  # (first: a one-step call's small products)
+        np.matmul(a, b, out=out)
+        return out
     if K == 1:  # an outer product (a weight gradient of one row), which np.matmul computes
         # in a loop of its own 5-7x slower than BLAS (NumPy 2.x); np.dot calls BLAS
         if out.flags.c_contiguous:
@@ -148,7 +155,7 @@ def matmul(a, b, out):
             np.multiply(a, b, out=out)
         return out
     threads = min(num_threads(), max(M, N, K))
-    if threads < 2 or M * K * N < _MIN_SPLIT_WORK or _openblas() is None:
+    if threads < 2 or _openblas() is None:
         np.matmul(a, b, out=out)
         return out
     partial = None

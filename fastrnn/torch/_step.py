@@ -1,0 +1,81 @@
+"""One step of a cell on CPU tensors in eager code, straight on the kernel contract.
+
+A cell call is one step of one layer and one direction whose arguments the module's own
+(torch's) checks have passed: nothing is left for :func:`fastrnn.functional.rnn` to check
+or stack. This path hands the tensors' memory to the backend's ``forward`` and
+``backward`` (docs/architecture.md, "The kernel contract") and wraps the results, with
+autograd's saved tensors guarding the inputs and weights (their versions are checked in
+backward). Under ``torch.compile`` and ``torch.func`` the cells take :mod:`._ops`'s
+operator path instead.
+"""
+
+import numpy as np
+import torch
+
+from .. import dispatch
+from ._ops import DOUBLE_BACKWARD, legacy_vmap_map
+
+
+def step(cell, x, h, c, weights, backend, need):
+    """``h'`` (and ``c'`` for the LSTM) for ``x [B,I]``, ``h [B,H]``, ``c [B,H]`` or None
+    and the cell's ``weights`` (``w_ih, w_hh[, b_ih, b_hh]``); ``need``: keep what
+    backward needs (some argument requires grad)."""
+    if need:
+        return _Step.apply(cell, backend, x, h, c, *weights)
+    h_n, c_n, _, _ = _forward(cell, backend, x, h, c, weights, False)
+    return h_n if c is None else (h_n, c_n)
+
+
+def _forward(cell, backend, x, h, c, weights, training):
+    kernel = dispatch.resolve(backend or None, np)[1]
+    w = [t.detach().numpy() for t in weights]
+    biases = (w[2], w[3]) if len(w) == 4 else (None, None)
+    _, h_n, c_n, saved = kernel.forward(
+        cell, x.detach().numpy()[None], h.detach().numpy(),
+        None if c is None else c.detach().numpy(), w[0], w[1], *biases, training=training)
+    return (torch.from_numpy(h_n), None if c_n is None else torch.from_numpy(c_n), saved,
+            kernel)
+
+
+class _Step(torch.autograd.Function):
+    """The step with autograd: the backend's backward for this step's saved state."""
+
+    @staticmethod
+    def forward(ctx, cell, backend, x, h, c, *weights):
+        h_n, c_n, saved, kernel = _forward(cell, backend, x, h, c, weights, True)
+        ctx.step = (cell, kernel, saved, len(weights) == 4)
+        # (saved for their versions: a change in place before backward is torch's error)
+        ctx.save_for_backward(x, h, *weights)
+        return h_n if c is None else (h_n, c_n)
+
+    @staticmethod
+    def backward(ctx, grad_h, grad_c=None):
+        ctx.saved_tensors  # (the version check)
+        dx, dh, dc, *dws = _StepBackward.apply(ctx.step, grad_h, grad_c)
+        return (None, None, dx, dh, dc, *dws)
+
+
+class _StepBackward(torch.autograd.Function):
+    """The backend's backward of one step; differentiating it again is an error."""
+
+    @staticmethod
+    def forward(ctx, step, grad_h, grad_c):
+        if any(g is not None and torch._C._functorch.is_legacy_batchedtensor(g)
+               for g in (grad_h, grad_c)):  # gradcheck's batched check
+            return tuple(legacy_vmap_map(lambda gh, gc: _grads(step, gh, gc),
+                                         (grad_h, grad_c)))
+        return tuple(_grads(step, grad_h, grad_c))
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(DOUBLE_BACKWARD)
+
+
+def _grads(step, grad_h, grad_c):
+    """``[dx, dh, dc or None, dw_ih, dw_hh(, db_ih, db_hh)]`` as tensors."""
+    cell, kernel, saved, bias = step
+    dy = np.ascontiguousarray(grad_h.detach().numpy())[None]
+    dc_n = None if grad_c is None else np.ascontiguousarray(grad_c.detach().numpy())
+    dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, _ = kernel.backward(cell, saved, dy, None, dc_n)
+    grads = [dx[0], dh0, dc0, dw_ih, dw_hh] + ([db_ih, db_hh] if bias else [])
+    return [None if g is None else torch.from_numpy(np.ascontiguousarray(g)) for g in grads]
