@@ -123,8 +123,9 @@ def test_outside_export_the_layers_still_run_fastrnns_kernels(monkeypatch):
     torch.nn's path."""
     from fastrnn.torch import _modules
     calls = []
-    real = _modules.rnn
-    monkeypatch.setattr(_modules, "rnn", lambda *a: (calls.append(a[5]), real(*a))[1])
+    real_rnn, real_step = _modules.rnn, _modules.step
+    monkeypatch.setattr(_modules, "rnn", lambda *a: (calls.append(a[5]), real_rnn(*a))[1])
+    monkeypatch.setattr(_modules, "step", lambda *a: (calls.append(a[0]), real_step(*a))[1])
     ft.LSTM(4, 6)(torch.randn(5, 2, 4))
     ft.GRUCell(4, 6)(torch.randn(2, 4))
     assert calls == ["lstm", "gru"]
