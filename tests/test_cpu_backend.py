@@ -743,3 +743,30 @@ def test_a_bad_pinning_setting_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("FASTRNN_PIN_THREADS", "off")
     with pytest.raises(ValueError, match="FASTRNN_PIN_THREADS must be '0'.*got 'off'"):
         _affinity.plan(2)
+
+
+def test_cached_kernels_compiled_from_other_sources_are_dropped(tmp_path):
+    """Numba checks a cached function against its own file only; a changed helper in
+    another file (an activation, a cell's step) drops this package's cache files."""
+    from fastrnn.kernels.cpu import _stale
+    ours = ["_loops.forward_loop-97.py311.nbi", "_split.forward_rows-141.py311.2.nbc"]
+    theirs = ["mymodel.step-3.py311.nbi", "notes.txt"]
+    for name in ours + theirs:
+        (tmp_path / name).write_text("x")
+    (tmp_path / _stale.STAMP).write_text("0" * 64)  # compiled from other sources
+    assert _stale.clear_if_stale(str(tmp_path)) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(theirs + [_stale.STAMP])
+    assert (tmp_path / _stale.STAMP).read_text().strip() == _stale.sources_hash()
+    (tmp_path / ours[0]).write_text("x")  # compiled from these sources: kept
+    assert _stale.clear_if_stale(str(tmp_path)) == 0 and (tmp_path / ours[0]).exists()
+
+
+def test_the_first_call_of_a_process_checks_the_cache_once(monkeypatch):
+    from fastrnn.kernels import cpu
+    seen = []
+    monkeypatch.setattr(cpu, "_cache_checked", False)
+    monkeypatch.setattr(cpu._stale, "clear_if_stale", lambda d: seen.append(d) or 0)
+    x, weights, h0, c0 = random_problem("gru", 3, 2, 4, 5, 1, 1, np.float32, seed=0)
+    for _ in range(2):
+        F.rnn("gru", x, weights, h0, c0, backend="cpu")
+    assert seen == [cpu.cache_dir()]

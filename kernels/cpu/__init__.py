@@ -18,7 +18,7 @@ import os
 import numba
 import numpy as np
 
-from . import _compiled
+from . import _compiled, _stale
 from ..cells import get_cell
 from ..gate_grads import input_and_weight_grads
 from ._affinity import plan as _pin_plan
@@ -46,9 +46,22 @@ __all__ = ["forward", "backward", "cache_dir", "num_threads", "pinned_cpus",
            "warm", "compiled_kernels"]
 
 
+_cache_checked = False
+
+
+def _fresh_cache():
+    """Before the first compiled call of a process: drop cached kernels compiled from other
+    sources (:mod:`._stale`)."""
+    global _cache_checked
+    if not _cache_checked:
+        _cache_checked = True
+        _stale.clear_if_stale(cache_dir())
+
+
 def warm(dtype):
     """Compile, or load from the on-disk cache, every kernel in ``dtype``: each loop kind
     once on small arrays (``fastrnn compile``)."""
+    _fresh_cache()
     wait_settings()  # (the loops below run parallel regions without asking num_threads)
     _warm(dtype, _forward, _backward, _forward_rows)
 
@@ -70,6 +83,7 @@ def compiled_kernels():
     Numba does not write."""
     if not CACHE:
         return None
+    _fresh_cache()
     return _compiled.compiled({
         "batch split": forward_loop, "batch split backward": backward_loop,
         "unit split": forward_loop_split, "unit split backward": backward_loop_split,
@@ -265,6 +279,8 @@ def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None, reverse=False
             training=True, peepholes=None, w_hr=None):
     """Kernel contract forward (see docs/architecture.md; ``peepholes [3,H]`` for ``lstm_peephole``,
     ``w_hr [P,H]`` for an LSTM with a projection); arrays are NumPy, of ``x``'s dtype."""
+    if not _cache_checked:
+        _fresh_cache()
     x, h0, c0, w_ih, w_hh, b_ih, b_hh, peepholes, w_hr = map(
         _writable, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, peepholes, w_hr))
     (T, B, I), (GH, H) = x.shape, w_hh.shape
@@ -291,6 +307,8 @@ def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None, reverse=False
 @child_safe
 def backward(cell, saved, dy, dh_n, dc_n):
     """Kernel contract backward (see docs/architecture.md)."""
+    if not _cache_checked:
+        _fresh_cache()
     dy, dh_n, dc_n = map(_writable, (dy, dh_n, dc_n))
     (T, B, _), GH = saved["x"].shape, saved["w_hh"].shape[0]
     threads = _threads_for(saved["x"].shape, saved["w_hh"].shape)
