@@ -21,6 +21,9 @@ def _check_runnable(who, tensor, params=()):
     """fastrnn runs float32 and float64 on CPU and CUDA tensors: say so, never fall back;
     input and parameters must agree (a torch RNN module's parameters share one dtype and
     device: the first stands for all)."""
+    if params and tensor.is_cpu and params[0].is_cpu and tensor.dtype in _DTYPES and (
+            params[0].dtype == tensor.dtype):
+        return  # (the common case, without building device objects)
     if tensor.dtype not in _DTYPES:
         raise TypeError(f"{who}: input dtype {tensor.dtype} is not supported; fastrnn runs "
                         "float32 and float64 (convert the model and inputs with .float() "
@@ -191,23 +194,25 @@ class _Step:
         eval mode compute the same)."""
         name = type(self).__name__
         who = f"fastrnn.torch.{name}"
-        if input.dim() not in (1, 2):
-            raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D "
-                             "instead")
+        rank = input.dim()
+        if rank not in (1, 2):
+            raise ValueError(f"{name}: Expected input to be 1D or 2D, got {rank}D instead")
         if hx is not None:
             for idx, s in enumerate(hx if lstm else (hx,)):
                 if s.dim() not in (1, 2):
                     what = f"hx[{idx}]" if lstm else "hidden"
                     raise ValueError(f"{name}: Expected {what} to be 1D or 2D, got "
                                      f"{s.dim()}D instead")
-        batched = input.dim() == 2
+        batched = rank == 2
         x = input if batched else input.unsqueeze(0)
         B = x.shape[0]
         if hx is None:
             zeros = x.new_zeros((B, self.hidden_size))
             states = (zeros, zeros) if lstm else (zeros,)
         else:
-            states = tuple(s if batched else s.unsqueeze(0) for s in (hx if lstm else (hx,)))
+            states = hx if lstm else (hx,)
+            if not batched:
+                states = tuple(s.unsqueeze(0) for s in states)
         if x.shape[1] != self.input_size:
             raise RuntimeError(f"input has inconsistent input_size: got {x.shape[1]} "
                                f"expected {self.input_size}")
