@@ -45,6 +45,17 @@ def _cell_module(cfg, nn, **kw):
     return nn.RNNCell(cfg["I"], cfg["H"], nonlinearity=cfg["cell"].split("_")[1], **kw)
 
 
+def _unroll(cell, x, zeros, lstm, stack):
+    """The cell called once a step over ``x [T,B,I]`` from zero states: every step's ``h``
+    stacked, and the last state."""
+    state = (zeros, zeros) if lstm else zeros
+    hs = []
+    for x_t in x:
+        state = cell(x_t, state)
+        hs.append(state[0] if lstm else state)
+    return stack(hs), state
+
+
 def _loop_outputs(out, h_n, c_n, grads=None):
     """What a cell loop's run is checked on: every step's ``h``, the last ``h`` (and
     ``c``), and with ``grads`` ``grad_x`` and the parameters' (``grad:<name>``)."""
@@ -68,12 +79,7 @@ def _build_fastrnn_loop(backend, cfg, weights):
     zeros = np.zeros((cfg["B"], cfg["H"]), np.float32)
 
     def forward():
-        state = (zeros, zeros) if lstm else zeros
-        hs = []
-        for t in range(cfg["T"]):
-            state = cell(x[t], state)
-            hs.append(state[0] if lstm else state)
-        return np.stack(hs), state
+        return _unroll(cell, x, zeros, lstm, np.stack)
 
     def backward():
         cell.zero_grad()
@@ -276,12 +282,7 @@ def _build_torch_loop(nn, cfg, weights):
     zeros = torch.zeros(cfg["B"], cfg["H"])
 
     def forward():
-        state = (zeros, zeros) if lstm else zeros
-        hs = []
-        for t in range(cfg["T"]):
-            state = cell(x[t], state)
-            hs.append(state[0] if lstm else state)
-        return torch.stack(hs), state
+        return _unroll(cell, x, zeros, lstm, torch.stack)
 
     def run():
         if not train:

@@ -117,6 +117,22 @@ def test_a_tiny_run_checks_times_and_reports(tmp_path):
     assert "tiny" in report.table(results)
 
 
+@pytest.mark.parametrize("cell,mode", [("lstm", "train"), ("gru", "infer"),
+                                       ("rnn_tanh", "train")])
+def test_cell_loops_agree_with_the_reference_and_are_timed(cell, mode):
+    """The cells suite: every contender's loop of steps (outputs, last states and, for
+    training, the gradients through every step) agrees with the reference's before
+    timing; the inference engines of whole layers are not contenders there."""
+    cfg = bench.Config("tiny-loop", cell, 5, 6, 1, 1, 3, 4, mode, True)
+    names = bench.contenders("cells")
+    assert not set(names) & set(bench.INFERENCE_ENGINES)
+    results = bench.run([cfg], names, rounds=1, reps=1, stream=open(os.devnull, "w"),
+                        gap_s=0)
+    timed = set(results[0]["contenders"])
+    assert timed == set(names)
+    assert {"fastrnn-cpu", "fastrnn-torch", "torch-cpu", bench.REFERENCE} <= timed
+
+
 def _benchmarks_conftest():
     import importlib.util
     path = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "conftest.py")
