@@ -2,8 +2,9 @@
 pre-activation gradients of every step, the input and weight gradients are single GEMMs
 over all ``T*B`` rows, and the bias gradients single reductions.
 
-Shapes (docs/architecture.md legend): ``dgx``, ``dgh [T,B,G*H]`` (input-side and recurrent-side gate
-gradients; the same array except for the GRU, whose ``n`` gate sees ``r * (W_hn h + b_hn)``),
+Shapes (docs/architecture.md legend): ``dgx``, ``dgh [T,B,G*H]`` (input-side and
+recurrent-side gate gradients; the same array except for the GRU, whose ``n`` gate sees
+``r * (W_hn h + b_hn)``),
 ``x [T,B,I]``, ``h_prev [T,B,H]`` (the state each step started from); for
 ``gru_reset_before``, ``rh [T,B,H]`` (``r * h``, what ``W_hn`` multiplied) and ``dgh``'s
 ``n`` block zero, ``dgx``'s holding that gate's gradient.

@@ -6,10 +6,10 @@ Activations are specialised per dtype at compile time. float32 uses a rational t
 float32, clamped where tanh is 1 to float32 precision); float64 an exp of its own (range
 reduction by ln 2, a degree-13 polynomial, the power of two written into the exponent
 bits; a few ulp) and tanh from its expm1. Neither calls libm, so the pointwise loops
-vectorise in both dtypes. Both are overflow-safe: inputs of +-1e4 give finite results. Each is compiled once per
-dtype and called (LLVM inlines it when it optimises the caller): inlined by Numba at every
-call site instead, the pointwise steps took three times as long to compile
-(docs/performance-notes.md, "Compilation").
+vectorise in both dtypes. Both are overflow-safe: inputs of +-1e4 give finite results.
+Each is compiled once per dtype and called (LLVM inlines it when it optimises the caller):
+inlined by Numba at every call site instead, the pointwise steps took three times as long
+to compile (docs/performance-notes.md, "Compilation").
 """
 
 import math

@@ -209,12 +209,14 @@ class Runtime:
 
     def forward(self, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None, reverse=False,
                 training=True, peepholes=None, w_hr=None):
-        """Kernel contract forward (see docs/architecture.md), run by the CUDA kernels on the CPU."""
+        """Kernel contract forward (docs/architecture.md), run by the CUDA kernels on the
+        CPU."""
         return contract.forward(self, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths,
                                 reverse, training, peepholes, w_hr)
 
     def backward(self, cell, saved, dy, dh_n, dc_n):
-        """Kernel contract backward (see docs/architecture.md), run by the CUDA kernels on the CPU."""
+        """Kernel contract backward (docs/architecture.md), run by the CUDA kernels on the
+        CPU."""
         return contract.backward(self, cell, saved, dy, dh_n, dc_n)
 
 

@@ -1,8 +1,8 @@
 // Persistent recurrence kernels of the gpu backend: the whole time loop of one layer and
 // one direction in one cooperative launch, one grid barrier per step.
 //
-// Shapes (docs/architecture.md legend; row-major): xg [T,B,G*H] = x @ w_ih^T + b_ih (one cuBLAS GEMM
-// before the launch); w_hh [G*H,S]; w_hh_t [S,G*H] (its transpose, for backward);
+// Shapes (docs/architecture.md legend; row-major): xg [T,B,G*H] = x @ w_ih^T + b_ih (one
+// cuBLAS GEMM before the launch); w_hh [G*H,S]; w_hh_t [S,G*H] (its transpose, for backward);
 // states h [B,S], c [B,H], where S = H, or P for an LSTM with a projection (w_hr [P,H],
 // h = w_hr (o * tanh(c))). Block k owns hidden units [k*U, k*U+U) with all their gates,
 // keeps its rows of w_hh (backward: its columns) in shared memory when they fit (SMEM_W),
