@@ -279,8 +279,7 @@ def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None, reverse=False
             training=True, peepholes=None, w_hr=None):
     """Kernel contract forward (see docs/architecture.md; ``peepholes [3,H]`` for ``lstm_peephole``,
     ``w_hr [P,H]`` for an LSTM with a projection); arrays are NumPy, of ``x``'s dtype."""
-    if not _cache_checked:
-        _fresh_cache()
+    _fresh_cache()
     x, h0, c0, w_ih, w_hh, b_ih, b_hh, peepholes, w_hr = map(
         _writable, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, peepholes, w_hr))
     (T, B, I), (GH, H) = x.shape, w_hh.shape
@@ -307,8 +306,7 @@ def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None, reverse=False
 @child_safe
 def backward(cell, saved, dy, dh_n, dc_n):
     """Kernel contract backward (see docs/architecture.md)."""
-    if not _cache_checked:
-        _fresh_cache()
+    _fresh_cache()
     dy, dh_n, dc_n = map(_writable, (dy, dh_n, dc_n))
     (T, B, _), GH = saved["x"].shape, saved["w_hh"].shape[0]
     threads = _threads_for(saved["x"].shape, saved["w_hh"].shape)
