@@ -7,7 +7,7 @@ needs no gradients should run in ``eval()`` mode, which saves nothing.
 
 import numpy as np
 
-from . import functional
+from . import dispatch, functional
 from ._checks import check_array
 from ._recurrent import (RecurrentBase, gru_cell_name, lstm_cell_name, rnn_cell_name,
                          split_pair)
@@ -40,13 +40,32 @@ class _StepCell(RecurrentBase):
         self._check_input(x, xp, ranks=(1, 2))
         h0, c0 = self._state(names[0], h, x), self._state(names[1], c, x)
         x3 = x.reshape(1, 1, -1) if x.ndim == 1 else x[None]
-        _, h_n, c_n, ctx = functional.rnn(self.cell, x3, self._weights(), h0, c0,
-                                          training=self.training, backend=self.backend)
+        if self.training:
+            _, h_n, c_n, ctx = functional.rnn(self.cell, x3, self._weights(), h0, c0,
+                                              backend=self.backend)
+        else:  # (inference, whose arguments are checked above: straight to the kernels)
+            h_n, c_n = self._infer(xp, x3, h0, c0)
         self._last_eval = not self.training
         if self.training:
             self._stack.append((ctx, x.ndim))
         shape = (self.hidden_size,) if x.ndim == 1 else h_n.shape[1:]
         return h_n.reshape(shape), None if c_n is None else c_n.reshape(shape)
+
+    def _infer(self, xp, x3, h0, c0):
+        """One step without saving, on the backend's kernel contract: ``h_n, c_n [1,B,H]``
+        (``c_n`` None but for the LSTM)."""
+        kernel = dispatch.resolve(self.backend, xp)[1]
+        w = self._weights()[0]
+        spec = get_cell(self.cell)
+        B = x3.shape[1]
+        h = xp.zeros((B, self.hidden_size), self.dtype) if h0 is None else h0[0]
+        c = None
+        if spec.has_cell_state:
+            c = xp.zeros((B, self.hidden_size), self.dtype) if c0 is None else c0[0]
+        extra = {"peepholes": w[4]} if spec.peepholes else {}
+        _, h_n, c_n, _ = kernel.forward(self.cell, x3, h, c, *w[:4], training=False,
+                                        **extra)
+        return h_n[None], None if c_n is None else c_n[None]
 
     def _step_backward(self, grad_h, grad_c):
         who = type(self).__name__

@@ -269,3 +269,28 @@ def test_a_model_and_its_optimizer_copy_after_training_and_train_on_alike(how):
         np.testing.assert_array_equal(step(model, cell, opt), step(model2, cell2, opt2))
     for a, b in zip(model.parameters(), model2.parameters()):
         np.testing.assert_array_equal(a.data, b.data)
+
+
+@pytest.mark.parametrize("backend", numpy_backends())
+@pytest.mark.parametrize("make", [
+    lambda **kw: fastrnn.RNNCell(I, H, nonlinearity="relu", **kw),
+    lambda **kw: fastrnn.GRUCell(I, H, **kw),
+    lambda **kw: fastrnn.GRUCell(I, H, reset_after=False, **kw),
+    lambda **kw: fastrnn.LSTMCell(I, H, **kw),
+    lambda **kw: fastrnn.LSTMCell(I, H, peepholes=True, bias=False, **kw)],
+    ids=["rnn_relu", "gru", "gru_reset_before", "lstm", "lstm_peephole_no_bias"])
+def test_an_eval_step_computes_what_a_training_step_does(make, backend):
+    """Inference steps go straight to the kernels (no saving): the same numbers as a
+    training step, batched and unbatched, with and without given states."""
+    cell = make(dtype=np.float64, seed=3, backend=backend)
+    lstm = isinstance(cell, fastrnn.LSTMCell)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, I))
+    state = rng.standard_normal((2, 3, H))
+    for args in ((x,), (x, (state[0], state[1]) if lstm else state[0]),
+                 (x[0],), (x[0], (state[0, 0], state[1, 0]) if lstm else state[0, 0])):
+        want = cell.train()(*args)
+        got = cell.eval()(*args)
+        for g, w in zip(got if lstm else (got,), want if lstm else (want,)):
+            assert g.shape == w.shape
+            np.testing.assert_allclose(g, w, rtol=1e-13, atol=1e-15)
