@@ -34,10 +34,10 @@ class _TorchUniform:
 
     def random(self, shape):
         u = torch.rand(shape, dtype=torch.float64, device=self.device)
-        return _array(u)
+        return memory_of(u)
 
 
-def _array(t):
+def memory_of(t):
     """The tensor's memory as a NumPy (CPU) or CuPy (CUDA) array, without a copy."""
     t = t.detach()
     if t.is_cpu:
@@ -79,7 +79,7 @@ _NO_STREAM = _NoStream()
 
 def _groups(weights, has_bias, proj_size):
     """:func:`fastrnn.functional.rnn`'s weight tuples from the module's flat list."""
-    arrays = [_array(w) for w in weights]
+    arrays = [memory_of(w) for w in weights]
     per = 2 + 2 * has_bias + (proj_size > 0)
     groups = []
     for k in range(0, len(arrays), per):
@@ -114,8 +114,8 @@ def _compute(x, hx, cx, weights, lengths, cell, num_layers, bidirectional, has_b
     :func:`fastrnn.functional.rnn` (False where autograd saved the tensors)."""
     with _stream(x):
         out, h_n, c_n, ctx = functional.rnn(
-            cell, _array(x), _groups(weights, has_bias, proj_size), _array(hx),
-            _array(cx) if cell == "lstm" else None, num_layers=num_layers,
+            cell, memory_of(x), _groups(weights, has_bias, proj_size), memory_of(hx),
+            memory_of(cx) if cell == "lstm" else None, num_layers=num_layers,
             bidirectional=bidirectional,
             lengths=lengths.numpy() if lengths.numel() else None, dropout=dropout,
             training=training, save=save,
@@ -184,10 +184,10 @@ def _rnn_backward(handle, grad_out, grad_hn, grad_cn, x, hx, cx, weights):
         raise RuntimeError("fastrnn: nothing was saved for this backward (the forward ran "
                            "without gradients, or its graph was already freed)")
     with _stream(x):
-        g_out = _array(grad_out.contiguous())
+        g_out = memory_of(grad_out.contiguous())
         dx, dh0, dc0, dws = functional.rnn_backward(
-            ctx, g_out, _array(grad_hn.contiguous()),
-            _array(grad_cn.contiguous()) if grad_cn.numel() else None)
+            ctx, g_out, memory_of(grad_hn.contiguous()),
+            memory_of(grad_cn.contiguous()) if grad_cn.numel() else None)
     grads = [_tensor(dx, x), _tensor(dh0, x), _tensor(dc0, x)]
     for group in dws:
         grads += [_tensor(g, x) for g in group if g is not None]

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .. import dispatch
-from ._ops import DOUBLE_BACKWARD, legacy_vmap_map
+from ._ops import DOUBLE_BACKWARD, legacy_vmap_map, memory_of
 
 
 def step(cell, x, h, c, weights, backend, need):
@@ -28,11 +28,11 @@ def step(cell, x, h, c, weights, backend, need):
 
 def _forward(cell, backend, x, h, c, weights, training):
     kernel = dispatch.resolve(backend or None, np)[1]
-    w = [t.detach().numpy() for t in weights]
+    w = [memory_of(t) for t in weights]
     biases = (w[2], w[3]) if len(w) == 4 else (None, None)
     _, h_n, c_n, saved = kernel.forward(
-        cell, x.detach().numpy()[None], h.detach().numpy(),
-        None if c is None else c.detach().numpy(), w[0], w[1], *biases, training=training)
+        cell, memory_of(x)[None], memory_of(h), None if c is None else memory_of(c), w[0], w[1],
+        *biases, training=training)
     return (torch.from_numpy(h_n), None if c_n is None else torch.from_numpy(c_n), saved,
             kernel)
 
@@ -74,8 +74,8 @@ class _StepBackward(torch.autograd.Function):
 def _grads(step, grad_h, grad_c):
     """``[dx, dh, dc or None, dw_ih, dw_hh(, db_ih, db_hh)]`` as tensors."""
     cell, kernel, saved, bias = step
-    dy = np.ascontiguousarray(grad_h.detach().numpy())[None]
-    dc_n = None if grad_c is None else np.ascontiguousarray(grad_c.detach().numpy())
+    dy = np.ascontiguousarray(memory_of(grad_h))[None]
+    dc_n = None if grad_c is None else np.ascontiguousarray(memory_of(grad_c))
     dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, _ = kernel.backward(cell, saved, dy, None, dc_n)
     grads = [dx[0], dh0, dc0, dw_ih, dw_hh] + ([db_ih, db_hh] if bias else [])
     return [None if g is None else torch.from_numpy(np.ascontiguousarray(g)) for g in grads]
