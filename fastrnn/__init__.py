@@ -10,6 +10,7 @@ from . import losses, nn, optim
 from .cell_layers import GRUCell, LSTMCell, RNNCell
 from .checkpoint import load, save
 from .dispatch import BackendUnavailableError, backends, get_backend, set_backend
+from .kernels.contract import Sequence, State, Weights
 from .layers import GRU, LSTM, RNN
 from .memory import cache_info, empty_cache, set_cache_limit
 from .module import Module, Parameter
@@ -18,4 +19,5 @@ __all__ = [
     "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "Module", "Parameter",
     "backends", "set_backend", "get_backend", "BackendUnavailableError", "__version__",
     "nn", "optim", "losses", "save", "load", "empty_cache", "set_cache_limit", "cache_info",
+    "Weights", "State", "Sequence",
 ]

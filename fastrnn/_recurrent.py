@@ -10,6 +10,7 @@ import numpy as np
 from . import dispatch, functional
 from ._checks import check_array, float_dtype, positive_int
 from .kernels.cells import get_cell
+from .kernels.contract import PARAMETER_NAMES, Weights, weight_fields
 from .module import Module, backend_after_move
 
 _RNN_CELLS = {"tanh": "rnn_tanh", "relu": "rnn_relu", "sigmoid": "rnn_sigmoid"}
@@ -91,8 +92,9 @@ class BackwardGuard:
 class RecurrentBase(Module):
     """Parameters, checks and BPTT shared by the sequence layers and the step cells."""
 
-    def _setup(self, cell, input_size, hidden_size, num_layers, bias, batch_first, dropout,
-               bidirectional, dtype, backend, seed, layer_suffix=True, proj_size=0):
+    def _setup(self, cell, input_size, hidden_size, *, num_layers=1, bias=True,
+               batch_first=False, dropout=0.0, bidirectional=False, dtype, backend, seed,
+               layer_suffix=True, proj_size=0):
         super().__init__()
         self.cell = get_cell(cell).name
         self.input_size = positive_int("input_size", input_size)
@@ -117,20 +119,20 @@ class RecurrentBase(Module):
         G, H, D = spec.gates, self.hidden_size, self.num_directions
         S = self.state_size
         bound = 1.0 / math.sqrt(H)
+        self._groups = []  # per layer and direction: {Weights field: parameter name}
         for layer in range(self.num_layers):
             for d in range(D):
                 suffix = f"_l{layer}" + ("_reverse" if d else "") if layer_suffix else ""
-                in_size = self.input_size if layer == 0 else D * S
-                shapes = [("weight_ih", (G * H, in_size)), ("weight_hh", (G * H, S))]
-                if self.bias:
-                    shapes += [("bias_ih", (G * H,)), ("bias_hh", (G * H,))]
-                if spec.peepholes:  # rows i, f, o
-                    shapes.append(("peephole", (3, H)))
-                if self.proj_size:
-                    shapes.append(("weight_hr", (self.proj_size, H)))
-                for name, shape in shapes:
-                    values = self._rng.uniform(-bound, bound, shape).astype(self.dtype)
-                    self.register_parameter(name + suffix, xp.asarray(values))
+                shapes = dict(w_ih=(G * H, self.input_size if layer == 0 else D * S),
+                              w_hh=(G * H, S), b_ih=(G * H,), b_hh=(G * H,),
+                              peepholes=(3, H), w_hr=(self.proj_size, H))
+                group = {}
+                for field in weight_fields(cell, self.bias, self.proj_size > 0):
+                    group[field] = PARAMETER_NAMES[field] + suffix
+                    values = self._rng.uniform(-bound, bound, shapes[field])
+                    self.register_parameter(group[field],
+                                            xp.asarray(values.astype(self.dtype)))
+                self._groups.append(group)
         self._guard = BackwardGuard()
 
     def _after_to(self, device, xp, dtype):
@@ -154,33 +156,20 @@ class RecurrentBase(Module):
         """Whether the LSTM's gates see the cell state (parameters ``peephole_l{k}``)."""
         return get_cell(self.cell).peepholes
 
-    def _per_group(self):
-        """Parameters per layer and direction: weight_ih, weight_hh, the biases, the
-        peepholes, the projection."""
-        return 2 + 2 * self.bias + self.peepholes + (self.proj_size > 0)
-
     def _weights(self):
-        """The weight tuples of :func:`fastrnn.functional.rnn`, one per layer and
+        """The :class:`Weights` of :func:`fastrnn.functional.rnn`, one per layer and
         direction."""
-        params = list(self._parameters.values())
-        per = self._per_group()
-        groups = []
-        for k in range(0, len(params), per):
-            ws = [p.data for p in params[k:k + per]]
-            if not self.bias:
-                ws[2:2] = [None, None]
-            groups.append(tuple(ws))
-        return groups
+        params = self._parameters
+        return [Weights(**{field: params[name].data for field, name in group.items()})
+                for group in self._groups]
 
-    def _accumulate(self, grad_groups):
+    def _accumulate(self, grads):
         """Add :func:`fastrnn.functional.rnn_backward`'s weight gradients to the
         parameters' ``.grad``."""
-        params = list(self._parameters.values())
-        per = self._per_group()
-        for k, group in enumerate(grad_groups):
-            grads = [g for g in group if g is not None]  # (no bias: no bias gradients)
-            for p, g in zip(params[k * per:(k + 1) * per], grads, strict=True):
-                p.accumulate(g)
+        params = self._parameters
+        for group, g in zip(self._groups, grads, strict=True):
+            for field, name in group.items():
+                params[name].accumulate(getattr(g, field))
 
     def _param_module(self):
         return dispatch.array_module(next(iter(self._parameters.values())).data)
@@ -200,9 +189,8 @@ class RecurrentBase(Module):
         try:
             return functional.rnn_backward(ctx, grad_output, grad_h_n, grad_c_n)
         except functional.WeightChangedError as err:
-            k, j = err.index  # (j: 0 w_ih, 1 w_hh, 4 and on the extra weights)
-            name = list(self._parameters)[k * self._per_group() + (
-                j if j < 2 or self.bias else j - 2)]
+            k, field = err.index
+            name = self._groups[k][field]
             raise RuntimeError(
                 f"{type(self).__name__}.backward(): parameter {name!r} was changed in place "
                 "after the forward call, so the gradients would not match the outputs; run "

@@ -12,12 +12,13 @@ from ._checks import check_array
 from ._recurrent import (RecurrentBase, gru_cell_name, lstm_cell_name, rnn_cell_name,
                          split_pair)
 from .kernels.cells import get_cell
+from .kernels.contract import State
 
 
 class _StepCell(RecurrentBase):
     def __init__(self, cell, input_size, hidden_size, bias, dtype, backend, seed):
-        self._setup(cell, input_size, hidden_size, 1, bias, False, 0.0, False, dtype, backend,
-                    seed, layer_suffix=False)
+        self._setup(cell, input_size, hidden_size, bias=bias, dtype=dtype, backend=backend,
+                    seed=seed, layer_suffix=False)
         self._stack = []
         self._last_eval = False
 
@@ -55,17 +56,14 @@ class _StepCell(RecurrentBase):
         """One step without saving, on the backend's kernel contract: ``h_n, c_n [1,B,H]``
         (``c_n`` None but for the LSTM)."""
         kernel = dispatch.resolve(self.backend, xp)[1]
-        w = self._weights()[0]
-        spec = get_cell(self.cell)
         B = x3.shape[1]
         h = xp.zeros((B, self.hidden_size), self.dtype) if h0 is None else h0[0]
         c = None
-        if spec.has_cell_state:
+        if get_cell(self.cell).has_cell_state:
             c = xp.zeros((B, self.hidden_size), self.dtype) if c0 is None else c0[0]
-        extra = {"peepholes": w[4]} if spec.peepholes else {}
-        _, h_n, c_n, _ = kernel.forward(self.cell, x3, h, c, *w[:4], training=False,
-                                        **extra)
-        return h_n[None], None if c_n is None else c_n[None]
+        _, last, _ = kernel.forward(self.cell, x3, State(h, c), self._weights()[0],
+                                    training=False)
+        return last.h[None], None if last.c is None else last.c[None]
 
     def _step_backward(self, grad_h, grad_c):
         who = type(self).__name__

@@ -13,14 +13,15 @@ import numpy as np
 from . import dispatch
 from ._checks import check_array, check_lengths
 from .kernels.cells import get_cell
+from .kernels.contract import Sequence, State, Weights, weight_fields
 from .kernels.fingerprint import fingerprint
 
 
 class WeightChangedError(RuntimeError):
     """A weight that backward needs was changed in place after the forward call.
 
-    ``index`` is ``(k, j)``: the tuple ``weights[k]`` and its entry ``j`` (0 ``w_ih``, 1
-    ``w_hh``, from 4 on the extra weights of :func:`weight_names`).
+    ``index`` is ``(k, field)``: the :class:`Weights` ``weights[k]`` and the field's name
+    (``"w_ih"``, ``"w_hh"``, ``"peepholes"``, ``"w_hr"``).
     """
 
     def __init__(self, message, index):
@@ -29,57 +30,67 @@ class WeightChangedError(RuntimeError):
 
 
 def _needed_weights(weights):
-    """Fingerprints of what backward reads from the weights, ``(j, print)`` per tuple:
-    all but the biases, whose values do not enter the gradients."""
-    return [[(j, fingerprint(g[j])) for j in range(len(g)) if j not in (2, 3)]
-            for g in weights]
+    """Fingerprints of what backward reads from the weights, ``(field, print)`` per layer
+    and direction: all but the biases, whose values do not enter the gradients."""
+    return [[(name, fingerprint(a)) for name, a in w.present().items()
+             if name not in ("b_ih", "b_hh")] for w in weights]
 
 
-def weight_names(cell, proj_size=0):
-    """The entries of one layer's and direction's weight tuple for ``cell``: ``w_ih``,
-    ``w_hh``, ``b_ih``, ``b_hh``, then the extra weights (``peepholes``, ``w_hr``)."""
-    names = ("w_ih", "w_hh", "b_ih", "b_hh")
-    if get_cell(cell).peepholes:
-        names += ("peepholes",)
-    return names + ("w_hr",) if proj_size else names
-
-
-def _check_proj_size(proj_size, spec):
-    if isinstance(proj_size, bool) or not isinstance(proj_size, (int, np.integer)):
-        raise TypeError(f"proj_size: expected an integer, got {proj_size!r}")
-    if proj_size < 0:
-        raise ValueError(f"proj_size: expected an integer >= 0, got {proj_size}")
-    if proj_size and spec.family != "lstm":
-        raise ValueError(f"proj_size: only the LSTMs have a projection, got proj_size="
-                         f"{proj_size} for {spec.name!r}")
-    return int(proj_size)
-
-
-def _check_weights(weights, spec, L, D, I, H, S, dtype, proj_size):
-    names = weight_names(spec.name, proj_size)
-    what = f"({', '.join(names)})"
+def _check_weight_list(weights, L, D):
+    """``weights`` is a list of ``L*D`` :class:`Weights`, or a clear error."""
+    if not isinstance(weights, (list, tuple)) or isinstance(weights, Weights) or not weights:
+        raise TypeError(f"weights: expected a list of {L * D} fastrnn.Weights (one per layer "
+                        f"and direction), got {type(weights).__name__} {weights!r:.60}")
     if len(weights) != L * D:
-        raise ValueError(
-            f"weights: expected {L * D} {what} tuples for {L} layer(s) x "
-            f"{D} direction(s), got {len(weights)}")
+        raise ValueError(f"weights: expected {L * D} Weights for {L} layer(s) x {D} "
+                         f"direction(s), got {len(weights)}")
+    for k, w in enumerate(weights):
+        if not isinstance(w, Weights):
+            raise TypeError(f"weights[{k}]: expected fastrnn.Weights(w_ih, w_hh, b_ih, b_hh, "
+                            f"peepholes, w_hr), got {type(w).__name__}")
+
+
+def _check_weights(weights, spec, D, I, dtype):
+    """``H`` and ``P`` (0 without a projection) from ``weights[0]``, every layer's and
+    direction's :class:`Weights` checked against them, or a clear error."""
+    first = weights[0]
+    projection = first.w_hr is not None
+    if projection and spec.family != "lstm":
+        raise ValueError(f"weights[0].w_hr: only the LSTMs have a projection, got an array "
+                         f"for {spec.name!r}")
+    check_array("weights[0].w_hh", first.w_hh, 2, None)
+    H = first.w_hh.shape[1]  # (w_hh [G*H,H]; with a projection, w_hr [P,H])
+    if projection:
+        check_array("weights[0].w_hr", first.w_hr, 2, None)
+        H = first.w_hr.shape[1]
+    P = first.w_hr.shape[0] if projection else 0
+    if projection and not 0 < P < H:
+        raise ValueError(f"weights[0].w_hr: expected a projection [P,H] with 0 < P < H={H}, "
+                         f"got shape {tuple(first.w_hr.shape)}")
+    S = P or H
+    fields = weight_fields(spec.name, first.b_ih is not None, projection)
     GH = spec.gates * H
-    for k, group in enumerate(weights):
-        if len(group) != len(names):
-            raise ValueError(f"weights[{k}]: expected {what} for {spec.name!r}, got "
-                             f"{len(group)} entries")
-        w_ih, w_hh, b_ih, b_hh = group[:4]
-        if spec.peepholes:
-            check_array(f"weights[{k}].peepholes", group[4], 2, dtype, (3, H))
-        if proj_size:
-            check_array(f"weights[{k}].w_hr", group[-1], 2, dtype, (proj_size, H))
-        in_size = I if k < D else D * S
-        check_array(f"weights[{k}].w_ih", w_ih, 2, dtype, (GH, in_size))
-        check_array(f"weights[{k}].w_hh", w_hh, 2, dtype, (GH, S))
-        if (b_ih is None) != (b_hh is None):
-            raise ValueError(f"weights[{k}]: b_ih and b_hh must both be arrays or both None")
-        if b_ih is not None:
-            check_array(f"weights[{k}].b_ih", b_ih, 1, dtype, (GH,))
-            check_array(f"weights[{k}].b_hh", b_hh, 1, dtype, (GH,))
+    shapes = dict(w_hh=(GH, S), b_ih=(GH,), b_hh=(GH,), peepholes=(3, H), w_hr=(P, H))
+    for k, w in enumerate(weights):
+        got = tuple(w.present())
+        if got != fields:
+            raise ValueError(f"weights[{k}]: expected the fields {fields} for {spec.name!r} "
+                             f"(b_ih and b_hh both arrays or both None), got {got}")
+        shapes["w_ih"] = (GH, I if k < D else D * S)
+        for name, a in w.present().items():
+            check_array(f"weights[{k}].{name}", a, len(shapes[name]), dtype, shapes[name])
+    return H, P
+
+
+def _check_states(spec, h0, c0, dtype, h_shape, c_shape):
+    if h0 is not None:
+        check_array("h0", h0, 3, dtype, h_shape)
+    if spec.has_cell_state:
+        if c0 is not None:
+            check_array("c0", c0, 3, dtype, c_shape)
+    elif c0 is not None:
+        raise ValueError(f"c0: only the LSTM has a cell state, got an array for "
+                         f"{spec.name!r}")
 
 
 def _rng_for(xp, rng):
@@ -94,7 +105,7 @@ def _rng_for(xp, rng):
 
 def rnn(cell, x, weights, h0=None, c0=None, *, num_layers=1, bidirectional=False,
         lengths=None, dropout=0.0, training=True, rng=None, backend=None, save=None,
-        proj_size=0, guard=True):
+        guard=True):
     """Run a stacked, optionally bidirectional recurrent network.
 
     Parameters
@@ -103,12 +114,13 @@ def rnn(cell, x, weights, h0=None, c0=None, *, num_layers=1, bidirectional=False
         A name of :data:`fastrnn.kernels.cells.CELLS` (``"lstm"``, ``"gru"``,
         ``"rnn_tanh"``, ...).
     x : array [T,B,I]
-    weights : sequence of (w_ih [G*H,in], w_hh [G*H,H], b_ih [G*H] | None, b_hh | None)
-        One tuple per layer and direction, index ``l*D + d``; ``in`` is ``I`` for the
-        first layer and ``D*H`` above it. Extra entries follow: ``lstm_peephole``'s
-        ``peepholes [3,H]`` (rows i, f, o), then with ``proj_size`` the projection
-        ``w_hr [P,H]`` (``w_hh`` is then ``[G*H,P]`` and ``in`` above the first layer
-        ``D*P``).
+    weights : list of :class:`fastrnn.Weights`
+        One per layer and direction, index ``l*D + d``: ``w_ih [G*H,in]``, ``w_hh
+        [G*H,H]``, ``b_ih, b_hh [G*H]`` (or both None), ``lstm_peephole``'s ``peepholes
+        [3,H]`` (rows i, f, o), and for an LSTM with a projection (PyTorch's
+        ``proj_size``) ``w_hr [P,H]``, ``h = w_hr @ (o * tanh(c))``: the state ``h`` and
+        the outputs then have ``P`` units (``w_hh [G*H,P]``, ``h0 [L*D,B,P]``). ``in`` is
+        ``I`` for the first layer and ``D*H`` (``D*P``) above it.
     h0, c0 : array [L*D,B,H] or None
         Initial states (zeros when None); ``c0`` only for the LSTM.
     lengths : int array [B] or sequence, optional
@@ -126,9 +138,6 @@ def rnn(cell, x, weights, h0=None, c0=None, *, num_layers=1, bidirectional=False
     save : bool, optional
         Keep what :func:`rnn_backward` needs; defaults to ``training`` (gradients in eval
         mode: ``training=False, save=True``; dropout without gradients: the reverse).
-    proj_size : int
-        ``P > 0``: the LSTMs' projection of PyTorch's ``proj_size``, ``h = w_hr @ (o *
-        tanh(c))``; the state ``h`` and the outputs have ``P`` units (``h0 [L*D,B,P]``).
     guard : bool
         When saving: copy the input and the initial states, and fingerprint the weights,
         so that :func:`rnn_backward` computes the gradients of this call (or refuses with
@@ -143,35 +152,21 @@ def rnn(cell, x, weights, h0=None, c0=None, *, num_layers=1, bidirectional=False
     """
     spec = get_cell(cell)
     save = training if save is None else bool(save)
-    xp = dispatch.array_module(x, h0, c0, *[w for g in weights for w in g],
-                               names=lambda: ["x", "h0", "c0"] + [
-                                   f"weights[{k}][{j}]" for k in range(len(weights))
-                                   for j in range(len(weights[k]))])
-    name, kernel = dispatch.resolve(backend, xp)
     check_array("x", x, 3)
     T, B, I = x.shape
     dtype = x.dtype
     L, D = int(num_layers), 2 if bidirectional else 1
     if L < 1:
         raise ValueError(f"num_layers: expected an integer >= 1, got {num_layers}")
-    if not weights:
-        raise ValueError(f"weights: expected at least one "
-                         f"({', '.join(weight_names(cell, proj_size))}) tuple")
-    proj_size = _check_proj_size(proj_size, spec)
-    # H from w_hh [G*H,H], or with a projection from w_hr [P,H] (checked below)
-    H = getattr(weights[0][-1 if proj_size else 1], "shape", (0,))[-1]
-    S = proj_size or H  # the state's size
-    _check_weights(weights, spec, L, D, I, H, S, dtype, proj_size)
-    if proj_size and proj_size >= H:
-        raise ValueError(f"proj_size: expected less than the hidden size {H}, got "
-                         f"{proj_size}")
-    if h0 is not None:
-        check_array("h0", h0, 3, dtype, (L * D, B, S))
-    if spec.has_cell_state:
-        if c0 is not None:
-            check_array("c0", c0, 3, dtype, (L * D, B, H))
-    elif c0 is not None:
-        raise ValueError(f"c0: only the LSTM has a cell state, got an array for {cell!r}")
+    _check_weight_list(weights, L, D)
+    xp = dispatch.array_module(x, h0, c0, *[a for w in weights for a in w if a is not None],
+                               names=lambda: ["x", "h0", "c0"] + [
+                                   f"weights[{k}].{name}" for k, w in enumerate(weights)
+                                   for name in w.present()])
+    name, kernel = dispatch.resolve(backend, xp)
+    H, P = _check_weights(weights, spec, D, I, dtype)
+    S = P or H  # the state's size
+    _check_states(spec, h0, c0, dtype, (L * D, B, S), (L * D, B, H))
     if not 0.0 <= dropout <= 1.0:
         raise ValueError(f"dropout: expected a probability in [0, 1], got {dropout}")
     lengths = check_lengths(lengths, B, T)
@@ -181,9 +176,6 @@ def rnn(cell, x, weights, h0=None, c0=None, *, num_layers=1, bidirectional=False
     if spec.has_cell_state:
         c0 = xp.zeros((L * D, B, H), dtype) if c0 is None else c0.copy() if copy else c0
 
-    h_n = xp.empty((L * D, B, S), dtype)
-    c_n = xp.empty((L * D, B, H), dtype) if spec.has_cell_state else None
-    saved, masks = [], []
     inp = xp.ascontiguousarray(x)
     weight_prints = None
     if copy:
@@ -194,43 +186,52 @@ def rnn(cell, x, weights, h0=None, c0=None, *, num_layers=1, bidirectional=False
         if inp is x:
             inp = x.copy()
         weight_prints = _needed_weights(weights)
+    drop = dropout if training else 0.0
+    out, h_n, c_n, saved, masks = _layers(kernel, spec, inp, State(h0, c0), weights, L, D,
+                                          lengths, save, drop, rng, xp)
+    ctx = None
+    if save:
+        ctx = dict(cell=spec.name, kernel=kernel, backend=name, saved=saved, masks=masks,
+                   L=L, D=D, H=H, S=S, shape=(T, B, I), dtype=dtype, out_shape=out.shape,
+                   weights=list(weights), weight_prints=weight_prints)
+    return out, h_n, c_n, ctx
+
+
+def _layers(kernel, spec, inp, state0, weights, L, D, lengths, save, dropout, rng, xp):
+    """Every layer and direction on the kernel contract: the output, ``h_n``, ``c_n``, what
+    each saved, and the dropout masks between layers."""
+    h0, c0 = state0
+    B, S, H = h0.shape[1], h0.shape[2], weights[0].w_hh.shape[0] // spec.gates
+    h_n = xp.empty((L * D, B, S), h0.dtype)
+    c_n = xp.empty((L * D, B, H), h0.dtype) if spec.has_cell_state else None
+    saved, masks = [], []
+    rng = _rng_for(xp, rng) if dropout > 0 and L > 1 else None
     for layer in range(L):
         outs = []
         for d in range(D):
             k = layer * D + d
-            w_ih, w_hh, b_ih, b_hh = weights[k][:4]
-            extra = {}
-            if spec.peepholes:
-                extra["peepholes"] = weights[k][4]
-            if proj_size:
-                extra["w_hr"] = weights[k][-1]
-            y, h_last, c_last, s = kernel.forward(
-                spec.name, inp, h0[k], c0[k] if c0 is not None else None,
-                w_ih, w_hh, b_ih, b_hh, lengths=lengths, reverse=d == 1, training=save,
-                **extra)
+            y, last, s = kernel.forward(
+                spec.name, inp, State(h0[k], None if c0 is None else c0[k]), weights[k],
+                Sequence(lengths, d == 1), training=save)
             outs.append(y)
             saved.append(s)
-            h_n[k] = h_last
+            h_n[k] = last.h
             if c_n is not None:
-                c_n[k] = c_last
+                c_n[k] = last.c
         out = outs[0] if D == 1 else xp.concatenate(outs, axis=2)
-        if training and dropout > 0 and layer < L - 1:
-            rng = _rng_for(xp, rng)
-            if dropout == 1.0:  # every unit dropped (as torch: zeros, not 0 / 0)
-                keep = xp.zeros(out.shape, dtype)
-            else:
-                keep = (rng.random(out.shape) >= dropout).astype(dtype) / dtype.type(
-                    1 - dropout)
-            out = out * keep
-            masks.append(keep)
+        if dropout > 0 and layer < L - 1:
+            masks.append(_dropout_mask(out.shape, out.dtype, dropout, rng, xp))
+            out = out * masks[-1]
         inp = out
-    ctx = None
-    if save:
-        ctx = dict(cell=spec.name, kernel=kernel, backend=name, saved=saved, masks=masks,
-                   L=L, D=D, H=H, S=S, proj_size=proj_size, shape=(T, B, I), dtype=dtype,
-                   has_bias=weights[0][2] is not None, out_shape=out.shape,
-                   weights=list(weights), weight_prints=weight_prints)
-    return out, h_n, c_n, ctx
+    return out, h_n, c_n, saved, masks
+
+
+def _dropout_mask(shape, dtype, p, rng, xp):
+    """Inverted dropout's multipliers: 0 with probability ``p``, else ``1 / (1 - p)``."""
+    if p == 1.0:  # every unit dropped (as torch: zeros, not 0 / 0)
+        return xp.zeros(shape, dtype)
+    keep = rng.random(shape) >= p
+    return keep.astype(dtype) / dtype.type(1 - p)
 
 
 def rnn_backward(ctx, grad_output, grad_h_n=None, grad_c_n=None):
@@ -248,9 +249,8 @@ def rnn_backward(ctx, grad_output, grad_h_n=None, grad_c_n=None):
     Returns
     -------
     grad_x [T,B,I], grad_h0 [L*D,B,H], grad_c0 [L*D,B,H] or None,
-    grad_weights : list of (dw_ih, dw_hh, db_ih | None, db_hh | None), index ``l*D + d``,
-        then the extra weights' gradients as in the weight tuples (``dpeepholes``,
-        ``dw_hr``)
+    grad_weights : list of :class:`fastrnn.Weights`, index ``l*D + d``: each weight's
+        gradient, None where the layer has no such weight
     """
     if ctx is None:
         raise RuntimeError("rnn_backward: ctx is None; run rnn(..., training=True) (or "
@@ -267,17 +267,16 @@ def rnn_backward(ctx, grad_output, grad_h_n=None, grad_c_n=None):
     if grad_c_n is not None and not spec.has_cell_state:
         raise ValueError(f"grad_c_n: only the LSTM has a cell state, got an array for "
                          f"{spec.name!r}")
-    names = weight_names(spec.name, ctx["proj_size"])
-    for k, (group, prints) in enumerate(zip(ctx["weights"], ctx["weight_prints"] or ())):
-        for j, before in prints:
-            if fingerprint(group[j]) != before:
+    for k, (w, prints) in enumerate(zip(ctx["weights"], ctx["weight_prints"] or ())):
+        for field, before in prints:
+            if fingerprint(getattr(w, field)) != before:
                 layer, d = divmod(k, D)
                 raise WeightChangedError(
-                    f"rnn_backward: weights[{k}][{j}] ({names[j]} of layer {layer}"
+                    f"rnn_backward: weights[{k}].{field} (layer {layer}"
                     f"{', reverse direction' if d else ''}) was changed in place after the "
                     "forward call, so the gradients would not match the outputs; run forward "
                     "again after changing weights (an optimizer step belongs after backward)",
-                    (k, j))
+                    (k, field))
     kernel = ctx["kernel"]
     grad_h0 = xp.empty((L * D, B, S), dtype)
     grad_c0 = xp.empty((L * D, B, H), dtype) if spec.has_cell_state else None
@@ -290,17 +289,16 @@ def rnn_backward(ctx, grad_output, grad_h_n=None, grad_c_n=None):
         for d in range(D):
             k = layer * D + d
             dy_d = xp.ascontiguousarray(dy[:, :, d * S:(d + 1) * S])
-            dx_d, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, extra = kernel.backward(
-                spec.name, ctx["saved"][k], dy_d,
-                None if grad_h_n is None else xp.ascontiguousarray(grad_h_n[k]),
-                None if grad_c_n is None else xp.ascontiguousarray(grad_c_n[k]))
+            dx_d, dstate0, grad_weights[k] = kernel.backward(
+                spec.name, ctx["saved"][k], dy_d, State(
+                    None if grad_h_n is None else xp.ascontiguousarray(grad_h_n[k]),
+                    None if grad_c_n is None else xp.ascontiguousarray(grad_c_n[k])))
             if dx is None:
                 dx = dx_d
             else:  # (in place: dx is the other direction's fresh result)
                 dx += dx_d
-            grad_h0[k] = dh0
+            grad_h0[k] = dstate0.h
             if grad_c0 is not None:
-                grad_c0[k] = dc0
-            grad_weights[k] = (dw_ih, dw_hh, db_ih, db_hh) + tuple(extra)
+                grad_c0[k] = dstate0.c
         dy = dx
     return dy, grad_h0, grad_c0, grad_weights

@@ -52,8 +52,7 @@ class _Sequence(RecurrentBase):
         out, h_n, c_n, ctx = functional.rnn(
             self.cell, x_tm, self._weights(), h0, c0, num_layers=self.num_layers,
             bidirectional=self.bidirectional, lengths=lengths, dropout=self.dropout,
-            training=self.training, rng=self._rng, backend=self.backend,
-            proj_size=self.proj_size)
+            training=self.training, rng=self._rng, backend=self.backend)
         out = self._from_time_major(out, unbatched)
         if unbatched:
             h_n = h_n[:, 0, :]
@@ -125,8 +124,9 @@ class RNN(_OneState):
                  batch_first=False, dropout=0.0, bidirectional=False, dtype=np.float32,
                  backend=None, seed=None):
         self.nonlinearity = nonlinearity
-        self._setup(rnn_cell_name(nonlinearity), input_size, hidden_size, num_layers, bias,
-                    batch_first, dropout, bidirectional, dtype, backend, seed)
+        self._setup(rnn_cell_name(nonlinearity), input_size, hidden_size, num_layers=num_layers,
+                    bias=bias, batch_first=batch_first, dropout=dropout,
+                    bidirectional=bidirectional, dtype=dtype, backend=backend, seed=seed)
 
 
 class GRU(_OneState):
@@ -142,8 +142,9 @@ class GRU(_OneState):
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, dtype=np.float32, backend=None, seed=None,
                  reset_after=True):
-        self._setup(gru_cell_name(reset_after), input_size, hidden_size, num_layers, bias,
-                    batch_first, dropout, bidirectional, dtype, backend, seed)
+        self._setup(gru_cell_name(reset_after), input_size, hidden_size, num_layers=num_layers,
+                    bias=bias, batch_first=batch_first, dropout=dropout,
+                    bidirectional=bidirectional, dtype=dtype, backend=backend, seed=seed)
 
     @property
     def reset_after(self):
@@ -172,8 +173,9 @@ class LSTM(_Sequence):
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, dtype=np.float32,
                  backend=None, seed=None, peepholes=False):
-        self._setup(lstm_cell_name(peepholes), input_size, hidden_size, num_layers, bias,
-                    batch_first, dropout, bidirectional, dtype, backend, seed,
+        self._setup(lstm_cell_name(peepholes), input_size, hidden_size, num_layers=num_layers,
+                    bias=bias, batch_first=batch_first, dropout=dropout,
+                    bidirectional=bidirectional, dtype=dtype, backend=backend, seed=seed,
                     proj_size=proj_size)
 
     def forward(self, x, hx=None, lengths=None):

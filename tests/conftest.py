@@ -5,6 +5,7 @@ import pytest
 
 import fastrnn
 from fastrnn.kernels.cells import CELLS
+from fastrnn.kernels.contract import Weights, weight_fields
 
 # One tolerance table per dtype (relative to the largest magnitude of the reference).
 TOL = {np.float64: 1e-10, np.float32: 2e-4}
@@ -49,17 +50,13 @@ def random_problem(cell, T, B, I, H, L=1, D=1, dtype=np.float64, bias=True, seed
     G = CELLS[cell].gates
     S = proj_size or H
     weights = []
+    shapes = dict(w_hh=(G * H, S), b_ih=(G * H,), b_hh=(G * H,), peepholes=(3, H),
+                  w_hr=(S, H))
     for k in range(L * D):
-        in_size = I if k < D else D * S
-        w = [rng.uniform(-scale, scale, (G * H, in_size)),
-             rng.uniform(-scale, scale, (G * H, S))]
-        w += [rng.uniform(-scale, scale, G * H), rng.uniform(-scale, scale, G * H)] if bias \
-            else [None, None]
-        if CELLS[cell].peepholes:
-            w.append(rng.uniform(-scale, scale, (3, H)))
-        if proj_size:
-            w.append(rng.uniform(-scale, scale, (S, H)))
-        weights.append(tuple(None if a is None else a.astype(dtype) for a in w))
+        shapes["w_ih"] = (G * H, I if k < D else D * S)
+        weights.append(Weights(**{
+            f: rng.uniform(-scale, scale, shapes[f]).astype(dtype)
+            for f in weight_fields(cell, bias, proj_size > 0)}))
     x = rng.standard_normal((T, B, I)).astype(dtype)
     h0 = (0.5 * rng.standard_normal((L * D, B, S))).astype(dtype)
     c0 = (0.5 * rng.standard_normal((L * D, B, H))).astype(dtype) \

@@ -31,14 +31,16 @@ def _host(a):
     return a.get() if hasattr(a, "get") else a
 
 
-def _run(backend, cell, x, weights, h0, c0, L, D, lengths, grads, xp, proj_size=0):
-    ws = [tuple(_to(xp, w) for w in g) for g in weights]
+def _run(backend, cell, x, weights, h0, c0, L, D, lengths, grads, xp):
+    ws = [w.map(xp.asarray) for w in weights]
     out, h_n, c_n, ctx = F.rnn(cell, _to(xp, x), ws, _to(xp, h0), _to(xp, c0), num_layers=L,
-                               bidirectional=D == 2, lengths=lengths, backend=backend,
-                               proj_size=proj_size)
+                               bidirectional=D == 2, lengths=lengths, backend=backend)
     g_out, g_h, g_c = (_to(xp, g) for g in grads)
     dx, dh0, dc0, dws = F.rnn_backward(ctx, g_out, g_h, g_c if c_n is not None else None)
-    flat = [out, h_n, c_n, dx, dh0, dc0] + [g for group in dws for g in group]
+    for w, g in zip(ws, dws):  # a gradient for each weight there is, and only those
+        assert list(g.present()) == list(w.present())
+    flat = [out, h_n, c_n, dx, dh0, dc0] + [g for group in dws
+                                            for g in group.present().values()]
     return [None if a is None else _host(a) for a in flat]
 
 
@@ -56,7 +58,7 @@ def test_backend_matches_reference(backend, case):
     want = _run("numpy", cell, x, weights, h0, c0, L, D, lengths, grads, np)
     got = _run(backend, cell, x, weights, h0, c0, L, D, lengths, grads, xp)
     names = ["output", "h_n", "c_n", "grad_x", "grad_h0", "grad_c0"] + [
-        f"grad_weights[{k}][{j}]" for k in range(L * D) for j in range(len(weights[k]))]
+        f"grad_weights[{k}].{f}" for k in range(L * D) for f in weights[k].present()]
     for name, g, w in zip(names, got, want):
         if w is None:
             assert g is None, name
@@ -78,8 +80,8 @@ def test_backend_matches_reference_with_a_projection(backend, cell, dtype, L, D,
              for s in [(T, B, D * P), (L * D, B, P), (L * D, B, H)]]
     lengths = np.array([7, 1, 4, 0, 6]) if var else None
     xp = __import__(fastrnn.backends()[backend]["array_module"])
-    want = _run("numpy", cell, x, weights, h0, c0, L, D, lengths, grads, np, P)
-    got = _run(backend, cell, x, weights, h0, c0, L, D, lengths, grads, xp, P)
+    want = _run("numpy", cell, x, weights, h0, c0, L, D, lengths, grads, np)
+    got = _run(backend, cell, x, weights, h0, c0, L, D, lengths, grads, xp)
     assert want[0].shape == (T, B, D * P) and want[1].shape == (L * D, B, P)
     assert want[-1].shape == (P, H)  # dw_hr
     for k, (g, w) in enumerate(zip(got, want)):
@@ -113,7 +115,8 @@ def test_an_empty_batch_or_sequence_gives_empty_outputs_and_exact_gradients(back
         if cell == "lstm":
             np.testing.assert_array_equal(c_n, c0)
             np.testing.assert_array_equal(dc0, grads[2])
-    for k, (g, w) in enumerate(zip(got[6:], [w for group in weights for w in group])):
+    for k, (g, w) in enumerate(zip(got[6:], [w for group in weights
+                                                for w in group.present().values()])):
         assert g.shape == w.shape and not np.any(g), f"weight gradient {k}"
 
 
@@ -122,7 +125,7 @@ def test_an_empty_batch_or_sequence_gives_empty_outputs_and_exact_gradients(back
 def test_backend_inference_saves_nothing_and_agrees(backend, cell):
     x, weights, h0, c0 = random_problem(cell, 9, 3, 4, 16, 1, 1, np.float32, seed=2)
     xp = __import__(fastrnn.backends()[backend]["array_module"])
-    ws = [tuple(_to(xp, w) for w in g) for g in weights]
+    ws = [w.map(xp.asarray) for w in weights]
     out, h_n, c_n, ctx = F.rnn(cell, _to(xp, x), ws, _to(xp, h0), _to(xp, c0),
                                training=False, backend=backend)
     assert ctx is None

@@ -10,6 +10,7 @@ import pytest
 import fastrnn
 from fastrnn import functional as F
 from fastrnn.kernels.cells import CELLS
+from fastrnn.kernels.contract import State
 from conftest import ALL_CELLS, assert_close, random_problem
 
 pytestmark = pytest.mark.skipif(not fastrnn.backends()["cpu"]["available"],
@@ -27,7 +28,8 @@ def _split_H(cell):
 def _run(backend, cell, x, weights, h0, c0, **kw):
     out, h_n, c_n, ctx = F.rnn(cell, x, weights, h0, c0, backend=backend, **kw)
     grads = F.rnn_backward(ctx, np.ones_like(out))
-    return [out, h_n, grads[0], grads[1]] + [g for group in grads[3] for g in group]
+    return [out, h_n, grads[0], grads[1]] + [g for group in grads[3]
+                                             for g in group.present().values()]
 
 
 def _assert_matches_reference(cell, x, weights, h0, c0, dtype, training=True, **kw):
@@ -46,7 +48,8 @@ def _assert_matches_reference(cell, x, weights, h0, c0, dtype, training=True, **
         if w is not None:
             assert_close(g, w, dtype, "state/input gradient")
     for gl, wl in zip(g_grads[3], w_grads[3]):
-        for g, w in zip(gl, wl):
+        assert list(gl.present()) == list(wl.present())
+        for g, w in zip(gl.present().values(), wl.present().values()):
             assert_close(g, w, dtype, "weight gradient")
 
 
@@ -132,11 +135,11 @@ def test_two_forwards_before_backward_keep_their_saved_arrays():
     x1, x2 = (rng.standard_normal((200, 16, 24)).astype(np.float32) for _ in range(2))
     ctxs = []
     for x in (x1, x2):  # the functional API keeps both contexts alive at once
-        out, h_n, c_n, ctx = F.rnn("lstm", x, [tuple(p.data for p in m.parameters())],
+        out, h_n, c_n, ctx = F.rnn("lstm", x, m._weights(),
                                    backend="cpu")
         ctxs.append((out, ctx))
     for x, (out, ctx) in zip((x1, x2), ctxs):
-        want_out, _, _, want_ctx = F.rnn("lstm", x, [tuple(p.data for p in ref.parameters())],
+        want_out, _, _, want_ctx = F.rnn("lstm", x, ref._weights(),
                                          backend="numpy")
         assert_close(out, want_out, np.float32, "output")
         g = np.ones_like(out)
@@ -332,16 +335,15 @@ def test_a_step_with_strided_states_matches_the_reference_and_compiles_nothing_n
     H, B = 32, 2
     x, weights, h0, c0 = random_problem(cell, 1, B, 5, H, 1, 1, np.float32, seed=11,
                                         scale=1 / np.sqrt(H))
-    w = weights[0]
-    cpu.forward(cell, x, h0[0], None if c0 is None else c0[0], *w, training=False)
+    w, state = weights[0], State(h0[0], None if c0 is None else c0[0])
+    cpu.forward(cell, x, state, w, training=False)
     before = len(_split.forward_rows.signatures)
     wide = np.repeat(h0[0], 2, axis=0)[::2]  # rows 0, 2 of a (2B, H) array: strided
     assert not wide.flags.c_contiguous
     c_wide = None if c0 is None else np.repeat(c0[0], 2, axis=0)[::2]
-    got = cpu.forward(cell, x, wide, c_wide, *w, training=False)
-    want = reference.forward(cell, x, h0[0], None if c0 is None else c0[0], *w,
-                             training=False)
-    for g, r in zip(got[:3], want[:3]):
+    got = cpu.forward(cell, x, State(wide, c_wide), w, training=False)
+    want = reference.forward(cell, x, state, w, training=False)
+    for g, r in zip((got[0], *got[1]), (want[0], *want[1])):
         if r is not None:
             assert_close(g, r, np.float32, "one-step result")
     assert len(_split.forward_rows.signatures) == before
@@ -604,7 +606,7 @@ def test_a_projection_runs_the_batch_split_and_matches_the_reference(cell, B, fu
     H, P = 144, 40
     x, weights, h0, c0 = random_problem(cell, 9, B, 5, H, 2, 2, np.float32, seed=B,
                                         scale=1 / np.sqrt(H), proj_size=P)
-    kw = dict(num_layers=2, bidirectional=True, lengths=[9, 4, 9, 1, 0][:B], proj_size=P)
+    kw = dict(num_layers=2, bidirectional=True, lengths=[9, 4, 9, 1, 0][:B])
     for training in (True, False):
         _assert_matches_reference(cell, x, weights, h0, c0, np.float32, training, **kw)
     assert set(calls) == {"forward_loop", "backward_loop"}
@@ -684,10 +686,11 @@ def test_read_only_inputs_match_the_reference_and_compile_nothing_new(B, H):
         a = a.copy()
         a.flags.writeable = False
         return a
-    out, h_n, _, ctx = F.rnn("lstm", frozen(x), [tuple(frozen(a) for a in weights[0])],
+    out, h_n, _, ctx = F.rnn("lstm", frozen(x), [weights[0].map(frozen)],
                              frozen(h0), frozen(c0), lengths=frozen(lengths), backend="cpu")
     grads = F.rnn_backward(ctx, frozen(np.ones_like(out)))  # (as _run, with a frozen dy)
-    got = [out, h_n, grads[0], grads[1]] + [g for group in grads[3] for g in group]
+    got = [out, h_n, grads[0], grads[1]] + [g for group in grads[3]
+                                            for g in group.present().values()]
     want = _run("numpy", "lstm", x, weights, h0, c0, lengths=lengths)
     for g, w in zip(got, want):
         assert_close(g, w, np.float32, "read-only inputs")

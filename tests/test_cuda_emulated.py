@@ -12,6 +12,7 @@ import pytest
 from conftest import ALL_CELLS, assert_close
 from fastrnn.kernels import reference
 from fastrnn.kernels.cells import get_cell
+from fastrnn.kernels.contract import Sequence, State, Weights
 
 pytestmark = [pytest.mark.cuda_emulated,
               pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
@@ -37,8 +38,8 @@ def emulation():
 
 
 def _problem(cell, T, B, I, H, dtype, seed, proj_size=0):
-    """Input, states, ``[w_ih, w_hh, b_ih, b_hh]``, the extra weights' keywords (a dict:
-    the peepholes, the projection ``w_hr [P,H]``; empty for neither) and the generator."""
+    """Input, :class:`State`, :class:`Weights` (with the peepholes, and with ``proj_size``
+    a projection ``w_hr [P,H]``) and the generator."""
     rng = np.random.default_rng(seed)
     spec = get_cell(cell)
     G = spec.gates
@@ -47,17 +48,18 @@ def _problem(cell, T, B, I, H, dtype, seed, proj_size=0):
     x = rng.standard_normal((T, B, I)).astype(dtype)
     h0 = rng.standard_normal((B, S)).astype(dtype)
     c0 = rng.standard_normal((B, H)).astype(dtype) if spec.has_cell_state else None
-    w = [rng.uniform(-scale, scale, s).astype(dtype)
-         for s in ((G * H, I), (G * H, S), (G * H,), (G * H,))]
-    extra = {"peepholes": rng.uniform(-1, 1, (3, H)).astype(dtype)} if spec.peepholes else {}
+    w = Weights(*[rng.uniform(-scale, scale, s).astype(dtype)
+                  for s in ((G * H, I), (G * H, S), (G * H,), (G * H,))])
+    if spec.peepholes:
+        w = w._replace(peepholes=rng.uniform(-1, 1, (3, H)).astype(dtype))
     if proj_size:
-        extra["w_hr"] = rng.uniform(-scale, scale, (S, H)).astype(dtype)
-    return x, h0, c0, w, extra, rng
+        w = w._replace(w_hr=rng.uniform(-scale, scale, (S, H)).astype(dtype))
+    return x, State(h0, c0), w, rng
 
 
-def _flat(grads):
-    """A backward's results with its tuple of extra weights' gradients spread out."""
-    return list(grads[:7]) + list(grads[7])
+def _flat(results):
+    """A forward's or backward's results with its states and weights spread out."""
+    return [a for r in results for a in (r if isinstance(r, tuple) else (r,))]
 
 
 CASES = [(cell, 0) for cell in ALL_CELLS] + [
@@ -76,26 +78,24 @@ def test_training_forward_and_backward_match_the_reference(emulation, cell, proj
     rt = emulation.Runtime(sms=sms, smem_optin=smem)
     for k, (reverse, lengths) in enumerate([(False, None), (True, [6, 2, 0]),
                                             (False, [1, 6, 4])]):
-        x, h0, c0, w, peep, rng = _problem(cell, T, B, I, H, dtype, seed=k,
-                                           proj_size=proj_size)
-        bias = w[2:] if k != 2 else [None, None]  # the last case without biases
-        args = (x, h0, c0, w[0], w[1], *bias)
-        want = reference.forward(cell, *args, lengths=lengths, reverse=reverse, **peep)
-        got = rt.forward(cell, *args, lengths=lengths, reverse=reverse, **peep)
+        x, state, w, rng = _problem(cell, T, B, I, H, dtype, seed=k, proj_size=proj_size)
+        if k == 2:  # the last case without biases
+            w = w._replace(b_ih=None, b_hh=None)
+        seq = Sequence(lengths, reverse)
+        want = reference.forward(cell, x, state, w, seq)
+        got = rt.forward(cell, x, state, w, seq)
         what = f"{cell} {layout} reverse={reverse} lengths={lengths}"
-        for name, g, r in zip(("y", "h_n", "c_n"), got[:3], want[:3]):
+        for name, g, r in zip(("y", "h_n", "c_n"), _flat(got[:2]), _flat(want[:2])):
             if r is None:
                 assert g is None
             else:
                 assert_close(g, r, dtype, f"{what}: {name}")
         dy = rng.standard_normal(x.shape[:2] + (proj_size or H,)).astype(dtype)
         dh_n = rng.standard_normal((B, proj_size or H)).astype(dtype)
-        dc_n = rng.standard_normal((B, H)).astype(dtype) if c0 is not None else None
-        grads_want = reference.backward(cell, want[3], dy, dh_n, dc_n)
-        grads_got = rt.backward(cell, got[3], dy, dh_n, dc_n)
-        names = ("dx", "dh0", "dc0", "dw_ih", "dw_hh", "db_ih", "db_hh") + tuple(
-            "d" + key for key in peep)
-        grads_got, grads_want = _flat(grads_got), _flat(grads_want)
+        dc_n = rng.standard_normal((B, H)).astype(dtype) if state.c is not None else None
+        grads_want = _flat(reference.backward(cell, want[2], dy, State(dh_n, dc_n)))
+        grads_got = _flat(rt.backward(cell, got[2], dy, State(dh_n, dc_n)))
+        names = ("dx", "dh0", "dc0") + tuple("d" + f for f in Weights._fields)
         assert len(grads_got) == len(grads_want) == len(names)
         for name, g, r in zip(names, grads_got, grads_want):
             if r is None:
@@ -114,13 +114,12 @@ def test_training_forward_and_backward_match_the_reference(emulation, cell, proj
                          ids=[f"{c}-proj{p}" if p else c for c, p in CASES])
 def test_inference_matches_the_reference(emulation, cell, proj_size):
     rt = emulation.Runtime(sms=3, smem_optin=48 * 1024)
-    x, h0, c0, w, peep, _ = _problem(cell, 5, 2, 4, 36, np.float64, seed=7,
-                                     proj_size=proj_size)
-    lengths = [5, 3]
-    want = reference.forward(cell, x, h0, c0, *w, lengths=lengths, training=False, **peep)
-    got = rt.forward(cell, x, h0, c0, *w, lengths=lengths, training=False, **peep)
-    assert got[3] is None
-    for name, g, r in zip(("y", "h_n", "c_n"), got[:3], want[:3]):
+    x, state, w, _ = _problem(cell, 5, 2, 4, 36, np.float64, seed=7, proj_size=proj_size)
+    seq = Sequence([5, 3])
+    want = reference.forward(cell, x, state, w, seq, training=False)
+    got = rt.forward(cell, x, state, w, seq, training=False)
+    assert got[2] is None
+    for name, g, r in zip(("y", "h_n", "c_n"), _flat(got[:2]), _flat(want[:2])):
         if r is not None:
             assert_close(g, r, np.float64, f"{cell}: {name}")
     assert all("false, true>" in name for name, _, _, _ in rt.launches)  # TRAINING=false
@@ -131,13 +130,13 @@ def test_a_wrong_launch_is_seen(emulation, monkeypatch):
     (a plan of 3 blocks of 5 units for 40) leave units unwritten."""
     from fastrnn.kernels.cuda import contract
     rt = emulation.Runtime(sms=3, smem_optin=48 * 1024)
-    x, h0, c0, w, _, _ = _problem("gru", 6, 3, 5, 40, np.float64, seed=3)
-    want = reference.forward("gru", x, h0, c0, *w)[0]
-    assert_close(rt.forward("gru", x, h0, c0, *w)[0], want, np.float64, "right plan")
+    x, state, w, _ = _problem("gru", 6, 3, 5, 40, np.float64, seed=3)
+    want = reference.forward("gru", x, state, w)[0]
+    assert_close(rt.forward("gru", x, state, w)[0], want, np.float64, "right plan")
     real = contract.plan
     monkeypatch.setattr(contract, "plan", lambda *a: real(*a)._replace(units=5, smem=0,
                                                                        on_chip=False))
-    y = rt.forward("gru", x, h0, c0, *w)[0]
+    y = rt.forward("gru", x, state, w)[0]
     assert np.isnan(y[:, :, 15:]).all()  # unwritten: the emulation's buffers start as NaN
     # the owned units' first step is right; later steps read the unwritten ones
     assert_close(y[0, :, :15], want[0, :, :15], np.float64, "step 0, the units owned")

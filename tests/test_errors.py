@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import fastrnn
+from fastrnn import Weights
 from fastrnn import functional as F
 
 I, H = 4, 3
@@ -127,38 +128,47 @@ def test_non_arrays_are_not_coerced(lstm):
     with pytest.raises(TypeError, match="x: expected a NumPy or CuPy array, got builtins.list"):
         lstm([[[0.0] * I]])
     x = _x((5, 2, I), np.float64)
-    w = [np.ones((4 * H, I)), np.ones((4 * H, H)), np.ones(4 * H), np.ones(4 * H)]
-    w[1] = w[1].tolist()
-    with pytest.raises(TypeError, match=r"weights\[0\]\[1\]: expected a NumPy or CuPy array, "
+    w = Weights(np.ones((4 * H, I)), np.ones((4 * H, H)).tolist(), np.ones(4 * H),
+                np.ones(4 * H))
+    with pytest.raises(TypeError, match=r"weights\[0\].w_hh: expected a NumPy or CuPy array, "
                                         "got builtins.list"):
+        F.rnn("lstm", x, [w])
+    with pytest.raises(TypeError, match=r"weights\[0\]: expected fastrnn.Weights"):
         F.rnn("lstm", x, [tuple(w)])
 
 
 def test_functional_checks_weights_and_arguments():
     x = _x((5, 2, I), np.float64)
-    w = (np.ones((4 * H, I)), np.ones((4 * H, H)), np.ones(4 * H), np.ones(4 * H))
+    w = Weights(np.ones((4 * H, I)), np.ones((4 * H, H)), np.ones(4 * H), np.ones(4 * H))
     with pytest.raises(ValueError, match="cell: expected one of"):
         F.rnn("lstmx", x, [w])
     with pytest.raises(ValueError,
                        match=r"weights\[0\].w_hh: expected shape \(9, 3\), got \(12, 3\)"):
-        F.rnn("gru", x, [(np.ones((9, I)), np.ones((12, 3)), None, None)])
+        F.rnn("gru", x, [Weights(np.ones((9, I)), np.ones((12, 3)))])
     with pytest.raises(ValueError, match=r"weights: expected 2 .* got 1"):
         F.rnn("lstm", x, [w], bidirectional=True)
-    with pytest.raises(ValueError, match=r"weights\[0\]: expected \(w_ih, w_hh, b_ih, b_hh, "
-                                         r"w_hr\) for 'lstm', got 4 entries"):
-        F.rnn("lstm", x, [w], proj_size=2)
-    with pytest.raises(ValueError, match="proj_size: expected less than the hidden size 3, "
-                                         "got 3"):
-        F.rnn("lstm", x, [w + (np.ones((3, H)),)], proj_size=3)
-    with pytest.raises(TypeError, match="proj_size: expected an integer, got 2.0"):
-        F.rnn("lstm", x, [w], proj_size=2.0)
-    with pytest.raises(ValueError, match="proj_size: only the LSTMs have a projection"):
-        F.rnn("gru", x, [(np.ones((9, I)), np.ones((9, H)), None, None)], proj_size=2)
+    with pytest.raises(TypeError, match=r"weights: expected a list of 1 fastrnn.Weights"):
+        F.rnn("lstm", x, w)
+    with pytest.raises(ValueError, match=r"weights\[1\]: expected the fields \('w_ih', "
+                                         r"'w_hh', 'b_ih', 'b_hh'\) for 'lstm' \(b_ih and "
+                                         r"b_hh both arrays or both None\), got \('w_ih', "
+                                         r"'w_hh', 'b_ih'\)"):
+        F.rnn("lstm", x, [w, w._replace(b_hh=None)], bidirectional=True)
+    with pytest.raises(ValueError, match=r"weights\[0\].w_hr: expected a projection \[P,H\] "
+                                         r"with 0 < P < H=3, got shape \(3, 3\)"):
+        F.rnn("lstm", x, [w._replace(w_hr=np.ones((3, H)))])
+    with pytest.raises(ValueError, match="weights\\[0\\].w_hr: only the LSTMs have a "
+                                         "projection"):
+        F.rnn("gru", x, [Weights(np.ones((9, I)), np.ones((9, 2)), w_hr=np.ones((2, H)))])
+    with pytest.raises(ValueError, match=r"weights\[0\]: expected the fields .* for "
+                                         r"'lstm_peephole'"):
+        F.rnn("lstm_peephole", x, [w])
     with pytest.raises(ValueError, match=r"weights\[0\].peepholes: expected shape \(3, 3\)"):
-        F.rnn("lstm_peephole", x, [w + (np.ones((4, H)),)])
+        F.rnn("lstm_peephole", x, [w._replace(peepholes=np.ones((4, H)))])
+    with pytest.raises(TypeError, match=r"weights\[0\].b_ih: expected dtype float64 to match"):
+        F.rnn("lstm", x, [w._replace(b_ih=np.ones(4 * H, np.float32))])
     with pytest.raises(ValueError, match="c0: only the LSTM"):
-        F.rnn("gru", x, [(np.ones((9, I)), np.ones((9, H)), None, None)],
-              c0=np.zeros((1, 2, H)))
+        F.rnn("gru", x, [Weights(np.ones((9, I)), np.ones((9, H)))], c0=np.zeros((1, 2, H)))
     with pytest.raises(ValueError, match="dropout"):
         F.rnn("lstm", x, [w], dropout=-0.1)
     with pytest.raises(RuntimeError, match="ctx is None"):

@@ -5,17 +5,18 @@ import pytest
 
 from fastrnn import functional as F
 from fastrnn.kernels.cells import CELLS
+from fastrnn.kernels.contract import Weights
 from conftest import ALL_CELLS, LSTM_CELLS, random_problem
 
 T, B, I, H = 5, 3, 4, 3
 EPS = 1e-6
 
 
-def _loss_and_grads(cell, x, weights, h0, c0, L, D, lengths, dropout, seeds, proj_size=0):
+def _loss_and_grads(cell, x, weights, h0, c0, L, D, lengths, dropout, seeds):
     """Loss = <out,R> + <h_n,S> (+ <c_n,U>) with fixed random R, S, U, and its gradients."""
     R, S, U = seeds
     kw = dict(num_layers=L, bidirectional=D == 2, lengths=lengths, dropout=dropout,
-              backend="numpy", proj_size=proj_size)
+              backend="numpy")
 
     def loss(x, weights, h0, c0):
         out, h_n, c_n, _ = F.rnn(cell, x, weights, h0, c0, training=True,
@@ -49,16 +50,17 @@ def test_reference_gradients_match_finite_differences(cell, proj_size, L, D, wit
     S = rng.standard_normal((L * D, B, P))
     U = rng.standard_normal((L * D, B, H))
     loss_fn, (dx, dh0, dc0, dws) = _loss_and_grads(
-        cell, x, weights, h0, c0, L, D, lengths, 0.0, (R, S, U), proj_size)
+        cell, x, weights, h0, c0, L, D, lengths, 0.0, (R, S, U))
 
     # Flatten every input of the loss into one list so each can be perturbed alone.
     flat = [x, h0, c0] + [w for group in weights for w in group]
     grads = [dx, dh0, dc0] + [g for group in dws for g in group]
-    per = len(weights[0])  # 4, or 5 with peepholes
-    names = ["x", "h0", "c0"] + [f"w{k}.{j}" for k in range(len(weights)) for j in range(per)]
+    per = len(Weights._fields)  # (absent weights are None, with None gradients)
+    names = ["x", "h0", "c0"] + [f"w{k}.{f}" for k in range(len(weights))
+                                 for f in Weights._fields]
 
     def loss(*args):
-        ws = [tuple(args[3 + per * k:3 + per * k + per]) for k in range(len(weights))]
+        ws = [Weights(*args[3 + per * k:3 + per * k + per]) for k in range(len(weights))]
         return loss_fn(args[0], ws, args[1], args[2])
 
     checked = 0
@@ -81,7 +83,7 @@ def test_reference_gradients_match_finite_differences(cell, proj_size, L, D, wit
             assert abs(numeric - g.reshape(-1)[idx]) <= 1e-7 * max(1.0, abs(numeric)), \
                 (name, int(idx))
         checked += 1
-    assert checked == 2 + CELLS[cell].has_cell_state + per * L * D
+    assert checked == 2 + CELLS[cell].has_cell_state + len(weights[0].present()) * L * D
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
@@ -95,17 +97,15 @@ def test_reference_gradients_with_dropout_between_layers(cell):
     U = rng.standard_normal((L * D, B, H))
     loss_fn, (dx, _, _, dws) = _loss_and_grads(
         cell, x, weights, h0, c0, L, D, None, 0.4, (R, S, U))
-    for k, arr in [(None, x)] + [(j, weights[0][j]) for j in range(2)]:
+    for k, arr in [(None, x), ("w_ih", weights[0].w_ih), ("w_hh", weights[0].w_hh)]:
         v = rng.standard_normal(arr.shape)
         if k is None:
             numeric = (loss_fn(x + EPS * v, weights, h0, c0)
                        - loss_fn(x - EPS * v, weights, h0, c0)) / (2 * EPS)
             exact = (dx * v).sum()
         else:
-            wp = [list(g) for g in weights]
-            wm = [list(g) for g in weights]
-            wp[0][k], wm[0][k] = arr + EPS * v, arr - EPS * v
-            numeric = (loss_fn(x, [tuple(g) for g in wp], h0, c0)
-                       - loss_fn(x, [tuple(g) for g in wm], h0, c0)) / (2 * EPS)
-            exact = (dws[0][k] * v).sum()
+            wp = [weights[0]._replace(**{k: arr + EPS * v})] + weights[1:]
+            wm = [weights[0]._replace(**{k: arr - EPS * v})] + weights[1:]
+            numeric = (loss_fn(x, wp, h0, c0) - loss_fn(x, wm, h0, c0)) / (2 * EPS)
+            exact = (getattr(dws[0], k) * v).sum()
         assert abs(numeric - exact) <= 1e-7 * max(1.0, abs(exact))

@@ -7,7 +7,7 @@ import pytest
 
 import fastrnn
 from conftest import assert_close, numpy_backends
-from fastrnn import functional, optim
+from fastrnn import Weights, functional, optim
 
 
 def _grads(layer, x, hx, dy):
@@ -90,14 +90,13 @@ def test_bias_changes_do_not_matter_and_cells_name_their_weights(backend):
 @pytest.mark.parametrize("backend", numpy_backends())
 def test_functional_api_names_the_weight(backend):
     rng = np.random.default_rng(4)
-    ws = [(rng.standard_normal((8, 3)), rng.standard_normal((8, 8)), None, None)
-          for _ in range(2)]
+    ws = [Weights(rng.standard_normal((8, 3)), rng.standard_normal((8, 8))) for _ in range(2)]
     x = rng.standard_normal((4, 1, 3))
     out, _, _, ctx = functional.rnn("rnn_tanh", x, ws, bidirectional=True, backend=backend)
     x[...] = 0  # the caller's input, changed: the context has its own copy
-    ws[1][0][0, 0] += 1
+    ws[1].w_ih[0, 0] += 1
     with pytest.raises(functional.WeightChangedError,
-                       match=r"weights\[1\]\[0\] \(w_ih of layer 0, reverse direction\)"):
+                       match=r"weights\[1\].w_ih \(layer 0, reverse direction\)"):
         functional.rnn_backward(ctx, np.ones_like(out))
 
 
@@ -125,8 +124,8 @@ def test_unguarded_call_keeps_the_callers_arrays_and_checks_nothing(backend):
     whose saved tensors check their versions); the context holds them, not copies, and
     backward computes from what it finds."""
     rng = np.random.default_rng(5)
-    ws = [(rng.standard_normal((24, 3)), rng.standard_normal((24, 6)),
-           rng.standard_normal(24), rng.standard_normal(24))]
+    ws = [Weights(rng.standard_normal((24, 3)), rng.standard_normal((24, 6)),
+                  rng.standard_normal(24), rng.standard_normal(24))]
     x, h0, c0 = rng.standard_normal((4, 2, 3)), rng.standard_normal((1, 2, 6)), \
         rng.standard_normal((1, 2, 6))
     dy = rng.standard_normal((4, 2, 6))
@@ -134,9 +133,10 @@ def test_unguarded_call_keeps_the_callers_arrays_and_checks_nothing(backend):
     want = functional.rnn_backward(
         functional.rnn("lstm", x, ws, h0, c0, backend=backend)[3], dy)
     got = functional.rnn_backward(ctx, dy)
-    for g, w in zip(got[:3] + tuple(got[3][0]), want[:3] + tuple(want[3][0])):
+    for g, w in zip(got[:3] + tuple(got[3][0].present().values()),
+                    want[:3] + tuple(want[3][0].present().values())):
         assert_close(g, w, np.float64, "gradient")
-    ws[0][1][0, 0] += 1  # no fingerprint: no error, and no copy of x either
+    ws[0].w_hh[0, 0] += 1  # no fingerprint: no error, and no copy of x either
     functional.rnn_backward(ctx, dy)
     x[...] = 0
-    assert not np.allclose(functional.rnn_backward(ctx, dy)[3][0][0], want[3][0][0])
+    assert not np.allclose(functional.rnn_backward(ctx, dy)[3][0].w_ih, want[3][0].w_ih)

@@ -159,8 +159,9 @@ def _op_args(cell, layout, bidirectional=False, proj_size=0, given=False, length
     cx = torch.randn(D, B, H, dtype=torch.float64, requires_grad=given) \
         if cell == "lstm" else torch.empty(0, dtype=torch.float64)
     lens = torch.tensor(lengths) if lengths else torch.empty(0, dtype=torch.int64)
-    return (x, hx, cx, weights, lens, cell, 1, bidirectional, True, 0.0, True, True, "",
-            proj_size)
+    config = _ops.Config(cell, bidirectional=bidirectional, training=True, save=True,
+                         proj_size=proj_size)
+    return x, hx, cx, weights, lens, config.encode()
 
 
 # (test_aot_dispatch_dynamic compares every output of two runs, and the operator's fourth

@@ -124,7 +124,7 @@ def test_outside_export_the_layers_still_run_fastrnns_kernels(monkeypatch):
     from fastrnn.torch import _modules
     calls = []
     real_rnn, real_step = _modules.rnn, _modules.step
-    monkeypatch.setattr(_modules, "rnn", lambda *a: (calls.append(a[5]), real_rnn(*a))[1])
+    monkeypatch.setattr(_modules, "rnn", lambda *a: (calls.append(a[5].cell), real_rnn(*a))[1])
     monkeypatch.setattr(_modules, "step", lambda *a: (calls.append(a[0]), real_step(*a))[1])
     ft.LSTM(4, 6)(torch.randn(5, 2, 4))
     ft.GRUCell(4, 6)(torch.randn(2, 4))

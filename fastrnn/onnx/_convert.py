@@ -8,6 +8,8 @@ LSTM's ``P [D, 3*H]`` (peephole weights, blocks ``i o f``; fastrnn's rows ``i f 
 
 import numpy as np
 
+from ..kernels.contract import PARAMETER_NAMES, Weights
+
 # fastrnn gate block k is ONNX gate block ONNX_BLOCK[family][k]
 ONNX_BLOCK = {"lstm": (0, 2, 3, 1), "gru": (1, 0, 2), "rnn": (0,)}
 OP_TYPE = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}
@@ -25,27 +27,36 @@ def _inverse(order):
     return tuple(inv)
 
 
-def from_onnx(family, H, W, R, B=None):
-    """``(w_ih, w_hh, b_ih, b_hh)`` in fastrnn's layout from one direction's ``W [G*H, I]``,
-    ``R [G*H, H]`` and ``B [2*G*H]`` (or None: no bias)."""
+def from_onnx(family, H, W, R, B=None, P=None):
+    """fastrnn's :class:`Weights` from one direction's ``W [G*H, I]``, ``R [G*H, H]``, ``B
+    [2*G*H]`` (or None: no bias) and an LSTM's ``P [3*H]`` (or None: no peepholes)."""
     order = ONNX_BLOCK[family]
-    w_ih = np.ascontiguousarray(_reorder(W, H, order))
-    w_hh = np.ascontiguousarray(_reorder(R, H, order))
+    w = Weights(np.ascontiguousarray(_reorder(W, H, order)),
+                np.ascontiguousarray(_reorder(R, H, order)),
+                peepholes=None if P is None else peepholes_from_onnx(H, P))
     if B is None:
-        return w_ih, w_hh, None, None
+        return w
     GH = W.shape[0]
-    return (w_ih, w_hh, np.ascontiguousarray(_reorder(B[:GH], H, order)),
-            np.ascontiguousarray(_reorder(B[GH:], H, order)))
+    return w._replace(b_ih=np.ascontiguousarray(_reorder(B[:GH], H, order)),
+                      b_hh=np.ascontiguousarray(_reorder(B[GH:], H, order)))
 
 
-def to_onnx(family, H, w_ih, w_hh, b_ih=None, b_hh=None):
-    """``(W, R, B)`` of one direction (``B`` None without bias): the inverse of
-    :func:`from_onnx`."""
+def to_onnx(family, H, weights):
+    """``(W, R, B, P)`` of one direction (``B`` None without bias, ``P`` without peepholes):
+    the inverse of :func:`from_onnx`."""
     order = _inverse(ONNX_BLOCK[family])
-    W, R = _reorder(w_ih, H, order), _reorder(w_hh, H, order)
-    if b_ih is None:
-        return W, R, None
-    return W, R, np.concatenate([_reorder(b_ih, H, order), _reorder(b_hh, H, order)])
+    w = weights
+    W, R = _reorder(w.w_ih, H, order), _reorder(w.w_hh, H, order)
+    P = None if w.peepholes is None else peepholes_to_onnx(w.peepholes)
+    if w.b_ih is None:
+        return W, R, None, P
+    return W, R, np.concatenate([_reorder(w.b_ih, H, order), _reorder(w.b_hh, H, order)]), P
+
+
+def parameters(weights, suffix):
+    """The layer's parameters (``{"weight_ih_l0": ..., ...}``) of one layer's and
+    direction's :class:`Weights`, ``suffix`` ``"_l0"``, ``"_l1_reverse"``, ..."""
+    return {PARAMETER_NAMES[f] + suffix: a for f, a in weights.present().items()}
 
 
 # fastrnn peephole row k is ONNX block PEEPHOLE_BLOCK[k]

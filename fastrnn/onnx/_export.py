@@ -11,7 +11,7 @@ from ..kernels.cells import get_cell
 from ..layers import GRU, LSTM, RNN
 from ..nn import Dropout, Embedding, LastStep, Linear, Sequential
 from ._backend import attributes
-from ._convert import OP_TYPE, from_onnx, peepholes_from_onnx, peepholes_to_onnx, to_onnx
+from ._convert import OP_TYPE, from_onnx, parameters, to_onnx
 from ._nodes import UnsupportedNodeError, cell_for, node_label
 
 OPSET = 17
@@ -46,7 +46,7 @@ def _recurrent(g, layer, x, prefix, lengths_name, h0_name, c0_name):
     """Nodes of a recurrent layer on the time-major ``x``; returns (output, h_n, c_n)."""
     spec = get_cell(layer.cell)
     D, H, L = layer.num_directions, layer.hidden_size, layer.num_layers
-    params = {n: _host(p.data) for n, p in layer._parameters.items()}
+    weights = [w.map(_host) for w in layer._weights()]
     op = OP_TYPE[spec.family]
     attrs = {"hidden_size": H, "direction": "bidirectional" if D == 2 else "forward"}
     if spec.family == "rnn":
@@ -57,12 +57,8 @@ def _recurrent(g, layer, x, prefix, lengths_name, h0_name, c0_name):
     for layer_k in range(L):
         Ws, Rs, Bs, Ps = [], [], [], []
         for d in range(D):
-            sfx = f"_l{layer_k}" + ("_reverse" if d else "")
-            W, R, B = to_onnx(spec.family, H, params["weight_ih" + sfx], params["weight_hh" + sfx],
-                              params.get("bias_ih" + sfx), params.get("bias_hh" + sfx))
-            Ws.append(W), Rs.append(R), Bs.append(B)
-            if spec.peepholes:
-                Ps.append(peepholes_to_onnx(params["peephole" + sfx]))
+            W, R, B, P = to_onnx(spec.family, H, weights[layer_k * D + d])
+            Ws.append(W), Rs.append(R), Bs.append(B), Ps.append(P)
         inputs = [x, g.init(f"{prefix}W_l{layer_k}", np.stack(Ws)),
                   g.init(f"{prefix}R_l{layer_k}", np.stack(Rs)),
                   g.init(f"{prefix}B_l{layer_k}", np.stack(Bs)) if layer.bias else "",
@@ -228,6 +224,39 @@ def export(model, path, *, lengths=True, initial_states=False, opset=OPSET):
             raise ValueError(f"model: a LastStep with batch_first={m.batch_first} in a model "
                              f"whose input has batch_first={batch_first}")
     first = modules[0]
+    graph_inputs, lengths_name, h0_name, c0_name = _inputs(
+        first, recurrent, batch_first, dtype, lengths, initial_states)
+    x = "input"
+    if batch_first:  # everything below is time-major
+        x = g.node("Transpose", [x], perm=[1, 0] if isinstance(first, Embedding) else [1, 0, 2])
+    x, h_n, c_n, stepped = _body(g, model, modules, x, lengths_name, h0_name, c0_name)
+    if batch_first and not stepped:
+        x = g.node("Transpose", [x], perm=[1, 0, 2])
+    features = _output_features(modules)
+    lead = ["batch"] if stepped else ["batch", "seq"] if batch_first else ["seq", "batch"]
+    outputs = [("output", x, lead + [features])]
+    if not isinstance(model, Sequential):
+        states = [model.num_layers * model.num_directions, "batch", model.hidden_size]
+        outputs += [("h_n", h_n, states)] + ([("c_n", c_n, states)] if c_n is not None else [])
+    for name, src, _ in outputs:
+        g.nodes.append(helper.make_node("Identity", [src], [name], name=f"out_{name}"))
+    graph = helper.make_graph(
+        g.nodes, "fastrnn", graph_inputs,
+        [helper.make_tensor_value_info(name, _ELEM[dtype], shape)
+         for name, _, shape in outputs],
+        initializer=g.inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+                              producer_name="fastrnn")
+    helper.set_model_props(proto, {_META: json.dumps(
+        {"sequential": isinstance(model, Sequential), "modules": meta})})
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+    return proto
+
+
+def _inputs(first, recurrent, batch_first, dtype, lengths, initial_states):
+    """The graph's inputs, and the names of ``sequence_lens``, ``h0``, ``c0`` (None when
+    absent)."""
     if isinstance(first, Embedding):
         graph_inputs = [helper.make_tensor_value_info(
             "input", TensorProto.INT64, ["batch", "seq"] if batch_first else ["seq", "batch"])]
@@ -249,11 +278,14 @@ def export(model, path, *, lengths=True, initial_states=False, opset=OPSET):
         if isinstance(layer, LSTM):
             c0_name = "c0"
             graph_inputs.append(helper.make_tensor_value_info("c0", _ELEM[dtype], shape))
-    x = "input"
-    if batch_first:  # everything below is time-major
-        x = g.node("Transpose", [x], perm=[1, 0] if isinstance(first, Embedding) else [1, 0, 2])
+    return graph_inputs, lengths_name, h0_name, c0_name
+
+
+def _body(g, model, modules, x, lengths_name, h0_name, c0_name):
+    """Every module's nodes on the time-major ``x``: the output's name, a layer's ``h_n``
+    and ``c_n``, and whether a ``LastStep`` made the output ``[B,F]``."""
     h_n = c_n = None
-    stepped = False  # after a LastStep, x is [B,F]
+    stepped = False
     for k, m in enumerate(modules):
         prefix = f"{k}." if isinstance(model, Sequential) else ""
         if isinstance(m, (RNN, GRU, LSTM)):
@@ -271,8 +303,11 @@ def export(model, path, *, lengths=True, initial_states=False, opset=OPSET):
             stepped = True
         else:  # Dropout: the identity in inference
             x = g.node("Identity", [x])
-    if batch_first and not stepped:
-        x = g.node("Transpose", [x], perm=[1, 0, 2])
+    return x, h_n, c_n, stepped
+
+
+def _output_features(modules):
+    """The size of the output's last dimension."""
     last = modules[-1]
     features = (last.out_features if isinstance(last, Linear) else last.embedding_dim
                 if isinstance(last, Embedding) else None)
@@ -281,25 +316,7 @@ def export(model, path, *, lengths=True, initial_states=False, opset=OPSET):
             features = m.num_directions * m.hidden_size
         elif features is None and isinstance(m, Linear):
             features = m.out_features
-    lead = ["batch"] if stepped else ["batch", "seq"] if batch_first else ["seq", "batch"]
-    outputs = [("output", x, lead + [features])]
-    if not isinstance(model, Sequential):
-        states = [model.num_layers * model.num_directions, "batch", model.hidden_size]
-        outputs += [("h_n", h_n, states)] + ([("c_n", c_n, states)] if c_n is not None else [])
-    for name, src, _ in outputs:
-        g.nodes.append(helper.make_node("Identity", [src], [name], name=f"out_{name}"))
-    graph = helper.make_graph(
-        g.nodes, "fastrnn", graph_inputs,
-        [helper.make_tensor_value_info(name, _ELEM[dtype], shape)
-         for name, _, shape in outputs],
-        initializer=g.inits)
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
-                              producer_name="fastrnn")
-    helper.set_model_props(proto, {_META: json.dumps(
-        {"sequential": isinstance(model, Sequential), "modules": meta})})
-    onnx.checker.check_model(proto)
-    onnx.save(proto, str(path))
-    return proto
+    return features
 
 
 def load(path, *, dtype=None, backend=None):
@@ -337,15 +354,11 @@ def load(path, *, dtype=None, backend=None):
                 k_rec += 1
                 W, R = inits[f"{prefix}W_l{layer_k}"], inits[f"{prefix}R_l{layer_k}"]
                 B = inits.get(f"{prefix}B_l{layer_k}")
+                P = inits[f"{prefix}P_l{layer_k}"] if spec.peepholes else None
                 for dd in range(D):
-                    w = from_onnx(spec.family, H, W[dd], R[dd], None if B is None else B[dd])
-                    sfx = f"_l{layer_k}" + ("_reverse" if dd else "")
-                    for name, value in zip(("weight_ih", "weight_hh", "bias_ih", "bias_hh"), w):
-                        if value is not None:
-                            state[name + sfx] = value
-                    if spec.peepholes:
-                        state["peephole" + sfx] = peepholes_from_onnx(
-                            H, inits[f"{prefix}P_l{layer_k}"][dd])
+                    w = from_onnx(spec.family, H, W[dd], R[dd], None if B is None else B[dd],
+                                  None if P is None else P[dd])
+                    state.update(parameters(w, f"_l{layer_k}" + ("_reverse" if dd else "")))
                 if node.op_type != {"RNN": "RNN", "GRU": "GRU", "LSTM": "LSTM"}[kind]:
                     raise UnsupportedNodeError(f"{node_label(node)}: expected a {kind} node")
             _set(m, state)
@@ -414,12 +427,8 @@ def _load_foreign(proto, inits, dtype, backend):
         m = LSTM(I, H, peepholes=spec.peepholes, **kw)
     state = {}
     for d in range(D):
-        w = from_onnx(spec.family, H, W[d], R[d], None if B is None else B[d])
-        sfx = "_l0" + ("_reverse" if d else "")
-        for name, value in zip(("weight_ih", "weight_hh", "bias_ih", "bias_hh"), w):
-            if value is not None:
-                state[name + sfx] = value
-        if spec.peepholes:
-            state["peephole" + sfx] = peepholes_from_onnx(H, P[d])
+        w = from_onnx(spec.family, H, W[d], R[d], None if B is None else B[d],
+                      P[d] if spec.peepholes else None)
+        state.update(parameters(w, "_l0" + ("_reverse" if d else "")))
     _set(m, state)
     return m

@@ -4,7 +4,8 @@ shape operators an exported network puts between them."""
 import numpy as np
 
 from .. import dispatch
-from ._convert import from_onnx, peepholes_from_onnx
+from ..kernels.contract import Sequence, State
+from ._convert import from_onnx
 
 
 class UnsupportedNodeError(ValueError):
@@ -106,19 +107,18 @@ def run_recurrent(node, attrs, inputs, backend):
     ys, hs, cs = [], [], []
     for d in range(D):
         w = from_onnx(family, H, W[d].astype(dt), R[d].astype(dt),
-                      None if B is None else B[d].astype(dt))
+                      None if B is None else B[d].astype(dt),
+                      P[d].astype(dt) if peephole else None)
         h0 = np.zeros((Bn, H), dt) if init_h is None else np.ascontiguousarray(init_h[d], dt)
         c0 = None
         if op == "LSTM":
             c0 = np.zeros((Bn, H), dt) if init_c is None else np.ascontiguousarray(init_c[d],
                                                                                   dt)
-        args = [xp.asarray(a) if a is not None else None for a in (x, h0, c0, *w)]
-        peep = {"peepholes": xp.asarray(peepholes_from_onnx(H, P[d].astype(dt)))} \
-            if peephole else {}
-        y, h_n, c_n, _ = kernel.forward(cell, *args, lengths=lengths,
-                                        reverse=direction == "reverse" or d == 1,
-                                        training=False, **peep)
-        ys.append(y), hs.append(h_n), cs.append(c_n)
+        y, last, _ = kernel.forward(
+            cell, xp.asarray(x), State(xp.asarray(h0), None if c0 is None else xp.asarray(c0)),
+            w.map(xp.asarray), Sequence(lengths, direction == "reverse" or d == 1),
+            training=False)
+        ys.append(y), hs.append(last.h), cs.append(last.c)
     Y = xp.stack(ys, axis=1)  # [T, D, B, H]
     Y_h = xp.stack(hs)
     out = [Y.transpose(2, 0, 1, 3) if layout else Y,

@@ -9,7 +9,7 @@ takes and returns what torch's does - a Tensor or a ``PackedSequence`` (sorted o
 import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from ._ops import rnn
+from ._ops import Config, rnn
 from ._step import step
 
 _DTYPES = (torch.float32, torch.float64)
@@ -120,11 +120,10 @@ class _Sequence:
         need = _grad_wanted(x, *states, *params)
         cx = states[1] if lstm else x.new_empty(0)
         lens = lengths if lengths is not None else _NO_LENGTHS
-        out, h_n, c_n, _ = rnn(x, states[0], cx, list(params), lens, self._cell,
-                                  self.num_layers, self.bidirectional, self.bias,
-                                  float(self.dropout), self.training, need,
-                                  self.backend or "",
-                                  getattr(self, "proj_size", 0))
+        config = Config(self._cell, self.num_layers, self.bidirectional, self.bias,
+                        float(self.dropout), self.training, need, self.backend or "",
+                        getattr(self, "proj_size", 0))
+        out, h_n, c_n, _ = rnn(x, states[0], cx, list(params), lens, config)
         if packed:
             sorted_idx = input.sorted_indices
             out_sorted = out if sorted_idx is None else out.index_select(1, sorted_idx)
@@ -244,7 +243,8 @@ class _Step:
         else:
             cx = states[1][None] if lstm else x.new_empty(0)
             _, h_n, c_n, _ = rnn(x[None], states[0][None], cx, params, _NO_LENGTHS,
-                                 self._cell, 1, False, self.bias, 0.0, False, need, backend, 0)
+                                 Config(self._cell, bias=self.bias, save=need,
+                                        backend=backend))
             h, c = h_n[0], c_n[0] if lstm else None
         if not batched:
             h, c = h[0], c[0] if lstm else None

@@ -8,22 +8,53 @@ implementations, so ``torch.compile(model, fullgraph=True)`` traces through them
 pair is registered as the first operator's autograd formula.
 
 Shapes (docs/architecture.md legend): ``x [T,B,I]`` (time-major), ``hx, cx [L*D,B,H]``, ``weights``
-the layer's flat list (``w_ih, w_hh[, b_ih, b_hh][, w_hr]`` per layer and direction),
-``lengths [B]`` int64 on the CPU or empty (all ``T``); with ``proj_size = P > 0`` (an LSTM's
-projection) ``hx [L*D,B,P]`` and outputs ``D*P`` wide.
+the layer's flat list (``w_ih, w_hh[, b_ih, b_hh][, w_hr]`` per layer and direction, as
+torch.nn's ``_flat_weights``), ``lengths [B]`` int64 on the CPU or empty (all ``T``); with
+``proj_size = P > 0`` (an LSTM's projection) ``hx [L*D,B,P]`` and outputs ``D*P`` wide.
+Everything else a call needs is one :class:`Config`, which the operator takes encoded as a
+string (one schema, whatever the options).
 """
 
+import ast
 import itertools
 import weakref
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from .. import functional
 from ..kernels.cells import get_cell
+from ..kernels.contract import Weights, weight_fields
 
 _contexts = {}  # handle -> [what rnn_backward needs, handles referring to it]
 _handles = itertools.count(1)
+
+
+class Config(NamedTuple):
+    """What a call computes besides its tensors: the cell (a name of
+    ``fastrnn.kernels.cells.CELLS``), the layer's options, the mode (``training``: dropout
+    acts; ``save``: keep what backward needs) and the backend (``""``: dispatch
+    chooses)."""
+
+    cell: str
+    num_layers: int = 1
+    bidirectional: bool = False
+    bias: bool = True
+    dropout: float = 0.0
+    training: bool = False
+    save: bool = False
+    backend: str = ""
+    proj_size: int = 0
+
+    def encode(self):
+        """The config as the operator's ``config`` string (Python literals: what
+        ``torch.compile`` traces through)."""
+        return ";".join([repr(v) for v in self])
+
+    @classmethod
+    def decode(cls, text):
+        return cls(*[ast.literal_eval(v) for v in text.split(";")])
 
 
 class _TorchUniform:
@@ -77,17 +108,12 @@ class _NoStream:
 _NO_STREAM = _NoStream()
 
 
-def _groups(weights, has_bias, proj_size):
-    """:func:`fastrnn.functional.rnn`'s weight tuples from the module's flat list."""
-    arrays = [memory_of(w) for w in weights]
-    per = 2 + 2 * has_bias + (proj_size > 0)
-    groups = []
-    for k in range(0, len(arrays), per):
-        g = arrays[k:k + per]
-        if not has_bias:
-            g[2:2] = [None, None]
-        groups.append(tuple(g))
-    return groups
+def _groups(weights, config):
+    """:func:`fastrnn.functional.rnn`'s :class:`Weights` from the module's flat list (in
+    each layer's and direction's torch order, which is the fields' order)."""
+    fields = weight_fields(config.cell, config.bias, config.proj_size > 0)
+    arrays = iter([memory_of(w) for w in weights])
+    return [Weights(**dict(zip(fields, arrays))) for _ in range(len(weights) // len(fields))]
 
 
 def _hold(handle, keys):
@@ -107,32 +133,29 @@ def _release(keys):
                 del _contexts[key]
 
 
-def _compute(x, hx, cx, weights, lengths, cell, num_layers, bidirectional, has_bias,
-             dropout, training, save, backend, proj_size, guard=True):
+def _compute(x, hx, cx, weights, lengths, config, guard=True):
     """:func:`fastrnn.functional.rnn` on the tensors' memory: output, h_n, c_n (empty but
-    for the LSTM), and what backward needs (None unless ``save``). ``guard``: as in
+    for the LSTM), and what backward needs (None unless ``config.save``). ``guard``: as in
     :func:`fastrnn.functional.rnn` (False where autograd saved the tensors)."""
+    c = config
     with _stream(x):
         out, h_n, c_n, ctx = functional.rnn(
-            cell, memory_of(x), _groups(weights, has_bias, proj_size), memory_of(hx),
-            memory_of(cx) if cell == "lstm" else None, num_layers=num_layers,
-            bidirectional=bidirectional,
-            lengths=lengths.numpy() if lengths.numel() else None, dropout=dropout,
-            training=training, save=save,
-            rng=_TorchUniform(x.device) if training and dropout else None,
-            backend=backend or None, proj_size=proj_size, guard=guard)
+            c.cell, memory_of(x), _groups(weights, c), memory_of(hx),
+            memory_of(cx) if c.cell == "lstm" else None, num_layers=c.num_layers,
+            bidirectional=c.bidirectional,
+            lengths=lengths.numpy() if lengths.numel() else None, dropout=c.dropout,
+            training=c.training, save=c.save,
+            rng=_TorchUniform(x.device) if c.training and c.dropout else None,
+            backend=c.backend or None, guard=guard)
     return _tensor(out, x), _tensor(h_n, x), _tensor(c_n, x), ctx
 
 
 def _rnn(x: torch.Tensor, hx: torch.Tensor, cx: torch.Tensor, weights: list[torch.Tensor],
-         lengths: torch.Tensor, cell: str, num_layers: int, bidirectional: bool,
-         has_bias: bool, dropout: float, training: bool, save: bool, backend: str,
-         proj_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+         lengths: torch.Tensor, config: str
+         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Output ``[T,B,D*H]``, ``h_n``, ``c_n`` (empty but for the LSTM) and a handle
-    (int64 scalar; 0 when nothing was saved)."""
-    return _with_handle(*_compute(x, hx, cx, weights, lengths, cell, num_layers,
-                                  bidirectional, has_bias, dropout, training, save, backend,
-                                  proj_size))
+    (int64 scalar; 0 when nothing was saved); ``config``: :meth:`Config.encode`'s."""
+    return _with_handle(*_compute(x, hx, cx, weights, lengths, Config.decode(config)))
 
 
 def _with_handle(out, h_n, c_n, ctx):
@@ -149,29 +172,29 @@ def _with_handle(out, h_n, c_n, ctx):
 rnn_op = torch.library.custom_op("fastrnn::rnn", mutates_args=())(_rnn)
 
 
-def rnn(x, hx, cx, weights, lengths, *config):
+def rnn(x, hx, cx, weights, lengths, config):
     """:func:`rnn_op` under ``torch.compile``; otherwise the same computation without the
     operator's dispatch (0.1-1 ms a call): directly when it saves nothing for backward
-    (``save`` False), else through :class:`_RNN`, whose autograd formula and ``vmap`` rule
-    serve eager code and ``torch.func``."""
+    (``config.save`` False), else through :class:`_RNN`, whose autograd formula and
+    ``vmap`` rule serve eager code and ``torch.func``. ``config``: a :class:`Config`."""
     if torch.compiler.is_compiling():
-        return rnn_op(x, hx, cx, weights, lengths, *config)
+        return rnn_op(x, hx, cx, weights, lengths, config.encode())
     if torch._C._are_functorch_transforms_active():
         return _RNN.apply(x, hx, cx, lengths, config, *weights)
-    if config[6]:  # save
+    if config.save:
         return _RNNEager.apply(x, hx, cx, lengths, config, *weights)
-    return _compute(x, hx, cx, weights, lengths, *config)
+    return _compute(x, hx, cx, weights, lengths, config)
 
 
 @rnn_op.register_fake
-def _rnn_fake(x, hx, cx, weights, lengths, cell, num_layers, bidirectional, has_bias,
-              dropout, training, save, backend, proj_size):
+def _rnn_fake(x, hx, cx, weights, lengths, config):
+    c = Config.decode(config)
     T, B, _ = x.shape
-    D = 2 if bidirectional else 1
+    LD = c.num_layers * (2 if c.bidirectional else 1)
     S = weights[1].shape[1]  # the state's size: H, or proj_size
-    H = weights[1].shape[0] // get_cell(cell).gates
-    c_n = x.new_empty((num_layers * D, B, H)) if cell == "lstm" else x.new_empty(0)
-    return (x.new_empty((T, B, D * S)), x.new_empty((num_layers * D, B, S)), c_n,
+    H = weights[1].shape[0] // get_cell(c.cell).gates
+    c_n = x.new_empty((LD, B, H)) if c.cell == "lstm" else x.new_empty(0)
+    return (x.new_empty((T, B, LD // c.num_layers * S)), x.new_empty((LD, B, S)), c_n,
             x.new_empty((), dtype=torch.int64))
 
 
@@ -210,9 +233,9 @@ def _rnn_backward_fake(handle, grad_out, grad_hn, grad_cn, x, hx, cx, weights):
 
 
 def _setup_context(ctx, inputs, output):
-    x, hx, cx, weights = inputs[:4]
+    x, hx, cx, weights, _, config = inputs
     ctx.save_for_backward(output[3], x, hx, cx, *weights)
-    ctx.lstm = inputs[5] == "lstm"
+    ctx.lstm = Config.decode(config).cell == "lstm"
     ctx.out_shape = output[0].shape
 
 
@@ -233,7 +256,7 @@ def _backward(ctx, grad_out, grad_hn, grad_cn, _grad_handle):
     dx, dh, dc, *dws = rnn_backward_op(handle, g_out, g_hn, g_cn, x, hx, cx, weights)
     need = ctx.needs_input_grad
     return (dx if need[0] else None, dh if need[1] else None,
-            dc if ctx.lstm and need[2] else None, dws) + (None,) * 10
+            dc if ctx.lstm and need[2] else None, dws, None, None)
 
 
 DOUBLE_BACKWARD = ("fastrnn: gradients of gradients (double backward) are not supported; "
@@ -259,13 +282,13 @@ class _RNN(torch.autograd.Function):
     def forward(x, hx, cx, lengths, config, *weights):
         # (autograd saves the inputs and weights, and checks their versions in backward:
         # nothing to copy or fingerprint)
-        return _with_handle(*_compute(x, hx, cx, weights, lengths, *config, guard=False))
+        return _with_handle(*_compute(x, hx, cx, weights, lengths, config, guard=False))
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         x, hx, cx, _, config, *weights = inputs
         ctx.save_for_backward(output[3], x, hx, cx, *weights)
-        ctx.lstm = config[0] == "lstm"
+        ctx.lstm = config.cell == "lstm"
         ctx.out_shape = output[0].shape
         ctx.mark_non_differentiable(output[3])
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from .. import dispatch
+from ..kernels.contract import State, Weights
 from ._ops import DOUBLE_BACKWARD, legacy_vmap_map, memory_of
 
 
@@ -28,13 +29,13 @@ def step(cell, x, h, c, weights, backend, need):
 
 def _forward(cell, backend, x, h, c, weights, training):
     kernel = dispatch.resolve(backend or None, np)[1]
-    w = [memory_of(t) for t in weights]
-    biases = (w[2], w[3]) if len(w) == 4 else (None, None)
-    _, h_n, c_n, saved = kernel.forward(
-        cell, memory_of(x)[None], memory_of(h), None if c is None else memory_of(c), w[0], w[1],
-        *biases, training=training)
-    return (torch.from_numpy(h_n), None if c_n is None else torch.from_numpy(c_n), saved,
-            kernel)
+    # (the cell's parameters, in torch's order: the fields' order)
+    w = Weights(*[memory_of(t) for t in weights])
+    _, last, saved = kernel.forward(
+        cell, memory_of(x)[None], State(memory_of(h), None if c is None else memory_of(c)),
+        w, training=training)
+    return (torch.from_numpy(last.h), None if last.c is None else torch.from_numpy(last.c),
+            saved, kernel)
 
 
 class _Step(torch.autograd.Function):
@@ -76,6 +77,6 @@ def _grads(step, grad_h, grad_c):
     cell, kernel, saved, bias = step
     dy = np.ascontiguousarray(memory_of(grad_h))[None]
     dc_n = None if grad_c is None else np.ascontiguousarray(memory_of(grad_c))
-    dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, _ = kernel.backward(cell, saved, dy, None, dc_n)
-    grads = [dx[0], dh0, dc0, dw_ih, dw_hh] + ([db_ih, db_hh] if bias else [])
+    dx, d0, dw = kernel.backward(cell, saved, dy, State(None, dc_n))
+    grads = [dx[0], d0.h, d0.c, dw.w_ih, dw.w_hh] + ([dw.b_ih, dw.b_hh] if bias else [])
     return [None if g is None else torch.from_numpy(np.ascontiguousarray(g)) for g in grads]

@@ -14,12 +14,15 @@ are single GEMMs over all ``T*B`` rows. The threads of a call are pinned to dist
 
 import contextlib
 import os
+from typing import Any, NamedTuple
 
 import numba
 import numpy as np
 
 from . import _compiled, _stale
 from ..cells import get_cell
+from ..contract import Sequence as _Seq
+from ..contract import State, Weights
 from ..gate_grads import input_and_weight_grads
 from ._affinity import plan as _pin_plan
 from ._affinity import pinned, usable_cpus
@@ -45,6 +48,8 @@ __all__ = ["forward", "backward", "cache_dir", "num_threads", "pinned_cpus",
            "wait_settings", "L2_BYTES", "empty_cache", "cache_info", "set_cache_limit",
            "warm", "compiled_kernels"]
 
+
+_SEQUENCE = _Seq()  # (every row all T steps, forwards)
 
 _cache_checked = False
 
@@ -275,52 +280,49 @@ def _writable(a):
 
 
 @child_safe
-def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None, reverse=False,
-            training=True, peepholes=None, w_hr=None):
-    """Kernel contract forward (see docs/architecture.md; ``peepholes [3,H]`` for ``lstm_peephole``,
-    ``w_hr [P,H]`` for an LSTM with a projection); arrays are NumPy, of ``x``'s dtype."""
+def forward(cell, x, state, weights, seq=_SEQUENCE, training=True):
+    """Kernel contract forward (:mod:`fastrnn.kernels.contract`); arrays are NumPy, of
+    ``x``'s dtype."""
     _fresh_cache()
-    x, h0, c0, w_ih, w_hh, b_ih, b_hh, peepholes, w_hr = map(
-        _writable, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, peepholes, w_hr))
-    (T, B, I), (GH, H) = x.shape, w_hh.shape
-    threads = _threads_for(x.shape, w_hh.shape)
-    units = _units_for(cell, T, B, GH, H, x.dtype.itemsize, w_hr is not None)
+    x, w = _writable(x), weights.map(_writable)
+    state = State(*map(_writable, state))
+    (T, B, I), (GH, H) = x.shape, w.w_hh.shape
+    threads = _threads_for(x.shape, w.w_hh.shape)
+    units = _units_for(cell, T, B, GH, H, x.dtype.itemsize, w.w_hr is not None)
     plan = Plan(threads, units, _projection(T, B, I, GH, H, x.dtype.itemsize, threads, units))
     fpu = flush_denormals()
     try:
         if plan.projection == "rowdot":
             # no BLAS and no parallel region: nothing to hold back or pin (a step of
             # generation), and one compiled call
-            return _forward_rows(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, peepholes,
-                                 lengths, reverse, training, plan.units)
+            return _forward_rows(cell, x, state, w, seq, training, plan.units)
         if plan.projection == "step":
-            return _forward_step(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, peepholes,
-                                 lengths, training, threads)
+            return _forward_step(cell, x, state, w, seq, training, threads)
         with single_threaded_blas(), _at_most(threads), pinned(threads):
-            return _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, (peepholes, w_hr),
-                            lengths, reverse, training, plan)
+            return _forward(cell, x, state, w, seq, training, plan)
     finally:
         restore(fpu)
 
 
 @child_safe
-def backward(cell, saved, dy, dh_n, dc_n):
-    """Kernel contract backward (see docs/architecture.md)."""
+def backward(cell, saved, dy, dstate_n):
+    """Kernel contract backward (:mod:`fastrnn.kernels.contract`)."""
     _fresh_cache()
-    dy, dh_n, dc_n = map(_writable, (dy, dh_n, dc_n))
-    (T, B, _), GH = saved["x"].shape, saved["w_hh"].shape[0]
-    threads = _threads_for(saved["x"].shape, saved["w_hh"].shape)
-    units = _units_for(cell, T, B, GH, GH // get_cell(cell).gates, saved["x"].dtype.itemsize,
-                       saved["w_hr"] is not None)
+    dy = _writable(dy)
+    dstate_n = State(*map(_writable, dstate_n))
+    w_hh = saved.weights.w_hh
+    (T, B, I), GH = saved.x.shape, w_hh.shape[0]
+    threads = _threads_for(saved.x.shape, w_hh.shape)
+    units = _units_for(cell, T, B, GH, GH // get_cell(cell).gates, saved.x.dtype.itemsize,
+                       saved.weights.w_hr is not None)
     # (a call whose GEMMs OpenBLAS runs on the caller anyway - a small cell step - leaves
     # its thread setting alone: two library calls, ~10 us)
-    I = saved["x"].shape[2]
-    quiet = T * B * GH * max(I, saved["w_hh"].shape[1]) <= ONE_THREAD_GEMM
+    quiet = T * B * GH * max(I, w_hh.shape[1]) <= ONE_THREAD_GEMM
     fpu = flush_denormals()
     try:
         with (contextlib.nullcontext() if quiet else single_threaded_blas()), \
                 _at_most(threads), pinned(threads):
-            return _backward(cell, saved, dy, dh_n, dc_n, units)
+            return _backward(cell, saved, dy, dstate_n, units)
     finally:
         restore(fpu)
 
@@ -348,82 +350,87 @@ def _biases(b_ih, b_hh, peepholes, GH, dt):
 _NO_LENGTHS = np.empty(0, np.int64)  # (forward_rows: every row has T steps)
 
 
-def _sequence(lengths, reverse, B, T):
+def _sequence(seq, B, T):
+    """The contract's :class:`Sequence` as the loops take it: every row's length."""
+    lengths = seq.lengths
     lens = np.full(B, T, np.int64) if lengths is None else np.array(lengths, np.int64)
-    return Sequence(lens, bool(reverse))
+    return Sequence(lens, bool(seq.reverse))
 
 
-def _kept(x, w_ih, w_hh, b_ih, seq, saved, c0, peep, w_hr):
-    """What :func:`backward` needs of a training forward."""
-    return dict(x=x, w_ih=w_ih, w_hh=w_hh, has_bias=b_ih is not None, seq=seq,
-                saved=saved, c0=c0, peep=peep, w_hr=w_hr)
+class Kept(NamedTuple):
+    """What :func:`backward` needs of a training forward: the input, the weights (as the
+    caller gave them), the sequence (:class:`._args.Sequence`), what the loop saved of each
+    step (:class:`._args.Saved`), the initial cell state (zeros but for the LSTMs) and the
+    peepholes as the loops take them."""
+
+    x: Any
+    weights: Weights
+    seq: Sequence
+    steps: Saved
+    c0: Any
+    peep: Any
 
 
-def _forward_rows(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, peepholes, lengths, reverse,
-                  training, units, hg=None):
+def _forward_rows(cell, x, state, w, seq, training, units, hg=None):
     """A one-thread call of a few rows (the ``"rowdot"`` plan): the whole call in
     :func:`._split.forward_rows`; with ``hg`` (the ``"step"`` plan) ``x [1,B,G*H]`` is
     the input projection, ``hg [B,G*H]`` the recurrent one, and ``w_ih``, ``w_hh`` are
     kept for backward only."""
     spec = get_cell(cell)
     T, B, _ = x.shape
-    GH, H = w_hh.shape
+    GH, H = w.w_hh.shape
     dt = x.dtype
-    b_ih_, b_hh_ = _bias_pair(b_ih, b_hh, GH, dt)
-    c0_ = c0 if spec.has_cell_state else np.zeros((B, H), dt)
+    b_ih_, b_hh_ = _bias_pair(w.b_ih, w.b_hh, GH, dt)
+    c0_ = state.c if spec.has_cell_state else np.zeros((B, H), dt)
     steps = T if training else 1
     y, h_n, c_n = np.empty((T, B, H), dt), np.empty((B, H), dt), np.empty((B, H), dt)
     saved = Saved(np.empty((steps, B, GH), dt), np.empty((steps, B, H), dt),
                   np.empty((steps if spec.has_cell_state else 1, B, H), dt),
                   np.empty((steps if spec.family == "gru" else 1, B, H), dt))
-    peep = _peep(peepholes, dt)
+    peep = _peep(w.peepholes, dt)
     if hg is None:
-        w_ih_, w_hh_, hg = w_ih, w_hh, np.empty((B, GH), dt)
+        w_ih_, w_hh_, hg = w.w_ih, w.w_hh, np.empty((B, GH), dt)
     else:  # (no rows: the products are given)
         w_ih_, w_hh_ = np.empty((0, x.shape[2]), dt), np.empty((0, H), dt)
     # (contiguous, as the batch-split loop takes them: a strided state would compile
     # forward_rows once more)
-    forward_rows(CELL_IDS[spec.name], np.ascontiguousarray(x), np.ascontiguousarray(h0),
+    forward_rows(CELL_IDS[spec.name], np.ascontiguousarray(x), np.ascontiguousarray(state.h),
                  np.ascontiguousarray(c0_), np.ascontiguousarray(w_ih_),
                  np.ascontiguousarray(w_hh_), b_ih_, b_hh_, peep,
-                 _NO_LENGTHS if lengths is None else np.array(lengths, np.int64),
-                 bool(reverse), units, y, h_n, c_n, *saved, hg)
+                 _NO_LENGTHS if seq.lengths is None else np.array(seq.lengths, np.int64),
+                 bool(seq.reverse), units, y, h_n, c_n, *saved, hg)
     keep = None
     if training:
-        keep = _kept(x, w_ih, w_hh, b_ih, _sequence(lengths, reverse, B, T), saved, c0_,
-                     peep, None)
-    return y, h_n, (c_n if spec.has_cell_state else None), keep
+        keep = Kept(x, w, _sequence(seq, B, T), saved, c0_, peep)
+    return y, State(h_n, c_n if spec.has_cell_state else None), keep
 
 
-def _forward_step(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, peepholes, lengths, training,
-                  threads):
+def _forward_step(cell, x, state, w, seq, training, threads):
     """A one-step call of many rows (the ``"step"`` plan): ``x @ w_ih.T`` and ``h0 @
     w_hh.T`` by BLAS (split over the threads when there are several), then the pointwise
     step in one compiled call."""
-    B, GH = x.shape[1], w_hh.shape[0]
+    B, GH = x.shape[1], w.w_hh.shape[0]
     dt = x.dtype
     xg, hg = np.empty((1, B, GH), dt), np.empty((B, GH), dt)
     if threads > 1:
         with single_threaded_blas(), _at_most(threads), pinned(threads):
-            matmul(x[0], w_ih.T, xg[0])
-            matmul(h0, w_hh.T, hg)
+            matmul(x[0], w.w_ih.T, xg[0])
+            matmul(state.h, w.w_hh.T, hg)
     else:  # (OpenBLAS held at one thread, unless it keeps products this small on one)
-        quiet = B * GH * max(x.shape[2], w_hh.shape[1]) <= ONE_THREAD_GEMM
+        quiet = B * GH * max(x.shape[2], w.w_hh.shape[1]) <= ONE_THREAD_GEMM
         with contextlib.nullcontext() if quiet else single_threaded_blas():
-            np.matmul(x[0], w_ih.T, out=xg[0])
-            np.matmul(h0, w_hh.T, out=hg)
-    units = np.asarray([0, w_hh.shape[1]], dtype=np.int64)
-    y, h_n, c_n, keep = _forward_rows(cell, xg, h0, c0, w_ih, w_hh, b_ih, b_hh, peepholes,
-                                      lengths, False, training, units, hg)
+            np.matmul(x[0], w.w_ih.T, out=xg[0])
+            np.matmul(state.h, w.w_hh.T, out=hg)
+    units = np.asarray([0, w.w_hh.shape[1]], dtype=np.int64)
+    y, state_n, keep = _forward_rows(cell, xg, state, w, seq, training, units, hg)
     if keep is not None:  # (backward needs the input, not its projection)
-        keep["x"] = x
-    return y, h_n, c_n, keep
+        keep = keep._replace(x=x)
+    return y, state_n, keep
 
 
-def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, extra, lengths, reverse, training,
-             plan):
+def _forward(cell, x, state, w, seq, training, plan):
     spec = get_cell(cell)
-    peepholes, w_hr = extra
+    w_ih, w_hh, w_hr = w.w_ih, w.w_hh, w.w_hr
     T, B, I = x.shape
     GH, S = w_hh.shape  # S: the state's size (H, or the projection's)
     H = GH // spec.gates
@@ -439,9 +446,9 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, extra, lengths, reverse, t
         x2, w_ih2 = np.empty((0, I), dt), np.empty((0, I), dt)
     if projection == "gemm":
         matmul(x.reshape(T * B, I), w_ih.T, xg.reshape(T * B, GH))
-    bias = _biases(b_ih, b_hh, peepholes, GH, dt)
-    seq = _sequence(lengths, reverse, B, T)
-    c0_ = c0 if spec.has_cell_state else np.zeros((B, H), dt)
+    bias = _biases(w.b_ih, w.b_hh, w.peepholes, GH, dt)
+    lens = _sequence(seq, B, T)
+    c0_ = state.c if spec.has_cell_state else np.zeros((B, H), dt)
     steps = T if training else 1
     y = empty((T, B, S), dt)
     h_n = np.empty((B, S), dt)
@@ -462,11 +469,11 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, extra, lengths, reverse, t
         wr = pack(w_hr, transpose=True) if w_hr is not None else np.empty((0, 1, 1), dt)
         proj = Projection(xg, x_steps, wx, _projection_steps(B, chunks.size - 1))
         forward_loop(CELL_IDS[spec.name], proj, wp, gate_at, second, bias,
-                     np.ascontiguousarray(h0), np.ascontiguousarray(c0_), seq, chunks,
+                     np.ascontiguousarray(state.h), np.ascontiguousarray(c0_), lens, chunks,
                      Outputs(y, h_n, c_n), saved, wr)
     else:
         hbuf = np.empty((2, B, H), dt)
-        hbuf[0] = h0
+        hbuf[0] = state.h
         c_n[...] = c0_
         G = GH // H
         if _rowdot(T, B):
@@ -478,24 +485,25 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, extra, lengths, reverse, t
             hg = np.empty((B, starts[-1] * panel_width(dt)), dt)
         weights = UnitWeights(np.ascontiguousarray(w_hh), wp, starts)
         if plan.threads == 1:
-            forward_loop_serial(CELL_IDS[spec.name], xg, weights, bias, hbuf, c_n, hg, seq,
+            forward_loop_serial(CELL_IDS[spec.name], xg, weights, bias, hbuf, c_n, hg, lens,
                                 units, y, saved)
         else:
             per = _UNIT_PROJECTION_STEPS if projection == "units" else 0
             forward_loop_split(CELL_IDS[spec.name], Projection(xg, x2, w_ih2, per), weights,
-                               bias, hbuf, c_n, hg, seq, units, np.zeros(3, np.int64), y,
+                               bias, hbuf, c_n, hg, lens, units, np.zeros(3, np.int64), y,
                                saved)
         h_n[...] = hbuf[T % 2]
-    keep = _kept(x, w_ih, w_hh, b_ih, seq, saved, c0_, bias.peep, w_hr) if training else None
-    return y, h_n, (c_n if spec.has_cell_state else None), keep
+    keep = Kept(x, w, lens, saved, c0_, bias.peep) if training else None
+    return y, State(h_n, c_n if spec.has_cell_state else None), keep
 
 
-def _backward(cell, saved, dy, dh_n, dc_n, units):
+def _backward(cell, saved, dy, dstate_n, units):
     """The backward of :func:`backward`; ``units``: the unit blocks of the unit-split loop,
     or None for the batch split."""
     spec = get_cell(cell)
-    x, w_ih, w_hh, kept = saved["x"], saved["w_ih"], saved["w_hh"], saved["saved"]
-    w_hr = saved["w_hr"]
+    x, kept = saved.x, saved.steps
+    w_ih, w_hh, w_hr = saved.weights.w_ih, saved.weights.w_hh, saved.weights.w_hr
+    dh_n, dc_n = dstate_n
     T, B, I = x.shape
     GH, S = w_hh.shape
     H = GH // spec.gates
@@ -514,8 +522,8 @@ def _backward(cell, saved, dy, dh_n, dc_n, units):
         wr = (pack(w_hr, transpose=False) if w_hr is not None
               else np.empty((0, 1, panel_width(dt)), dt))
         backward_loop(CELL_IDS[spec.name], pack(w_hh, transpose=False), w_n,
-                      np.ascontiguousarray(dy), dh_n, dc_n, saved["c0"], saved["seq"], chunks,
-                      kept, grads, saved["peep"], wr)
+                      np.ascontiguousarray(dy), dh_n, dc_n, saved.c0, saved.seq, chunks,
+                      kept, grads, saved.peep, wr)
     else:
         grads = Grads(dgx, dgh, dh_n.copy(), dc_n.copy(), np.zeros((1, GH + 3 * H), dt), dhs)
         direct = np.zeros((B, H), dt)
@@ -533,29 +541,28 @@ def _backward(cell, saved, dy, dh_n, dc_n, units):
         backward_loop_split(CELL_IDS[spec.name],
                             UnitWeights(np.empty((0, H), dt) if blas_dh
                                         else np.ascontiguousarray(w_hh), wp, starts),
-                            np.ascontiguousarray(dy), grads.dh0, grads.dc0, saved["c0"],
-                            saved["seq"], units, np.zeros(3, np.int64), kept, grads, dhp,
-                            direct, saved["peep"])
+                            np.ascontiguousarray(dy), grads.dh0, grads.dc0, saved.c0,
+                            saved.seq, units, np.zeros(3, np.int64), kept, grads, dhp,
+                            direct, saved.peep)
         if blas_dh:
             dh0 = matmul(dgh[0], w_hh, np.empty((B, H), dt))
             dh0 += direct
-            steps = saved["seq"].lengths > 0  # (a row of no step passes dh_n through)
+            steps = saved.seq.lengths > 0  # (a row of no step passes dh_n through)
             np.copyto(grads.dh0, dh0, where=steps[:, None])
     # (the loops summed the bias gradients: the shared helper gets has_bias=False)
     dx, dw_ih, dw_hh, _, _ = input_and_weight_grads(
         np, matmul, dgx, dgh, x, kept.h_prev, w_ih, False, spec.name == "gru", empty,
         rh=kept.hn_all if spec.reset_before else None)
-    db_ih = db_hh = None
-    extra = ()
     sums = grads.db.sum(axis=0)
-    if spec.peepholes:
-        extra += (sums[GH:].reshape(3, H).copy(),)
+    dpeep = sums[GH:].reshape(3, H).copy() if spec.peepholes else None
+    dw_hr = None
     if w_hr is not None:  # dw_hr = sum dh' (o * tanh(c'))^T
-        extra += (matmul(dhs.reshape(T * B, S).T, kept.hn_all.reshape(T * B, H),
-                         np.empty((S, H), dt)),)
-    if saved["has_bias"]:
+        dw_hr = matmul(dhs.reshape(T * B, S).T, kept.hn_all.reshape(T * B, H),
+                       np.empty((S, H), dt))
+    db_ih = db_hh = None
+    if saved.weights.b_ih is not None:
         db_ih, db_hh = sums[:GH].copy(), sums[:GH].copy()
         if spec.name == "gru":  # b_hn sits inside r * (.): its gradient is dgh's n block
             db_hh[2 * H:] = sums[GH:GH + H]
-    return (dx, grads.dh0, (grads.dc0 if spec.has_cell_state else None), dw_ih, dw_hh,
-            db_ih, db_hh, extra)
+    return (dx, State(grads.dh0, grads.dc0 if spec.has_cell_state else None),
+            Weights(dw_ih, dw_hh, db_ih, db_hh, dpeep, dw_hr))

@@ -13,6 +13,7 @@ are random, so the compiled code is the code a real call runs.
 import numpy as np
 
 from ..cells import get_cell
+from ..contract import Sequence, State, Weights
 from ._args import Plan
 from ._gemm import pack, pack_column_blocks
 
@@ -21,6 +22,7 @@ _UNITS = np.array([0, 16, 32], np.int64)  # two unit blocks
 
 
 def _problem(cell, dtype, B, T=_T):
+    """Random input ``x``, :class:`State` and :class:`Weights` of a small layer."""
     spec = get_cell(cell)
     rng = np.random.default_rng(0)
     G = spec.gates
@@ -28,22 +30,23 @@ def _problem(cell, dtype, B, T=_T):
     def r(*shape):
         return rng.uniform(-0.5, 0.5, shape).astype(dtype)
 
-    return dict(x=r(T, B, _I), h0=r(B, _H), c0=r(B, _H) if spec.has_cell_state else None,
-                w_ih=r(G * _H, _I), w_hh=r(G * _H, _H), b_ih=r(G * _H), b_hh=r(G * _H),
-                peepholes=r(3, _H) if spec.peepholes else None)
+    state = State(r(B, _H), r(B, _H) if spec.has_cell_state else None)
+    weights = Weights(r(G * _H, _I), r(G * _H, _H), r(G * _H), r(G * _H),
+                      r(3, _H) if spec.peepholes else None)
+    return r(T, B, _I), state, weights
 
 
-def _forward_backward(forward, backward, cell, p, plan, units):
-    y, _, _, saved = forward(cell, p["x"], p["h0"], p["c0"], p["w_ih"], p["w_hh"], p["b_ih"],
-                             p["b_hh"], (p["peepholes"], None), None, False, True, plan)
-    dy = np.ones_like(y)
-    backward(cell, saved, dy, None, None, units)
+def _forward_backward(forward, backward, cell, problem, plan, units):
+    x, state, weights = problem
+    y, _, saved = forward(cell, x, state, weights, Sequence(), True, plan)
+    backward(cell, saved, np.ones_like(y), State(None, None), units)
 
 
 def warm(dtype, forward, backward, forward_rows):
     """Compile (or load from the cache) every loop kind in ``dtype``, through the backend's
-    own ``forward(cell, ..., plan)``, ``backward(cell, ..., units)`` and ``forward_rows``
-    (the package's internal steps of a call, given a plan here)."""
+    own ``forward(cell, x, state, weights, seq, training, plan)``, ``backward(cell, saved,
+    dy, dstate_n, units)`` and ``forward_rows`` (the package's internal steps of a call,
+    given a plan here)."""
     cell = "lstm"
     dtype = np.dtype(dtype)
     batch = _problem(cell, dtype, _B)
@@ -55,9 +58,8 @@ def warm(dtype, forward, backward, forward_rows):
         for plan in (Plan(2, _UNITS, "units"), Plan(2, _UNITS, "gemm"),
                      Plan(1, _UNITS, "gemm")):
             _forward_backward(forward, backward, cell, p, plan, _UNITS)
-    p = _problem(cell, dtype, 1, 1)
-    forward_rows(cell, p["x"], p["h0"], p["c0"], p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"],
-                 p["peepholes"], None, False, False, np.array([0, _H], np.int64))
+    x, state, weights = _problem(cell, dtype, 1, 1)
+    forward_rows(cell, x, state, weights, Sequence(), False, np.array([0, _H], np.int64))
     big = np.ones((512, 600), dtype)  # over the line where all threads pack
     pack(big, transpose=True)
     pack_column_blocks(big, [(0, 300), (300, 600)])

@@ -13,17 +13,19 @@ GPU. A runtime has:
   :mod:`.names`) as a cooperative grid;
 - ``matmul(a, b, out)``: ``out[:] = a @ b``.
 
-Shapes (docs/architecture.md legend): ``x [T,B,I]``, ``h0, c0 [B,H]``, ``w_ih [G*H,I]``,
-``w_hh [G*H,H]``, ``b_ih, b_hh [G*H]`` or None, ``peepholes [3,H]`` (``lstm_peephole``); an
-LSTM with a projection ``w_hr [P,H]`` has ``h0 [B,P]`` and ``w_hh [G*H,P]``.
+Shapes (docs/architecture.md legend): ``x [T,B,I]``, ``state`` ``h [B,S]``, ``c [B,H]``,
+the :class:`..contract.Weights` ``w_ih [G*H,I]``, ``w_hh [G*H,S]``, ``b_ih, b_hh [G*H]``
+or None, ``peepholes [3,H]`` (``lstm_peephole``), ``w_hr [P,H]`` (an LSTM's projection).
 """
 
 import math
 from collections import namedtuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from ..cells import get_cell
+from ..contract import Sequence, State, Weights
 from ..gate_grads import input_and_weight_grads, peephole_grads
 from .names import CTYPES, backward_name, forward_name
 
@@ -61,11 +63,31 @@ def _peep(xp, peepholes, dt):
     return xp.empty(1, dt) if peepholes is None else xp.ascontiguousarray(peepholes)
 
 
-def forward(runtime, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None, reverse=False,
-            training=True, peepholes=None, w_hr=None):
-    """Kernel contract forward on ``runtime``'s arrays of ``x``'s dtype."""
+class Kept(NamedTuple):
+    """What :func:`backward` needs of a training forward: the input and the weights, the
+    lengths on the device, the direction, the peepholes and projection as the kernels take
+    them, what the kernel saved of each step (``acts``, ``h_prev``, ``c_all``, ``hn_all``:
+    see ``rnn.cu``) and the initial cell state."""
+
+    x: Any
+    weights: Weights
+    lens: Any
+    reverse: bool
+    peep: Any
+    acts: Any
+    h_prev: Any
+    c_all: Any
+    hn_all: Any
+    c0: Any
+
+
+def forward(runtime, cell, x, state, weights, seq=Sequence(), training=True):
+    """Kernel contract forward (:mod:`..contract`) on ``runtime``'s arrays of ``x``'s
+    dtype."""
     xp = runtime.xp
     spec = get_cell(cell)
+    w_ih, w_hh, b_ih, b_hh, peepholes, w_hr = weights
+    (h0, c0), (lengths, reverse) = state, seq
     T, B, I = x.shape
     GH, S = w_hh.shape  # S: the state's size (H, or the projection's)
     H = GH // spec.gates
@@ -105,17 +127,17 @@ def forward(runtime, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None, reve
     h_n = hbuf[T % 2].copy()
     saved = None
     if training:
-        saved = dict(x=x, w_ih=w_ih, w_hh=w_hh, has_bias=b_ih is not None, lens=lens_d,
-                     reverse=reverse, peep=peep, w_hr=w_hr_ if projected else None, acts=acts, h_prev=h_prev, c_all=c_all, hn_all=hn_all,
-                     c0=xp.ascontiguousarray(c0) if spec.has_cell_state else xp.empty(1, dt))
-    return y, h_n, (c if spec.has_cell_state else None), saved
+        saved = Kept(x, weights, lens_d, bool(reverse), peep, acts, h_prev, c_all, hn_all,
+                     xp.ascontiguousarray(c0) if spec.has_cell_state else xp.empty(1, dt))
+    return y, State(h_n, c if spec.has_cell_state else None), saved
 
 
-def backward(runtime, cell, saved, dy, dh_n, dc_n):
-    """Kernel contract backward on ``runtime``'s arrays."""
+def backward(runtime, cell, saved, dy, dstate_n):
+    """Kernel contract backward (:mod:`..contract`) on ``runtime``'s arrays."""
     xp = runtime.xp
     spec = get_cell(cell)
-    x, w_ih, w_hh, w_hr = saved["x"], saved["w_ih"], saved["w_hh"], saved["w_hr"]
+    x, (w_ih, w_hh, b_ih, _, _, w_hr) = saved.x, saved.weights
+    dh_n, dc_n = dstate_n
     T, B, I = x.shape
     GH, S = w_hh.shape
     H = GH // spec.gates
@@ -129,18 +151,20 @@ def backward(runtime, cell, saved, dy, dh_n, dc_n):
     p = plan(spec.gates, H, dt.itemsize, runtime.sms, runtime.smem_optin, S)
     name = backward_name(CTYPES[dt.name], spec.name, p.on_chip)
     runtime.launch(name, p.blocks, THREADS, p.smem, (
-        xp.ascontiguousarray(w_hh.T), saved["peep"], w_hr if projected else xp.empty(1, dt),
-        xp.ascontiguousarray(dy), saved["lens"], saved["acts"], saved["h_prev"],
-        saved["c_all"], saved["hn_all"], saved["c0"], dh, dc, xp.zeros((B, H), dt), dhs,
-        dgx, dgh, np.int32(T), np.int32(B), np.int32(H), np.int32(S), np.int32(p.units),
-        np.int32(bool(saved["reverse"]))))
+        xp.ascontiguousarray(w_hh.T), saved.peep,
+        xp.ascontiguousarray(w_hr) if projected else xp.empty(1, dt),
+        xp.ascontiguousarray(dy), saved.lens, saved.acts, saved.h_prev, saved.c_all,
+        saved.hn_all, saved.c0, dh, dc, xp.zeros((B, H), dt), dhs, dgx, dgh, np.int32(T),
+        np.int32(B), np.int32(H), np.int32(S), np.int32(p.units),
+        np.int32(saved.reverse)))
     dx, dw_ih, dw_hh, db_ih, db_hh = input_and_weight_grads(
-        xp, runtime.matmul, dgx, dgh, x, saved["h_prev"], w_ih, saved["has_bias"],
-        spec.name == "gru", rh=saved["hn_all"] if spec.reset_before else None)
-    extra = ()
+        xp, runtime.matmul, dgx, dgh, x, saved.h_prev, w_ih, b_ih is not None,
+        spec.name == "gru", rh=saved.hn_all if spec.reset_before else None)
+    dpeep = dw_hr = None
     if spec.peepholes:
-        extra += (peephole_grads(xp, dgh, saved["c0"], saved["c_all"], saved["reverse"]),)
+        dpeep = peephole_grads(xp, dgh, saved.c0, saved.c_all, saved.reverse)
     if projected:  # dw_hr = sum dh' (o * tanh(c'))^T
-        extra += (runtime.matmul(dhs.reshape(T * B, S).T, saved["hn_all"].reshape(T * B, H),
-                                 xp.empty((S, H), dt)),)
-    return dx, dh, (dc if spec.has_cell_state else None), dw_ih, dw_hh, db_ih, db_hh, extra
+        dw_hr = runtime.matmul(dhs.reshape(T * B, S).T, saved.hn_all.reshape(T * B, H),
+                               xp.empty((S, H), dt))
+    return (dx, State(dh, dc if spec.has_cell_state else None),
+            Weights(dw_ih, dw_hh, db_ih, db_hh, dpeep, dw_hr))

@@ -18,6 +18,7 @@ import os
 import cupy as cp
 
 from . import contract
+from ..contract import Sequence
 from .names import all_names
 
 __all__ = ["forward", "backward", "plan"]
@@ -76,13 +77,11 @@ class _CuPyRuntime:
 RUNTIME = _CuPyRuntime()
 
 
-def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None, reverse=False,
-            training=True, peepholes=None, w_hr=None):
-    """Kernel contract forward (see docs/architecture.md) on CuPy arrays of ``x``'s dtype."""
-    return contract.forward(RUNTIME, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths,
-                            reverse, training, peepholes, w_hr)
+def forward(cell, x, state, weights, seq=Sequence(), training=True):
+    """Kernel contract forward (:mod:`..contract`) on CuPy arrays of ``x``'s dtype."""
+    return contract.forward(RUNTIME, cell, x, state, weights, seq, training)
 
 
-def backward(cell, saved, dy, dh_n, dc_n):
-    """Kernel contract backward (see docs/architecture.md) on CuPy arrays."""
-    return contract.backward(RUNTIME, cell, saved, dy, dh_n, dc_n)
+def backward(cell, saved, dy, dstate_n):
+    """Kernel contract backward (:mod:`..contract`) on CuPy arrays."""
+    return contract.backward(RUNTIME, cell, saved, dy, dstate_n)

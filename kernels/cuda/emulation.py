@@ -6,7 +6,7 @@ weights can live, padding, reverse, every cell - on machines without a GPU; it s
 about their speed. Needs ``g++`` (or ``$CXX``) and pthreads.
 
     rt = Runtime(sms=3, smem_optin=48 * 1024)
-    y, h_n, c_n, saved = rt.forward("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    y, state_n, saved = rt.forward("lstm", x, State(h0, c0), Weights(w_ih, w_hh, b_ih, b_hh))
 """
 
 import ctypes
@@ -22,6 +22,7 @@ import threading
 import numpy as np
 
 from . import contract
+from ..contract import Sequence
 from .names import all_names
 
 _DIR = os.path.dirname(os.path.abspath(__file__))
@@ -207,17 +208,15 @@ class Runtime:
         if fn(name.encode(), blocks, threads, smem, pointers, error, len(error)) != 0:
             raise RuntimeError(f"emulated launch of {name}: {error.value.decode()}")
 
-    def forward(self, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None, reverse=False,
-                training=True, peepholes=None, w_hr=None):
-        """Kernel contract forward (docs/architecture.md), run by the CUDA kernels on the
+    def forward(self, cell, x, state, weights, seq=Sequence(), training=True):
+        """Kernel contract forward (:mod:`..contract`), run by the CUDA kernels on the
         CPU."""
-        return contract.forward(self, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths,
-                                reverse, training, peepholes, w_hr)
+        return contract.forward(self, cell, x, state, weights, seq, training)
 
-    def backward(self, cell, saved, dy, dh_n, dc_n):
-        """Kernel contract backward (docs/architecture.md), run by the CUDA kernels on the
+    def backward(self, cell, saved, dy, dstate_n):
+        """Kernel contract backward (:mod:`..contract`), run by the CUDA kernels on the
         CPU."""
-        return contract.backward(self, cell, saved, dy, dh_n, dc_n)
+        return contract.backward(self, cell, saved, dy, dstate_n)
 
 
 if __name__ == "__main__":  # python -m fastrnn.kernels.cuda.emulation: build and say where
