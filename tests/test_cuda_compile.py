@@ -50,3 +50,16 @@ def test_launcher_names_are_exactly_the_instantiated_kernels(tmp_path):
                                text=True, check=True).stdout.split("\n")
     compiled = {d.split("(")[0].removeprefix("void ") for d in demangled if d}
     assert compiled == set(names.all_names())
+
+
+@pytest.mark.parametrize("macro,fields", [("RNN_FORWARD_PARAMS", "ForwardArgs"),
+                                          ("RNN_BACKWARD_PARAMS", "BackwardArgs")])
+def test_launch_arguments_name_the_kernels_parameters_in_order(macro, fields):
+    """contract.py builds each launch's arguments by name; the names and their order are
+    rnn.cu's parameter lists (one list per kernel, which instantiate.cu uses too)."""
+    from fastrnn.kernels.cuda import contract
+    source = open(os.path.join(CUDA_DIR, "rnn.cu")).read()
+    body = source.split(f"#define {macro}(T)", 1)[1].split("\n\n", 1)[0]
+    body = re.sub(r"/\*.*?\*/", " ", body.replace("\\\n", " "), flags=re.S)
+    params = [p.strip().split()[-1].lstrip("*") for p in body.split(",")]
+    assert params == list(getattr(contract, fields)._fields)

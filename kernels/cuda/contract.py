@@ -36,6 +36,14 @@ ONE_BLOCK_MAX_H = 32
 
 Plan = namedtuple("Plan", "blocks units smem on_chip")
 
+# The kernels' parameters, in rnn.cu's order (RNN_FORWARD_PARAMS, RNN_BACKWARD_PARAMS): a
+# launch passes ``tuple(ForwardArgs(...))``, built by name
+ForwardArgs = namedtuple("ForwardArgs", "xg w_hh b_hh peep w_hr lengths hbuf c m hg y acts "
+                                        "h_prev c_all hn_all steps B H S units reverse")
+BackwardArgs = namedtuple("BackwardArgs", "w_hh_t peep w_hr dy lengths acts h_prev c_all "
+                                          "hn_all c0 dh dc direct dhs dgx dgh steps B H S "
+                                          "units reverse")
+
 
 def plan(G, H, itemsize, sms, smem_optin, S=None):
     """How a layer of ``H`` units with ``G`` gates (and a state of ``S`` units: ``H``, or
@@ -81,12 +89,15 @@ class Kept(NamedTuple):
     c0: Any
 
 
-def forward(runtime, cell, x, state, weights, seq=Sequence(), training=True):
+def forward(runtime, cell, x, state, weights, seq=Sequence(), training=True, zoneout=None):
     """Kernel contract forward (:mod:`..contract`) on ``runtime``'s arrays of ``x``'s
     dtype."""
+    if weights.ln_ih is not None or zoneout is not None:
+        raise ValueError("layer_norm and zoneout: not available on the gpu backend; run the "
+                         "layer on the cpu or numpy backend")
     xp = runtime.xp
     spec = get_cell(cell)
-    w_ih, w_hh, b_ih, b_hh, peepholes, w_hr = weights
+    w_ih, w_hh, b_ih, b_hh, peepholes, w_hr = weights[:6]
     (h0, c0), (lengths, reverse) = state, seq
     T, B, I = x.shape
     GH, S = w_hh.shape  # S: the state's size (H, or the projection's)
@@ -119,11 +130,12 @@ def forward(runtime, cell, x, state, weights, seq=Sequence(), training=True):
     w_hr_ = xp.ascontiguousarray(w_hr) if projected else xp.empty(1, dt)
     p = plan(spec.gates, H, dt.itemsize, runtime.sms, runtime.smem_optin, S)
     name = forward_name(CTYPES[dt.name], spec.name, training, p.on_chip)
-    runtime.launch(name, p.blocks, THREADS, p.smem, (
-        xp.ascontiguousarray(xg), xp.ascontiguousarray(w_hh), b_hh_, peep, w_hr_, lens_d,
-        hbuf, c, xp.empty((B, H) if projected else 1, dt), xp.empty((GH, B), dt), y, acts,
-        h_prev, c_all, hn_all, np.int32(T), np.int32(B), np.int32(H), np.int32(S),
-        np.int32(p.units), np.int32(bool(reverse))))
+    runtime.launch(name, p.blocks, THREADS, p.smem, tuple(ForwardArgs(
+        xg=xp.ascontiguousarray(xg), w_hh=xp.ascontiguousarray(w_hh), b_hh=b_hh_, peep=peep,
+        w_hr=w_hr_, lengths=lens_d, hbuf=hbuf, c=c, m=xp.empty((B, H) if projected else 1, dt),
+        hg=xp.empty((GH, B), dt), y=y, acts=acts, h_prev=h_prev, c_all=c_all, hn_all=hn_all,
+        steps=np.int32(T), B=np.int32(B), H=np.int32(H), S=np.int32(S),
+        units=np.int32(p.units), reverse=np.int32(bool(reverse)))))
     h_n = hbuf[T % 2].copy()
     saved = None
     if training:
@@ -136,7 +148,7 @@ def backward(runtime, cell, saved, dy, dstate_n):
     """Kernel contract backward (:mod:`..contract`) on ``runtime``'s arrays."""
     xp = runtime.xp
     spec = get_cell(cell)
-    x, (w_ih, w_hh, b_ih, _, _, w_hr) = saved.x, saved.weights
+    x, (w_ih, w_hh, b_ih, _, _, w_hr) = saved.x, saved.weights[:6]
     dh_n, dc_n = dstate_n
     T, B, I = x.shape
     GH, S = w_hh.shape
@@ -150,13 +162,14 @@ def backward(runtime, cell, saved, dy, dstate_n):
     dhs = xp.empty((T, B, S) if projected else 1, dt)
     p = plan(spec.gates, H, dt.itemsize, runtime.sms, runtime.smem_optin, S)
     name = backward_name(CTYPES[dt.name], spec.name, p.on_chip)
-    runtime.launch(name, p.blocks, THREADS, p.smem, (
-        xp.ascontiguousarray(w_hh.T), saved.peep,
-        xp.ascontiguousarray(w_hr) if projected else xp.empty(1, dt),
-        xp.ascontiguousarray(dy), saved.lens, saved.acts, saved.h_prev, saved.c_all,
-        saved.hn_all, saved.c0, dh, dc, xp.zeros((B, H), dt), dhs, dgx, dgh, np.int32(T),
-        np.int32(B), np.int32(H), np.int32(S), np.int32(p.units),
-        np.int32(saved.reverse)))
+    runtime.launch(name, p.blocks, THREADS, p.smem, tuple(BackwardArgs(
+        w_hh_t=xp.ascontiguousarray(w_hh.T), peep=saved.peep,
+        w_hr=xp.ascontiguousarray(w_hr) if projected else xp.empty(1, dt),
+        dy=xp.ascontiguousarray(dy), lengths=saved.lens, acts=saved.acts,
+        h_prev=saved.h_prev, c_all=saved.c_all, hn_all=saved.hn_all, c0=saved.c0, dh=dh,
+        dc=dc, direct=xp.zeros((B, H), dt), dhs=dhs, dgx=dgx, dgh=dgh, steps=np.int32(T),
+        B=np.int32(B), H=np.int32(H), S=np.int32(S), units=np.int32(p.units),
+        reverse=np.int32(saved.reverse))))
     dx, dw_ih, dw_hh, db_ih, db_hh = input_and_weight_grads(
         xp, runtime.matmul, dgx, dgh, x, saved.h_prev, w_ih, b_ih is not None,
         spec.name == "gru", rh=saved.hn_all if spec.reset_before else None)

@@ -21,7 +21,7 @@ from . import contract
 from ..contract import Sequence
 from .names import all_names
 
-__all__ = ["forward", "backward", "plan"]
+__all__ = ["forward", "backward"]
 
 _DIR = os.path.dirname(os.path.abspath(__file__))
 _modules = {}
@@ -77,9 +77,9 @@ class _CuPyRuntime:
 RUNTIME = _CuPyRuntime()
 
 
-def forward(cell, x, state, weights, seq=Sequence(), training=True):
+def forward(cell, x, state, weights, seq=Sequence(), training=True, zoneout=None):
     """Kernel contract forward (:mod:`..contract`) on CuPy arrays of ``x``'s dtype."""
-    return contract.forward(RUNTIME, cell, x, state, weights, seq, training)
+    return contract.forward(RUNTIME, cell, x, state, weights, seq, training, zoneout)
 
 
 def backward(cell, saved, dy, dstate_n):

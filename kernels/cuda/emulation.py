@@ -208,10 +208,10 @@ class Runtime:
         if fn(name.encode(), blocks, threads, smem, pointers, error, len(error)) != 0:
             raise RuntimeError(f"emulated launch of {name}: {error.value.decode()}")
 
-    def forward(self, cell, x, state, weights, seq=Sequence(), training=True):
+    def forward(self, cell, x, state, weights, seq=Sequence(), training=True, zoneout=None):
         """Kernel contract forward (:mod:`..contract`), run by the CUDA kernels on the
         CPU."""
-        return contract.forward(self, cell, x, state, weights, seq, training)
+        return contract.forward(self, cell, x, state, weights, seq, training, zoneout)
 
     def backward(self, cell, saved, dy, dstate_n):
         """Kernel contract backward (:mod:`..contract`), run by the CUDA kernels on the

@@ -4,26 +4,14 @@
 #include "rnn.cu"
 
 #define FORWARD(T, CELL)                                                                    \
-    template __global__ void rnn_forward<T, CELL, true, true>(                              \
-        const T*, const T*, const T*, const T*, const T*, const long long*, T*, T*, T*, T*, \
-        T*, T*, T*, T*, T*, int, int, int, int, int, int);                                                           \
-    template __global__ void rnn_forward<T, CELL, true, false>(                             \
-        const T*, const T*, const T*, const T*, const T*, const long long*, T*, T*, T*, T*, \
-        T*, T*, T*, T*, T*, int, int, int, int, int, int);                                                           \
-    template __global__ void rnn_forward<T, CELL, false, true>(                             \
-        const T*, const T*, const T*, const T*, const T*, const long long*, T*, T*, T*, T*, \
-        T*, T*, T*, T*, T*, int, int, int, int, int, int);                                                           \
-    template __global__ void rnn_forward<T, CELL, false, false>(                            \
-        const T*, const T*, const T*, const T*, const T*, const long long*, T*, T*, T*, T*, \
-        T*, T*, T*, T*, T*, int, int, int, int, int, int);
+    template __global__ void rnn_forward<T, CELL, true, true>(RNN_FORWARD_PARAMS(T));       \
+    template __global__ void rnn_forward<T, CELL, true, false>(RNN_FORWARD_PARAMS(T));      \
+    template __global__ void rnn_forward<T, CELL, false, true>(RNN_FORWARD_PARAMS(T));      \
+    template __global__ void rnn_forward<T, CELL, false, false>(RNN_FORWARD_PARAMS(T));
 
 #define BACKWARD(T, CELL)                                                                   \
-    template __global__ void rnn_backward<T, CELL, true>(                                   \
-        const T*, const T*, const T*, const T*, const long long*, const T*, const T*,       \
-        const T*, const T*, const T*, T*, T*, T*, T*, T*, T*, int, int, int, int, int, int);                             \
-    template __global__ void rnn_backward<T, CELL, false>(                                  \
-        const T*, const T*, const T*, const T*, const long long*, const T*, const T*,       \
-        const T*, const T*, const T*, T*, T*, T*, T*, T*, T*, int, int, int, int, int, int);
+    template __global__ void rnn_backward<T, CELL, true>(RNN_BACKWARD_PARAMS(T));           \
+    template __global__ void rnn_backward<T, CELL, false>(RNN_BACKWARD_PARAMS(T));
 
 // every cell of kernels/cells.py (FASTRNN_EACH_CELL: the generated cell_ids.cuh)
 #define BOTH(CELL) FORWARD(float, CELL) FORWARD(double, CELL) BACKWARD(float, CELL)         \

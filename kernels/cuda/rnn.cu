@@ -61,23 +61,45 @@ __device__ void gate_products(const T* w_s, const T* __restrict__ w_hh,
     }
 }
 
+// The kernels' parameters, written once: the definitions below and instantiate.cu's
+// explicit instantiations use these lists, and contract.py's ForwardArgs / BackwardArgs name
+// the same fields in the same order (tests/test_cuda_compile.py compares them).
+#define RNN_FORWARD_PARAMS(T)                                                              \
+    const T* __restrict__ xg, const T* __restrict__ w_hh, const T* __restrict__ b_hh,      \
+    const T* __restrict__ peep,    /* [3,H] LSTM_P's peephole weights (rows i, f, o) */    \
+    const T* __restrict__ w_hr,    /* [S,H] the LSTMs' projection (when S != H) */         \
+    const long long* __restrict__ lengths,                                                  \
+    T* __restrict__ hbuf,    /* [2,B,S]: h0 in hbuf[0]; the final state in hbuf[T%2] */    \
+    T* __restrict__ c,       /* [B,H]: c0 on entry, c_n on exit (LSTMs); r * h (GRU_RB) */ \
+    T* __restrict__ m,       /* [B,H] scratch: o * tanh(c) of the step (projection) */     \
+    T* __restrict__ hg,      /* [G*H,B] scratch: recurrent products of the step */         \
+    T* __restrict__ y,       /* [T,B,S] */                                                  \
+    T* __restrict__ acts,    /* [T,B,G*H] gate activations (training) */                    \
+    T* __restrict__ h_prev,  /* [T,B,S] state before each step (training) */                \
+    T* __restrict__ c_all,   /* [T,B,H] cell state after each step (training, LSTMs) */     \
+    T* __restrict__ hn_all,  /* [T,B,H] W_hn h + b_hn (GRU), r * h (GRU_RB) or          */ \
+                             /* o * tanh(c) (projection; zero at padding) (training)    */ \
+    int steps, int B, int H, int S, int units, int reverse
+
+#define RNN_BACKWARD_PARAMS(T)                                                             \
+    const T* __restrict__ w_hh_t,  /* [S,G*H] */                                            \
+    const T* __restrict__ peep,    /* [3,H] LSTM_P's peephole weights */                    \
+    const T* __restrict__ w_hr,    /* [S,H] the LSTMs' projection (when S != H) */          \
+    const T* __restrict__ dy, const long long* __restrict__ lengths,                        \
+    const T* __restrict__ acts, const T* __restrict__ h_prev, const T* __restrict__ c_all,  \
+    const T* __restrict__ hn_all, const T* __restrict__ c0,                                 \
+    T* __restrict__ dh,      /* [B,S]: dh_n on entry, dh0 on exit */                        \
+    T* __restrict__ dc,      /* [B,H]: dc_n on entry, dc0 on exit (LSTMs) */                \
+    T* __restrict__ direct,  /* [B,H] scratch: the GRU's z * dh path to the previous state */ \
+    T* __restrict__ dhs,     /* [T,B,S] the state gradient reaching each step            */ \
+                             /* (projection; zero at padding), for dw_hr                 */ \
+    /* (not __restrict__: the same array except for the GRUs) */                            \
+    T* dgx,                  /* [T,B,G*H] pre-activation gradients, input side */           \
+    T* dgh,                  /* [T,B,G*H] recurrent side */                                 \
+    int steps, int B, int H, int S, int units, int reverse
+
 template <typename T, int CELL, bool TRAINING, bool SMEM_W>
-__global__ void __launch_bounds__(256) rnn_forward(
-    const T* __restrict__ xg, const T* __restrict__ w_hh, const T* __restrict__ b_hh,
-    const T* __restrict__ peep,  // [3,H] LSTM_P's peephole weights (rows i, f, o)
-    const T* __restrict__ w_hr,  // [S,H] the LSTMs' projection (when S != H)
-    const long long* __restrict__ lengths,
-    T* __restrict__ hbuf,    // [2,B,S]: hbuf[0] = h0 on entry; the final state ends in hbuf[T%2]
-    T* __restrict__ c,       // [B,H]: c0 on entry, c_n on exit (LSTMs); r * h (GRU_RB)
-    T* __restrict__ m,       // [B,H] scratch: o * tanh(c) of the step (projection)
-    T* __restrict__ hg,      // [G*H,B] scratch: recurrent products of the current step
-    T* __restrict__ y,       // [T,B,S]
-    T* __restrict__ acts,    // [T,B,G*H] gate activations (training)
-    T* __restrict__ h_prev,  // [T,B,S] state before each step (training)
-    T* __restrict__ c_all,   // [T,B,H] cell state after each step (training, LSTMs)
-    T* __restrict__ hn_all,  // [T,B,H] W_hn h + b_hn (GRU), r * h (GRU_RB) or o * tanh(c)
-                             // (projection; zero at padding) (training)
-    int steps, int B, int H, int S, int units, int reverse) {
+__global__ void __launch_bounds__(256) rnn_forward(RNN_FORWARD_PARAMS(T)) {
     constexpr int G = Gates<CELL>::G;
     constexpr bool RB = CELL == GRU_RB;  // a second product a step, over r * h
     constexpr bool HC = HasC<CELL>::value;
@@ -171,22 +193,7 @@ __global__ void __launch_bounds__(256) rnn_forward(
 }
 
 template <typename T, int CELL, bool SMEM_W>
-__global__ void __launch_bounds__(256) rnn_backward(
-    const T* __restrict__ w_hh_t,  // [S,G*H]
-    const T* __restrict__ peep,    // [3,H] LSTM_P's peephole weights
-    const T* __restrict__ w_hr,    // [S,H] the LSTMs' projection (when S != H)
-    const T* __restrict__ dy, const long long* __restrict__ lengths,
-    const T* __restrict__ acts, const T* __restrict__ h_prev, const T* __restrict__ c_all,
-    const T* __restrict__ hn_all, const T* __restrict__ c0,
-    T* __restrict__ dh,      // [B,S]: dh_n on entry, dh0 on exit
-    T* __restrict__ dc,      // [B,H]: dc_n on entry, dc0 on exit (LSTMs)
-    T* __restrict__ direct,  // [B,H] scratch: the GRU's z * dh path to the previous state
-    T* __restrict__ dhs,     // [T,B,S] the state gradient reaching each step (projection;
-                             // zero at padding), for dw_hr
-    // (not __restrict__: the same array except for the GRUs)
-    T* dgx,                  // [T,B,G*H] pre-activation gradients, input side
-    T* dgh,                  // [T,B,G*H] recurrent side
-    int steps, int B, int H, int S, int units, int reverse) {
+__global__ void __launch_bounds__(256) rnn_backward(RNN_BACKWARD_PARAMS(T)) {
     constexpr int G = Gates<CELL>::G;
     constexpr bool RB = CELL == GRU_RB;  // n's product saw r * h: d(r*h) = W_hn^T dn first
     constexpr bool HC = HasC<CELL>::value;
