@@ -10,10 +10,12 @@ import numpy as np
 from . import dispatch, functional
 from ._checks import check_array, float_dtype, positive_int
 from .kernels.cells import get_cell
-from .kernels.contract import PARAMETER_NAMES, Weights, weight_fields
+from .kernels.contract import (INITIAL_VALUES, PARAMETER_NAMES, Weights, weight_fields,
+                               weight_shapes)
 from .module import Module, backend_after_move
 
 _RNN_CELLS = {"tanh": "rnn_tanh", "relu": "rnn_relu", "sigmoid": "rnn_sigmoid"}
+_FIELD_INDEX = {field: i for i, field in enumerate(Weights._fields)}
 
 
 def gru_cell_name(reset_after):
@@ -94,7 +96,7 @@ class RecurrentBase(Module):
 
     def _setup(self, cell, input_size, hidden_size, *, num_layers=1, bias=True,
                batch_first=False, dropout=0.0, bidirectional=False, dtype, backend, seed,
-               layer_suffix=True, proj_size=0):
+               layer_suffix=True, proj_size=0, layer_norm=False, zoneout=0.0):
         super().__init__()
         self.cell = get_cell(cell).name
         self.input_size = positive_int("input_size", input_size)
@@ -111,25 +113,35 @@ class RecurrentBase(Module):
             warnings.warn("dropout acts between layers, so it has no effect with "
                           f"num_layers=1 (got dropout={dropout})", stacklevel=3)
         self.dropout = float(dropout)
+        if not isinstance(layer_norm, bool):
+            raise TypeError(f"layer_norm: expected True or False, got {layer_norm!r}")
+        if layer_norm and get_cell(cell).reset_before:
+            raise ValueError("layer_norm: not defined for the GRU with reset_after=False (its "
+                             "reset gate acts inside the recurrent product)")
+        self.layer_norm = layer_norm
+        if isinstance(zoneout, bool) or not isinstance(zoneout, (int, float)) or not (
+                0 <= zoneout <= 1):
+            raise ValueError(f"zoneout: expected a probability in [0, 1], got {zoneout!r}")
+        self.zoneout = float(zoneout)
         self.dtype = float_dtype(dtype)
         self.backend = backend
         xp = dispatch.array_module_for(backend)
         self._rng = np.random.default_rng(seed)
-        spec = get_cell(cell)
-        G, H, D = spec.gates, self.hidden_size, self.num_directions
-        S = self.state_size
+        H, D, S = self.hidden_size, self.num_directions, self.state_size
         bound = 1.0 / math.sqrt(H)
         self._groups = []  # per layer and direction: {Weights field: parameter name}
         for layer in range(self.num_layers):
             for d in range(D):
                 suffix = f"_l{layer}" + ("_reverse" if d else "") if layer_suffix else ""
-                shapes = dict(w_ih=(G * H, self.input_size if layer == 0 else D * S),
-                              w_hh=(G * H, S), b_ih=(G * H,), b_hh=(G * H,),
-                              peepholes=(3, H), w_hr=(self.proj_size, H))
+                shapes = weight_shapes(cell, self.input_size if layer == 0 else D * S, H,
+                                       self.proj_size)
                 group = {}
-                for field in weight_fields(cell, self.bias, self.proj_size > 0):
+                for field in weight_fields(cell, self.bias, self.proj_size > 0, layer_norm):
                     group[field] = PARAMETER_NAMES[field] + suffix
-                    values = self._rng.uniform(-bound, bound, shapes[field])
+                    if field in INITIAL_VALUES:  # (draws nothing: the others as without)
+                        values = np.full(shapes[field], INITIAL_VALUES[field])
+                    else:
+                        values = self._rng.uniform(-bound, bound, shapes[field])
                     self.register_parameter(group[field],
                                             xp.asarray(values.astype(self.dtype)))
                 self._groups.append(group)
@@ -160,8 +172,13 @@ class RecurrentBase(Module):
         """The :class:`Weights` of :func:`fastrnn.functional.rnn`, one per layer and
         direction."""
         params = self._parameters
-        return [Weights(**{field: params[name].data for field, name in group.items()})
-                for group in self._groups]
+        weights = []
+        for group in self._groups:  # (positionally: a call's hot path)
+            values = [None] * len(Weights._fields)
+            for field, name in group.items():
+                values[_FIELD_INDEX[field]] = params[name].data
+            weights.append(Weights._make(values))
+        return weights
 
     def _accumulate(self, grads):
         """Add :func:`fastrnn.functional.rnn_backward`'s weight gradients to the
@@ -212,6 +229,10 @@ class RecurrentBase(Module):
             s += ", peepholes=True"
         if self.proj_size:
             s += f", proj_size={self.proj_size}"
+        if self.layer_norm:
+            s += ", layer_norm=True"
+        if self.zoneout:
+            s += f", zoneout={self.zoneout}"
         return s + f", dtype={self.dtype}"
 
     def __repr__(self):

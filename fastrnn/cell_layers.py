@@ -16,9 +16,10 @@ from .kernels.contract import State
 
 
 class _StepCell(RecurrentBase):
-    def __init__(self, cell, input_size, hidden_size, bias, dtype, backend, seed):
+    def __init__(self, cell, input_size, hidden_size, bias, dtype, backend, seed,
+                 layer_norm=False, zoneout=0.0):
         self._setup(cell, input_size, hidden_size, bias=bias, dtype=dtype, backend=backend,
-                    seed=seed, layer_suffix=False)
+                    seed=seed, layer_suffix=False, layer_norm=layer_norm, zoneout=zoneout)
         self._stack = []
         self._last_eval = False
 
@@ -43,6 +44,7 @@ class _StepCell(RecurrentBase):
         x3 = x.reshape(1, 1, -1) if x.ndim == 1 else x[None]
         if self.training:
             _, h_n, c_n, ctx = functional.rnn(self.cell, x3, self._weights(), h0, c0,
+                                              zoneout=self.zoneout, rng=self._rng,
                                               backend=self.backend)
         else:  # (inference, whose arguments are checked above: straight to the kernels)
             h_n, c_n = self._infer(xp, x3, h0, c0)
@@ -61,8 +63,11 @@ class _StepCell(RecurrentBase):
         c = None
         if get_cell(self.cell).has_cell_state:
             c = xp.zeros((B, self.hidden_size), self.dtype) if c0 is None else c0[0]
+        extra = {}
+        if self.zoneout:  # (eval: the expectation, h' = p h + (1 - p) h~)
+            extra["zoneout"] = xp.full((1, B, self.hidden_size), self.zoneout, self.dtype)
         _, last, _ = kernel.forward(self.cell, x3, State(h, c), self._weights()[0],
-                                    training=False)
+                                    training=False, **extra)
         return last.h[None], None if last.c is None else last.c[None]
 
     def _step_backward(self, grad_h, grad_c):
@@ -108,14 +113,15 @@ class RNNCell(_OneStateCell):
     """One step of an Elman RNN: ``h' = cell(x, h=None)`` with ``x [B,I]`` or ``[I]``.
 
     ``backward(grad_h)`` returns ``(grad_x, grad_h_prev)``. Parameters ``weight_ih``,
-    ``weight_hh``, ``bias_ih``, ``bias_hh`` as in ``torch.nn.RNNCell``.
+    ``weight_hh``, ``bias_ih``, ``bias_hh`` as in ``torch.nn.RNNCell``. ``layer_norm``,
+    ``zoneout``: see :class:`fastrnn.LSTM` (parameters ``ln_weight_ih``, ...).
     """
 
     def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh",
-                 dtype=np.float32, backend=None, seed=None):
+                 dtype=np.float32, backend=None, seed=None, layer_norm=False, zoneout=0.0):
         self.nonlinearity = nonlinearity
         super().__init__(rnn_cell_name(nonlinearity), input_size, hidden_size, bias, dtype,
-                         backend, seed)
+                         backend, seed, layer_norm, zoneout)
 
 
 class GRUCell(_OneStateCell):
@@ -123,9 +129,9 @@ class GRUCell(_OneStateCell):
     ``reset_after``: see :class:`fastrnn.GRU`."""
 
     def __init__(self, input_size, hidden_size, bias=True, dtype=np.float32, backend=None,
-                 seed=None, reset_after=True):
+                 seed=None, reset_after=True, layer_norm=False, zoneout=0.0):
         super().__init__(gru_cell_name(reset_after), input_size, hidden_size, bias, dtype,
-                         backend, seed)
+                         backend, seed, layer_norm, zoneout)
 
     @property
     def reset_after(self):
@@ -141,9 +147,9 @@ class LSTMCell(_StepCell):
     """
 
     def __init__(self, input_size, hidden_size, bias=True, dtype=np.float32, backend=None,
-                 seed=None, peepholes=False):
+                 seed=None, peepholes=False, layer_norm=False, zoneout=0.0):
         super().__init__(lstm_cell_name(peepholes), input_size, hidden_size, bias, dtype,
-                         backend, seed)
+                         backend, seed, layer_norm, zoneout)
 
     def forward(self, x, hx=None):
         h, c = split_pair("hx", hx)

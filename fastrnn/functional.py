@@ -13,7 +13,7 @@ import numpy as np
 from . import dispatch
 from ._checks import check_array, check_lengths
 from .kernels.cells import get_cell
-from .kernels.contract import Sequence, State, Weights, weight_fields
+from .kernels.contract import Sequence, State, Weights, weight_fields, weight_shapes
 from .kernels.fingerprint import fingerprint
 
 
@@ -67,16 +67,18 @@ def _check_weights(weights, spec, D, I, dtype):
     if projection and not 0 < P < H:
         raise ValueError(f"weights[0].w_hr: expected a projection [P,H] with 0 < P < H={H}, "
                          f"got shape {tuple(first.w_hr.shape)}")
-    S = P or H
-    fields = weight_fields(spec.name, first.b_ih is not None, projection)
-    GH = spec.gates * H
-    shapes = dict(w_hh=(GH, S), b_ih=(GH,), b_hh=(GH,), peepholes=(3, H), w_hr=(P, H))
+    layer_norm = first.ln_ih is not None
+    if layer_norm and spec.reset_before:
+        raise ValueError(f"weights[0].ln_ih: layer_norm is not defined for {spec.name!r} "
+                         "(its reset gate acts inside the recurrent product); use the GRU "
+                         "with reset_after=True")
+    fields = weight_fields(spec.name, first.b_ih is not None, projection, layer_norm)
     for k, w in enumerate(weights):
         got = tuple(w.present())
         if got != fields:
             raise ValueError(f"weights[{k}]: expected the fields {fields} for {spec.name!r} "
                              f"(b_ih and b_hh both arrays or both None), got {got}")
-        shapes["w_ih"] = (GH, I if k < D else D * S)
+        shapes = weight_shapes(spec.name, I if k < D else D * (P or H), H, P)
         for name, a in w.present().items():
             check_array(f"weights[{k}].{name}", a, len(shapes[name]), dtype, shapes[name])
     return H, P
@@ -104,8 +106,8 @@ def _rng_for(xp, rng):
 
 
 def rnn(cell, x, weights, h0=None, c0=None, *, num_layers=1, bidirectional=False,
-        lengths=None, dropout=0.0, training=True, rng=None, backend=None, save=None,
-        guard=True):
+        lengths=None, dropout=0.0, zoneout=0.0, training=True, rng=None, backend=None,
+        save=None, guard=True):
     """Run a stacked, optionally bidirectional recurrent network.
 
     Parameters
@@ -127,6 +129,14 @@ def rnn(cell, x, weights, h0=None, c0=None, *, num_layers=1, bidirectional=False
         Valid steps per sequence (packed-sequence semantics).
     dropout : float
         Probability of zeroing an element between layers (training only).
+    zoneout : float
+        Zoneout rate ``p`` on the state ``h`` (Krueger et al.): in training each unit of
+        each sequence keeps its previous value with probability ``p`` at every step (masks
+        from ``rng``), ``h_t = m * h_{t-1} + (1 - m) * h~_t``; in eval ``m = p``. The
+        LSTMs' ``c`` is not zoned out. A layer-normalised cell (``Weights`` with
+        ``ln_ih``, ``ln_hh`` and for the LSTMs ``ln_c``, ``ln_c_bias``) normalises
+        ``W_ih x``, ``W_hh h`` (and the LSTMs' ``c'`` before its ``tanh``) with those gains,
+        as Ba et al.'s LayerNorm LSTM.
     training : bool
         Apply dropout, and (unless ``save`` says otherwise) keep what :func:`rnn_backward`
         needs.
@@ -169,6 +179,9 @@ def rnn(cell, x, weights, h0=None, c0=None, *, num_layers=1, bidirectional=False
     _check_states(spec, h0, c0, dtype, (L * D, B, S), (L * D, B, H))
     if not 0.0 <= dropout <= 1.0:
         raise ValueError(f"dropout: expected a probability in [0, 1], got {dropout}")
+    if isinstance(zoneout, bool) or not isinstance(zoneout, (int, float)) or not (
+            0.0 <= zoneout <= 1.0):
+        raise ValueError(f"zoneout: expected a probability in [0, 1], got {zoneout!r}")
     lengths = check_lengths(lengths, B, T)
     # (the caller's states are copied when saving: the kernels may keep them for backward)
     copy = save and guard
@@ -187,8 +200,9 @@ def rnn(cell, x, weights, h0=None, c0=None, *, num_layers=1, bidirectional=False
             inp = x.copy()
         weight_prints = _needed_weights(weights)
     drop = dropout if training else 0.0
+    zone = _Zoneout(float(zoneout), training, (T, B, S), dtype, rng, xp) if zoneout else None
     out, h_n, c_n, saved, masks = _layers(kernel, spec, inp, State(h0, c0), weights, L, D,
-                                          lengths, save, drop, rng, xp)
+                                          lengths, save, drop, rng, xp, zone)
     ctx = None
     if save:
         ctx = dict(cell=spec.name, kernel=kernel, backend=name, saved=saved, masks=masks,
@@ -197,9 +211,11 @@ def rnn(cell, x, weights, h0=None, c0=None, *, num_layers=1, bidirectional=False
     return out, h_n, c_n, ctx
 
 
-def _layers(kernel, spec, inp, state0, weights, L, D, lengths, save, dropout, rng, xp):
+def _layers(kernel, spec, inp, state0, weights, L, D, lengths, save, dropout, rng, xp,
+            zoneout=None):
     """Every layer and direction on the kernel contract: the output, ``h_n``, ``c_n``, what
-    each saved, and the dropout masks between layers."""
+    each saved, and the dropout masks between layers; ``zoneout``: a :class:`_Zoneout`
+    (each layer's and direction's factors), or None."""
     h0, c0 = state0
     B, S, H = h0.shape[1], h0.shape[2], weights[0].w_hh.shape[0] // spec.gates
     h_n = xp.empty((L * D, B, S), h0.dtype)
@@ -210,9 +226,10 @@ def _layers(kernel, spec, inp, state0, weights, L, D, lengths, save, dropout, rn
         outs = []
         for d in range(D):
             k = layer * D + d
+            extra = {} if zoneout is None else {"zoneout": zoneout.factors()}
             y, last, s = kernel.forward(
                 spec.name, inp, State(h0[k], None if c0 is None else c0[k]), weights[k],
-                Sequence(lengths, d == 1), training=save)
+                Sequence(lengths, d == 1), training=save, **extra)
             outs.append(y)
             saved.append(s)
             h_n[k] = last.h
@@ -224,6 +241,20 @@ def _layers(kernel, spec, inp, state0, weights, L, D, lengths, save, dropout, rn
             out = out * masks[-1]
         inp = out
     return out, h_n, c_n, saved, masks
+
+
+class _Zoneout:
+    """Zoneout factors of rate ``p`` for one layer and direction at a time: drawn 0 or 1
+    (1 with probability ``p``: the unit keeps its state) in training, ``p`` in eval."""
+
+    def __init__(self, p, training, shape, dtype, rng, xp):
+        self.p, self.training, self.shape, self.dtype, self.xp = p, training, shape, dtype, xp
+        self.rng = _rng_for(xp, rng) if training else None
+
+    def factors(self):
+        if not self.training:
+            return self.xp.full(self.shape, self.p, self.dtype)
+        return (self.rng.random(self.shape) < self.p).astype(self.dtype)
 
 
 def _dropout_mask(shape, dtype, p, rng, xp):

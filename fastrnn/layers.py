@@ -52,7 +52,8 @@ class _Sequence(RecurrentBase):
         out, h_n, c_n, ctx = functional.rnn(
             self.cell, x_tm, self._weights(), h0, c0, num_layers=self.num_layers,
             bidirectional=self.bidirectional, lengths=lengths, dropout=self.dropout,
-            training=self.training, rng=self._rng, backend=self.backend)
+            zoneout=self.zoneout, training=self.training, rng=self._rng,
+            backend=self.backend)
         out = self._from_time_major(out, unbatched)
         if unbatched:
             h_n = h_n[:, 0, :]
@@ -95,7 +96,20 @@ _DOC_ARGS = """
         ``"numpy"``, ``"cpu"``, ``"gpu"`` or ``"auto"``; None follows
         :func:`fastrnn.set_backend`, then ``FASTRNN_BACKEND``, then ``auto``.
     seed : int, optional
-        Seeds the initialisation (PyTorch's ``U(-1/sqrt(H), 1/sqrt(H))``) and dropout.
+        Seeds the initialisation (PyTorch's ``U(-1/sqrt(H), 1/sqrt(H))``), dropout and
+        zoneout.
+    layer_norm : bool, default False
+        Layer normalisation inside the cell (Ba et al. 2016): ``LN(W_ih x)`` and ``LN(W_hh
+        h)`` replace the two products (each over all ``G*H`` pre-activations, with gains
+        ``ln_weight_ih_l{k}``, ``ln_weight_hh_l{k}`` initialised to 1, before the biases);
+        the LSTMs output ``o * tanh(LN(c'))`` with gain ``ln_weight_c_l{k}`` (1) and bias
+        ``ln_bias_c_l{k}`` (0) and carry the un-normalised ``c'``. Not defined for the GRU
+        with ``reset_after=False``. ``LN(v) = (v - mean) / sqrt(var + 1e-5)``.
+    zoneout : float, default 0
+        Zoneout rate ``p`` on ``h`` (Krueger et al. 2016): in training every unit keeps
+        its previous state with probability ``p`` at each step, ``h_t = m * h_{t-1} + (1 -
+        m) * h~_t``; in eval ``h_t = p * h_{t-1} + (1 - p) * h~_t``. The output at step
+        ``t`` is ``h_t``; the LSTMs' ``c`` is not zoned out.
 """
 
 
@@ -122,11 +136,12 @@ class RNN(_OneState):
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
                  batch_first=False, dropout=0.0, bidirectional=False, dtype=np.float32,
-                 backend=None, seed=None):
+                 backend=None, seed=None, layer_norm=False, zoneout=0.0):
         self.nonlinearity = nonlinearity
         self._setup(rnn_cell_name(nonlinearity), input_size, hidden_size, num_layers=num_layers,
                     bias=bias, batch_first=batch_first, dropout=dropout,
-                    bidirectional=bidirectional, dtype=dtype, backend=backend, seed=seed)
+                    bidirectional=bidirectional, dtype=dtype, backend=backend, seed=seed,
+                    layer_norm=layer_norm, zoneout=zoneout)
 
 
 class GRU(_OneState):
@@ -141,10 +156,11 @@ class GRU(_OneState):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, dtype=np.float32, backend=None, seed=None,
-                 reset_after=True):
+                 reset_after=True, layer_norm=False, zoneout=0.0):
         self._setup(gru_cell_name(reset_after), input_size, hidden_size, num_layers=num_layers,
                     bias=bias, batch_first=batch_first, dropout=dropout,
-                    bidirectional=bidirectional, dtype=dtype, backend=backend, seed=seed)
+                    bidirectional=bidirectional, dtype=dtype, backend=backend, seed=seed,
+                    layer_norm=layer_norm, zoneout=zoneout)
 
     @property
     def reset_after(self):
@@ -172,11 +188,11 @@ class LSTM(_Sequence):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, dtype=np.float32,
-                 backend=None, seed=None, peepholes=False):
+                 backend=None, seed=None, peepholes=False, layer_norm=False, zoneout=0.0):
         self._setup(lstm_cell_name(peepholes), input_size, hidden_size, num_layers=num_layers,
                     bias=bias, batch_first=batch_first, dropout=dropout,
                     bidirectional=bidirectional, dtype=dtype, backend=backend, seed=seed,
-                    proj_size=proj_size)
+                    proj_size=proj_size, layer_norm=layer_norm, zoneout=zoneout)
 
     def forward(self, x, hx=None, lengths=None):
         h0, c0 = split_pair("hx", hx)

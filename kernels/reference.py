@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .cells import get_cell
-from .contract import Sequence, State, Weights
+from .contract import LN_EPS, Sequence, State, Weights
 
 
 def _quiet(fn):
@@ -83,6 +83,38 @@ class Saved(NamedTuple):
     c_out: Any
     hn: Any
     m: Any
+    norms: Any  # a layer-normalised cell's Norms, else None
+    zoneout: Any  # [T,B,S] zoneout factors, or None
+
+
+class Norms(NamedTuple):
+    """What backward needs of a layer-normalised cell's normalisations (``x_hat`` the
+    normalised input of each, ``rstd`` its ``1 / sqrt(var + eps)``): of ``W_ih x`` (all
+    steps at once), of ``W_hh h`` and of the LSTMs' ``c'`` (None for the others)."""
+
+    x_hat: Any
+    x_rstd: Any
+    h_hat: Any
+    h_rstd: Any
+    c_hat: Any
+    c_rstd: Any
+
+
+def layer_norm(v, gain, bias=None):
+    """``LN(v) = (v - mean) / sqrt(var + eps) * gain (+ bias)`` over the last axis (biased
+    variance, torch.nn.LayerNorm's definition): the result, ``x_hat`` and ``rstd``."""
+    mean = v.mean(axis=-1, keepdims=True)
+    rstd = 1 / np.sqrt(((v - mean) ** 2).mean(axis=-1, keepdims=True) + LN_EPS)
+    x_hat = (v - mean) * rstd
+    out = x_hat * gain
+    return (out if bias is None else out + bias), x_hat, rstd
+
+
+def layer_norm_grad(d_out, x_hat, rstd, gain):
+    """The gradient reaching ``v`` of :func:`layer_norm` from the one reaching its result."""
+    dx = d_out * gain
+    return rstd * (dx - dx.mean(axis=-1, keepdims=True)
+                   - x_hat * (dx * x_hat).mean(axis=-1, keepdims=True))
 
 
 def _lstm_step(spec, xg, hg, h, c, w):
@@ -94,9 +126,13 @@ def _lstm_step(spec, xg, hg, h, c, w):
     g = np.tanh(xg[:, 2 * H:3 * H] + hg[:, 2 * H:3 * H])
     c_new = f * c + i * g
     o = sigmoid(xg[:, 3 * H:] + hg[:, 3 * H:] + p_o * c_new)
-    m = o * np.tanh(c_new)
+    extra = {}
+    c_out = c_new
+    if w.ln_c is not None:  # h' = o * tanh(LN(c')); the state carried on is c'
+        c_out, extra["c_hat"], extra["c_rstd"] = layer_norm(c_new, w.ln_c, w.ln_c_bias)
+    m = o * np.tanh(c_out)
     h_new = m if w.w_hr is None else m @ w.w_hr.T
-    return h_new, c_new, np.concatenate([i, f, g, o], axis=1), dict(m=m)
+    return h_new, c_new, np.concatenate([i, f, g, o], axis=1), dict(m=m, **extra)
 
 
 def _gru_step(spec, xg, hg, h, c, w):
@@ -127,14 +163,15 @@ _STEPS = {"lstm": _lstm_step, "gru": _gru_step, "rnn": _rnn_step}
 
 
 @_quiet
-def forward(cell, x, state, weights, seq=Sequence(), training=True):
+def forward(cell, x, state, weights, seq=Sequence(), training=True, zoneout=None):
     """Run one layer in one direction over the whole sequence (the contract of
     :mod:`.contract`).
 
     ``state``: ``State(h0 [B,S], c0 [B,H] or None)``; ``weights``: :class:`Weights`
-    (``peepholes`` for ``lstm_peephole``, ``w_hr`` for a projected LSTM); ``seq``:
-    ``Sequence(lengths, reverse)``. Returns ``y [T,B,S]``, ``State(h_n, c_n)`` and
-    :class:`Saved` (None unless ``training``).
+    (``peepholes`` for ``lstm_peephole``, ``w_hr`` for a projected LSTM, the LayerNorm
+    gains of a layer-normalised cell); ``seq``: ``Sequence(lengths, reverse)``;
+    ``zoneout [T,B,S]``: each step's zoneout factors, or None. Returns ``y [T,B,S]``,
+    ``State(h_n, c_n)`` and :class:`Saved` (None unless ``training``).
     """
     spec = get_cell(cell)
     w = weights
@@ -149,18 +186,34 @@ def forward(cell, x, state, weights, seq=Sequence(), training=True):
 
     # Input projection for all steps at once; the recurrent part stays in the loop.
     xg = x @ w.w_ih.T
+    norms = None
+    if w.ln_ih is not None:
+        if spec.reset_before:
+            raise ValueError(f"layer_norm: not defined for {cell!r} (the reset gate acts "
+                             "inside the recurrent product); use the GRU with reset_after")
+        xg, x_hat, x_rstd = layer_norm(xg, w.ln_ih)
+        lstm = spec.has_cell_state
+        norms = Norms(x_hat, x_rstd, per_step(spec.gates * H), per_step(1),
+                      per_step(H, lstm), per_step(1, lstm))
     if w.b_ih is not None:
         xg = xg + w.b_ih
     y = np.zeros((T, B, S), dtype=x.dtype)
     kept = Saved(x, w, mask, seq.reverse, per_step(spec.gates * H), per_step(S),
                  per_step(H, spec.has_cell_state), per_step(H, spec.has_cell_state),
-                 per_step(H, spec.family == "gru"), per_step(H, w.w_hr is not None))
+                 per_step(H, spec.family == "gru"), per_step(H, w.w_hr is not None),
+                 norms, zoneout)
     h, c = state
     for t in _time_order(T, seq.reverse):
         hg = h @ w.w_hh.T
+        if norms is not None:
+            hg, norms.h_hat[t], norms.h_rstd[t] = layer_norm(hg, w.ln_hh)
         if w.b_hh is not None:
             hg = hg + w.b_hh
         h_new, c_new, kept.acts[t], extra = step(spec, xg[t], hg, h, c, w)
+        if zoneout is not None:  # h_t = m h_{t-1} + (1 - m) h~_t
+            h_new = zoneout[t] * h + (1 - zoneout[t]) * h_new
+        if norms is not None and "c_hat" in extra:
+            norms.c_hat[t], norms.c_rstd[t] = extra.pop("c_hat"), extra.pop("c_rstd")
         kept.h_prev[t] = h
         for name, a in extra.items():
             if getattr(kept, name) is not None:
@@ -181,24 +234,33 @@ def forward(cell, x, state, weights, seq=Sequence(), training=True):
     return y, State(h, c), kept if training else None
 
 
-def _lstm_grads(spec, saved, t, dh_t, dc):
+def _lstm_grads(spec, saved, t, dh_t, dc, scratch):
     """One LSTM step backwards: the gate gradients on the input and the recurrent side,
-    the part of ``dh_prev`` not through ``w_hh``, ``dc_prev``, and ``dh'`` (projection)."""
+    the part of ``dh_prev`` not through ``w_hh`` and ``dc_prev``; ``scratch["ln_c"][t]``
+    receives the gradient reaching ``LN(c')`` of a layer-normalised cell."""
     a, w = saved.acts[t], saved.weights
     H = a.shape[1] // 4
     p_i, p_f, p_o = w.peepholes if spec.peepholes else (0, 0, 0)
     dm = dh_t if w.w_hr is None else dh_t @ w.w_hr  # the gradient reaching o * tanh(c')
     i, f, g, o = a[:, 0:H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
-    tc = np.tanh(saved.c_out[t])
+    norms = saved.norms
+    if w.ln_c is None:
+        tc = np.tanh(saved.c_out[t])
+    else:  # tanh(LN(c'))
+        tc = np.tanh(norms.c_hat[t] * w.ln_c + w.ln_c_bias)
     do = dm * tc * o * (1 - o)
-    dc_t = dc + dm * o * (1 - tc * tc) + do * p_o
+    d_tc = dm * o * (1 - tc * tc)  # the gradient reaching tanh's argument
+    if w.ln_c is not None:
+        scratch["ln_c"][t] = d_tc  # (for the gain's and bias's gradients)
+        d_tc = layer_norm_grad(d_tc, norms.c_hat[t], norms.c_rstd[t], w.ln_c)
+    dc_t = dc + d_tc + do * p_o
     di = dc_t * g * i * (1 - i)
     df = dc_t * saved.c_prev[t] * f * (1 - f)
     gates = np.concatenate([di, df, dc_t * i * (1 - g * g), do], axis=1)
     return gates, gates, 0, dc_t * f + di * p_i + df * p_f
 
 
-def _gru_grads(spec, saved, t, dh_t, dc):
+def _gru_grads(spec, saved, t, dh_t, dc, scratch):
     """One GRU step backwards (see :func:`_lstm_grads`)."""
     a = saved.acts[t]
     H = a.shape[1] // 3
@@ -216,7 +278,7 @@ def _gru_grads(spec, saved, t, dh_t, dc):
             dh_t * z, None)
 
 
-def _rnn_grads(spec, saved, t, dh_t, dc):
+def _rnn_grads(spec, saved, t, dh_t, dc, scratch):
     """One vanilla RNN step backwards (see :func:`_lstm_grads`)."""
     gates = dh_t * _activation_grad(spec.activation, saved.acts[t])
     return gates, gates, 0, None
@@ -235,7 +297,8 @@ def backward(cell, saved, dy, dstate_n):
     ``dx [T,B,I]``, ``State(dh0, dc0)`` and the gradients as :class:`Weights`.
     """
     spec = get_cell(cell)
-    x, w, mask = saved.x, saved.weights, saved.mask
+    x, w, mask, norms, zoneout = saved.x, saved.weights, saved.mask, saved.norms, \
+        saved.zoneout
     T, B, _ = x.shape
     GH, S = w.w_hh.shape
     H = GH // spec.gates
@@ -246,53 +309,73 @@ def backward(cell, saved, dy, dstate_n):
         dc = np.zeros((B, H), x.dtype) if dstate_n.c is None else dstate_n.c
     dgx = np.zeros((T, B, GH), dtype=x.dtype)
     dgh = np.zeros((T, B, GH), dtype=x.dtype)
+    dgh_raw = dgh if norms is None else np.zeros((T, B, GH), dtype=x.dtype)  # before LN
+    scratch = {"ln_c": np.zeros((T, B, H), x.dtype) if w.ln_c is not None else None}
     grads = _GRADS[spec.family]
 
     # Walk the steps in the opposite order to the forward pass.
     for t in _time_order(T, not saved.reverse):
         m = None if mask is None else mask[t]
         dh_t = dh + (dy[t] if m is None else np.where(m, dy[t], 0))
+        d_new = dh_t if zoneout is None else dh_t * (1 - zoneout[t])  # reaching h~_t
         if dhs is not None:
-            dhs[t] = dh_t if m is None else np.where(m, dh_t, 0)
-        gates, gates_h, direct, dc_prev = grads(spec, saved, t, dh_t, dc)
+            dhs[t] = d_new if m is None else np.where(m, d_new, 0)
+        gates, gates_h, direct, dc_prev = grads(spec, saved, t, d_new, dc, scratch)
         if m is not None:
             gates, gates_h = np.where(m, gates, 0), np.where(m, gates_h, 0)
+            if scratch["ln_c"] is not None:
+                scratch["ln_c"][t] = np.where(m, scratch["ln_c"][t], 0)
         dgx[t], dgh[t] = gates, gates_h
+        if norms is not None:
+            dgh_raw[t] = layer_norm_grad(gates_h, norms.h_hat[t], norms.h_rstd[t], w.ln_hh)
         if spec.reset_before:  # n's product saw r * h: its part is in direct
-            dh_prev = gates_h[:, :2 * H] @ w.w_hh[:2 * H] + direct
+            dh_prev = dgh_raw[t][:, :2 * H] @ w.w_hh[:2 * H] + direct
         else:
-            dh_prev = gates_h @ w.w_hh + direct
+            dh_prev = dgh_raw[t] @ w.w_hh + direct
+        if zoneout is not None:
+            dh_prev = dh_prev + zoneout[t] * dh_t
         if m is not None:
             # A step past the sequence's end passed the state through unchanged.
             dh_prev = np.where(m, dh_prev, dh_t)
             if spec.has_cell_state:
                 dc_prev = np.where(m, dc_prev, dc)
         dh, dc = dh_prev, dc_prev
-    return (dgx @ w.w_ih, State(dh, dc),
-            _weight_grads(spec, saved, dgx, dgh, dhs))
+    dgx_raw = dgx if norms is None else layer_norm_grad(dgx, norms.x_hat, norms.x_rstd,
+                                                        w.ln_ih)
+    return (dgx_raw @ w.w_ih, State(dh, dc),
+            _weight_grads(spec, saved, dgx, dgh, dgx_raw, dgh_raw, dhs, scratch))
 
 
-def _weight_grads(spec, saved, dgx, dgh, dhs):
-    """Every weight's gradient from the gate gradients of all steps."""
-    x, w, h_prev = saved.x, saved.weights, saved.h_prev
+def _weight_grads(spec, saved, dgx, dgh, dgx_raw, dgh_raw, dhs, scratch):
+    """Every weight's gradient from the gate gradients of all steps (``dgx``, ``dgh``:
+    of the pre-activations; ``*_raw``: of the products, before a LayerNorm)."""
+    x, w, h_prev, norms = saved.x, saved.weights, saved.h_prev, saved.norms
     T, B, I = x.shape
     GH, S = w.w_hh.shape
     H = GH // spec.gates
-    dw_ih = dgx.reshape(T * B, GH).T @ x.reshape(T * B, I)  # (-1 fails at T*B=0)
+    dw_ih = dgx_raw.reshape(T * B, GH).T @ x.reshape(T * B, I)  # (-1 fails at T*B=0)
     if spec.reset_before:  # the n gate's recurrent weights multiplied r * h
         w_in = [h_prev, h_prev, saved.hn]
         dw_hh = np.concatenate([
             dgh[:, :, g * H:(g + 1) * H].reshape(T * B, H).T @ w_in[g].reshape(T * B, H)
             for g in range(3)])
     else:
-        dw_hh = dgh.reshape(T * B, GH).T @ h_prev.reshape(T * B, S)
+        dw_hh = dgh_raw.reshape(T * B, GH).T @ h_prev.reshape(T * B, S)
     bias = w.b_ih is not None
     dpeep = None
     if spec.peepholes:  # (padding steps have zero gate gradients)
         dpeep = np.stack([(dgx[:, :, 0:H] * saved.c_prev).sum(axis=(0, 1)),
                           (dgx[:, :, H:2 * H] * saved.c_prev).sum(axis=(0, 1)),
                           (dgx[:, :, 3 * H:] * saved.c_out).sum(axis=(0, 1))])
-    return Weights(dw_ih, dw_hh, dgx.sum(axis=(0, 1)) if bias else None,
-                   dgh.sum(axis=(0, 1)) if bias else None, dpeep,
-                   None if w.w_hr is None else
-                   dhs.reshape(T * B, S).T @ saved.m.reshape(T * B, H))
+    grads = Weights(dw_ih, dw_hh, dgx.sum(axis=(0, 1)) if bias else None,
+                    dgh.sum(axis=(0, 1)) if bias else None, dpeep,
+                    None if w.w_hr is None else
+                    dhs.reshape(T * B, S).T @ saved.m.reshape(T * B, H))
+    if norms is None:
+        return grads
+    grads = grads._replace(ln_ih=(dgx * norms.x_hat).sum(axis=(0, 1)),
+                           ln_hh=(dgh * norms.h_hat).sum(axis=(0, 1)))
+    if w.ln_c is not None:  # (padding steps: zero gradients, so nothing added)
+        grads = grads._replace(ln_c=(scratch["ln_c"] * norms.c_hat).sum(axis=(0, 1)),
+                               ln_c_bias=scratch["ln_c"].sum(axis=(0, 1)))
+    return grads

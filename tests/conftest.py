@@ -5,7 +5,7 @@ import pytest
 
 import fastrnn
 from fastrnn.kernels.cells import CELLS
-from fastrnn.kernels.contract import Weights, weight_fields
+from fastrnn.kernels.contract import Weights, weight_fields, weight_shapes
 
 # One tolerance table per dtype (relative to the largest magnitude of the reference).
 TOL = {np.float64: 1e-10, np.float32: 2e-4}
@@ -47,13 +47,10 @@ def random_problem(cell, T, B, I, H, L=1, D=1, dtype=np.float64, bias=True, seed
     """Random (never zero) input, states and weights for ``fastrnn.functional.rnn``
     (with ``proj_size``, an LSTM's projection: states ``h`` of that size)."""
     rng = np.random.default_rng(seed)
-    G = CELLS[cell].gates
     S = proj_size or H
     weights = []
-    shapes = dict(w_hh=(G * H, S), b_ih=(G * H,), b_hh=(G * H,), peepholes=(3, H),
-                  w_hr=(S, H))
     for k in range(L * D):
-        shapes["w_ih"] = (G * H, I if k < D else D * S)
+        shapes = weight_shapes(cell, I if k < D else D * S, H, proj_size)
         weights.append(Weights(**{
             f: rng.uniform(-scale, scale, shapes[f]).astype(dtype)
             for f in weight_fields(cell, bias, proj_size > 0)}))

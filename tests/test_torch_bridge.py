@@ -4,7 +4,6 @@ convert, torch.compile, save/load, training steps, dropout seeding and every err
 import io
 import itertools
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")

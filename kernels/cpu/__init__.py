@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import numba
 import numpy as np
 
-from . import _compiled, _stale
+from . import _compiled, _norm, _stale
 from ..cells import get_cell
 from ..contract import Sequence as _Seq
 from ..contract import State, Weights
@@ -279,13 +279,27 @@ def _writable(a):
     return a if a is None or a.flags.writeable else a.copy()
 
 
+def _all_writable(group):
+    """A :class:`Weights` or :class:`State` whose arrays are all writable (see
+    :func:`_writable`): the group itself when they are."""
+    for a in group:
+        if a is not None and not a.flags.writeable:
+            return type(group)(*map(_writable, group))
+    return group
+
+
 @child_safe
-def forward(cell, x, state, weights, seq=_SEQUENCE, training=True):
+def forward(cell, x, state, weights, seq=_SEQUENCE, training=True, zoneout=None):
     """Kernel contract forward (:mod:`fastrnn.kernels.contract`); arrays are NumPy, of
     ``x``'s dtype."""
     _fresh_cache()
-    x, w = _writable(x), weights.map(_writable)
-    state = State(*map(_writable, state))
+    x, w, state = _writable(x), _all_writable(weights), _all_writable(state)
+    if w.ln_ih is not None or zoneout is not None:  # (a step's whole row: _norm)
+        fpu = flush_denormals()
+        try:
+            return _norm.forward(cell, x, state, w, seq, training, zoneout)
+        finally:
+            restore(fpu)
     (T, B, I), (GH, H) = x.shape, w.w_hh.shape
     threads = _threads_for(x.shape, w.w_hh.shape)
     units = _units_for(cell, T, B, GH, H, x.dtype.itemsize, w.w_hr is not None)
@@ -308,8 +322,13 @@ def forward(cell, x, state, weights, seq=_SEQUENCE, training=True):
 def backward(cell, saved, dy, dstate_n):
     """Kernel contract backward (:mod:`fastrnn.kernels.contract`)."""
     _fresh_cache()
-    dy = _writable(dy)
-    dstate_n = State(*map(_writable, dstate_n))
+    dy, dstate_n = _writable(dy), _all_writable(dstate_n)
+    if isinstance(saved, _norm.Kept):
+        fpu = flush_denormals()
+        try:
+            return _norm.backward(cell, saved, dy, dstate_n)
+        finally:
+            restore(fpu)
     w_hh = saved.weights.w_hh
     (T, B, I), GH = saved.x.shape, w_hh.shape[0]
     threads = _threads_for(saved.x.shape, w_hh.shape)

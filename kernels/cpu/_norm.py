@@ -1,0 +1,471 @@
+"""Layer-normalised cells and zoneout on the CPU: the products by BLAS, the rest compiled.
+
+A LayerNorm needs its product's whole row (every gate of every unit) before any gate, and
+zoneout mixes each step's new state with the old one; both sit between a step's recurrent
+product and the next step's. A call with either runs here: per step, ``W_hh h`` by one
+BLAS GEMM over the batch, then one compiled pass over the rows (the normalisation's
+statistics, the biases, the cell, ``LN(c)``), the projection's GEMM when there is one, and
+one compiled pass for zoneout, lengths and the output. Backward walks the steps in reverse
+the same way; the weight gradients are GEMMs over all steps, as in the other loops. The
+equations are the reference's (:mod:`fastrnn.kernels.reference`).
+"""
+
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from ..cells import get_cell
+from ..contract import LN_EPS, State, Weights
+from ._jit import jit
+from ._math import (CELL_IDS, GRU, LSTM, LSTM_P, has_cell_state, rnn_activation,
+                    rnn_activation_grad, sigmoid, tanh)
+
+ONE = np.float32(1)
+ZERO = np.float32(0)
+
+
+def matmul(a, b, out):
+    """``out[:] = a @ b`` by BLAS (on its own threads), returning ``out``."""
+    return np.matmul(a, b, out=out)
+
+
+class Params(NamedTuple):
+    """The step's parameters as the compiled passes take them (empty arrays where a layer
+    has none): ``b_hh [G*H]``, ``peep [3,H]``, ``ln_hh [G*H]``, ``ln_c``, ``ln_c_bias
+    [H]``."""
+
+    b_hh: Any
+    peep: Any
+    ln_hh: Any
+    ln_c: Any
+    ln_c_bias: Any
+
+
+class Steps(NamedTuple):
+    """What each step keeps for backward, ``[T,B,*]`` (``[1,B,*]`` scratch when a cell has
+    none or nothing is saved): ``acts`` the gate activations, ``c_prev``, ``c_out`` the
+    LSTMs' cell state before and after, ``h_hat``, ``h_rstd`` the normalisation of ``W_hh
+    h``, ``c_hat``, ``c_rstd`` that of ``c'``, ``hn`` the GRU's normalised ``W_hn h +
+    b_hn``, ``m`` the LSTMs' ``o * tanh(LN(c'))`` (before a projection)."""
+
+    acts: Any
+    c_prev: Any
+    c_out: Any
+    h_hat: Any
+    h_rstd: Any
+    c_hat: Any
+    c_rstd: Any
+    hn: Any
+    m: Any
+
+
+class Kept(NamedTuple):
+    """What :func:`backward` needs of a training :func:`forward`."""
+
+    x: Any
+    weights: Weights
+    lengths: Any
+    reverse: bool
+    zoneout: Any
+    x_hat: Any
+    x_rstd: Any
+    h_prev: Any
+    steps: Steps
+
+
+@jit()
+def _normalize(v, gain, hat, rstd):
+    """Each row of ``v [R,N]`` in place to ``(v - mean) / sqrt(var + eps) * gain``;
+    ``hat [R,N]``, ``rstd [R]`` receive the normalised row and ``1 / sqrt(var + eps)``."""
+    R, N = v.shape
+    for r in range(R):
+        row, hr = v[r], hat[r]
+        mean = 0.0
+        for j in range(N):
+            mean += row[j]
+        mean /= N
+        var = 0.0
+        for j in range(N):
+            d = row[j] - mean
+            var += d * d
+        rs = 1.0 / np.sqrt(var / N + LN_EPS)
+        for j in range(N):
+            hr[j] = (row[j] - mean) * rs
+        for j in range(N):
+            row[j] = hr[j] * gain[j]
+        rstd[r] = rs
+
+
+@jit()
+def _normalize_grad(d, hat, rstd, gain, out):
+    """``out [R,N]``: the gradient reaching the rows :func:`_normalize` read, from ``d``
+    the one reaching its results."""
+    R, N = d.shape
+    for r in range(R):
+        dr, hr, o = d[r], hat[r], out[r]
+        s1 = 0.0
+        s2 = 0.0
+        for j in range(N):
+            g = dr[j] * gain[j]
+            s1 += g
+            s2 += g * hr[j]
+        s1 /= N
+        s2 /= N
+        rs = rstd[r]
+        for j in range(N):
+            o[j] = rs * (dr[j] * gain[j] - s1 - hr[j] * s2)
+
+
+@jit()
+def _forward_step(cell, t, ts, xg, hg, h, c, lengths, p, s, new):
+    """Step ``t`` of every row (``ts``: where the step's saved arrays are): ``xg [B,G*H]``
+    the normalised input side with ``b_ih``, ``hg [B,G*H]`` ``W_hh h`` (normalised in
+    place), ``h [B,H]`` the state, ``c [B,H]`` the LSTMs' cell state (updated where the
+    row has a step); ``new [B,H]`` receives the cell's output ``h~`` (the LSTMs' before a
+    projection)."""
+    B, GH = hg.shape
+    H = new.shape[1]
+    ln = p.ln_hh.size > 0
+    if ln:
+        _normalize(hg, p.ln_hh, s.h_hat[ts], s.h_rstd[ts, :, 0])
+    lstm = has_cell_state(cell)
+    for b in range(B):
+        a, x_, g_, nw = s.acts[ts, b], xg[b], hg[b], new[b]
+        for j in range(GH):
+            g_[j] += p.b_hh[j]
+        if lstm:
+            cb = c[b]
+            s.c_prev[ts, b] = cb
+            if t >= lengths[b]:
+                s.c_out[ts, b] = cb
+                continue
+            for j in range(GH):
+                a[j] = x_[j] + g_[j]
+            if cell == LSTM_P:
+                for j in range(H):
+                    a[j] += p.peep[0, j] * cb[j]
+                    a[H + j] += p.peep[1, j] * cb[j]
+            for j in range(H):
+                a[j] = sigmoid(a[j])
+                a[H + j] = sigmoid(a[H + j])
+                a[2 * H + j] = tanh(a[2 * H + j])
+                cb[j] = a[H + j] * cb[j] + a[j] * a[2 * H + j]
+            if cell == LSTM_P:
+                for j in range(H):
+                    a[3 * H + j] += p.peep[2, j] * cb[j]
+            for j in range(H):
+                a[3 * H + j] = sigmoid(a[3 * H + j])
+            s.c_out[ts, b] = cb
+            if p.ln_c.size > 0:  # h~ = o * tanh(LN(c'))
+                nw[:] = cb
+                _normalize(new[b:b + 1], p.ln_c, s.c_hat[ts, b:b + 1],
+                           s.c_rstd[ts, b:b + 1, 0])
+                for j in range(H):
+                    nw[j] = a[3 * H + j] * tanh(nw[j] + p.ln_c_bias[j])
+            else:
+                for j in range(H):
+                    nw[j] = a[3 * H + j] * tanh(cb[j])
+            s.m[ts if s.m.shape[0] > 1 else 0, b] = nw
+        elif cell == GRU:
+            if t >= lengths[b]:
+                continue
+            hn = s.hn[ts, b]
+            for j in range(H):
+                a[j] = sigmoid(x_[j] + g_[j])
+                a[H + j] = sigmoid(x_[H + j] + g_[H + j])
+                hn[j] = g_[2 * H + j]
+                n = tanh(x_[2 * H + j] + a[j] * hn[j])
+                a[2 * H + j] = n
+                nw[j] = n + a[H + j] * (h[b, j] - n)
+        else:
+            if t >= lengths[b]:
+                continue
+            for j in range(H):
+                a[j] = rnn_activation(cell, x_[j] + g_[j])
+                nw[j] = a[j]
+
+
+@jit()
+def _finish_step(t, new, h, zoneout, lengths, y):
+    """The state after step ``t``: ``h = m * h + (1 - m) * new`` (``zoneout [T,B,S]`` the
+    factors ``m``, or empty for none) where the row has a step, the output ``y[t]`` that
+    state (zero past the row's length)."""
+    B, S = h.shape
+    zone = zoneout.shape[0] > 0
+    for b in range(B):
+        yb, hb, nb = y[t, b], h[b], new[b]
+        if t >= lengths[b]:
+            for j in range(S):
+                yb[j] = ZERO
+            continue
+        if zone:
+            zb = zoneout[t, b]
+            for j in range(S):
+                hb[j] = zb[j] * hb[j] + (ONE - zb[j]) * nb[j]
+        else:
+            for j in range(S):
+                hb[j] = nb[j]
+        for j in range(S):
+            yb[j] = hb[j]
+
+
+def _scratch(shape, wanted, dt):
+    return np.empty(shape if wanted else (1,) + tuple(shape[1:]), dt)
+
+
+def _params(w, GH, H, dt):
+    def arr(a, shape):
+        return np.zeros(shape, dt) if a is None else np.ascontiguousarray(a)
+    empty = np.empty(0, dt)
+    return Params(arr(w.b_hh, GH), arr(w.peepholes, (3, H)) if w.peepholes is not None
+                  else np.empty((0, 0), dt), empty if w.ln_hh is None else w.ln_hh,
+                  empty if w.ln_c is None else w.ln_c,
+                  empty if w.ln_c_bias is None else w.ln_c_bias)
+
+
+def forward(cell, x, state, w, seq, training, zoneout):
+    """Kernel contract forward (:mod:`fastrnn.kernels.contract`) of a layer-normalised
+    cell or one with zoneout."""
+    spec = get_cell(cell)
+    T, B, I = x.shape
+    GH, S = w.w_hh.shape
+    H = GH // spec.gates
+    dt = x.dtype
+    lengths = np.full(B, T, np.int64) if seq.lengths is None else np.asarray(seq.lengths,
+                                                                          np.int64)
+    xg = matmul(np.ascontiguousarray(x).reshape(T * B, I), w.w_ih.T, np.empty((T * B, GH), dt))
+    x_hat = x_rstd = None
+    if w.ln_ih is not None:
+        x_hat, x_rstd = np.empty((T * B, GH), dt), np.empty((T * B, 1), dt)
+        _normalize(xg, np.ascontiguousarray(w.ln_ih), x_hat, x_rstd[:, 0])
+    if w.b_ih is not None:
+        xg += w.b_ih
+    xg = xg.reshape(T, B, GH)
+    lstm, ln = spec.has_cell_state, w.ln_hh is not None
+    steps = T if training else 1
+    s = Steps(np.empty((steps, B, GH), dt), _scratch((steps, B, H), lstm, dt),
+              _scratch((steps, B, H), lstm, dt), _scratch((steps, B, GH), ln, dt),
+              _scratch((steps, B, 1), ln, dt), _scratch((steps, B, H), lstm and ln, dt),
+              _scratch((steps, B, 1), lstm and ln, dt),
+              _scratch((steps, B, H), spec.family == "gru", dt),
+              _scratch((steps, B, H), w.w_hr is not None and training, dt))
+    p = _params(w, GH, H, dt)
+    zone = np.empty((0, B, S), dt) if zoneout is None else np.ascontiguousarray(zoneout, dt)
+    h = np.array(state.h, dt)
+    c = np.array(state.c, dt) if lstm else np.empty((B, H), dt)
+    y = np.empty((T, B, S), dt)
+    h_prev = np.empty((T if training else 0, B, S), dt)
+    hg, new = np.empty((B, GH), dt), np.zeros((B, H), dt)
+    cell_id = CELL_IDS[spec.name]
+    w_hh_t, w_hr_t = w.w_hh.T, None if w.w_hr is None else w.w_hr.T
+    for k in range(T):
+        t = T - 1 - k if seq.reverse else k
+        ts = t if training else 0
+        if training:
+            h_prev[t] = h
+        matmul(h, w_hh_t, hg)
+        _forward_step(cell_id, t, ts, xg[t], hg, h, c, lengths, p, s, new)
+        out = new if w_hr_t is None else matmul(new, w_hr_t, np.empty((B, S), dt))
+        _finish_step(t, out, h, zone, lengths, y)
+    kept = None
+    if training:
+        kept = Kept(x, w, lengths, bool(seq.reverse), zoneout, x_hat, x_rstd, h_prev, s)
+    return y, State(h, c if lstm else None), kept
+
+
+@jit()
+def _backward_step(cell, t, d, dc, hp, lengths, p, s, gx, gh, direct, dlnc):
+    """Step ``t`` backwards for every row: ``d [B,H]`` the gradient reaching the cell's
+    output (``h~``; the LSTMs' ``o * tanh(LN(c'))``), ``dc [B,H]`` the one reaching ``c'``
+    (updated to ``c``'s), ``hp [B,H]`` the state the step started from; ``gx``, ``gh
+    [B,G*H]`` receive the gate pre-activations'
+    gradients (input and recurrent side), ``direct [B,H]`` the part of ``dh_prev`` not
+    through ``w_hh`` and ``dlnc [B,H]`` the gradient reaching ``LN(c')``; zero past a
+    row's length."""
+    B, GH = gx.shape
+    H = d.shape[1]
+    for b in range(B):
+        db_, gxb, ghb, dirb, dl = d[b], gx[b], gh[b], direct[b], dlnc[b]
+        if t >= lengths[b]:
+            for j in range(GH):
+                gxb[j] = ZERO
+                ghb[j] = ZERO
+            for j in range(H):
+                dirb[j] = ZERO
+                dl[j] = ZERO
+            continue
+        a = s.acts[t, b]
+        if has_cell_state(cell):
+            dcb, cp = dc[b], s.c_prev[t, b]
+            ln_c = p.ln_c.size > 0
+            for j in range(H):
+                if ln_c:
+                    tc = tanh(s.c_hat[t, b, j] * p.ln_c[j] + p.ln_c_bias[j])
+                else:
+                    tc = tanh(s.c_out[t, b, j])
+                o = a[3 * H + j]
+                gxb[3 * H + j] = db_[j] * tc * o * (ONE - o)
+                dl[j] = db_[j] * o * (ONE - tc * tc)
+            if ln_c:  # the gradient reaching c' through LN (dirb: scratch)
+                _normalize_grad(dlnc[b:b + 1], s.c_hat[t, b:b + 1], s.c_rstd[t, b:b + 1, 0],
+                                p.ln_c, direct[b:b + 1])
+            else:
+                for j in range(H):
+                    dirb[j] = dl[j]
+            peep = cell == LSTM_P
+            for j in range(H):
+                i, f, g = a[j], a[H + j], a[2 * H + j]
+                dct = dcb[j] + dirb[j]
+                if peep:
+                    dct += gxb[3 * H + j] * p.peep[2, j]
+                di = dct * g * i * (ONE - i)
+                df = dct * cp[j] * f * (ONE - f)
+                gxb[j] = di
+                gxb[H + j] = df
+                gxb[2 * H + j] = dct * i * (ONE - g * g)
+                dcb[j] = dct * f
+                if peep:
+                    dcb[j] += di * p.peep[0, j] + df * p.peep[1, j]
+            for j in range(GH):
+                ghb[j] = gxb[j]
+            for j in range(H):
+                dirb[j] = ZERO
+        elif cell == GRU:
+            hn, hpb = s.hn[t, b], hp[b]
+            for j in range(H):
+                r, z, n = a[j], a[H + j], a[2 * H + j]
+                dn = db_[j] * (ONE - z) * (ONE - n * n)
+                dz = db_[j] * (hpb[j] - n) * z * (ONE - z)
+                dr = dn * hn[j] * r * (ONE - r)
+                gxb[j] = dr
+                gxb[H + j] = dz
+                gxb[2 * H + j] = dn
+                ghb[j] = dr
+                ghb[H + j] = dz
+                ghb[2 * H + j] = dn * r
+                dirb[j] = db_[j] * z
+        else:
+            for j in range(H):
+                da = rnn_activation_grad(cell, db_[j], a[j])
+                gxb[j] = da
+                ghb[j] = da
+                dirb[j] = ZERO
+
+
+@jit()
+def _finish_grad(t, dh, dy, zoneout, lengths, d_new):
+    """Where the gradient ``dh [B,S]`` reaching step ``t``'s state goes: ``dh += dy[t]``
+    (the row's output gradient, where it has a step), ``d_new`` receives the part that
+    reaches the cell's output (``(1 - m) dh``), ``dh`` keeps the part that passes to the
+    previous state directly (``m dh``; all of it past the row's length)."""
+    B, S = dh.shape
+    zone = zoneout.shape[0] > 0
+    for b in range(B):
+        hb, nb = dh[b], d_new[b]
+        if t >= lengths[b]:
+            for j in range(S):
+                nb[j] = ZERO
+            continue
+        dyb = dy[t, b]
+        for j in range(S):
+            hb[j] += dyb[j]
+        if zone:
+            zb = zoneout[t, b]
+            for j in range(S):
+                nb[j] = (ONE - zb[j]) * hb[j]
+                hb[j] = zb[j] * hb[j]
+        else:
+            for j in range(S):
+                nb[j] = hb[j]
+                hb[j] = ZERO
+
+
+@jit()
+def _add_rows(dh, prod, direct, lengths, t):
+    """``dh += prod + direct`` for the rows with a step ``t``."""
+    B, S = dh.shape
+    for b in range(B):
+        if t < lengths[b]:
+            hb, pb, db_ = dh[b], prod[b], direct[b]
+            for j in range(S):
+                hb[j] += pb[j] + db_[j]
+
+
+def backward(cell, saved, dy, dstate_n):
+    """Kernel contract backward (:mod:`fastrnn.kernels.contract`) of :func:`forward`."""
+    spec = get_cell(cell)
+    x, w, s, lengths = saved.x, saved.weights, saved.steps, saved.lengths
+    T, B, I = x.shape
+    GH, S = w.w_hh.shape
+    H = GH // spec.gates
+    dt = x.dtype
+    lstm, ln = spec.has_cell_state, w.ln_hh is not None
+    dh = np.zeros((B, S), dt) if dstate_n.h is None else np.array(dstate_n.h, dt)
+    dc = np.zeros((B, H), dt) if dstate_n.c is None else np.array(dstate_n.c, dt)
+    dy = np.ascontiguousarray(dy)
+    zone = (np.empty((0, B, S), dt) if saved.zoneout is None
+            else np.ascontiguousarray(saved.zoneout, dt))
+    p = _params(w, GH, H, dt)
+    dgx, dgh = np.empty((T, B, GH), dt), np.empty((T, B, GH), dt)
+    dgh_raw = np.empty((T, B, GH), dt) if ln else dgh
+    dlnc = np.zeros((T, B, H), dt)
+    dhs = np.zeros((T if w.w_hr is not None else 0, B, S), dt)
+    d_new, direct = np.empty((B, S), dt), np.empty((B, H), dt)
+    prod = np.empty((B, S), dt)
+    cell_id = CELL_IDS[spec.name]
+    w_hh = np.ascontiguousarray(w.w_hh)
+    for k in range(T):
+        t = k if saved.reverse else T - 1 - k
+        _finish_grad(t, dh, dy, zone, lengths, d_new)
+        d_cell = d_new
+        if w.w_hr is not None:
+            dhs[t] = d_new
+            d_cell = matmul(d_new, w.w_hr, np.empty((B, H), dt))
+        _backward_step(cell_id, t, d_cell, dc, saved.h_prev[t], lengths, p, s, dgx[t],
+                       dgh[t], direct, dlnc[t])
+        if ln:
+            _normalize_grad(dgh[t], s.h_hat[t], s.h_rstd[t, :, 0], w.ln_hh, dgh_raw[t])
+        matmul(dgh_raw[t], w_hh, prod)
+        _add_rows(dh, prod, direct, lengths, t)
+    dgx_raw = dgx
+    if w.ln_ih is not None:
+        dgx_raw = np.empty((T * B, GH), dt)
+        _normalize_grad(dgx.reshape(T * B, GH), saved.x_hat, saved.x_rstd[:, 0],
+                        np.ascontiguousarray(w.ln_ih), dgx_raw)
+        dgx_raw = dgx_raw.reshape(T, B, GH)
+    return (matmul(dgx_raw.reshape(T * B, GH), w.w_ih, np.empty((T * B, I), dt)).reshape(
+                T, B, I), State(dh, dc if lstm else None),
+            _weight_grads(spec, saved, dgx, dgh, dgx_raw, dgh_raw, dlnc, dhs))
+
+
+def _weight_grads(spec, saved, dgx, dgh, dgx_raw, dgh_raw, dlnc, dhs):
+    """Every weight's gradient from the gate gradients of all steps."""
+    x, w, s = saved.x, saved.weights, saved.steps
+    T, B, I = x.shape
+    GH, S = w.w_hh.shape
+    H = GH // spec.gates
+    dt = x.dtype
+    rows = T * B
+
+    def gemm_t(a, b):  # a^T b over all steps' rows
+        return matmul(a.reshape(rows, -1).T, b.reshape(rows, -1),
+                      np.empty((a.shape[-1], b.shape[-1]), dt))
+    bias = w.b_ih is not None
+    grads = Weights(gemm_t(dgx_raw, np.ascontiguousarray(x)), gemm_t(dgh_raw, saved.h_prev),
+                    dgx.sum(axis=(0, 1)) if bias else None,
+                    dgh.sum(axis=(0, 1)) if bias else None)
+    if spec.peepholes:  # (padding steps have zero gate gradients)
+        grads = grads._replace(peepholes=np.stack([
+            (dgx[:, :, 0:H] * s.c_prev).sum(axis=(0, 1)),
+            (dgx[:, :, H:2 * H] * s.c_prev).sum(axis=(0, 1)),
+            (dgx[:, :, 3 * H:] * s.c_out).sum(axis=(0, 1))]))
+    if w.w_hr is not None:
+        grads = grads._replace(w_hr=gemm_t(dhs, s.m))
+    if w.ln_ih is not None:
+        grads = grads._replace(
+            ln_ih=(dgx.reshape(rows, GH) * saved.x_hat).sum(axis=0),
+            ln_hh=(dgh * s.h_hat).sum(axis=(0, 1)))
+    if w.ln_c is not None:
+        grads = grads._replace(ln_c=(dlnc * s.c_hat).sum(axis=(0, 1)),
+                               ln_c_bias=dlnc.sum(axis=(0, 1)))
+    return grads
