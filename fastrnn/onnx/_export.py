@@ -95,6 +95,11 @@ def _describe(module):
         if module.proj_size:
             raise TypeError(f"model: fastrnn.onnx.export cannot write an LSTM with proj_size="
                             f"{module.proj_size}: ONNX's LSTM operator has no projection")
+        for option, value in (("layer_norm", module.layer_norm), ("zoneout", module.zoneout)):
+            if value:
+                raise TypeError(f"model: fastrnn.onnx.export cannot write a {option}="
+                                f"{value} layer: ONNX's {type(module).__name__} operator has "
+                                "no such option")
         d = {"type": type(module).__name__, "input_size": module.input_size,
              "hidden_size": module.hidden_size, "num_layers": module.num_layers,
              "bias": module.bias, "batch_first": module.batch_first,

@@ -210,7 +210,9 @@ def _finish_step(t, new, h, zoneout, lengths, y):
 
 
 def _scratch(shape, wanted, dt):
-    return np.empty(shape if wanted else (1,) + tuple(shape[1:]), dt)
+    """Zeros (a padded row's entries stay zero: the gradient sums multiply them by zero
+    gradients), or one step's scratch when not ``wanted``."""
+    return np.zeros(shape if wanted else (1,) + tuple(shape[1:]), dt)
 
 
 def _params(w, GH, H, dt):
@@ -243,7 +245,7 @@ def forward(cell, x, state, w, seq, training, zoneout):
     xg = xg.reshape(T, B, GH)
     lstm, ln = spec.has_cell_state, w.ln_hh is not None
     steps = T if training else 1
-    s = Steps(np.empty((steps, B, GH), dt), _scratch((steps, B, H), lstm, dt),
+    s = Steps(np.zeros((steps, B, GH), dt), _scratch((steps, B, H), lstm, dt),
               _scratch((steps, B, H), lstm, dt), _scratch((steps, B, GH), ln, dt),
               _scratch((steps, B, 1), ln, dt), _scratch((steps, B, H), lstm and ln, dt),
               _scratch((steps, B, 1), lstm and ln, dt),

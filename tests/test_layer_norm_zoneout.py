@@ -1,0 +1,232 @@
+"""Layer-normalised cells and zoneout: the reference against finite differences and an
+independent PyTorch loop of the equations, every NumPy backend against the reference, the
+layers and cells, zoneout's rules."""
+
+import numpy as np
+import pytest
+
+import fastrnn
+from fastrnn import functional as F
+from fastrnn.kernels.cells import CELLS
+from fastrnn.kernels.contract import INITIAL_VALUES, Weights, weight_fields, weight_shapes
+from conftest import assert_close, numpy_backends
+
+LN_CELLS = ["lstm", "lstm_peephole", "gru", "rnn_tanh", "rnn_relu"]
+
+
+def _problem(cell, T, B, I, H, L=1, D=1, dtype=np.float64, seed=0, proj_size=0,
+             layer_norm=True):
+    """Random input, states and Weights (LayerNorm gains around their initial values)."""
+    rng = np.random.default_rng(seed)
+    S = proj_size or H
+    weights = []
+    for k in range(L * D):
+        shapes = weight_shapes(cell, I if k < D else D * S, H, proj_size)
+        weights.append(Weights(**{
+            f: (rng.uniform(-0.6, 0.6, shapes[f]) + INITIAL_VALUES.get(f, 0.0)).astype(dtype)
+            for f in weight_fields(cell, True, proj_size > 0, layer_norm)}))
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    h0 = (0.5 * rng.standard_normal((L * D, B, S))).astype(dtype)
+    c0 = (0.5 * rng.standard_normal((L * D, B, H))).astype(dtype) \
+        if CELLS[cell].has_cell_state else None
+    return x, weights, h0, c0
+
+
+CASES = [(c, 0, True) for c in LN_CELLS] + [("lstm", 2, True), ("lstm_peephole", 2, True),
+                                             ("gru", 0, False), ("lstm", 0, False)]
+
+
+@pytest.mark.parametrize("cell,proj_size,layer_norm", CASES,
+                         ids=[f"{c}-P{p}-ln{int(n)}" for c, p, n in CASES])
+@pytest.mark.parametrize("D,lengths", [(1, None), (2, [5, 2, 0])])
+def test_reference_gradients_match_finite_differences(cell, proj_size, layer_norm, D,
+                                                      lengths):
+    """Every input, state and weight (the gains included), two layers, zoneout between
+    steps with its masks fixed by the generator's seed, float64."""
+    T, B, I, H, L = 5, 3, 4, 3, 2
+    x, weights, h0, c0 = _problem(cell, T, B, I, H, L, D, seed=D, proj_size=proj_size,
+                                  layer_norm=layer_norm)
+    rng = np.random.default_rng(11)
+    S = proj_size or H
+    R, Sg = rng.standard_normal((T, B, D * S)), rng.standard_normal((L * D, B, S))
+    U = rng.standard_normal((L * D, B, H))
+    kw = dict(num_layers=L, bidirectional=D == 2, lengths=lengths, zoneout=0.3,
+              backend="numpy")
+
+    def loss(x, weights, h0, c0):
+        out, h_n, c_n, _ = F.rnn(cell, x, weights, h0, c0, rng=np.random.default_rng(5),
+                                 **kw)
+        return (out * R).sum() + (h_n * Sg).sum() + (0 if c_n is None else (c_n * U).sum())
+
+    out, h_n, c_n, ctx = F.rnn(cell, x, weights, h0, c0, rng=np.random.default_rng(5), **kw)
+    dx, dh0, dc0, dws = F.rnn_backward(ctx, R, Sg, None if c_n is None else U)
+    checks = [("x", x, dx, lambda a: (a, weights, h0, c0)),
+              ("h0", h0, dh0, lambda a: (x, weights, a, c0))]
+    if c0 is not None:
+        checks.append(("c0", c0, dc0, lambda a: (x, weights, h0, a)))
+    for k, w in enumerate(weights):
+        for f, a in w.present().items():
+            checks.append((f"{k}.{f}", a, getattr(dws[k], f),
+                           lambda b, k=k, f=f: (x, weights[:k] + [weights[k]._replace(**{f: b})]
+                                                + weights[k + 1:], h0, c0)))
+    for name, a, g, args in checks:
+        v = rng.standard_normal(a.shape)
+        eps = 1e-6
+        numeric = (loss(*args(a + eps * v)) - loss(*args(a - eps * v))) / (2 * eps)
+        exact = float((g * v).sum())
+        assert abs(numeric - exact) <= 1e-7 * max(1.0, abs(exact)), (name, numeric, exact)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
+def test_reference_matches_a_pytorch_loop_of_the_equations(cell):
+    """An independent implementation: torch.nn.functional.layer_norm and the cell's
+    equations step by step (the issue's definitions), zoneout in eval (its expectation)."""
+    torch = pytest.importorskip("torch")
+    T, B, I, H, p = 6, 3, 4, 5, 0.25
+    x, weights, h0, c0 = _problem(cell, T, B, I, H, seed=2)
+    out, h_n, c_n, _ = F.rnn(cell, x, weights, h0, c0, zoneout=p, training=False,
+                             backend="numpy")
+    w = {f: torch.from_numpy(a) for f, a in weights[0].present().items()}
+    t = torch.from_numpy
+    ln = torch.nn.functional.layer_norm
+    h, c = t(h0[0]), None if c0 is None else t(c0[0])
+    ys = []
+    for s in range(T):
+        a_x = ln(t(x[s]) @ w["w_ih"].T, (w["w_ih"].shape[0],), w["ln_ih"], eps=1e-5)
+        a_h = ln(h @ w["w_hh"].T, (w["w_hh"].shape[0],), w["ln_hh"], eps=1e-5)
+        a_x, a_h = a_x + w["b_ih"], a_h + w["b_hh"]
+        if cell == "lstm":
+            i, f, g, o = (a_x + a_h).chunk(4, dim=1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            new = torch.sigmoid(o) * torch.tanh(ln(c, (H,), w["ln_c"], w["ln_c_bias"],
+                                                   eps=1e-5))
+        elif cell == "gru":
+            xr, xz, xn = a_x.chunk(3, dim=1)
+            hr, hz, hn = a_h.chunk(3, dim=1)
+            r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+            n = torch.tanh(xn + r * hn)
+            new = (1 - z) * n + z * h
+        else:
+            new = torch.tanh(a_x + a_h)
+        h = p * h + (1 - p) * new
+        ys.append(h)
+    assert_close(out, torch.stack(ys).numpy(), np.float64, "output")
+    assert_close(h_n[0], h.numpy(), np.float64, "h_n")
+    if c is not None:
+        assert_close(c_n[0], c.numpy(), np.float64, "c_n")
+
+
+@pytest.mark.parametrize("backend", numpy_backends())
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("cell,proj_size,layer_norm", CASES,
+                         ids=[f"{c}-P{p}-ln{int(n)}" for c, p, n in CASES])
+@pytest.mark.parametrize("L,D,lengths", [(1, 1, None), (2, 2, [7, 3, 0, 6])])
+def test_backend_matches_reference(backend, dtype, cell, proj_size, layer_norm, L, D,
+                                   lengths):
+    """Outputs, final states, and every gradient, training with zoneout and dropout (the
+    same masks: the same generator's seed), then eval."""
+    T, B, I, H = 7, 4, 5, 16
+    x, weights, h0, c0 = _problem(cell, T, B, I, H, L, D, dtype, seed=L + D,
+                                  proj_size=proj_size, layer_norm=layer_norm)
+    kw = dict(num_layers=L, bidirectional=D == 2, lengths=lengths, zoneout=0.2,
+              dropout=0.3)
+    dy = np.random.default_rng(4).standard_normal((T, B, D * (proj_size or H))).astype(dtype)
+    results = []
+    for b in ("numpy", backend):
+        out, h_n, c_n, ctx = F.rnn(cell, x, weights, h0, c0, rng=np.random.default_rng(9),
+                                   backend=b, **kw)
+        dx, dh0, dc0, dws = F.rnn_backward(ctx, dy)
+        ev = F.rnn(cell, x, weights, h0, c0, training=False, backend=b, **kw)
+        results.append([out, h_n, c_n, dx, dh0, dc0, ev[0], ev[1]]
+                       + [g for w in dws for g in w.present().values()])
+    tol = 1e-3 if dtype == np.float32 and layer_norm else None  # (see below)
+    for k, (want, got) in enumerate(zip(*results)):
+        if want is None:
+            assert got is None
+        elif tol is None:
+            assert_close(got, want, dtype, f"result {k}")
+        else:  # a float32 LayerNorm's backward divides by small spreads: a looser bound
+            assert np.abs(got - want).max() <= tol * np.abs(want).max(), f"result {k}"
+
+
+@pytest.mark.parametrize("backend", numpy_backends())
+def test_zoneout_rules(backend):
+    """p = 0 is the plain cell; p = 1 never changes the state; training masks repeat with
+    the layer's seed and differ between seeds; eval is the expectation h = p h_prev + (1 -
+    p) h~, the same with and without lengths."""
+    x = np.random.default_rng(0).standard_normal((9, 3, 4)).astype(np.float64)
+
+    def run(zoneout, seed=1, train=True, **kw):
+        m = fastrnn.GRU(4, 6, zoneout=zoneout, seed=seed, backend=backend, dtype=np.float64,
+                        **kw)
+        m.train(train)
+        return m(x)
+
+    plain = fastrnn.GRU(4, 6, seed=1, backend=backend, dtype=np.float64)(x)
+    np.testing.assert_array_equal(run(0.0)[0], plain[0])
+    out, h_n = run(1.0)
+    assert np.all(out == 0) and np.all(h_n == 0)  # (h0 = 0 stays)
+    a, b, other = run(0.4)[0], run(0.4)[0], run(0.4, seed=2)[0]
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, other)
+    # eval: step by step with a cell of the same weights, mixed by hand
+    m = fastrnn.GRU(4, 6, zoneout=0.4, seed=1, backend=backend, dtype=np.float64).eval()
+    cell = fastrnn.GRUCell(4, 6, backend=backend, dtype=np.float64)
+    cell.load_state_dict({k[:-3]: v for k, v in m.state_dict().items()})
+    h = np.zeros((3, 6))
+    for t in range(9):
+        h = 0.4 * h + 0.6 * cell.eval()(x[t], h)
+    assert_close(m(x)[1][0], h, np.float64, "eval h_n")
+
+
+def test_zoneout_masks_are_drawn_per_unit_and_step():
+    """In training a unit keeps its previous value (exactly) at about a fraction p of the
+    steps."""
+    m = fastrnn.RNN(3, 64, zoneout=0.3, seed=0, dtype=np.float64, backend="numpy")
+    out, _ = m(np.random.default_rng(1).standard_normal((200, 4, 3)))
+    kept = (out[1:] == out[:-1]).mean()
+    assert 0.27 < kept < 0.33
+
+
+@pytest.mark.parametrize("backend", numpy_backends())
+def test_layers_and_cells_with_layer_norm(backend):
+    """Parameters with their names, shapes and initial values, repr, a cell step equal to
+    a one-step layer, eval cells with zoneout equal to the expectation."""
+    lstm = fastrnn.LSTM(5, 8, num_layers=2, bidirectional=True, layer_norm=True,
+                        zoneout=0.1, backend=backend, seed=0)
+    params = dict(lstm.named_parameters())
+    assert params["ln_weight_ih_l1_reverse"].data.shape == (32,)
+    assert np.all(params["ln_weight_hh_l0"].data == 1)
+    assert np.all(params["ln_weight_c_l1"].data == 1) and np.all(params["ln_bias_c_l0"].data
+                                                                 == 0)
+    assert "layer_norm=True, zoneout=0.1" in repr(lstm)
+    plain = fastrnn.LSTM(5, 8, num_layers=2, bidirectional=True, backend=backend, seed=0)
+    for name, p in plain.named_parameters():  # (the gains draw nothing from the seed)
+        np.testing.assert_array_equal(p.data, params[name].data)
+    cell = fastrnn.LSTMCell(5, 8, layer_norm=True, backend=backend, seed=3, dtype=np.float64)
+    layer = fastrnn.LSTM(5, 8, layer_norm=True, backend=backend, dtype=np.float64)
+    layer.load_state_dict({k + "_l0": v for k, v in cell.state_dict().items()})
+    x = np.random.default_rng(2).standard_normal((3, 5))
+    h, c = cell(x)
+    _, (h_n, c_n) = layer(x[None])
+    assert_close(h, h_n[0], np.float64, "h")
+    assert_close(c, c_n[0], np.float64, "c")
+
+
+def test_clear_errors():
+    with pytest.raises(ValueError, match="layer_norm: not defined for the GRU with "
+                                         "reset_after=False"):
+        fastrnn.GRU(3, 4, reset_after=False, layer_norm=True)
+    with pytest.raises(ValueError, match=r"zoneout: expected a probability in \[0, 1\], "
+                                         "got 1.5"):
+        fastrnn.LSTM(3, 4, zoneout=1.5)
+    with pytest.raises(TypeError, match="layer_norm: expected True or False"):
+        fastrnn.RNN(3, 4, layer_norm=1)
+    x, weights, h0, c0 = _problem("lstm", 2, 2, 3, 4)
+    with pytest.raises(ValueError, match=r"weights\[0\]: expected the fields"):
+        F.rnn("lstm", x, [weights[0]._replace(ln_c=None)])
+    onnx = pytest.importorskip("onnx")
+    from fastrnn.onnx import export
+    with pytest.raises(TypeError, match="cannot write a layer_norm=True layer"):
+        export(fastrnn.LSTM(3, 4, layer_norm=True), "/dev/null")
+    del onnx
