@@ -28,7 +28,8 @@ def _inputs(cfg):
 
 def _layer(cfg, backend):
     import fastrnn
-    kw = dict(num_layers=cfg["L"], bidirectional=cfg["D"] == 2, backend=backend)
+    kw = dict(num_layers=cfg["L"], bidirectional=cfg["D"] == 2, backend=backend,
+              layer_norm=cfg["layer_norm"])
     if cfg["cell"] == "lstm":
         return fastrnn.LSTM(cfg["I"], cfg["H"], **kw)
     if cfg["cell"] == "gru":
@@ -228,6 +229,8 @@ def _build_torch(device, cfg, weights, threads, bridge=False):
         torch.backends.cudnn.allow_tf32 = False
     if cfg["loop"]:
         return _build_torch_loop(nn, cfg, weights)
+    if cfg["layer_norm"]:
+        return _build_torch_layer_norm(cfg, weights)
     kw = dict(num_layers=cfg["L"], bidirectional=cfg["D"] == 2)
     if cfg["cell"] == "lstm":
         model = nn.LSTM(cfg["I"], cfg["H"], **kw)
@@ -267,6 +270,58 @@ def _build_torch(device, cfg, weights, threads, bridge=False):
         return res
 
     return run, outputs, sync
+
+
+def _build_torch_layer_norm(cfg, weights):
+    """A layer-normalised LSTM as PyTorch users write it (one layer, one direction): the
+    input side's products and LayerNorm for all steps at once, then an eager loop over the
+    steps of the equations with ``torch.nn.functional.layer_norm``; autograd's backward."""
+    import torch
+    from torch.nn.functional import layer_norm
+    if cfg["cell"] != "lstm" or cfg["L"] != 1 or cfg["D"] != 1:
+        raise ValueError("the PyTorch LayerNorm contender is a one-layer, one-direction LSTM")
+    p = {k: torch.from_numpy(np.asarray(v)).requires_grad_() for k, v in weights.items()}
+    H = cfg["H"]
+    x, gout = (torch.from_numpy(a) for a in _inputs(cfg))
+    train = cfg["mode"] == "train"
+    x.requires_grad_(train)
+
+    def forward():
+        w = {k[:-3]: v for k, v in p.items()}  # (without "_l0")
+        xs = layer_norm(x @ w["weight_ih"].T, (4 * H,), w["ln_weight_ih"], eps=1e-5) \
+            + w["bias_ih"]
+        h = c = x.new_zeros((x.shape[1], H))
+        ys = []
+        for t in range(x.shape[0]):
+            gates = xs[t] + layer_norm(h @ w["weight_hh"].T, (4 * H,), w["ln_weight_hh"],
+                                       eps=1e-5) + w["bias_hh"]
+            i, f, g, o = gates.chunk(4, dim=1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(layer_norm(c, (H,), w["ln_weight_c"],
+                                                         w["ln_bias_c"], eps=1e-5))
+            ys.append(h)
+        return torch.stack(ys), h, c
+
+    def run():
+        if not train:
+            with torch.inference_mode():
+                return forward()
+        for t in (*p.values(), x):
+            t.grad = None
+        out, h, c = forward()
+        out.backward(gout)
+        return out, h, c
+
+    def outputs():
+        out, h, c = run()
+        res = {"output": out.detach().numpy(), "h_n": h.detach().numpy()[None],
+               "c_n": c.detach().numpy()[None]}
+        if train:
+            res["grad_x"] = x.grad.numpy()
+            res.update({"grad:" + k: v.grad.numpy() for k, v in p.items()})
+        return res
+
+    return run, outputs, lambda: None
 
 
 def _build_torch_loop(nn, cfg, weights):

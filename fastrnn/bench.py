@@ -36,6 +36,9 @@ class Config:
     # the cell class (LSTMCell, ...) called once a step in a Python loop - a decoder, a
     # generation loop, an agent - instead of the layer over the whole sequence
     loop: bool = False
+    # a layer-normalised cell (layer_norm=True); torch-cpu is then an eager PyTorch loop of
+    # the same equations, what PyTorch users write for it
+    layer_norm: bool = False
 
     def flops(self):
         """Multiply-add FLOPs of the GEMM work: forward, and twice that again for backward
@@ -65,6 +68,7 @@ SUITES = {
         ("C2i", "lstm", 256, 256, 1, 1, 16, 150, "infer"),
         ("C4i", "gru", 512, 512, 1, 1, 32, 100, "infer"),
         ("C9", "lstm", 650, 650, 2, 1, 20, 35, "train"),  # the classic medium word-LM
+        ("C10", "lstm", 512, 512, 1, 1, 32, 100, "train", False, True),  # LayerNorm LSTM
     ]),
     # cells called step by step; "train" is the loop's forward, then backward through it
     "cells": _suite([
@@ -195,6 +199,8 @@ def applies(name, config):
     Runtime and OpenVINO are inference engines of whole layers."""
     if name in ("torch-cpu", "fastrnn-torch") and config.cell == "rnn_sigmoid":
         return False
+    if name == "fastrnn-torch" and config.layer_norm:
+        return False  # (fastrnn.torch's layers have no layer_norm)
     return not (name in INFERENCE_ENGINES and (config.mode == "train" or config.loop))
 
 
@@ -295,14 +301,21 @@ def _weights(config):
         return RNNCell(config.I, config.H, nonlinearity=config.cell.split("_")[1],
                        **kw).state_dict()
     from .layers import GRU, LSTM, RNN
-    kw = dict(num_layers=config.L, bidirectional=config.D == 2, seed=0, backend="numpy")
+    kw = dict(num_layers=config.L, bidirectional=config.D == 2, seed=0, backend="numpy",
+              layer_norm=config.layer_norm)
     if config.cell == "lstm":
         layer = LSTM(config.I, config.H, **kw)
     elif config.cell == "gru":
         layer = GRU(config.I, config.H, **kw)
     else:
         layer = RNN(config.I, config.H, nonlinearity=config.cell.split("_")[1], **kw)
-    return layer.state_dict()
+    weights = layer.state_dict()
+    rng = np.random.default_rng(1)
+    for name in weights:  # (gains away from their initial 1 and 0: a check that sees them)
+        if name.startswith("ln_"):
+            weights[name] = (weights[name] + rng.uniform(-0.2, 0.2, weights[name].shape)
+                             ).astype(weights[name].dtype)
+    return weights
 
 
 def _summarise(config, times, rate, threads):

@@ -172,6 +172,7 @@ def _configurations():
             dirs = " bidirectional" if c.D == 2 else ""
             mode = "training" if c.mode == "train" else "inference"
             what = f"{c.cell} cell {c.H}" if c.loop else f"{c.cell} {c.L}x{c.H}{dirs}"
+            what += " layer_norm" if c.layer_norm else ""
             steps = "steps in a Python loop" if c.loop else "steps"
             lines.append(f"  {c.name:<4} {suite}: {what}, input {c.I}, "
                          f"batch {c.B}, {c.T} {steps}, {mode}"

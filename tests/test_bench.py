@@ -13,7 +13,9 @@ from fastrnn import bench, cli
 
 def test_suites_hold_the_issue_configurations():
     cpu, gpu = bench.SUITES["cpu"], bench.SUITES["gpu"]
-    assert list(cpu) == [f"C{k}" for k in range(1, 9)] + ["C2i", "C4i", "C9"]
+    assert list(cpu) == [f"C{k}" for k in range(1, 9)] + ["C2i", "C4i", "C9", "C10"]
+    assert cpu["C10"] == bench.Config("C10", "lstm", 512, 512, 1, 1, 32, 100, "train",
+                                      layer_norm=True)
     assert cpu["C9"] == bench.Config("C9", "lstm", 650, 650, 2, 1, 20, 35, "train")
     assert cpu["C4i"] == bench.Config("C4i", "gru", 512, 512, 1, 1, 32, 100, "infer")
     assert cpu["C6"] == bench.Config("C6", "lstm", 123, 320, 2, 2, 32, 100, "train")
@@ -41,8 +43,8 @@ def test_quick_keeps_the_shapes_and_takes_a_subset():
 def test_bad_names_fail_before_timing():
     with pytest.raises(bench.BenchmarkError, match="--suite: expected one of"):
         bench.select("tpu")
-    with pytest.raises(bench.BenchmarkError, match=r"unknown configuration\(s\) \['C10'\]"):
-        bench.select("cpu", ["C1", "C10"])
+    with pytest.raises(bench.BenchmarkError, match=r"unknown configuration\(s\) \['C11'\]"):
+        bench.select("cpu", ["C1", "C11"])
     assert [c.name for c in bench.select("cpu", ["C3", "C1"])] == ["C1", "C3"]
     with pytest.raises(bench.BenchmarkError, match="--backend: expected names"):
         bench.contenders("cpu", ["fast"])
@@ -131,6 +133,19 @@ def test_cell_loops_agree_with_the_reference_and_are_timed(cell, mode):
     timed = set(results[0]["contenders"])
     assert timed == set(names)
     assert {"fastrnn-cpu", "fastrnn-torch", "torch-cpu", bench.REFERENCE} <= timed
+
+
+def test_layer_norm_lstm_agrees_with_a_pytorch_loop_and_is_timed():
+    """C10's contenders: fastrnn's layer-normalised LSTM (reference and cpu) and the eager
+    PyTorch loop of the same equations agree (outputs, states, every gradient, the gains'
+    too) before timing; fastrnn.torch (no layer_norm) is not a contender there."""
+    cfg = bench.Config("tiny-ln", "lstm", 5, 6, 1, 1, 3, 4, "train", layer_norm=True)
+    names = bench.contenders("cpu")
+    results = bench.run([cfg], names, rounds=1, reps=1, stream=open(os.devnull, "w"),
+                        gap_s=0)
+    timed = set(results[0]["contenders"])
+    assert {"fastrnn-cpu", "torch-cpu", bench.REFERENCE} <= timed
+    assert "fastrnn-torch" not in timed
 
 
 def _benchmarks_conftest():

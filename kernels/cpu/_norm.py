@@ -117,6 +117,25 @@ def _normalize_grad(d, hat, rstd, gain, out):
 
 
 @jit()
+def _column_sums(d, hat, sums, sums_hat):
+    """``sums = d.sum(0)`` and, when ``hat`` has rows, ``sums_hat = (d * hat).sum(0)``
+    over the rows of ``d [R,N]`` (one pass, no temporaries)."""
+    R, N = d.shape
+    with_hat = hat.shape[0] > 0
+    for j in range(N):
+        sums[j] = 0
+        sums_hat[j] = 0
+    for r in range(R):
+        dr = d[r]
+        for j in range(N):
+            sums[j] += dr[j]
+        if with_hat:
+            hr = hat[r]
+            for j in range(N):
+                sums_hat[j] += dr[j] * hr[j]
+
+
+@jit()
 def _forward_step(cell, t, ts, xg, hg, h, c, lengths, p, s, new):
     """Step ``t`` of every row (``ts``: where the step's saved arrays are): ``xg [B,G*H]``
     the normalised input side with ``b_ih``, ``hg [B,G*H]`` ``W_hh h`` (normalised in
@@ -131,40 +150,51 @@ def _forward_step(cell, t, ts, xg, hg, h, c, lengths, p, s, new):
     lstm = has_cell_state(cell)
     for b in range(B):
         a, x_, g_, nw = s.acts[ts, b], xg[b], hg[b], new[b]
+        bh = p.b_hh
         for j in range(GH):
-            g_[j] += p.b_hh[j]
+            g_[j] += bh[j]
         if lstm:
             cb = c[b]
             s.c_prev[ts, b] = cb
             if t >= lengths[b]:
                 s.c_out[ts, b] = cb
                 continue
-            for j in range(GH):
+            for j in range(GH):  # (one pass per few arrays: LLVM vectorises these)
                 a[j] = x_[j] + g_[j]
+            ai, af, ag, ao = a[0:H], a[H:2 * H], a[2 * H:3 * H], a[3 * H:4 * H]
             if cell == LSTM_P:
+                p0, p1 = p.peep[0], p.peep[1]
                 for j in range(H):
-                    a[j] += p.peep[0, j] * cb[j]
-                    a[H + j] += p.peep[1, j] * cb[j]
+                    ai[j] += p0[j] * cb[j]
+                for j in range(H):
+                    af[j] += p1[j] * cb[j]
             for j in range(H):
-                a[j] = sigmoid(a[j])
-                a[H + j] = sigmoid(a[H + j])
-                a[2 * H + j] = tanh(a[2 * H + j])
-                cb[j] = a[H + j] * cb[j] + a[j] * a[2 * H + j]
+                ai[j] = sigmoid(ai[j])
+            for j in range(H):
+                af[j] = sigmoid(af[j])
+            for j in range(H):
+                ag[j] = tanh(ag[j])
+            for j in range(H):
+                cb[j] = af[j] * cb[j] + ai[j] * ag[j]
             if cell == LSTM_P:
+                p2 = p.peep[2]
                 for j in range(H):
-                    a[3 * H + j] += p.peep[2, j] * cb[j]
+                    ao[j] += p2[j] * cb[j]
             for j in range(H):
-                a[3 * H + j] = sigmoid(a[3 * H + j])
+                ao[j] = sigmoid(ao[j])
             s.c_out[ts, b] = cb
             if p.ln_c.size > 0:  # h~ = o * tanh(LN(c'))
                 nw[:] = cb
                 _normalize(new[b:b + 1], p.ln_c, s.c_hat[ts, b:b + 1],
                            s.c_rstd[ts, b:b + 1, 0])
+                lb = p.ln_c_bias
                 for j in range(H):
-                    nw[j] = a[3 * H + j] * tanh(nw[j] + p.ln_c_bias[j])
+                    nw[j] = tanh(nw[j] + lb[j])
             else:
                 for j in range(H):
-                    nw[j] = a[3 * H + j] * tanh(cb[j])
+                    nw[j] = tanh(cb[j])
+            for j in range(H):
+                nw[j] *= ao[j]
             s.m[ts if s.m.shape[0] > 1 else 0, b] = nw
         elif cell == GRU:
             if t >= lengths[b]:
@@ -452,10 +482,15 @@ def _weight_grads(spec, saved, dgx, dgh, dgx_raw, dgh_raw, dlnc, dhs):
     def gemm_t(a, b):  # a^T b over all steps' rows
         return matmul(a.reshape(rows, -1).T, b.reshape(rows, -1),
                       np.empty((a.shape[-1], b.shape[-1]), dt))
+    ln = w.ln_ih is not None
+    no_rows = np.empty((0, GH), dt)
+    sx, sx_hat, sh, sh_hat = (np.empty(GH, dt) for _ in range(4))
+    _column_sums(dgx.reshape(rows, GH), saved.x_hat if ln else no_rows, sx, sx_hat)
+    _column_sums(dgh.reshape(rows, GH), s.h_hat.reshape(rows, GH) if ln else no_rows, sh,
+                 sh_hat)
     bias = w.b_ih is not None
     grads = Weights(gemm_t(dgx_raw, np.ascontiguousarray(x)), gemm_t(dgh_raw, saved.h_prev),
-                    dgx.sum(axis=(0, 1)) if bias else None,
-                    dgh.sum(axis=(0, 1)) if bias else None)
+                    sx if bias else None, sh if bias else None)
     if spec.peepholes:  # (padding steps have zero gate gradients)
         grads = grads._replace(peepholes=np.stack([
             (dgx[:, :, 0:H] * s.c_prev).sum(axis=(0, 1)),
@@ -463,10 +498,8 @@ def _weight_grads(spec, saved, dgx, dgh, dgx_raw, dgh_raw, dlnc, dhs):
             (dgx[:, :, 3 * H:] * s.c_out).sum(axis=(0, 1))]))
     if w.w_hr is not None:
         grads = grads._replace(w_hr=gemm_t(dhs, s.m))
-    if w.ln_ih is not None:
-        grads = grads._replace(
-            ln_ih=(dgx.reshape(rows, GH) * saved.x_hat).sum(axis=0),
-            ln_hh=(dgh * s.h_hat).sum(axis=(0, 1)))
+    if ln:
+        grads = grads._replace(ln_ih=sx_hat, ln_hh=sh_hat)
     if w.ln_c is not None:
         grads = grads._replace(ln_c=(dlnc * s.c_hat).sum(axis=(0, 1)),
                                ln_c_bias=dlnc.sum(axis=(0, 1)))
