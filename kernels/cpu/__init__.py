@@ -295,11 +295,8 @@ def forward(cell, x, state, weights, seq=_SEQUENCE, training=True, zoneout=None)
     _fresh_cache()
     x, w, state = _writable(x), _all_writable(weights), _all_writable(state)
     if w.ln_ih is not None or zoneout is not None:  # (a step's whole row: _norm)
-        fpu = flush_denormals()
-        try:
-            return _norm.forward(cell, x, state, w, seq, training, zoneout)
-        finally:
-            restore(fpu)
+        return _normed(_norm.forward, x.shape, w.w_hh.shape, cell, x, state, w, seq,
+                       training, zoneout)
     (T, B, I), (GH, H) = x.shape, w.w_hh.shape
     threads = _threads_for(x.shape, w.w_hh.shape)
     units = _units_for(cell, T, B, GH, H, x.dtype.itemsize, w.w_hr is not None)
@@ -324,11 +321,8 @@ def backward(cell, saved, dy, dstate_n):
     _fresh_cache()
     dy, dstate_n = _writable(dy), _all_writable(dstate_n)
     if isinstance(saved, _norm.Kept):
-        fpu = flush_denormals()
-        try:
-            return _norm.backward(cell, saved, dy, dstate_n)
-        finally:
-            restore(fpu)
+        return _normed(_norm.backward, saved.x.shape, saved.weights.w_hh.shape, cell, saved,
+                       dy, dstate_n)
     w_hh = saved.weights.w_hh
     (T, B, I), GH = saved.x.shape, w_hh.shape[0]
     threads = _threads_for(saved.x.shape, w_hh.shape)
@@ -342,6 +336,18 @@ def backward(cell, saved, dy, dstate_n):
         with (contextlib.nullcontext() if quiet else single_threaded_blas()), \
                 _at_most(threads), pinned(threads):
             return _backward(cell, saved, dy, dstate_n, units)
+    finally:
+        restore(fpu)
+
+
+def _normed(fn, x_shape, w_hh_shape, *args):
+    """``fn(*args, chunks)`` of :mod:`._norm` with the batch split's threads and setting."""
+    (T, B, _), (GH, S) = x_shape, w_hh_shape
+    threads = _threads_for(x_shape, w_hh_shape)
+    fpu = flush_denormals()
+    try:
+        with single_threaded_blas(), _at_most(threads), pinned(threads):
+            return fn(*args, _chunks(T, B, GH, S))
     finally:
         restore(fpu)
 

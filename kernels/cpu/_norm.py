@@ -2,20 +2,26 @@
 
 A LayerNorm needs its product's whole row (every gate of every unit) before any gate, and
 zoneout mixes each step's new state with the old one; both sit between a step's recurrent
-product and the next step's. A call with either runs here: per step, ``W_hh h`` by one
-BLAS GEMM over the batch, then one compiled pass over the rows (the normalisation's
-statistics, the biases, the cell, ``LN(c)``), the projection's GEMM when there is one, and
-one compiled pass for zoneout, lengths and the output. Backward walks the steps in reverse
-the same way; the weight gradients are GEMMs over all steps, as in the other loops. The
-equations are the reference's (:mod:`fastrnn.kernels.reference`).
+product and the next step's. A call with either runs here: per step, ``W_hh h`` by the
+batch-split loops' packed product (each thread its row block, on weights packed once a
+call), then one compiled pass over the rows (the normalisation's statistics, the biases,
+the cell, ``LN(c)``), the projection's product when there is one, and one compiled pass
+for zoneout, lengths and the output. Backward walks the steps in reverse the same way; the
+input projection and the weight gradients are GEMMs over all steps (:mod:`._blas`), as in
+the other loops. The equations are the reference's (:mod:`fastrnn.kernels.reference`).
+Call inside the backend's thread setting (``single_threaded_blas``, ``pinned``).
 """
 
 from typing import Any, NamedTuple
 
 import numpy as np
+from numba import prange
 
 from ..cells import get_cell
 from ..contract import LN_EPS, State, Weights
+from ._alloc import empty
+from ._blas import matmul
+from ._gemm import gemm_packed, pack
 from ._jit import jit
 from ._math import (CELL_IDS, GRU, LSTM, LSTM_P, has_cell_state, rnn_activation,
                     rnn_activation_grad, sigmoid, tanh)
@@ -24,9 +30,27 @@ ONE = np.float32(1)
 ZERO = np.float32(0)
 
 
-def matmul(a, b, out):
-    """``out[:] = a @ b`` by BLAS (on its own threads), returning ``out``."""
-    return np.matmul(a, b, out=out)
+@jit(parallel=True)
+def _products(v, w_packed, out, chunks, s):
+    """``out[:, :N] = v @ W`` for ``W`` packed by :func:`._gemm.pack` (``out`` as wide as
+    the panels): each of ``chunks``' row blocks on its own thread."""
+    for ci in prange(chunks.size - 1):
+        gemm_packed(v, chunks[ci], chunks[ci + 1], w_packed, out, s)
+
+
+class _Product:
+    """``v @ W`` for one weight matrix, packed once, each step into the same buffer."""
+
+    def __init__(self, w, transpose, rows, chunks):
+        self.packed = pack(np.ascontiguousarray(w), transpose=transpose)
+        P, _, NR = self.packed.shape
+        self.out = np.empty((rows, P * NR), w.dtype)
+        self.n = w.shape[0] if transpose else w.shape[1]
+        self.chunks = chunks
+
+    def __call__(self, v, step):
+        _products(v, self.packed, self.out, self.chunks, step)
+        return self.out[:, :self.n]
 
 
 class Params(NamedTuple):
@@ -239,10 +263,17 @@ def _finish_step(t, new, h, zoneout, lengths, y):
             yb[j] = hb[j]
 
 
+def _zeros(shape, dt):
+    """Zeros from the backend's pool of mapped blocks (:mod:`._alloc`)."""
+    a = empty(shape, dt)
+    a.fill(0)
+    return a
+
+
 def _scratch(shape, wanted, dt):
     """Zeros (a padded row's entries stay zero: the gradient sums multiply them by zero
     gradients), or one step's scratch when not ``wanted``."""
-    return np.zeros(shape if wanted else (1,) + tuple(shape[1:]), dt)
+    return _zeros(shape if wanted else (1,) + tuple(shape[1:]), dt)
 
 
 def _params(w, GH, H, dt):
@@ -255,9 +286,9 @@ def _params(w, GH, H, dt):
                   empty if w.ln_c_bias is None else w.ln_c_bias)
 
 
-def forward(cell, x, state, w, seq, training, zoneout):
+def forward(cell, x, state, w, seq, training, zoneout, chunks):
     """Kernel contract forward (:mod:`fastrnn.kernels.contract`) of a layer-normalised
-    cell or one with zoneout."""
+    cell or one with zoneout; ``chunks``: the threads' row blocks."""
     spec = get_cell(cell)
     T, B, I = x.shape
     GH, S = w.w_hh.shape
@@ -265,17 +296,17 @@ def forward(cell, x, state, w, seq, training, zoneout):
     dt = x.dtype
     lengths = np.full(B, T, np.int64) if seq.lengths is None else np.asarray(seq.lengths,
                                                                           np.int64)
-    xg = matmul(np.ascontiguousarray(x).reshape(T * B, I), w.w_ih.T, np.empty((T * B, GH), dt))
+    xg = matmul(np.ascontiguousarray(x).reshape(T * B, I), w.w_ih.T, empty((T * B, GH), dt))
     x_hat = x_rstd = None
     if w.ln_ih is not None:
-        x_hat, x_rstd = np.empty((T * B, GH), dt), np.empty((T * B, 1), dt)
+        x_hat, x_rstd = empty((T * B, GH), dt), np.empty((T * B, 1), dt)
         _normalize(xg, np.ascontiguousarray(w.ln_ih), x_hat, x_rstd[:, 0])
     if w.b_ih is not None:
         xg += w.b_ih
     xg = xg.reshape(T, B, GH)
     lstm, ln = spec.has_cell_state, w.ln_hh is not None
     steps = T if training else 1
-    s = Steps(np.zeros((steps, B, GH), dt), _scratch((steps, B, H), lstm, dt),
+    s = Steps(_zeros((steps, B, GH), dt), _scratch((steps, B, H), lstm, dt),
               _scratch((steps, B, H), lstm, dt), _scratch((steps, B, GH), ln, dt),
               _scratch((steps, B, 1), ln, dt), _scratch((steps, B, H), lstm and ln, dt),
               _scratch((steps, B, 1), lstm and ln, dt),
@@ -285,20 +316,20 @@ def forward(cell, x, state, w, seq, training, zoneout):
     zone = np.empty((0, B, S), dt) if zoneout is None else np.ascontiguousarray(zoneout, dt)
     h = np.array(state.h, dt)
     c = np.array(state.c, dt) if lstm else np.empty((B, H), dt)
-    y = np.empty((T, B, S), dt)
-    h_prev = np.empty((T if training else 0, B, S), dt)
-    hg, new = np.empty((B, GH), dt), np.zeros((B, H), dt)
+    y = empty((T, B, S), dt)
+    h_prev = empty((T if training else 0, B, S), dt)
+    new = np.zeros((B, H), dt)
     cell_id = CELL_IDS[spec.name]
-    w_hh_t, w_hr_t = w.w_hh.T, None if w.w_hr is None else w.w_hr.T
+    recurrent = _Product(w.w_hh, True, B, chunks)
+    projection = None if w.w_hr is None else _Product(w.w_hr, True, B, chunks)
     for k in range(T):
         t = T - 1 - k if seq.reverse else k
         ts = t if training else 0
         if training:
             h_prev[t] = h
-        matmul(h, w_hh_t, hg)
-        _forward_step(cell_id, t, ts, xg[t], hg, h, c, lengths, p, s, new)
-        out = new if w_hr_t is None else matmul(new, w_hr_t, np.empty((B, S), dt))
-        _finish_step(t, out, h, zone, lengths, y)
+        _forward_step(cell_id, t, ts, xg[t], recurrent(h, k), h, c, lengths, p, s, new)
+        _finish_step(t, new if projection is None else projection(new, k), h, zone, lengths,
+                     y)
     kept = None
     if training:
         kept = Kept(x, w, lengths, bool(seq.reverse), zoneout, x_hat, x_rstd, h_prev, s)
@@ -423,8 +454,9 @@ def _add_rows(dh, prod, direct, lengths, t):
                 hb[j] += pb[j] + db_[j]
 
 
-def backward(cell, saved, dy, dstate_n):
-    """Kernel contract backward (:mod:`fastrnn.kernels.contract`) of :func:`forward`."""
+def backward(cell, saved, dy, dstate_n, chunks):
+    """Kernel contract backward (:mod:`fastrnn.kernels.contract`) of :func:`forward`;
+    ``chunks``: the threads' row blocks."""
     spec = get_cell(cell)
     x, w, s, lengths = saved.x, saved.weights, saved.steps, saved.lengths
     T, B, I = x.shape
@@ -438,34 +470,33 @@ def backward(cell, saved, dy, dstate_n):
     zone = (np.empty((0, B, S), dt) if saved.zoneout is None
             else np.ascontiguousarray(saved.zoneout, dt))
     p = _params(w, GH, H, dt)
-    dgx, dgh = np.empty((T, B, GH), dt), np.empty((T, B, GH), dt)
-    dgh_raw = np.empty((T, B, GH), dt) if ln else dgh
-    dlnc = np.zeros((T, B, H), dt)
-    dhs = np.zeros((T if w.w_hr is not None else 0, B, S), dt)
+    dgx, dgh = empty((T, B, GH), dt), empty((T, B, GH), dt)
+    dgh_raw = empty((T, B, GH), dt) if ln else dgh
+    dlnc = _zeros((T, B, H), dt)
+    dhs = _zeros((T if w.w_hr is not None else 0, B, S), dt)
     d_new, direct = np.empty((B, S), dt), np.empty((B, H), dt)
-    prod = np.empty((B, S), dt)
     cell_id = CELL_IDS[spec.name]
-    w_hh = np.ascontiguousarray(w.w_hh)
+    recurrent = _Product(w.w_hh, False, B, chunks)
+    projection = None if w.w_hr is None else _Product(w.w_hr, False, B, chunks)
     for k in range(T):
         t = k if saved.reverse else T - 1 - k
         _finish_grad(t, dh, dy, zone, lengths, d_new)
         d_cell = d_new
-        if w.w_hr is not None:
+        if projection is not None:
             dhs[t] = d_new
-            d_cell = matmul(d_new, w.w_hr, np.empty((B, H), dt))
+            d_cell = projection(d_new, k)
         _backward_step(cell_id, t, d_cell, dc, saved.h_prev[t], lengths, p, s, dgx[t],
                        dgh[t], direct, dlnc[t])
         if ln:
             _normalize_grad(dgh[t], s.h_hat[t], s.h_rstd[t, :, 0], w.ln_hh, dgh_raw[t])
-        matmul(dgh_raw[t], w_hh, prod)
-        _add_rows(dh, prod, direct, lengths, t)
+        _add_rows(dh, recurrent(dgh_raw[t], k), direct, lengths, t)
     dgx_raw = dgx
     if w.ln_ih is not None:
-        dgx_raw = np.empty((T * B, GH), dt)
+        dgx_raw = empty((T * B, GH), dt)
         _normalize_grad(dgx.reshape(T * B, GH), saved.x_hat, saved.x_rstd[:, 0],
                         np.ascontiguousarray(w.ln_ih), dgx_raw)
         dgx_raw = dgx_raw.reshape(T, B, GH)
-    return (matmul(dgx_raw.reshape(T * B, GH), w.w_ih, np.empty((T * B, I), dt)).reshape(
+    return (matmul(dgx_raw.reshape(T * B, GH), w.w_ih, empty((T * B, I), dt)).reshape(
                 T, B, I), State(dh, dc if lstm else None),
             _weight_grads(spec, saved, dgx, dgh, dgx_raw, dgh_raw, dlnc, dhs))
 
