@@ -230,3 +230,55 @@ def test_clear_errors():
     with pytest.raises(TypeError, match="cannot write a layer_norm=True layer"):
         export(fastrnn.LSTM(3, 4, layer_norm=True), "/dev/null")
     del onnx
+
+
+@pytest.mark.parametrize("kind,kw", [("LSTM", {}), ("GRU", {}), ("RNN", {}),
+                                     ("LSTM", {"proj_size": 3})],
+                         ids=["lstm", "gru", "rnn", "lstm-proj"])
+def test_torch_layers_with_layer_norm_and_zoneout(kind, kw):
+    """fastrnn.torch's layers take the same options: the gains are parameters after torch's
+    (state_dict names as the native layer's), eval equals the native layer exactly, every
+    gradient passes gradcheck, training masks come from torch's generator."""
+    torch = pytest.importorskip("torch")
+    import fastrnn.torch as ft
+    torch.manual_seed(0)
+    m = getattr(ft, kind)(5, 8, num_layers=2, bidirectional=True, layer_norm=True,
+                          zoneout=0.2, **kw).double()
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if name.startswith("ln_"):
+                p.add_(torch.rand_like(p) * 0.4 - 0.2)
+    assert "layer_norm=True, zoneout=0.2" in repr(m)
+    native = getattr(fastrnn, kind)(5, 8, num_layers=2, bidirectional=True, layer_norm=True,
+                                    zoneout=0.2, dtype=np.float64, backend="cpu", **kw)
+    assert set(native.state_dict()) == set(m.state_dict())
+    native.load_state_dict({k: v.detach().numpy() for k, v in m.state_dict().items()})
+    x = torch.randn(6, 3, 5, dtype=torch.float64)
+    m.eval()
+    native.eval()
+    np.testing.assert_array_equal(m(x)[0].detach().numpy(), native(x.numpy())[0])
+    m.train()
+    torch.manual_seed(1)
+    y1 = m(x)[0]
+    torch.manual_seed(1)
+    assert torch.equal(y1, m(x)[0])
+    small = getattr(ft, kind)(3, 4, layer_norm=True, zoneout=0.3, **kw).double().eval()
+    names = [n for n, _ in small.named_parameters()]
+    xx = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda a, *ps: torch.func.functional_call(small, dict(zip(names, ps)), (a,))[0],
+        (xx, *[p.detach().requires_grad_() for p in small.parameters()]),
+        check_batched_grad=False)
+
+
+def test_torch_layer_with_layer_norm_under_torch_compile_and_export():
+    torch = pytest.importorskip("torch")
+    import fastrnn.torch as ft
+    torch._dynamo.reset()
+    lstm = ft.LSTM(4, 6, layer_norm=True).double()
+    x = torch.randn(5, 2, 4, dtype=torch.float64)
+    eager = lstm(x)[0]
+    compiled = torch.compile(lambda a: lstm(a)[0], fullgraph=True)(x)
+    torch.testing.assert_close(compiled, eager)
+    with pytest.raises(RuntimeError, match="cannot export a layer with layer_norm=True"):
+        torch.export.export(lstm, (x,))

@@ -9,6 +9,7 @@ takes and returns what torch's does - a Tensor or a ``PackedSequence`` (sorted o
 import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from ..kernels.contract import INITIAL_VALUES, PARAMETER_NAMES, weight_fields, weight_shapes
 from ._ops import Config, rnn
 from ._step import step
 
@@ -47,6 +48,17 @@ def _grad_wanted(*tensors):
         t is not None and t.requires_grad for t in tensors)
 
 
+def _exported(module, forward, input, hx):
+    """torch.nn's forward of ``module`` for an exporter, or a clear error where fastrnn
+    computes more than torch.nn's layer does."""
+    for option in ("layer_norm", "zoneout"):
+        if getattr(module, option):
+            raise RuntimeError(f"fastrnn.torch.{type(module).__name__}: cannot export a layer "
+                               f"with {option}={getattr(module, option)}: torch.nn's layer "
+                               "(what the exporters write) has no such option")
+    return forward(module, input, hx)
+
+
 def _exporting():
     """Whether ``torch.onnx.export`` (either exporter) or ``torch.export`` is tracing the
     call: the modules then run torch.nn's own forward, which the ONNX exporters write as
@@ -56,11 +68,68 @@ def _exporting():
     return torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting()
 
 
+def _gains(cell):
+    """The LayerNorm gains of a layer-normalised ``cell``, in field order."""
+    return [f for f in weight_fields(cell, bias=False, layer_norm=True) if f.startswith("ln_")]
+
+
 class _Sequence:
-    """The forward shared by RNN, LSTM and GRU (mixed into the torch classes)."""
+    """The forward shared by RNN, LSTM and GRU (mixed into the torch classes), and what
+    fastrnn adds to their constructors: ``layer_norm`` and ``zoneout`` (as
+    :class:`fastrnn.LSTM`'s; the gains are the parameters ``ln_weight_ih_l{k}``, ...)."""
 
     _cell = None  # fastrnn's cell name, set per class or instance
     backend = None  # fastrnn's backend for this module's calls (None: dispatch chooses)
+    layer_norm = False
+    zoneout = 0.0
+
+    def __init__(self, *args, layer_norm=False, zoneout=0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not isinstance(layer_norm, bool):
+            raise TypeError(f"layer_norm: expected True or False, got {layer_norm!r}")
+        if isinstance(zoneout, bool) or not isinstance(zoneout, (int, float)) or not (
+                0 <= zoneout <= 1):
+            raise ValueError(f"zoneout: expected a probability in [0, 1], got {zoneout!r}")
+        self.layer_norm, self.zoneout = layer_norm, float(zoneout)
+        if layer_norm:
+            self._add_layer_norm()
+
+    def _add_layer_norm(self):
+        """The gains of every layer and direction, after torch's parameters, each with its
+        initial value (LayerNorm's 1 and 0)."""
+        D = 2 if self.bidirectional else 1
+        shapes = weight_shapes(self._cell, 1, self.hidden_size)
+        p0 = self._flat_weights[0]
+        for layer in range(self.num_layers):
+            for d in range(D):
+                suffix = f"_l{layer}" + ("_reverse" if d else "")
+                for field in _gains(self._cell):
+                    value = torch.full(shapes[field], INITIAL_VALUES[field], dtype=p0.dtype,
+                                       device=p0.device)
+                    self.register_parameter(PARAMETER_NAMES[field] + suffix,
+                                            torch.nn.Parameter(value))
+
+    def _fastrnn_weights(self):
+        """The op's flat list: each layer's and direction's torch parameters, then its
+        gains."""
+        if not self.layer_norm:
+            return list(self._flat_weights)
+        per = len(self._flat_weights) // (self.num_layers * (2 if self.bidirectional else 1))
+        gains = _gains(self._cell)
+        out = []
+        for k, name in enumerate(self._flat_weights_names[::per]):
+            suffix = name[len("weight_ih"):]
+            out += self._flat_weights[k * per:(k + 1) * per]
+            out += [self._parameters[PARAMETER_NAMES[f] + suffix] for f in gains]
+        return out
+
+    def extra_repr(self):
+        s = super().extra_repr()
+        if self.layer_norm:
+            s += ", layer_norm=True"
+        if self.zoneout:
+            s += f", zoneout={self.zoneout}"
+        return s
 
     def flatten_parameters(self):
         """Harmless: fastrnn reads the parameters where they are."""
@@ -105,7 +174,7 @@ class _Sequence:
             LD, S = self.num_layers * D, getattr(self, "proj_size", 0) or self.hidden_size
             zeros = x.new_zeros((LD, B, S))
             states = (zeros, x.new_zeros((LD, B, self.hidden_size))) if lstm else (zeros,)
-        params = self._flat_weights
+        params = self._fastrnn_weights()
         # torch's checks read the batch from the input in the user's layout (an unbatched
         # input as a batch of one, where batch_first puts the batch)
         if packed:
@@ -122,8 +191,8 @@ class _Sequence:
         lens = lengths if lengths is not None else _NO_LENGTHS
         config = Config(self._cell, self.num_layers, self.bidirectional, self.bias,
                         float(self.dropout), self.training, need, self.backend or "",
-                        getattr(self, "proj_size", 0))
-        out, h_n, c_n, _ = rnn(x, states[0], cx, list(params), lens, config)
+                        getattr(self, "proj_size", 0), self.layer_norm, self.zoneout)
+        out, h_n, c_n, _ = rnn(x, states[0], cx, params, lens, config)
         if packed:
             sorted_idx = input.sorted_indices
             out_sorted = out if sorted_idx is None else out.index_select(1, sorted_idx)
@@ -149,7 +218,7 @@ class RNN(_Sequence, torch.nn.RNN):
 
     def forward(self, input, hx=None):
         if _exporting():
-            return torch.nn.RNN.forward(self, input, hx)
+            return _exported(self, torch.nn.RNN.forward, input, hx)
         return self._run(input, hx, lstm=False)
 
 
@@ -160,7 +229,7 @@ class GRU(_Sequence, torch.nn.GRU):
 
     def forward(self, input, hx=None):
         if _exporting():
-            return torch.nn.GRU.forward(self, input, hx)
+            return _exported(self, torch.nn.GRU.forward, input, hx)
         return self._run(input, hx, lstm=False)
 
 
@@ -177,7 +246,7 @@ class LSTM(_Sequence, torch.nn.LSTM):
                 raise RuntimeError(f"fastrnn.torch.LSTM: torch.onnx.export cannot write an "
                                    f"LSTM with proj_size={self.proj_size}: ONNX's LSTM "
                                    "operator has no projection")
-            return torch.nn.LSTM.forward(self, input, hx)
+            return _exported(self, torch.nn.LSTM.forward, input, hx)
         if hx is not None and not (isinstance(hx, tuple) and len(hx) == 2):
             raise RuntimeError("fastrnn.torch.LSTM: hx must be a tuple (h_0, c_0)")
         return self._run(input, hx, lstm=True)

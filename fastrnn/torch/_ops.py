@@ -9,7 +9,8 @@ pair is registered as the first operator's autograd formula.
 
 Shapes (docs/architecture.md legend): ``x [T,B,I]`` (time-major), ``hx, cx [L*D,B,H]``, ``weights``
 the layer's flat list (``w_ih, w_hh[, b_ih, b_hh][, w_hr]`` per layer and direction, as
-torch.nn's ``_flat_weights``), ``lengths [B]`` int64 on the CPU or empty (all ``T``); with
+torch.nn's ``_flat_weights``, then a layer-normalised one's gains ``ln_ih, ln_hh[, ln_c,
+ln_c_bias]``: the order of ``fastrnn.kernels.contract.Weights``), ``lengths [B]`` int64 on the CPU or empty (all ``T``); with
 ``proj_size = P > 0`` (an LSTM's projection) ``hx [L*D,B,P]`` and outputs ``D*P`` wide.
 Everything else a call needs is one :class:`Config`, which the operator takes encoded as a
 string (one schema, whatever the options).
@@ -46,6 +47,8 @@ class Config(NamedTuple):
     save: bool = False
     backend: str = ""
     proj_size: int = 0
+    layer_norm: bool = False
+    zoneout: float = 0.0
 
     def encode(self):
         """The config as the operator's ``config`` string (Python literals: what
@@ -111,7 +114,7 @@ _NO_STREAM = _NoStream()
 def _groups(weights, config):
     """:func:`fastrnn.functional.rnn`'s :class:`Weights` from the module's flat list (in
     each layer's and direction's torch order, which is the fields' order)."""
-    fields = weight_fields(config.cell, config.bias, config.proj_size > 0)
+    fields = weight_fields(config.cell, config.bias, config.proj_size > 0, config.layer_norm)
     arrays = iter([memory_of(w) for w in weights])
     return [Weights(**dict(zip(fields, arrays))) for _ in range(len(weights) // len(fields))]
 
@@ -144,8 +147,8 @@ def _compute(x, hx, cx, weights, lengths, config, guard=True):
             memory_of(cx) if c.cell == "lstm" else None, num_layers=c.num_layers,
             bidirectional=c.bidirectional,
             lengths=lengths.numpy() if lengths.numel() else None, dropout=c.dropout,
-            training=c.training, save=c.save,
-            rng=_TorchUniform(x.device) if c.training and c.dropout else None,
+            zoneout=c.zoneout, training=c.training, save=c.save,
+            rng=_TorchUniform(x.device) if c.training and (c.dropout or c.zoneout) else None,
             backend=c.backend or None, guard=guard)
     return _tensor(out, x), _tensor(h_n, x), _tensor(c_n, x), ctx
 
