@@ -282,3 +282,39 @@ def test_torch_layer_with_layer_norm_under_torch_compile_and_export():
     torch.testing.assert_close(compiled, eager)
     with pytest.raises(RuntimeError, match="cannot export a layer with layer_norm=True"):
         torch.export.export(lstm, (x,))
+
+
+@pytest.mark.parametrize("kind", ["LSTMCell", "GRUCell", "RNNCell"])
+def test_torch_cells_with_layer_norm_and_zoneout(kind):
+    """fastrnn.torch's cells: the gains without a layer suffix, eval equal to the native
+    cell exactly, masks from torch's generator in training, gradcheck (eval)."""
+    torch = pytest.importorskip("torch")
+    import fastrnn.torch as ft
+    torch.manual_seed(0)
+    m = getattr(ft, kind)(4, 6, layer_norm=True, zoneout=0.3).double()
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if name.startswith("ln_"):
+                p.add_(torch.rand_like(p) * 0.4 - 0.2)
+    native = getattr(fastrnn, kind)(4, 6, layer_norm=True, zoneout=0.3, dtype=np.float64,
+                                    backend="cpu")
+    assert set(native.state_dict()) == set(m.state_dict())
+    native.load_state_dict({k: v.detach().numpy() for k, v in m.state_dict().items()})
+
+    def first(r):
+        return r[0] if isinstance(r, tuple) else r
+    x = torch.randn(3, 4, dtype=torch.float64)
+    m.eval()
+    native.eval()
+    np.testing.assert_array_equal(first(m(x)).detach().numpy(), first(native(x.numpy())))
+    m.train()
+    torch.manual_seed(3)
+    a = first(m(x))
+    torch.manual_seed(3)
+    assert torch.equal(a, first(m(x)))
+    m.eval()
+    names = [n for n, _ in m.named_parameters()]
+    assert torch.autograd.gradcheck(
+        lambda a, *ps: first(torch.func.functional_call(m, dict(zip(names, ps)), (a,))),
+        (x.clone().requires_grad_(), *[p.detach().requires_grad_() for p in m.parameters()]),
+        check_batched_grad=False)

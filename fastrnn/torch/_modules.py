@@ -73,6 +73,15 @@ def _gains(cell):
     return [f for f in weight_fields(cell, bias=False, layer_norm=True) if f.startswith("ln_")]
 
 
+def _with_options(module, text):
+    """torch's ``repr`` text with fastrnn's options where they are set."""
+    if module.layer_norm:
+        text += ", layer_norm=True"
+    if module.zoneout:
+        text += f", zoneout={module.zoneout}"
+    return text
+
+
 class _Sequence:
     """The forward shared by RNN, LSTM and GRU (mixed into the torch classes), and what
     fastrnn adds to their constructors: ``layer_norm`` and ``zoneout`` (as
@@ -85,14 +94,17 @@ class _Sequence:
 
     def __init__(self, *args, layer_norm=False, zoneout=0.0, **kwargs):
         super().__init__(*args, **kwargs)
+        self._options(layer_norm, zoneout)
+        if layer_norm:
+            self._add_layer_norm()
+
+    def _options(self, layer_norm, zoneout):
         if not isinstance(layer_norm, bool):
             raise TypeError(f"layer_norm: expected True or False, got {layer_norm!r}")
         if isinstance(zoneout, bool) or not isinstance(zoneout, (int, float)) or not (
                 0 <= zoneout <= 1):
             raise ValueError(f"zoneout: expected a probability in [0, 1], got {zoneout!r}")
         self.layer_norm, self.zoneout = layer_norm, float(zoneout)
-        if layer_norm:
-            self._add_layer_norm()
 
     def _add_layer_norm(self):
         """The gains of every layer and direction, after torch's parameters, each with its
@@ -124,12 +136,7 @@ class _Sequence:
         return out
 
     def extra_repr(self):
-        s = super().extra_repr()
-        if self.layer_norm:
-            s += ", layer_norm=True"
-        if self.zoneout:
-            s += f", zoneout={self.zoneout}"
-        return s
+        return _with_options(self, super().extra_repr())
 
     def flatten_parameters(self):
         """Harmless: fastrnn reads the parameters where they are."""
@@ -253,13 +260,30 @@ class LSTM(_Sequence, torch.nn.LSTM):
 
 
 class _Step:
-    """The forward shared by the step cells."""
+    """The forward shared by the step cells, and ``layer_norm`` and ``zoneout`` (as the
+    layers'; parameters ``ln_weight_ih``, ...)."""
 
     backend = None  # fastrnn's backend for this module's calls (None: dispatch chooses)
+    layer_norm = False
+    zoneout = 0.0
+
+    def __init__(self, *args, layer_norm=False, zoneout=0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        _Sequence._options(self, layer_norm, zoneout)
+        if layer_norm:
+            shapes = weight_shapes(self._cell, 1, self.hidden_size)
+            p0 = self.weight_ih
+            for field in _gains(self._cell):
+                value = torch.full(shapes[field], INITIAL_VALUES[field], dtype=p0.dtype,
+                                   device=p0.device)
+                self.register_parameter(PARAMETER_NAMES[field], torch.nn.Parameter(value))
+
+    def extra_repr(self):
+        return _with_options(self, super().extra_repr())
 
     def _step(self, input, hx, lstm):
-        """One step, with torch's checks and messages (a cell has no dropout: training and
-        eval mode compute the same)."""
+        """One step, with torch's checks and messages (a cell has no dropout; training and
+        eval mode differ only with zoneout)."""
         name = type(self).__name__
         who = f"fastrnn.torch.{name}"
         rank = input.dim()
@@ -293,8 +317,8 @@ class _Step:
                 raise RuntimeError(f"hidden{label} has inconsistent hidden_size: got {got}, "
                                    f"expected {self.hidden_size}")
         p = self._parameters  # (what self.weight_ih reads, without Module.__getattr__)
-        params = [p["weight_ih"], p["weight_hh"]] + (
-            [p["bias_ih"], p["bias_hh"]] if self.bias else [])
+        fields = weight_fields(self._cell, self.bias, layer_norm=self.layer_norm)
+        params = [p[PARAMETER_NAMES[f]] for f in fields]
         _check_runnable(who, x, params)
         if self.hidden_size == 0:  # torch's empty state, still in the graph of the inputs
             link = sum(t.sum() for t in (x, *states, *params)) * 0
@@ -306,14 +330,15 @@ class _Step:
         if x.is_cpu and not (torch.compiler.is_compiling()
                              or torch._C._are_functorch_transforms_active()):
             # (eager code on the CPU: the step straight on the kernel contract)
-            out = step(self._cell, x, states[0], states[1] if lstm else None, params,
-                       backend, need)
+            out = step(self._cell, x, states[0], states[1] if lstm else None, fields, params,
+                       backend, need, self.zoneout, self.training)
             h, c = out if lstm else (out, None)
         else:
             cx = states[1][None] if lstm else x.new_empty(0)
             _, h_n, c_n, _ = rnn(x[None], states[0][None], cx, params, _NO_LENGTHS,
-                                 Config(self._cell, bias=self.bias, save=need,
-                                        backend=backend))
+                                 Config(self._cell, bias=self.bias, training=self.training,
+                                        save=need, backend=backend,
+                                        layer_norm=self.layer_norm, zoneout=self.zoneout))
             h, c = h_n[0], c_n[0] if lstm else None
         if not batched:
             h, c = h[0], c[0] if lstm else None
@@ -329,7 +354,7 @@ class RNNCell(_Step, torch.nn.RNNCell):
 
     def forward(self, input, hx=None):
         if _exporting():
-            return torch.nn.RNNCell.forward(self, input, hx)
+            return _exported(self, torch.nn.RNNCell.forward, input, hx)
         return self._step(input, hx, lstm=False)
 
 
@@ -340,7 +365,7 @@ class GRUCell(_Step, torch.nn.GRUCell):
 
     def forward(self, input, hx=None):
         if _exporting():
-            return torch.nn.GRUCell.forward(self, input, hx)
+            return _exported(self, torch.nn.GRUCell.forward, input, hx)
         return self._step(input, hx, lstm=False)
 
 
@@ -351,5 +376,5 @@ class LSTMCell(_Step, torch.nn.LSTMCell):
 
     def forward(self, input, hx=None):
         if _exporting():
-            return torch.nn.LSTMCell.forward(self, input, hx)
+            return _exported(self, torch.nn.LSTMCell.forward, input, hx)
         return self._step(input, hx, lstm=True)

@@ -17,23 +17,35 @@ from ..kernels.contract import State, Weights
 from ._ops import DOUBLE_BACKWARD, legacy_vmap_map, memory_of
 
 
-def step(cell, x, h, c, weights, backend, need):
+def step(cell, x, h, c, fields, weights, backend, need, zoneout=0.0, training=False):
     """``h'`` (and ``c'`` for the LSTM) for ``x [B,I]``, ``h [B,H]``, ``c [B,H]`` or None
-    and the cell's ``weights`` (``w_ih, w_hh[, b_ih, b_hh]``); ``need``: keep what
-    backward needs (some argument requires grad)."""
+    and the cell's ``weights``, the :class:`Weights` ``fields`` in order; ``need``: keep
+    what backward needs (some argument requires grad); ``zoneout``: the rate (masks from
+    torch's generator when ``training``, else the rate itself)."""
+    spec = (cell, backend, tuple(fields), _zoneout(zoneout, training, h))
     if need:
-        return _Step.apply(cell, backend, x, h, c, *weights)
-    h_n, c_n, _, _ = _forward(cell, backend, x, h, c, weights, False)
+        return _Step.apply(spec, x, h, c, *weights)
+    h_n, c_n, _, _ = _forward(spec, x, h, c, weights, False)
     return h_n if c is None else (h_n, c_n)
 
 
-def _forward(cell, backend, x, h, c, weights, training):
+def _zoneout(p, training, h):
+    """The step's zoneout factors ``[1,B,H]`` as an array, or None."""
+    if not p:
+        return None
+    if training:
+        return memory_of((torch.rand(h.shape, dtype=h.dtype) < p).to(h.dtype))[None]
+    return np.full((1,) + tuple(h.shape), p, memory_of(h).dtype)
+
+
+def _forward(spec, x, h, c, weights, training):
+    cell, backend, fields, zoneout = spec
     kernel = dispatch.resolve(backend or None, np)[1]
-    # (the cell's parameters, in torch's order: the fields' order)
-    w = Weights(*[memory_of(t) for t in weights])
+    w = Weights(**dict(zip(fields, [memory_of(t) for t in weights])))
+    extra = {} if zoneout is None else {"zoneout": zoneout}
     _, last, saved = kernel.forward(
         cell, memory_of(x)[None], State(memory_of(h), None if c is None else memory_of(c)),
-        w, training=training)
+        w, training=training, **extra)
     return (torch.from_numpy(last.h), None if last.c is None else torch.from_numpy(last.c),
             saved, kernel)
 
@@ -42,9 +54,9 @@ class _Step(torch.autograd.Function):
     """The step with autograd: the backend's backward for this step's saved state."""
 
     @staticmethod
-    def forward(ctx, cell, backend, x, h, c, *weights):
-        h_n, c_n, saved, kernel = _forward(cell, backend, x, h, c, weights, True)
-        ctx.step = (cell, kernel, saved, len(weights) == 4)
+    def forward(ctx, spec, x, h, c, *weights):
+        h_n, c_n, saved, kernel = _forward(spec, x, h, c, weights, True)
+        ctx.step = (spec[0], kernel, saved, spec[2])
         # (saved for their versions: a change in place before backward is torch's error)
         ctx.save_for_backward(x, h, *weights)
         return h_n if c is None else (h_n, c_n)
@@ -53,7 +65,7 @@ class _Step(torch.autograd.Function):
     def backward(ctx, grad_h, grad_c=None):
         ctx.saved_tensors  # (the version check)
         dx, dh, dc, *dws = _StepBackward.apply(ctx.step, grad_h, grad_c)
-        return (None, None, dx, dh, dc, *dws)
+        return (None, dx, dh, dc, *dws)
 
 
 class _StepBackward(torch.autograd.Function):
@@ -73,10 +85,11 @@ class _StepBackward(torch.autograd.Function):
 
 
 def _grads(step, grad_h, grad_c):
-    """``[dx, dh, dc or None, dw_ih, dw_hh(, db_ih, db_hh)]`` as tensors."""
-    cell, kernel, saved, bias = step
+    """``[dx, dh, dc or None, *the weights' gradients in the fields' order]`` as
+    tensors."""
+    cell, kernel, saved, fields = step
     dy = np.ascontiguousarray(memory_of(grad_h))[None]
     dc_n = None if grad_c is None else np.ascontiguousarray(memory_of(grad_c))
     dx, d0, dw = kernel.backward(cell, saved, dy, State(None, dc_n))
-    grads = [dx[0], d0.h, d0.c, dw.w_ih, dw.w_hh] + ([dw.b_ih, dw.b_hh] if bias else [])
+    grads = [dx[0], d0.h, d0.c] + [getattr(dw, f) for f in fields]
     return [None if g is None else torch.from_numpy(np.ascontiguousarray(g)) for g in grads]
