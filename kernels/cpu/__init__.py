@@ -43,6 +43,7 @@ from ._math import CELL_IDS
 from ._split import (backward_loop_split, forward_loop_serial, forward_loop_split,
                      forward_rows)
 from ._warm import warm as _warm
+from ._warm import warm_norm as _warm_norm
 
 __all__ = ["forward", "backward", "cache_dir", "num_threads", "pinned_cpus",
            "wait_settings", "L2_BYTES", "empty_cache", "cache_info", "set_cache_limit",
@@ -69,6 +70,7 @@ def warm(dtype):
     _fresh_cache()
     wait_settings()  # (the loops below run parallel regions without asking num_threads)
     _warm(dtype, _forward, _backward, _forward_rows)
+    _warm_norm(dtype, forward, backward)
 
 
 def cache_dir():
@@ -92,7 +94,9 @@ def compiled_kernels():
     return _compiled.compiled({
         "batch split": forward_loop, "batch split backward": backward_loop,
         "unit split": forward_loop_split, "unit split backward": backward_loop_split,
-        "one thread": forward_loop_serial, "a few rows": forward_rows})
+        "one thread": forward_loop_serial, "a few rows": forward_rows,
+        "layer_norm and zoneout": _norm._forward_step,
+        "layer_norm and zoneout backward": _norm._backward_step})
 
 
 def pinned_cpus():

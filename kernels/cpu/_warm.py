@@ -63,3 +63,17 @@ def warm(dtype, forward, backward, forward_rows):
     big = np.ones((512, 600), dtype)  # over the line where all threads pack
     pack(big, transpose=True)
     pack_column_blocks(big, [(0, 300), (300, 600)])
+
+
+def warm_norm(dtype, forward, backward):
+    """Compile the layer-normalised and zoneout loop (:mod:`._norm`) in ``dtype`` through
+    the backend's contract ``forward`` and ``backward``: an LSTM with both (every cell
+    runs in the same compiled passes)."""
+    dtype = np.dtype(dtype)
+    x, state, weights = _problem("lstm", dtype, _B)
+    G = get_cell("lstm").gates
+    ones = np.ones(G * _H, dtype)
+    weights = weights._replace(ln_ih=ones, ln_hh=ones, ln_c=ones[:_H], ln_c_bias=ones[:_H])
+    zoneout = np.full((_T, _B, _H), 0.5, dtype)
+    y, _, saved = forward("lstm", x, state, weights, Sequence(), True, zoneout)
+    backward("lstm", saved, np.ones_like(y), State(None, None))
