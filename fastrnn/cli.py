@@ -56,8 +56,8 @@ def info_lines():
         for name, spec in CELLS.items()))
     lines.append("layer options (every backend): LSTM(proj_size=P) with either LSTM cell, as "
                  "torch.nn.LSTM's")
-    lines.append("layer options (numpy and cpu backends, and fastrnn.torch on the CPU): "
-                 "layer_norm=True (every cell but the GRU with reset_after=False), zoneout=p")
+    lines.append("layer options (every backend, and fastrnn.torch): layer_norm=True (every "
+                 "cell but the GRU with reset_after=False), zoneout=p")
     if backends()["cpu"]["available"]:
         from .kernels import cpu
         try:

@@ -149,3 +149,53 @@ def test_unknown_kernel_and_too_much_shared_memory_are_clear_errors(emulation):
         rt.launch("rnn_forward<int, 9, true, true>", 1, 32, 0, ())
     with pytest.raises(RuntimeError, match="more dynamic shared memory"):
         rt.launch("rnn_forward<float, 0, true, true>", 1, 32, 10 ** 7, ())
+
+
+LN_CASES = [("lstm", 0), ("lstm_peephole", 7), ("gru", 0), ("rnn_tanh", 0), ("lstm", 7)]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+@pytest.mark.parametrize("cell,proj_size", LN_CASES, ids=[f"{c}-proj{p}" for c, p in LN_CASES])
+@pytest.mark.parametrize("layer_norm,zoneout", [(True, True), (True, False), (False, True)],
+                         ids=["ln-zoneout", "ln", "zoneout"])
+def test_layer_norm_and_zoneout_match_the_reference(emulation, cell, proj_size, layout, dtype,
+                                                    layer_norm, zoneout):
+    """A layer-normalised cell's norms reduce across the grid's blocks each step (LN(W_hh
+    h) over all G*H gates, LN(c') over the H units), forward and backward; zoneout mixes
+    each step's state: outputs, states and every gradient (the gains' too) equal the
+    reference, with lengths and reverse."""
+    from fastrnn.kernels.contract import INITIAL_VALUES, weight_fields, weight_shapes
+    sms, smem, H = LAYOUTS[layout]
+    T, B, I = 6, 3, 5
+    rt = emulation.Runtime(sms=sms, smem_optin=smem)
+    for k, (reverse, lengths) in enumerate([(False, None), (True, [6, 2, 0])]):
+        x, state, w, rng = _problem(cell, T, B, I, H, dtype, seed=k, proj_size=proj_size)
+        if layer_norm:
+            shapes = weight_shapes(cell, I, H, proj_size)
+            w = w._replace(**{f: (rng.uniform(-0.3, 0.3, shapes[f]) + INITIAL_VALUES[f]
+                                  ).astype(dtype)
+                              for f in weight_fields(cell, layer_norm=True, bias=False)
+                              if f.startswith("ln_")})
+        S = proj_size or H
+        zone = (rng.random((T, B, S)) < 0.4).astype(dtype) if zoneout else None
+        seq = Sequence(lengths, reverse)
+        want = reference.forward(cell, x, state, w, seq, zoneout=zone)
+        got = rt.forward(cell, x, state, w, seq, zoneout=zone)
+        what = f"{cell} {layout} reverse={reverse} lengths={lengths}"
+        for name, g, r in zip(("y", "h_n", "c_n"), _flat(got[:2]), _flat(want[:2])):
+            if r is not None:
+                assert_close(g, r, dtype, f"{what}: {name}")
+        dy = rng.standard_normal((T, B, S)).astype(dtype)
+        dh_n = rng.standard_normal((B, S)).astype(dtype)
+        dc_n = rng.standard_normal((B, H)).astype(dtype) if state.c is not None else None
+        grads_want = _flat(reference.backward(cell, want[2], dy, State(dh_n, dc_n)))
+        grads_got = _flat(rt.backward(cell, got[2], dy, State(dh_n, dc_n)))
+        names = ("dx", "dh0", "dc0") + tuple("d" + f for f in Weights._fields)
+        for name, g, r in zip(names, grads_got, grads_want):
+            if r is None:
+                assert g is None, f"{what}: {name}"
+            elif dtype == np.float32 and layer_norm:  # (a norm's backward in float32)
+                assert np.abs(g - r).max() <= 1e-3 * np.abs(r).max(), f"{what}: {name}"
+            else:
+                assert_close(g, r, dtype, f"{what}: {name}")

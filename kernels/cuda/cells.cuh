@@ -77,12 +77,12 @@ struct HasC {
     static constexpr bool value = CELL == LSTM || CELL == LSTM_P;
 };
 
-// Forward: returns h'; ar receives the gates (training); cn the LSTM's c', hn the GRU's
-// W_hn h + b_hn; peep: LSTM_P's peephole weights [3,H] (rows i, f, o).
+// Forward: returns h'; ar receives the gates (training); cn the LSTM's c' and on its output
+// gate, hn the GRU's W_hn h + b_hn; peep: LSTM_P's peephole weights [3,H] (rows i, f, o).
 template <int CELL, bool TRAINING, typename T>
 __device__ __forceinline__ T cell_forward(const T* xr, const T* hg, const T* peep, int u,
                                           int b, int B, int H, T hp, T cp, T* ar, T& cn,
-                                          T& hn) {
+                                          T& on, T& hn) {
     if (HasC<CELL>::value) {
         constexpr bool P = CELL == LSTM_P;
         const T i = sigmoid(xr[u] + product(hg, u, b, B) + (P ? peep[u] * cp : T(0)));
@@ -93,6 +93,7 @@ __device__ __forceinline__ T cell_forward(const T* xr, const T* hg, const T* pee
         const T o = sigmoid(xr[3 * H + u] + product(hg, 3 * H + u, b, B) +
                             (P ? peep[2 * H + u] * cn : T(0)));
         if (TRAINING) { ar[u] = i; ar[H + u] = f; ar[2 * H + u] = g; ar[3 * H + u] = o; }
+        on = o;
         return o * tanh(cn);
     } else if (CELL == GRU || CELL == GRU_RB) {
         const T r = sigmoid(xr[u] + product(hg, u, b, B));
@@ -120,23 +121,33 @@ __device__ __forceinline__ T gru_reset_before_dn(const T* ar, T dht, int u, int 
 // before it), returns the GRU's direct path to dh_prev. dht: the state's whole gradient;
 // hn: the GRU's W_hn h + b_hn; drh: GRU_RB's d(r*h); peep: LSTM_P's peephole weights
 // (their gradients are sums over steps and rows, taken after the kernel).
+// The LSTMs' gate gradients of unit u (into gh) and dc (in: after the step, out: before
+// it), given the gradient dht reaching o * tanh(c~), tc = tanh(c~) and dthrough, the
+// gradient reaching c' through c~ (c~ = c', or LN(c') in a layer-normalised cell).
+template <int CELL, typename T>
+__device__ __forceinline__ void lstm_backward(const T* ar, const T* peep, T dht, int u, int H,
+                                              T tc, T dthrough, T cp, T& dc, T* gh) {
+    constexpr bool P = CELL == LSTM_P;
+    const T i = ar[u], f = ar[H + u], g = ar[2 * H + u], o = ar[3 * H + u];
+    const T dout = dht * tc * o * (T(1) - o);
+    const T dct = dc + dthrough + (P ? dout * peep[2 * H + u] : T(0));
+    const T di = dct * g * i * (T(1) - i);
+    const T df = dct * cp * f * (T(1) - f);
+    gh[u] = di;
+    gh[H + u] = df;
+    gh[2 * H + u] = dct * i * (T(1) - g * g);
+    gh[3 * H + u] = dout;
+    dc = dct * f + (P ? di * peep[u] + df * peep[H + u] : T(0));
+}
+
 template <int CELL, typename T>
 __device__ __forceinline__ T cell_backward(const T* ar, const T* peep, T dht, int u, int H,
                                            T hp, T ct, T cp, T& dc, T hn, T drh, T* gx,
                                            T* gh) {
     if (HasC<CELL>::value) {
-        constexpr bool P = CELL == LSTM_P;
-        const T i = ar[u], f = ar[H + u], g = ar[2 * H + u], o = ar[3 * H + u];
         const T tc = tanh(ct);
-        const T dout = dht * tc * o * (T(1) - o);
-        const T dct = dc + dht * o * (T(1) - tc * tc) + (P ? dout * peep[2 * H + u] : T(0));
-        const T di = dct * g * i * (T(1) - i);
-        const T df = dct * cp * f * (T(1) - f);
-        gh[u] = di;
-        gh[H + u] = df;
-        gh[2 * H + u] = dct * i * (T(1) - g * g);
-        gh[3 * H + u] = dout;
-        dc = dct * f + (P ? di * peep[u] + df * peep[H + u] : T(0));
+        lstm_backward<CELL>(ar, peep, dht, u, H, tc, dht * ar[3 * H + u] * (T(1) - tc * tc),
+                            cp, dc, gh);
         return T(0);
     } else if (CELL == GRU) {
         const T r = ar[u], z = ar[H + u], n = ar[2 * H + u];

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..cells import get_cell
-from ..contract import Sequence, State, Weights
+from ..contract import LN_EPS, Sequence, State, Weights
 from ..gate_grads import input_and_weight_grads, peephole_grads
 from .names import CTYPES, backward_name, forward_name
 
@@ -39,10 +39,13 @@ Plan = namedtuple("Plan", "blocks units smem on_chip")
 # The kernels' parameters, in rnn.cu's order (RNN_FORWARD_PARAMS, RNN_BACKWARD_PARAMS): a
 # launch passes ``tuple(ForwardArgs(...))``, built by name
 ForwardArgs = namedtuple("ForwardArgs", "xg w_hh b_hh peep w_hr lengths hbuf c m hg y acts "
-                                        "h_prev c_all hn_all steps B H S units reverse")
+                                        "h_prev c_all hn_all ln_hh b_ln ln_c ln_cb zone part "
+                                        "h_hat h_rstd c_hat c_rstd steps B H S units reverse "
+                                        "ln zoned")
 BackwardArgs = namedtuple("BackwardArgs", "w_hh_t peep w_hr dy lengths acts h_prev c_all "
-                                          "hn_all c0 dh dc direct dhs dgx dgh steps B H S "
-                                          "units reverse")
+                                          "hn_all c0 dh dc direct dhs dgx dgh ln_hh ln_c ln_cb "
+                                          "zone part h_hat h_rstd c_hat c_rstd dgh_raw dlnc zdh "
+                                          "steps B H S units reverse ln zoned")
 
 
 def plan(G, H, itemsize, sms, smem_optin, S=None):
@@ -75,7 +78,9 @@ class Kept(NamedTuple):
     """What :func:`backward` needs of a training forward: the input and the weights, the
     lengths on the device, the direction, the peepholes and projection as the kernels take
     them, what the kernel saved of each step (``acts``, ``h_prev``, ``c_all``, ``hn_all``:
-    see ``rnn.cu``) and the initial cell state."""
+    see ``rnn.cu``), the initial cell state, and a layer-normalised cell's norms (``x_hat``,
+    ``x_rstd`` of the input side, ``h_hat``, ``h_rstd``, ``c_hat``, ``c_rstd`` from the
+    kernel; one-element placeholders where absent) and the zoneout factors (or None)."""
 
     x: Any
     weights: Weights
@@ -87,68 +92,108 @@ class Kept(NamedTuple):
     c_all: Any
     hn_all: Any
     c0: Any
+    x_hat: Any
+    x_rstd: Any
+    h_hat: Any
+    h_rstd: Any
+    c_hat: Any
+    c_rstd: Any
+    zone: Any
+
+
+def _layer_norm(xp, v, gain):
+    """``LN(v) * gain`` over the last axis, ``x_hat`` and ``rstd`` (the reference's
+    definition)."""
+    mean = v.mean(axis=-1, keepdims=True)
+    rstd = 1 / xp.sqrt(((v - mean) ** 2).mean(axis=-1, keepdims=True) + LN_EPS)
+    hat = (v - mean) * rstd
+    return hat * gain, hat, rstd
+
+
+def _layer_norm_grad(d, hat, rstd, gain):
+    dx = d * gain
+    return rstd * (dx - dx.mean(axis=-1, keepdims=True)
+                   - hat * (dx * hat).mean(axis=-1, keepdims=True))
 
 
 def forward(runtime, cell, x, state, weights, seq=Sequence(), training=True, zoneout=None):
     """Kernel contract forward (:mod:`..contract`) on ``runtime``'s arrays of ``x``'s
     dtype."""
-    if weights.ln_ih is not None or zoneout is not None:
-        raise ValueError("layer_norm and zoneout: not available on the gpu backend; run the "
-                         "layer on the cpu or numpy backend")
     xp = runtime.xp
     spec = get_cell(cell)
-    w_ih, w_hh, b_ih, b_hh, peepholes, w_hr = weights[:6]
+    w_ih, w_hh, b_ih, b_hh, peepholes, w_hr, ln_ih, ln_hh, ln_c, ln_cb = weights
     (h0, c0), (lengths, reverse) = state, seq
     T, B, I = x.shape
     GH, S = w_hh.shape  # S: the state's size (H, or the projection's)
     H = GH // spec.gates
     dt = x.dtype
+    ln, zoned, lstm = ln_ih is not None, zoneout is not None, spec.has_cell_state
+    if ln and spec.reset_before:
+        raise ValueError(f"layer_norm: not defined for {cell!r}")
+
+    def kept(shape, wanted, dtype=dt):  # what backward reads, or a buffer never written
+        return xp.empty(shape if wanted else (1,), dtype)
+
     xg = xp.empty((T, B, GH), dt)
     runtime.matmul(x.reshape(T * B, I), w_ih.T, xg.reshape(T * B, GH))
+    x_hat = x_rstd = kept(None, False)
+    if ln:  # the input side's norm, all steps at once; the kernel takes W_hh h's
+        xg, x_hat, x_rstd = _layer_norm(xp, xg, ln_ih)
     if b_ih is not None:
         xg += b_ih
-    b_hh_ = xp.ascontiguousarray(b_hh) if b_hh is not None else xp.zeros(GH, dt)
+    zeros = xp.zeros(GH, dt)
+    b_hh_ = xp.ascontiguousarray(b_hh) if b_hh is not None else zeros
     lens = np.full(B, T, np.int64) if lengths is None else np.asarray(lengths, np.int64)
     lens_d = xp.asarray(lens)
     hbuf = xp.empty((2, B, S), dt)
     hbuf[0] = h0
-    if spec.has_cell_state:
+    if lstm:
         c = xp.array(c0, dt)
     else:  # (gru_reset_before: r * h of the step, for its second product)
         c = xp.zeros((B, H) if spec.reset_before else 1, dt)
     y = xp.empty((T, B, S), dt)
-
-    def kept(shape, wanted):  # what backward reads, or a buffer of its own never written
-        return xp.empty(shape if wanted else (1,), dt)
-
     projected = w_hr is not None
     acts = kept((T, B, GH), training)
     h_prev = kept((T, B, S), training)
-    c_all = kept((T, B, H), training and spec.has_cell_state)
+    c_all = kept((T, B, H), training and lstm)
     hn_all = kept((T, B, H), training and (spec.family == "gru" or projected))
+    h_hat, h_rstd = kept((T, B, GH), training and ln), kept((T, B), training and ln)
+    c_hat, c_rstd = kept((T, B, H), training and ln and lstm), kept((T, B), training and ln
+                                                                    and lstm)
+    zone = xp.ascontiguousarray(zoneout, dt) if zoned else kept(None, False)
     peep = _peep(xp, peepholes, dt)
     w_hr_ = xp.ascontiguousarray(w_hr) if projected else xp.empty(1, dt)
     p = plan(spec.gates, H, dt.itemsize, runtime.sms, runtime.smem_optin, S)
     name = forward_name(CTYPES[dt.name], spec.name, training, p.on_chip)
+    unit = xp.empty(1, dt)
     runtime.launch(name, p.blocks, THREADS, p.smem, tuple(ForwardArgs(
-        xg=xp.ascontiguousarray(xg), w_hh=xp.ascontiguousarray(w_hh), b_hh=b_hh_, peep=peep,
-        w_hr=w_hr_, lengths=lens_d, hbuf=hbuf, c=c, m=xp.empty((B, H) if projected else 1, dt),
+        xg=xp.ascontiguousarray(xg), w_hh=xp.ascontiguousarray(w_hh),
+        b_hh=zeros if ln else b_hh_, peep=peep, w_hr=w_hr_, lengths=lens_d, hbuf=hbuf, c=c,
+        m=xp.empty((B, H) if projected or (ln and lstm) else 1, dt),
         hg=xp.empty((GH, B), dt), y=y, acts=acts, h_prev=h_prev, c_all=c_all, hn_all=hn_all,
-        steps=np.int32(T), B=np.int32(B), H=np.int32(H), S=np.int32(S),
-        units=np.int32(p.units), reverse=np.int32(bool(reverse)))))
+        ln_hh=xp.ascontiguousarray(ln_hh) if ln else unit, b_ln=b_hh_,
+        ln_c=xp.ascontiguousarray(ln_c) if ln and lstm else unit,
+        ln_cb=xp.ascontiguousarray(ln_cb) if ln and lstm else unit, zone=zone,
+        part=xp.empty((2, p.blocks, B, 2), np.float64), h_hat=h_hat, h_rstd=h_rstd,
+        c_hat=c_hat, c_rstd=c_rstd, steps=np.int32(T), B=np.int32(B), H=np.int32(H),
+        S=np.int32(S), units=np.int32(p.units), reverse=np.int32(bool(reverse)),
+        ln=np.int32(ln), zoned=np.int32(zoned))))
     h_n = hbuf[T % 2].copy()
     saved = None
     if training:
         saved = Kept(x, weights, lens_d, bool(reverse), peep, acts, h_prev, c_all, hn_all,
-                     xp.ascontiguousarray(c0) if spec.has_cell_state else xp.empty(1, dt))
-    return y, State(h_n, c if spec.has_cell_state else None), saved
+                     xp.ascontiguousarray(c0) if lstm else xp.empty(1, dt), x_hat, x_rstd,
+                     h_hat, h_rstd, c_hat, c_rstd, zone if zoned else None)
+    return y, State(h_n, c if lstm else None), saved
 
 
 def backward(runtime, cell, saved, dy, dstate_n):
     """Kernel contract backward (:mod:`..contract`) on ``runtime``'s arrays."""
     xp = runtime.xp
     spec = get_cell(cell)
-    x, (w_ih, w_hh, b_ih, _, _, w_hr) = saved.x, saved.weights[:6]
+    x, w = saved.x, saved.weights
+    w_ih, w_hh, b_ih, w_hr = w.w_ih, w.w_hh, w.b_ih, w.w_hr
+    ln, zoned, lstm = w.ln_ih is not None, saved.zone is not None, spec.has_cell_state
     dh_n, dc_n = dstate_n
     T, B, I = x.shape
     GH, S = w_hh.shape
@@ -160,19 +205,42 @@ def backward(runtime, cell, saved, dy, dstate_n):
     dgh = xp.empty((T, B, GH), dt)
     dgx = xp.empty((T, B, GH), dt) if spec.family == "gru" else dgh
     dhs = xp.empty((T, B, S) if projected else 1, dt)
+    dgh_raw = xp.empty((T, B, GH) if ln else 1, dt)
+    dlnc = xp.empty((T, B, H) if ln and lstm else 1, dt)
     p = plan(spec.gates, H, dt.itemsize, runtime.sms, runtime.smem_optin, S)
     name = backward_name(CTYPES[dt.name], spec.name, p.on_chip)
+    unit = xp.empty(1, dt)
     runtime.launch(name, p.blocks, THREADS, p.smem, tuple(BackwardArgs(
         w_hh_t=xp.ascontiguousarray(w_hh.T), peep=saved.peep,
         w_hr=xp.ascontiguousarray(w_hr) if projected else xp.empty(1, dt),
         dy=xp.ascontiguousarray(dy), lengths=saved.lens, acts=saved.acts,
         h_prev=saved.h_prev, c_all=saved.c_all, hn_all=saved.hn_all, c0=saved.c0, dh=dh,
-        dc=dc, direct=xp.zeros((B, H), dt), dhs=dhs, dgx=dgx, dgh=dgh, steps=np.int32(T),
+        dc=dc, direct=xp.zeros((B, H), dt), dhs=dhs, dgx=dgx, dgh=dgh,
+        ln_hh=xp.ascontiguousarray(w.ln_hh) if ln else unit,
+        ln_c=xp.ascontiguousarray(w.ln_c) if ln and lstm else unit,
+        ln_cb=xp.ascontiguousarray(w.ln_c_bias) if ln and lstm else unit,
+        zone=saved.zone if zoned else unit,
+        part=xp.empty((2, p.blocks, B, 2), np.float64), h_hat=saved.h_hat,
+        h_rstd=saved.h_rstd, c_hat=saved.c_hat, c_rstd=saved.c_rstd, dgh_raw=dgh_raw,
+        dlnc=dlnc, zdh=xp.empty((B, S) if zoned else 1, dt), steps=np.int32(T),
         B=np.int32(B), H=np.int32(H), S=np.int32(S), units=np.int32(p.units),
-        reverse=np.int32(saved.reverse))))
-    dx, dw_ih, dw_hh, db_ih, db_hh = input_and_weight_grads(
-        xp, runtime.matmul, dgx, dgh, x, saved.h_prev, w_ih, b_ih is not None,
-        spec.name == "gru", rh=saved.hn_all if spec.reset_before else None)
+        reverse=np.int32(saved.reverse), ln=np.int32(ln), zoned=np.int32(zoned))))
+    grads_ln = {}
+    if ln:  # the products saw the gradients through the norms; the biases and gains not
+        dgx_raw = _layer_norm_grad(dgx, saved.x_hat, saved.x_rstd, w.ln_ih)
+        dx, dw_ih, dw_hh, _, _ = input_and_weight_grads(
+            xp, runtime.matmul, dgx_raw, dgh_raw, x, saved.h_prev, w_ih, False, False)
+        db_ih = dgx.sum(axis=(0, 1)) if b_ih is not None else None
+        db_hh = dgh.sum(axis=(0, 1)) if b_ih is not None else None
+        grads_ln = dict(ln_ih=(dgx * saved.x_hat).sum(axis=(0, 1)),
+                        ln_hh=(dgh * saved.h_hat).sum(axis=(0, 1)))
+        if lstm:
+            grads_ln.update(ln_c=(dlnc * saved.c_hat).sum(axis=(0, 1)),
+                            ln_c_bias=dlnc.sum(axis=(0, 1)))
+    else:
+        dx, dw_ih, dw_hh, db_ih, db_hh = input_and_weight_grads(
+            xp, runtime.matmul, dgx, dgh, x, saved.h_prev, w_ih, b_ih is not None,
+            spec.name == "gru", rh=saved.hn_all if spec.reset_before else None)
     dpeep = dw_hr = None
     if spec.peepholes:
         dpeep = peephole_grads(xp, dgh, saved.c0, saved.c_all, saved.reverse)
@@ -180,4 +248,4 @@ def backward(runtime, cell, saved, dy, dstate_n):
         dw_hr = runtime.matmul(dhs.reshape(T * B, S).T, saved.hn_all.reshape(T * B, H),
                                xp.empty((S, H), dt))
     return (dx, State(dh, dc if spec.has_cell_state else None),
-            Weights(dw_ih, dw_hh, db_ih, db_hh, dpeep, dw_hr))
+            Weights(dw_ih, dw_hh, db_ih, db_hh, dpeep, dw_hr, **grads_ln))

@@ -11,7 +11,11 @@
 // k*SU+SU) block k owns: the projection needs every unit's o * tanh(c)). Recurrent products: one warp per (gate row, batch row) dot product,
 // lanes striding over H, a fixed-order shuffle reduction (deterministic, no atomics).
 // A layer small enough for one block (the plan decides) skips the grid barrier: the block's
-// own barrier then orders the steps. Specialised at compile time on dtype, cell, training
+// own barrier then orders the steps. A layer-normalised cell (ln) normalises W_hh h over
+// each row's G*H gates and the LSTMs' c' over its H units, which the blocks share: each
+// block writes its partial sums, a grid barrier, then every block adds all partials in the
+// same order (deterministic); backward does the same for the norms' gradients. Zoneout
+// (zoned) mixes each step's new state with the old one by the given factors. Specialised at compile time on dtype, cell, training
 // and where the weights live.
 
 #include <cooperative_groups.h>
@@ -79,7 +83,14 @@ __device__ void gate_products(const T* w_s, const T* __restrict__ w_hh,
     T* __restrict__ c_all,   /* [T,B,H] cell state after each step (training, LSTMs) */     \
     T* __restrict__ hn_all,  /* [T,B,H] W_hn h + b_hn (GRU), r * h (GRU_RB) or          */ \
                              /* o * tanh(c) (projection; zero at padding) (training)    */ \
-    int steps, int B, int H, int S, int units, int reverse
+    const T* __restrict__ ln_hh,  /* [G*H] gain of LN(W_hh h) (ln; b_hh is then zero)  */ \
+    const T* __restrict__ b_ln,   /* [G*H] the bias added after LN(W_hh h) (ln)         */ \
+    const T* __restrict__ ln_c, const T* __restrict__ ln_cb,  /* [H] LN(c') (ln, LSTMs) */ \
+    const T* __restrict__ zone,   /* [T,B,S] zoneout factors (zoned)                    */ \
+    double* __restrict__ part,    /* [2,grid,B,2] the norms' partial sums (ln)          */ \
+    T* __restrict__ h_hat, T* __restrict__ h_rstd,  /* [T,B,G*H], [T,B] (ln, training)  */ \
+    T* __restrict__ c_hat, T* __restrict__ c_rstd,  /* [T,B,H], [T,B] (ln LSTMs, trng.) */ \
+    int steps, int B, int H, int S, int units, int reverse, int ln, int zoned
 
 #define RNN_BACKWARD_PARAMS(T)                                                             \
     const T* __restrict__ w_hh_t,  /* [S,G*H] */                                            \
@@ -96,7 +107,43 @@ __device__ void gate_products(const T* w_s, const T* __restrict__ w_hh,
     /* (not __restrict__: the same array except for the GRUs) */                            \
     T* dgx,                  /* [T,B,G*H] pre-activation gradients, input side */           \
     T* dgh,                  /* [T,B,G*H] recurrent side */                                 \
-    int steps, int B, int H, int S, int units, int reverse
+    const T* __restrict__ ln_hh,  /* [G*H] gain of LN(W_hh h) (ln)                      */ \
+    const T* __restrict__ ln_c, const T* __restrict__ ln_cb,  /* [H] LN(c') (ln, LSTMs) */ \
+    const T* __restrict__ zone,   /* [T,B,S] zoneout factors (zoned)                    */ \
+    double* __restrict__ part,    /* [2,grid,B,2] the norms' partial sums (ln)          */ \
+    const T* __restrict__ h_hat, const T* __restrict__ h_rstd,  /* forward's (ln)       */ \
+    const T* __restrict__ c_hat, const T* __restrict__ c_rstd,  /* forward's (ln LSTMs) */ \
+    T* __restrict__ dgh_raw,  /* [T,B,G*H] dgh through LN(W_hh h): what w_hh sees (ln)  */ \
+    T* __restrict__ dlnc,     /* [T,B,H] the gradient reaching LN(c') (ln, LSTMs)       */ \
+    T* __restrict__ zdh,      /* [B,S] scratch: zoneout's direct part of dh (zoned)     */ \
+    int steps, int B, int H, int S, int units, int reverse, int ln, int zoned
+
+// LayerNorm across the grid: each block writes, per batch row, two partial sums over the
+// values it owns (slot [blockIdx.x, b] of part, [grid,B,2] doubles); after a grid barrier
+// every block adds all blocks' partials in the same order (deterministic).
+__device__ __forceinline__ void put_partials(double* part, int b, int B, double s1,
+                                             double s2) {
+    part[((size_t)blockIdx.x * B + b) * 2] = s1;
+    part[((size_t)blockIdx.x * B + b) * 2 + 1] = s2;
+}
+
+__device__ __forceinline__ void sum_partials(const double* part, int b, int B, double& s1,
+                                             double& s2) {
+    s1 = 0.0;
+    s2 = 0.0;
+    for (int k = 0; k < (int)gridDim.x; ++k) {
+        s1 += part[((size_t)k * B + b) * 2];
+        s2 += part[((size_t)k * B + b) * 2 + 1];
+    }
+}
+
+// mean and 1 / sqrt(var + eps) of n values from their sum and sum of squares
+__device__ __forceinline__ void ln_moments(double s1, double s2, int n, double& mean,
+                                           double& rstd) {
+    mean = s1 / n;
+    const double var = s2 / n - mean * mean;
+    rstd = 1.0 / sqrt((var > 0.0 ? var : 0.0) + 1e-5);
+}
 
 template <typename T, int CELL, bool TRAINING, bool SMEM_W>
 __global__ void __launch_bounds__(256) rnn_forward(RNN_FORWARD_PARAMS(T)) {
@@ -135,6 +182,45 @@ __global__ void __launch_bounds__(256) rnn_forward(RNN_FORWARD_PARAMS(T)) {
             gate_products<T, G, SMEM_W>(w_s, w_hh, b_hh, c, hg, 2, 3, u0, U, B, H, S);
             __syncthreads();
         }
+        if (!RB && ln) {  // LN(W_hh h): every block's partial sums, then its own rows
+            for (int b = threadIdx.x; b < B; b += blockDim.x) {
+                double s1 = 0.0, s2 = 0.0;
+                for (int r = 0; r < G * U; ++r) {
+                    const double v = hg[(size_t)((r / U) * H + u0 + r % U) * B + b];
+                    s1 += v;
+                    s2 += v * v;
+                }
+                put_partials(part, b, B, s1, s2);
+            }
+            step_barrier(grid);
+            for (int p = threadIdx.x; p < G * U * B; p += blockDim.x) {
+                const int r = p / B, b = p - r * B;
+                const int row = (r / U) * H + u0 + r % U;
+                double s1, s2, mean, rstd;
+                sum_partials(part, b, B, s1, s2);
+                ln_moments(s1, s2, GH, mean, rstd);
+                const T xh = T((hg[(size_t)row * B + b] - mean) * rstd);
+                if (TRAINING) {
+                    h_hat[((size_t)t * B + b) * GH + row] = xh;
+                    if (row == 0) h_rstd[(size_t)t * B + b] = T(rstd);
+                }
+                hg[(size_t)row * B + b] = xh * ln_hh[row] + b_ln[row];
+            }
+            __syncthreads();
+        }
+        const bool lnc = HC && ln;  // h~ = o * tanh(LN(c')): finished after the norm
+        // the step's new state from the cell's output hv (zoneout mixes in the old one)
+        auto finish = [&](int u, int b, T hv) {
+            const size_t bh = (size_t)b * H + u, tbh = ((size_t)t * B + b) * H + u;
+            if (proj) {  // (the projection below makes the state)
+                m[bh] = hv;
+                if (TRAINING) hn_all[tbh] = hv;
+                return;
+            }
+            const T hz = zoned ? zone[tbh] * hcur[bh] + (T(1) - zone[tbh]) * hv : hv;
+            hnext[bh] = hz;
+            y[tbh] = hz;
+        };
         for (int p = threadIdx.x; p < U * B; p += blockDim.x) {
             const int uu = p / B, b = p - uu * B, u = u0 + uu;
             const size_t bh = (size_t)b * H + u, tbh = ((size_t)t * B + b) * H + u;
@@ -153,20 +239,49 @@ __global__ void __launch_bounds__(256) rnn_forward(RNN_FORWARD_PARAMS(T)) {
             }
             const T* xr = xg + ((size_t)t * B + b) * GH;
             T* ar = acts + ((size_t)t * B + b) * GH;
-            T cn = T(0), hn = T(0);
+            T cn = T(0), on = T(0), hn = T(0);
             const T hv = cell_forward<CELL, TRAINING>(xr, hg, peep, u, b, B, H, hp,
-                                                      HC ? c[bh] : T(0), ar, cn, hn);
+                                                      HC ? c[bh] : T(0), ar, cn, on, hn);
             if (HC) {
                 c[bh] = cn;
                 if (TRAINING) c_all[tbh] = cn;
             }
             if (TRAINING && CELL == GRU) hn_all[tbh] = hn;
-            if (proj) {
-                m[bh] = hv;
-                if (TRAINING) hn_all[tbh] = hv;
+            if (lnc) {
+                m[bh] = on;  // (o, until LN(c') below)
             } else {
-                hnext[bh] = hv;
-                y[tbh] = hv;
+                finish(u, b, hv);
+            }
+        }
+        if (lnc) {  // LN(c') over each row's H units: partial sums, barrier, the rest
+            double* pc = part + (size_t)gridDim.x * B * 2;
+            __syncthreads();  // (the block's values, written by all its threads)
+            for (int b = threadIdx.x; b < B; b += blockDim.x) {
+                double s1 = 0.0, s2 = 0.0;
+                for (int uu = 0; uu < U; ++uu) {
+                    const double v = c[(size_t)b * H + u0 + uu];
+                    s1 += v;
+                    s2 += v * v;
+                }
+                put_partials(pc, b, B, s1, s2);
+            }
+            step_barrier(grid);
+            for (int p = threadIdx.x; p < U * B; p += blockDim.x) {
+                const int uu = p / B, b = p - uu * B, u = u0 + uu;
+                const size_t bh = (size_t)b * H + u, tbh = ((size_t)t * B + b) * H + u;
+                if (t >= lengths[b]) {  // (handled above; backward sums read zeros here)
+                    if (TRAINING) c_hat[tbh] = T(0);
+                    continue;
+                }
+                double s1, s2, mean, rstd;
+                sum_partials(pc, b, B, s1, s2);
+                ln_moments(s1, s2, H, mean, rstd);
+                const T ch = T((c[bh] - mean) * rstd);
+                if (TRAINING) {
+                    c_hat[tbh] = ch;
+                    if (u == 0) c_rstd[(size_t)t * B + b] = T(rstd);
+                }
+                finish(u, b, m[bh] * tanh(ch * ln_c[u] + ln_cb[u]));
             }
         }
         if (proj) {  // every unit's o * tanh(c), then the state units this block owns
@@ -183,8 +298,9 @@ __global__ void __launch_bounds__(256) rnn_forward(RNN_FORWARD_PARAMS(T)) {
                     const T hp = hcur[bs];
                     if (TRAINING) h_prev[tbs] = hp;
                     const bool valid = t < lengths[b];
-                    hnext[bs] = valid ? acc : hp;
-                    y[tbs] = valid ? acc : T(0);
+                    const T hz = zoned ? zone[tbs] * hp + (T(1) - zone[tbs]) * acc : acc;
+                    hnext[bs] = valid ? hz : hp;
+                    y[tbs] = valid ? hz : T(0);
                 }
             }
         }
@@ -198,6 +314,7 @@ __global__ void __launch_bounds__(256) rnn_backward(RNN_BACKWARD_PARAMS(T)) {
     constexpr bool RB = CELL == GRU_RB;  // n's product saw r * h: d(r*h) = W_hn^T dn first
     constexpr bool HC = HasC<CELL>::value;
     const bool proj = HC && S != H;
+    const bool lnc = HC && ln;  // LN(c'): the LSTMs' backward waits for its norm's sums
     cg::grid_group grid = cg::this_grid();
     extern __shared__ __align__(16) unsigned char smem_raw[];  // reused as T*
     T* w_s = reinterpret_cast<T*>(smem_raw);  // [SU, G*H]: this block's columns of w_hh
@@ -212,9 +329,11 @@ __global__ void __launch_bounds__(256) rnn_backward(RNN_BACKWARD_PARAMS(T)) {
     __syncthreads();
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     // dot product of row s0 + q of w_hh_t (columns [j0, j1)) with step t's gate gradients
+    // (a layer-normalised cell's w_hh sees the gradients through LN(W_hh h): dgh_raw)
+    const T* gsrc = ln ? dgh_raw : dgh;
     auto column_dot = [&](int q, int b, int t, int j0, int j1) {
         const T* w = SMEM_W ? w_s + (size_t)q * GH : w_hh_t + (size_t)(s0 + q) * GH;
-        const T* g = dgh + ((size_t)t * B + b) * GH;
+        const T* g = gsrc + ((size_t)t * B + b) * GH;
         T acc = T(0);
         for (int j = j0 + lane; j < j1; j += 32) acc += w[j] * g[j];
         return warp_sum(acc);
@@ -228,17 +347,26 @@ __global__ void __launch_bounds__(256) rnn_backward(RNN_BACKWARD_PARAMS(T)) {
             for (int p = threadIdx.x; p < SN * B; p += blockDim.x) {
                 const int q = s0 + p / B, b = p % B;
                 const size_t bs = (size_t)b * S + q, tbs = ((size_t)t * B + b) * S + q;
-                dhs[tbs] = t < lengths[b] ? dh[bs] + dy[tbs] : T(0);
+                const bool valid = t < lengths[b];
+                const T tot = dh[bs] + dy[tbs];  // (zoneout: part of it skips the cell)
+                dhs[tbs] = valid ? (zoned ? (T(1) - zone[tbs]) * tot : tot) : T(0);
+                if (zoned) zdh[bs] = valid ? zone[tbs] * tot : T(0);
             }
             step_barrier(grid);
         }
+        // the gradient reaching the cell's output at unit u of row b (no projection)
+        auto reaching = [&](int u, int b) {
+            const size_t bh = (size_t)b * H + u, tbh = ((size_t)t * B + b) * H + u;
+            const T tot = dh[bh] + dy[tbh];
+            return zoned ? (T(1) - zone[tbh]) * tot : tot;
+        };
         if (RB) {  // dn of the block's units, then everyone's for d(r*h) = W_hn^T dn
             for (int p = threadIdx.x; p < U * B; p += blockDim.x) {
                 const int uu = p / B, b = p - uu * B, u = u0 + uu;
                 const size_t bh = (size_t)b * H + u, tbh = ((size_t)t * B + b) * H + u;
                 const size_t row = ((size_t)t * B + b) * GH;
                 const T* ar = acts + row;
-                const T dn = t < lengths[b] ? gru_reset_before_dn(ar, dh[bh] + dy[tbh], u, H)
+                const T dn = t < lengths[b] ? gru_reset_before_dn(ar, reaching(u, b), u, H)
                                             : T(0);
                 dgx[row + 2 * H + u] = dn;
                 dgh[row + 2 * H + u] = dn;
@@ -258,6 +386,7 @@ __global__ void __launch_bounds__(256) rnn_backward(RNN_BACKWARD_PARAMS(T)) {
             T* gh = dgh + ((size_t)t * B + b) * GH;
             if (t >= lengths[b]) {  // padding: no gate gradient; the state's passes through
                 for (int g = 0; g < G; ++g) { gx[g * H + u] = T(0); gh[g * H + u] = T(0); }
+                if (lnc) dlnc[tbh] = T(0);
                 continue;
             }
             const T* ar = acts + ((size_t)t * B + b) * GH;
@@ -269,7 +398,15 @@ __global__ void __launch_bounds__(256) rnn_backward(RNN_BACKWARD_PARAMS(T)) {
                 dht = T(0);
                 for (int q = 0; q < S; ++q) dht += w_hr[(size_t)q * H + u] * g[q];
             } else {
-                dht = dh[bh] + dy[tbh];
+                dht = reaching(u, b);
+                if (zoned) zdh[bh] = zone[tbh] * (dh[bh] + dy[tbh]);
+            }
+            if (lnc) {  // the gradient reaching LN(c'); the rest after its norm's sums
+                const T o = ar[3 * H + u];
+                const T tc = tanh(c_hat[tbh] * ln_c[u] + ln_cb[u]);
+                dlnc[tbh] = dht * o * (T(1) - tc * tc);
+                direct[bh] = dht;  // (kept for the second half)
+                continue;
             }
             const T dir = cell_backward<CELL>(ar, peep, dht, u, H, proj ? T(0) : h_prev[tbh],
                                               HC ? c_all[tbh] : T(0), cp, dcv,
@@ -278,13 +415,69 @@ __global__ void __launch_bounds__(256) rnn_backward(RNN_BACKWARD_PARAMS(T)) {
             if (HC) dc[bh] = dcv;
             if (CELL == GRU || RB) direct[bh] = dir;
         }
+        if (lnc) {  // LN(c')'s backward over each row's H units, then the LSTM's
+            double* pc = part + (size_t)gridDim.x * B * 2;
+            __syncthreads();  // (the block's values, written by all its threads)
+            for (int b = threadIdx.x; b < B; b += blockDim.x) {
+                double s1 = 0.0, s2 = 0.0;
+                for (int uu = 0; uu < U; ++uu) {
+                    const size_t tbh = ((size_t)t * B + b) * H + u0 + uu;
+                    const double d = (double)dlnc[tbh] * ln_c[u0 + uu];
+                    s1 += d;
+                    s2 += d * c_hat[tbh];
+                }
+                put_partials(pc, b, B, s1, s2);
+            }
+            step_barrier(grid);
+            for (int p = threadIdx.x; p < U * B; p += blockDim.x) {
+                const int uu = p / B, b = p - uu * B, u = u0 + uu;
+                if (t >= lengths[b]) continue;
+                const size_t bh = (size_t)b * H + u, tbh = ((size_t)t * B + b) * H + u;
+                double s1, s2;
+                sum_partials(pc, b, B, s1, s2);
+                const T dthrough = T(c_rstd[(size_t)t * B + b] *
+                                     (dlnc[tbh] * ln_c[u] - s1 / H - c_hat[tbh] * s2 / H));
+                const T* ar = acts + ((size_t)t * B + b) * GH;
+                const T cp = first ? c0[bh] : c_all[((size_t)tp * B + b) * H + u];
+                const T tc = tanh(c_hat[tbh] * ln_c[u] + ln_cb[u]);
+                T dcv = dc[bh];
+                lstm_backward<CELL>(ar, peep, direct[bh], u, H, tc, dthrough, cp, dcv,
+                                    dgh + ((size_t)t * B + b) * GH);
+                dc[bh] = dcv;
+            }
+        }
         step_barrier(grid);  // every gate gradient of step t is written
+        if (ln) {  // LN(W_hh h)'s backward over each row's G*H gates: sums, then own rows
+            for (int b = threadIdx.x; b < B; b += blockDim.x) {
+                double s1 = 0.0, s2 = 0.0;
+                for (int r = 0; r < G * U; ++r) {
+                    const int row = (r / U) * H + u0 + r % U;
+                    const size_t i = ((size_t)t * B + b) * GH + row;
+                    const double d = (double)dgh[i] * ln_hh[row];
+                    s1 += d;
+                    s2 += d * h_hat[i];
+                }
+                put_partials(part, b, B, s1, s2);
+            }
+            step_barrier(grid);
+            for (int p = threadIdx.x; p < G * U * B; p += blockDim.x) {
+                const int r = p / B, b = p - r * B;
+                const int row = (r / U) * H + u0 + r % U;
+                const size_t i = ((size_t)t * B + b) * GH + row;
+                double s1, s2;
+                sum_partials(part, b, B, s1, s2);
+                dgh_raw[i] = T(h_rstd[(size_t)t * B + b] *
+                               (dgh[i] * ln_hh[row] - s1 / GH - h_hat[i] * s2 / GH));
+            }
+            step_barrier(grid);  // every row's raw gradients, before the products
+        }
         for (int p = warp; p < SN * B; p += warps) {
             const int q = p / B, b = p - q * B;
             const T acc = column_dot(q, b, t, 0, RB ? 2 * H : GH);
             if (lane == 0 && t < lengths[b]) {
                 const size_t bs = (size_t)b * S + s0 + q;  // (S = H but with a projection)
-                dh[bs] = acc + (CELL == GRU || RB ? direct[bs] : T(0));
+                dh[bs] = acc + (CELL == GRU || RB ? direct[bs] : T(0)) +
+                         (zoned ? zdh[bs] : T(0));
             }
         }
         __syncthreads();  // dh of owned units is final before the next step reads it
