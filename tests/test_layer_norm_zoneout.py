@@ -33,7 +33,8 @@ def _problem(cell, T, B, I, H, L=1, D=1, dtype=np.float64, seed=0, proj_size=0,
 
 
 CASES = [(c, 0, True) for c in LN_CELLS] + [("lstm", 2, True), ("lstm_peephole", 2, True),
-                                             ("gru", 0, False), ("lstm", 0, False)]
+                                             ("gru", 0, False), ("lstm", 0, False),
+                                             ("gru_reset_before", 0, False)]
 
 
 @pytest.mark.parametrize("cell,proj_size,layer_norm", CASES,
@@ -319,17 +320,3 @@ def test_torch_cells_with_layer_norm_and_zoneout(kind):
         lambda a, *ps: first(torch.func.functional_call(m, dict(zip(names, ps)), (a,))),
         (x.clone().requires_grad_(), *[p.detach().requires_grad_() for p in m.parameters()]),
         check_batched_grad=False)
-
-
-def test_cpu_backend_refuses_zoneout_for_the_reset_before_gru():
-    """The cpu backend's zoneout loop has no second product over r * h: a clear error,
-    not another backend's numbers."""
-    if not fastrnn.backends()["cpu"]["available"]:
-        pytest.skip("no cpu backend")
-    m = fastrnn.GRU(3, 4, reset_after=False, zoneout=0.1, backend="cpu")
-    with pytest.raises(ValueError, match="zoneout: the cpu backend does not run it for the "
-                                         "GRU with reset_after=False"):
-        m(np.ones((2, 1, 3), np.float32))
-    out, _ = fastrnn.GRU(3, 4, reset_after=False, zoneout=0.1, backend="numpy")(
-        np.ones((2, 1, 3), np.float32))
-    assert out.shape == (2, 1, 4)

@@ -299,10 +299,6 @@ def forward(cell, x, state, weights, seq=_SEQUENCE, training=True, zoneout=None)
     _fresh_cache()
     x, w, state = _writable(x), _all_writable(weights), _all_writable(state)
     if w.ln_ih is not None or zoneout is not None:  # (a step's whole row: _norm)
-        if get_cell(cell).reset_before:
-            raise ValueError("zoneout: the cpu backend does not run it for the GRU with "
-                             "reset_after=False (the numpy and gpu backends do); use "
-                             "backend='numpy' or reset_after=True")
         return _normed(_norm.forward, x.shape, w.w_hh.shape, cell, x, state, w, seq,
                        training, zoneout)
     (T, B, I), (GH, H) = x.shape, w.w_hh.shape

@@ -240,6 +240,39 @@ def _forward_step(cell, t, ts, xg, hg, h, c, lengths, p, s, new):
 
 
 @jit()
+def _reset_gates(t, ts, xg, hg, h, lengths, p, s):
+    """The reset-before GRU's first part of step ``t``: ``r``, ``z`` into the activations
+    and ``r * h`` into ``s.hn`` (the second product's input; zero past a row's length)."""
+    B, H = h.shape
+    for b in range(B):
+        rh = s.hn[ts, b]
+        if t >= lengths[b]:
+            for j in range(H):
+                rh[j] = ZERO
+            continue
+        a, x_, g_, hb = s.acts[ts, b], xg[b], hg[b], h[b]
+        for j in range(2 * H):
+            a[j] = sigmoid(x_[j] + g_[j] + p.b_hh[j])
+        for j in range(H):
+            rh[j] = a[j] * hb[j]
+
+
+@jit()
+def _reset_before_n(t, ts, xg, hrn, h, lengths, p, s, new):
+    """Its second part: ``n = tanh(W_in x + b_in + W_hn (r * h) + b_hn)`` from the second
+    product ``hrn [B,H]``, and ``new = (1 - z) * n + z * h``."""
+    B, H = h.shape
+    for b in range(B):
+        if t >= lengths[b]:
+            continue
+        a, x_, g_, hb, nw = s.acts[ts, b], xg[b], hrn[b], h[b], new[b]
+        for j in range(H):
+            n = tanh(x_[2 * H + j] + g_[j] + p.b_hh[2 * H + j])
+            a[2 * H + j] = n
+            nw[j] = n + a[H + j] * (hb[j] - n)
+
+
+@jit()
 def _finish_step(t, new, h, zoneout, lengths, y):
     """The state after step ``t``: ``h = m * h + (1 - m) * new`` (``zoneout [T,B,S]`` the
     factors ``m``, or empty for none) where the row has a step, the output ``y[t]`` that
@@ -322,12 +355,18 @@ def forward(cell, x, state, w, seq, training, zoneout, chunks):
     cell_id = CELL_IDS[spec.name]
     recurrent = _Product(w.w_hh, True, B, chunks)
     projection = None if w.w_hr is None else _Product(w.w_hr, True, B, chunks)
+    # (the reset-before GRU: a second product a step, of W_hn with r * h)
+    second = _Product(w.w_hh[2 * H:], True, B, chunks) if spec.reset_before else None
     for k in range(T):
         t = T - 1 - k if seq.reverse else k
         ts = t if training else 0
         if training:
             h_prev[t] = h
-        _forward_step(cell_id, t, ts, xg[t], recurrent(h, k), h, c, lengths, p, s, new)
+        if second is not None:
+            _reset_gates(t, ts, xg[t], recurrent(h, k), h, lengths, p, s)
+            _reset_before_n(t, ts, xg[t], second(s.hn[ts], k), h, lengths, p, s, new)
+        else:
+            _forward_step(cell_id, t, ts, xg[t], recurrent(h, k), h, c, lengths, p, s, new)
         _finish_step(t, new if projection is None else projection(new, k), h, zone, lengths,
                      y)
     kept = None
@@ -444,6 +483,49 @@ def _finish_grad(t, dh, dy, zoneout, lengths, d_new):
 
 
 @jit()
+def _reset_before_dn(t, d, lengths, s, gx, gh):
+    """The reset-before GRU's backward, first part: ``n``'s gradient into both gate
+    gradients' ``n`` blocks (every gate zero past a row's length)."""
+    B, H = d.shape
+    for b in range(B):
+        gxb, ghb = gx[b], gh[b]
+        if t >= lengths[b]:
+            for j in range(3 * H):
+                gxb[j] = ZERO
+                ghb[j] = ZERO
+            continue
+        a, db_ = s.acts[t, b], d[b]
+        for j in range(H):
+            z, n = a[H + j], a[2 * H + j]
+            dn = db_[j] * (ONE - z) * (ONE - n * n)
+            gxb[2 * H + j] = dn
+            ghb[2 * H + j] = dn
+
+
+@jit()
+def _reset_before_grads(t, d, drh, hp, lengths, s, gx, gh, direct):
+    """Its second part, from ``drh = dn @ W_hn`` (the gradient reaching ``r * h``): ``r``'s
+    and ``z``'s gradients, and ``direct = z * d + drh * r``."""
+    B, H = d.shape
+    for b in range(B):
+        dirb = direct[b]
+        if t >= lengths[b]:
+            for j in range(H):
+                dirb[j] = ZERO
+            continue
+        a, db_, dr_, hb, gxb, ghb = s.acts[t, b], d[b], drh[b], hp[b], gx[b], gh[b]
+        for j in range(H):
+            r, z, n = a[j], a[H + j], a[2 * H + j]
+            g_r = dr_[j] * hb[j] * r * (ONE - r)
+            g_z = db_[j] * (hb[j] - n) * z * (ONE - z)
+            gxb[j] = g_r
+            gxb[H + j] = g_z
+            ghb[j] = g_r
+            ghb[H + j] = g_z
+            dirb[j] = db_[j] * z + dr_[j] * r
+
+
+@jit()
 def _add_rows(dh, prod, direct, lengths, t):
     """``dh += prod + direct`` for the rows with a step ``t``."""
     B, S = dh.shape
@@ -476,8 +558,10 @@ def backward(cell, saved, dy, dstate_n, chunks):
     dhs = _zeros((T if w.w_hr is not None else 0, B, S), dt)
     d_new, direct = np.empty((B, S), dt), np.empty((B, H), dt)
     cell_id = CELL_IDS[spec.name]
-    recurrent = _Product(w.w_hh, False, B, chunks)
+    rb = spec.reset_before
+    recurrent = _Product(w.w_hh[:2 * H] if rb else w.w_hh, False, B, chunks)
     projection = None if w.w_hr is None else _Product(w.w_hr, False, B, chunks)
+    second = _Product(w.w_hh[2 * H:], False, B, chunks) if rb else None
     for k in range(T):
         t = k if saved.reverse else T - 1 - k
         _finish_grad(t, dh, dy, zone, lengths, d_new)
@@ -485,6 +569,12 @@ def backward(cell, saved, dy, dstate_n, chunks):
         if projection is not None:
             dhs[t] = d_new
             d_cell = projection(d_new, k)
+        if rb:  # dn, then d(r * h) = dn @ W_hn, then the rest; w_hh[:2H] sees [dr dz]
+            _reset_before_dn(t, d_cell, lengths, s, dgx[t], dgh[t])
+            _reset_before_grads(t, d_cell, second(dgh[t][:, 2 * H:], k), saved.h_prev[t],
+                                lengths, s, dgx[t], dgh[t], direct)
+            _add_rows(dh, recurrent(dgh[t][:, :2 * H], k), direct, lengths, t)
+            continue
         _backward_step(cell_id, t, d_cell, dc, saved.h_prev[t], lengths, p, s, dgx[t],
                        dgh[t], direct, dlnc[t])
         if ln:
@@ -520,7 +610,10 @@ def _weight_grads(spec, saved, dgx, dgh, dgx_raw, dgh_raw, dlnc, dhs):
     _column_sums(dgh.reshape(rows, GH), s.h_hat.reshape(rows, GH) if ln else no_rows, sh,
                  sh_hat)
     bias = w.b_ih is not None
-    grads = Weights(gemm_t(dgx_raw, np.ascontiguousarray(x)), gemm_t(dgh_raw, saved.h_prev),
+    dw_hh = gemm_t(dgh_raw, saved.h_prev)
+    if spec.reset_before:  # W_hn multiplied r * h
+        dw_hh[2 * H:] = gemm_t(np.ascontiguousarray(dgh[:, :, 2 * H:]), s.hn)
+    grads = Weights(gemm_t(dgx_raw, np.ascontiguousarray(x)), dw_hh,
                     sx if bias else None, sh if bias else None)
     if spec.peepholes:  # (padding steps have zero gate gradients)
         grads = grads._replace(peepholes=np.stack([
