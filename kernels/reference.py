@@ -103,8 +103,8 @@ class Norms(NamedTuple):
 def layer_norm(v, gain, bias=None):
     """``LN(v) = (v - mean) / sqrt(var + eps) * gain (+ bias)`` over the last axis (biased
     variance, torch.nn.LayerNorm's definition): the result, ``x_hat`` and ``rstd``."""
-    mean = v.mean(axis=-1, keepdims=True)
-    rstd = 1 / np.sqrt(((v - mean) ** 2).mean(axis=-1, keepdims=True) + LN_EPS)
+    mean = v.mean(axis=-1, keepdims=True)  # (array methods only: CuPy arrays work too)
+    rstd = (((v - mean) ** 2).mean(axis=-1, keepdims=True) + LN_EPS) ** -0.5
     x_hat = (v - mean) * rstd
     out = x_hat * gain
     return (out if bias is None else out + bias), x_hat, rstd

@@ -23,7 +23,7 @@ from ._alloc import empty
 from ._blas import matmul
 from ._gemm import gemm_packed, pack
 from ._jit import jit
-from ._math import (CELL_IDS, GRU, LSTM, LSTM_P, has_cell_state, rnn_activation,
+from ._math import (CELL_IDS, GRU, LSTM_P, has_cell_state, rnn_activation,
                     rnn_activation_grad, sigmoid, tanh)
 
 ONE = np.float32(1)

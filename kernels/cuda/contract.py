@@ -25,8 +25,9 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..cells import get_cell
-from ..contract import LN_EPS, Sequence, State, Weights
+from ..contract import Sequence, State, Weights
 from ..gate_grads import input_and_weight_grads, peephole_grads
+from ..reference import layer_norm, layer_norm_grad
 from .names import CTYPES, backward_name, forward_name
 
 THREADS = 256  # threads a block (the kernels' __launch_bounds__)
@@ -101,21 +102,6 @@ class Kept(NamedTuple):
     zone: Any
 
 
-def _layer_norm(xp, v, gain):
-    """``LN(v) * gain`` over the last axis, ``x_hat`` and ``rstd`` (the reference's
-    definition)."""
-    mean = v.mean(axis=-1, keepdims=True)
-    rstd = 1 / xp.sqrt(((v - mean) ** 2).mean(axis=-1, keepdims=True) + LN_EPS)
-    hat = (v - mean) * rstd
-    return hat * gain, hat, rstd
-
-
-def _layer_norm_grad(d, hat, rstd, gain):
-    dx = d * gain
-    return rstd * (dx - dx.mean(axis=-1, keepdims=True)
-                   - hat * (dx * hat).mean(axis=-1, keepdims=True))
-
-
 def forward(runtime, cell, x, state, weights, seq=Sequence(), training=True, zoneout=None):
     """Kernel contract forward (:mod:`..contract`) on ``runtime``'s arrays of ``x``'s
     dtype."""
@@ -138,7 +124,7 @@ def forward(runtime, cell, x, state, weights, seq=Sequence(), training=True, zon
     runtime.matmul(x.reshape(T * B, I), w_ih.T, xg.reshape(T * B, GH))
     x_hat = x_rstd = kept(None, False)
     if ln:  # the input side's norm, all steps at once; the kernel takes W_hh h's
-        xg, x_hat, x_rstd = _layer_norm(xp, xg, ln_ih)
+        xg, x_hat, x_rstd = layer_norm(xg, ln_ih)
     if b_ih is not None:
         xg += b_ih
     zeros = xp.zeros(GH, dt)
@@ -227,7 +213,7 @@ def backward(runtime, cell, saved, dy, dstate_n):
         reverse=np.int32(saved.reverse), ln=np.int32(ln), zoned=np.int32(zoned))))
     grads_ln = {}
     if ln:  # the products saw the gradients through the norms; the biases and gains not
-        dgx_raw = _layer_norm_grad(dgx, saved.x_hat, saved.x_rstd, w.ln_ih)
+        dgx_raw = layer_norm_grad(dgx, saved.x_hat, saved.x_rstd, w.ln_ih)
         dx, dw_ih, dw_hh, _, _ = input_and_weight_grads(
             xp, runtime.matmul, dgx_raw, dgh_raw, x, saved.h_prev, w_ih, False, False)
         db_ih = dgx.sum(axis=(0, 1)) if b_ih is not None else None
