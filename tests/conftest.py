@@ -5,7 +5,7 @@ import pytest
 
 import fastrnn
 from fastrnn.kernels.cells import CELLS
-from fastrnn.kernels.contract import Weights, weight_fields, weight_shapes
+from fastrnn.kernels.contract import INITIAL_VALUES, Weights, weight_fields, weight_shapes
 
 # One tolerance table per dtype (relative to the largest magnitude of the reference).
 TOL = {np.float64: 1e-10, np.float32: 2e-4}
@@ -43,17 +43,18 @@ def assert_close(got, want, dtype, what=""):
 
 
 def random_problem(cell, T, B, I, H, L=1, D=1, dtype=np.float64, bias=True, seed=0,
-                   scale=0.5, proj_size=0):
+                   scale=0.5, proj_size=0, layer_norm=False):
     """Random (never zero) input, states and weights for ``fastrnn.functional.rnn``
-    (with ``proj_size``, an LSTM's projection: states ``h`` of that size)."""
+    (with ``proj_size``, an LSTM's projection: states ``h`` of that size; with
+    ``layer_norm``, the gains, drawn around their initial values)."""
     rng = np.random.default_rng(seed)
     S = proj_size or H
     weights = []
     for k in range(L * D):
         shapes = weight_shapes(cell, I if k < D else D * S, H, proj_size)
         weights.append(Weights(**{
-            f: rng.uniform(-scale, scale, shapes[f]).astype(dtype)
-            for f in weight_fields(cell, bias, proj_size > 0)}))
+            f: (rng.uniform(-scale, scale, shapes[f]) + INITIAL_VALUES.get(f, 0.0)).astype(dtype)
+            for f in weight_fields(cell, bias, proj_size > 0, layer_norm)}))
     x = rng.standard_normal((T, B, I)).astype(dtype)
     h0 = (0.5 * rng.standard_normal((L * D, B, S))).astype(dtype)
     c0 = (0.5 * rng.standard_normal((L * D, B, H))).astype(dtype) \

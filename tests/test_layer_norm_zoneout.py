@@ -7,9 +7,7 @@ import pytest
 
 import fastrnn
 from fastrnn import functional as F
-from fastrnn.kernels.cells import CELLS
-from fastrnn.kernels.contract import INITIAL_VALUES, Weights, weight_fields, weight_shapes
-from conftest import assert_close, numpy_backends
+from conftest import assert_close, numpy_backends, random_problem
 
 LN_CELLS = ["lstm", "lstm_peephole", "gru", "rnn_tanh", "rnn_relu"]
 
@@ -17,19 +15,8 @@ LN_CELLS = ["lstm", "lstm_peephole", "gru", "rnn_tanh", "rnn_relu"]
 def _problem(cell, T, B, I, H, L=1, D=1, dtype=np.float64, seed=0, proj_size=0,
              layer_norm=True):
     """Random input, states and Weights (LayerNorm gains around their initial values)."""
-    rng = np.random.default_rng(seed)
-    S = proj_size or H
-    weights = []
-    for k in range(L * D):
-        shapes = weight_shapes(cell, I if k < D else D * S, H, proj_size)
-        weights.append(Weights(**{
-            f: (rng.uniform(-0.6, 0.6, shapes[f]) + INITIAL_VALUES.get(f, 0.0)).astype(dtype)
-            for f in weight_fields(cell, True, proj_size > 0, layer_norm)}))
-    x = rng.standard_normal((T, B, I)).astype(dtype)
-    h0 = (0.5 * rng.standard_normal((L * D, B, S))).astype(dtype)
-    c0 = (0.5 * rng.standard_normal((L * D, B, H))).astype(dtype) \
-        if CELLS[cell].has_cell_state else None
-    return x, weights, h0, c0
+    return random_problem(cell, T, B, I, H, L, D, dtype, seed=seed, scale=0.6,
+                          proj_size=proj_size, layer_norm=layer_norm)
 
 
 CASES = [(c, 0, True) for c in LN_CELLS] + [("lstm", 2, True), ("lstm_peephole", 2, True),

@@ -7,11 +7,12 @@ handle and the output gradients and returns every input gradient. Both have fake
 implementations, so ``torch.compile(model, fullgraph=True)`` traces through them, and the
 pair is registered as the first operator's autograd formula.
 
-Shapes (docs/architecture.md legend): ``x [T,B,I]`` (time-major), ``hx, cx [L*D,B,H]``, ``weights``
-the layer's flat list (``w_ih, w_hh[, b_ih, b_hh][, w_hr]`` per layer and direction, as
-torch.nn's ``_flat_weights``, then a layer-normalised one's gains ``ln_ih, ln_hh[, ln_c,
-ln_c_bias]``: the order of ``fastrnn.kernels.contract.Weights``), ``lengths [B]`` int64 on the CPU or empty (all ``T``); with
-``proj_size = P > 0`` (an LSTM's projection) ``hx [L*D,B,P]`` and outputs ``D*P`` wide.
+Shapes (docs/architecture.md legend): ``x [T,B,I]`` (time-major), ``hx, cx [L*D,B,H]``,
+``weights`` the layer's flat list (``w_ih, w_hh[, b_ih, b_hh][, w_hr]`` per layer and
+direction, as torch.nn's ``_flat_weights``, then a layer-normalised one's gains ``ln_ih,
+ln_hh[, ln_c, ln_c_bias]``: the order of ``fastrnn.kernels.contract.Weights``), ``lengths
+[B]`` int64 on the CPU or empty (all ``T``); with ``proj_size = P > 0`` (an LSTM's
+projection) ``hx [L*D,B,P]`` and outputs ``D*P`` wide.
 Everything else a call needs is one :class:`Config`, which the operator takes encoded as a
 string (one schema, whatever the options).
 """

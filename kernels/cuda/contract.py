@@ -27,7 +27,7 @@ import numpy as np
 from ..cells import get_cell
 from ..contract import Sequence, State, Weights
 from ..gate_grads import input_and_weight_grads, peephole_grads
-from ..reference import layer_norm, layer_norm_grad
+from ..reference import Norms, layer_norm, layer_norm_grad
 from .names import CTYPES, backward_name, forward_name
 
 THREADS = 256  # threads a block (the kernels' __launch_bounds__)
@@ -79,9 +79,9 @@ class Kept(NamedTuple):
     """What :func:`backward` needs of a training forward: the input and the weights, the
     lengths on the device, the direction, the peepholes and projection as the kernels take
     them, what the kernel saved of each step (``acts``, ``h_prev``, ``c_all``, ``hn_all``:
-    see ``rnn.cu``), the initial cell state, and a layer-normalised cell's norms (``x_hat``,
-    ``x_rstd`` of the input side, ``h_hat``, ``h_rstd``, ``c_hat``, ``c_rstd`` from the
-    kernel; one-element placeholders where absent) and the zoneout factors (or None)."""
+    see ``rnn.cu``), the initial cell state, a layer-normalised cell's
+    :class:`..reference.Norms` (the input side's from the host, the others from the kernel;
+    one-element placeholders where absent) and the zoneout factors (or None)."""
 
     x: Any
     weights: Weights
@@ -93,12 +93,7 @@ class Kept(NamedTuple):
     c_all: Any
     hn_all: Any
     c0: Any
-    x_hat: Any
-    x_rstd: Any
-    h_hat: Any
-    h_rstd: Any
-    c_hat: Any
-    c_rstd: Any
+    norms: Norms
     zone: Any
 
 
@@ -168,8 +163,9 @@ def forward(runtime, cell, x, state, weights, seq=Sequence(), training=True, zon
     saved = None
     if training:
         saved = Kept(x, weights, lens_d, bool(reverse), peep, acts, h_prev, c_all, hn_all,
-                     xp.ascontiguousarray(c0) if lstm else xp.empty(1, dt), x_hat, x_rstd,
-                     h_hat, h_rstd, c_hat, c_rstd, zone if zoned else None)
+                     xp.ascontiguousarray(c0) if lstm else xp.empty(1, dt),
+                     Norms(x_hat, x_rstd, h_hat, h_rstd, c_hat, c_rstd),
+                     zone if zoned else None)
     return y, State(h_n, c if lstm else None), saved
 
 
@@ -180,6 +176,7 @@ def backward(runtime, cell, saved, dy, dstate_n):
     x, w = saved.x, saved.weights
     w_ih, w_hh, b_ih, w_hr = w.w_ih, w.w_hh, w.b_ih, w.w_hr
     ln, zoned, lstm = w.ln_ih is not None, saved.zone is not None, spec.has_cell_state
+    norms = saved.norms
     dh_n, dc_n = dstate_n
     T, B, I = x.shape
     GH, S = w_hh.shape
@@ -206,22 +203,22 @@ def backward(runtime, cell, saved, dy, dstate_n):
         ln_c=xp.ascontiguousarray(w.ln_c) if ln and lstm else unit,
         ln_cb=xp.ascontiguousarray(w.ln_c_bias) if ln and lstm else unit,
         zone=saved.zone if zoned else unit,
-        part=xp.empty((2, p.blocks, B, 2), np.float64), h_hat=saved.h_hat,
-        h_rstd=saved.h_rstd, c_hat=saved.c_hat, c_rstd=saved.c_rstd, dgh_raw=dgh_raw,
+        part=xp.empty((2, p.blocks, B, 2), np.float64), h_hat=norms.h_hat,
+        h_rstd=norms.h_rstd, c_hat=norms.c_hat, c_rstd=norms.c_rstd, dgh_raw=dgh_raw,
         dlnc=dlnc, zdh=xp.empty((B, S) if zoned else 1, dt), steps=np.int32(T),
         B=np.int32(B), H=np.int32(H), S=np.int32(S), units=np.int32(p.units),
         reverse=np.int32(saved.reverse), ln=np.int32(ln), zoned=np.int32(zoned))))
     grads_ln = {}
     if ln:  # the products saw the gradients through the norms; the biases and gains not
-        dgx_raw = layer_norm_grad(dgx, saved.x_hat, saved.x_rstd, w.ln_ih)
+        dgx_raw = layer_norm_grad(dgx, norms.x_hat, norms.x_rstd, w.ln_ih)
         dx, dw_ih, dw_hh, _, _ = input_and_weight_grads(
             xp, runtime.matmul, dgx_raw, dgh_raw, x, saved.h_prev, w_ih, False, False)
         db_ih = dgx.sum(axis=(0, 1)) if b_ih is not None else None
         db_hh = dgh.sum(axis=(0, 1)) if b_ih is not None else None
-        grads_ln = dict(ln_ih=(dgx * saved.x_hat).sum(axis=(0, 1)),
-                        ln_hh=(dgh * saved.h_hat).sum(axis=(0, 1)))
+        grads_ln = dict(ln_ih=(dgx * norms.x_hat).sum(axis=(0, 1)),
+                        ln_hh=(dgh * norms.h_hat).sum(axis=(0, 1)))
         if lstm:
-            grads_ln.update(ln_c=(dlnc * saved.c_hat).sum(axis=(0, 1)),
+            grads_ln.update(ln_c=(dlnc * norms.c_hat).sum(axis=(0, 1)),
                             ln_c_bias=dlnc.sum(axis=(0, 1)))
     else:
         dx, dw_ih, dw_hh, db_ih, db_hh = input_and_weight_grads(

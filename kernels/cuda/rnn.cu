@@ -15,8 +15,8 @@
 // each row's G*H gates and the LSTMs' c' over its H units, which the blocks share: each
 // block writes its partial sums, a grid barrier, then every block adds all partials in the
 // same order (deterministic); backward does the same for the norms' gradients. Zoneout
-// (zoned) mixes each step's new state with the old one by the given factors. Specialised at compile time on dtype, cell, training
-// and where the weights live.
+// (zoned) mixes each step's new state with the old one by the given factors. Specialised
+// at compile time on dtype, cell, training and where the weights live.
 
 #include <cooperative_groups.h>
 
