@@ -8,8 +8,9 @@
 // keeps its rows of w_hh (backward: its columns) in shared memory when they fit (SMEM_W),
 // else reads them from global memory / L2 (the fallback for large H), and meets the other
 // blocks at one grid.sync() per step (two with a projection, whose state units [k*SU,
-// k*SU+SU) block k owns: the projection needs every unit's o * tanh(c)). Recurrent products: one warp per (gate row, batch row) dot product,
-// lanes striding over H, a fixed-order shuffle reduction (deterministic, no atomics).
+// k*SU+SU) block k owns: the projection needs every unit's o * tanh(c)). Recurrent
+// products: one warp per (gate row, batch row) dot product, lanes striding over H, a
+// fixed-order shuffle reduction (deterministic, no atomics).
 // A layer small enough for one block (the plan decides) skips the grid barrier: the block's
 // own barrier then orders the steps. A layer-normalised cell (ln) normalises W_hh h over
 // each row's G*H gates and the LSTMs' c' over its H units, which the blocks share: each
