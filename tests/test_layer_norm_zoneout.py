@@ -307,3 +307,25 @@ def test_torch_cells_with_layer_norm_and_zoneout(kind):
         lambda a, *ps: first(torch.func.functional_call(m, dict(zip(names, ps)), (a,))),
         (x.clone().requires_grad_(), *[p.detach().requires_grad_() for p in m.parameters()]),
         check_batched_grad=False)
+
+
+@pytest.mark.parametrize("backend", numpy_backends())
+@pytest.mark.parametrize("cell", ["lstm", "gru", "gru_reset_before", "rnn_tanh"])
+@pytest.mark.parametrize("T,B", [(0, 3), (4, 0)])
+def test_an_empty_batch_or_sequence(backend, cell, T, B):
+    """No rows or no steps (PyTorch accepts an empty batch): outputs of the right shapes,
+    the states passed through, every weight gradient zero."""
+    x, weights, h0, c0 = _problem(cell, T, B, 5, 8, 2, 2, np.float32, seed=1,
+                                  layer_norm=cell != "gru_reset_before")
+    out, h_n, c_n, ctx = F.rnn(cell, x, weights, h0, c0, num_layers=2, bidirectional=True,
+                               zoneout=0.3, rng=np.random.default_rng(0), backend=backend)
+    assert out.shape == (T, B, 16) and h_n.shape == h0.shape
+    dh = np.random.default_rng(2).standard_normal(h_n.shape).astype(np.float32)
+    dx, dh0, _, dws = F.rnn_backward(ctx, np.ones_like(out), dh)
+    assert dx.shape == x.shape
+    if T == 0:
+        np.testing.assert_array_equal(h_n, h0)
+        np.testing.assert_array_equal(dh0, dh)
+    for w, g in zip(weights, dws):
+        assert list(g.present()) == list(w.present())
+        assert all(not np.any(a) for a in g.present().values())

@@ -601,7 +601,7 @@ def _weight_grads(spec, saved, dgx, dgh, dgx_raw, dgh_raw, dlnc, dhs):
     rows = T * B
 
     def gemm_t(a, b):  # a^T b over all steps' rows
-        return matmul(a.reshape(rows, -1).T, b.reshape(rows, -1),
+        return matmul(a.reshape(rows, a.shape[-1]).T, b.reshape(rows, b.shape[-1]),
                       np.empty((a.shape[-1], b.shape[-1]), dt))
     ln = w.ln_ih is not None
     no_rows = np.empty((0, GH), dt)
