@@ -15,6 +15,21 @@ def positive_int(name, value):
     return int(value)
 
 
+def probability(name, value):
+    """``value`` as a float in ``[0, 1]``, or a clear error (booleans and strings refused)."""
+    numbers = (int, float, np.integer, np.floating)
+    if isinstance(value, bool) or not isinstance(value, numbers) or not 0 <= value <= 1:
+        raise ValueError(f"{name}: expected a probability in [0, 1], got {value!r}")
+    return float(value)
+
+
+def flag(name, value):
+    """``value`` if it is True or False, else a clear error (nothing is coerced)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: expected True or False, got {value!r}")
+    return value
+
+
 def float_dtype(dtype, what="dtype"):
     """Normalise a user's ``dtype=`` to float32 or float64, or raise."""
     try:

@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 
 from . import dispatch, functional
-from ._checks import check_array, float_dtype, positive_int
+from ._checks import check_array, flag, float_dtype, positive_int, probability
 from .kernels.cells import get_cell
 from .kernels.contract import (INITIAL_VALUES, PARAMETER_NAMES, Weights, weight_fields,
                                weight_shapes)
@@ -106,23 +106,16 @@ class RecurrentBase(Module):
         self.bias = bool(bias)
         self.batch_first = bool(batch_first)
         self.bidirectional = bool(bidirectional)
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not (
-                0 <= dropout <= 1):
-            raise ValueError(f"dropout: expected a probability in [0, 1], got {dropout!r}")
+        dropout = probability("dropout", dropout)
         if dropout > 0 and self.num_layers == 1:
             warnings.warn("dropout acts between layers, so it has no effect with "
                           f"num_layers=1 (got dropout={dropout})", stacklevel=3)
-        self.dropout = float(dropout)
-        if not isinstance(layer_norm, bool):
-            raise TypeError(f"layer_norm: expected True or False, got {layer_norm!r}")
-        if layer_norm and get_cell(cell).reset_before:
+        self.dropout = dropout
+        if flag("layer_norm", layer_norm) and get_cell(cell).reset_before:
             raise ValueError("layer_norm: not defined for the GRU with reset_after=False (its "
                              "reset gate acts inside the recurrent product)")
         self.layer_norm = layer_norm
-        if isinstance(zoneout, bool) or not isinstance(zoneout, (int, float)) or not (
-                0 <= zoneout <= 1):
-            raise ValueError(f"zoneout: expected a probability in [0, 1], got {zoneout!r}")
-        self.zoneout = float(zoneout)
+        self.zoneout = probability("zoneout", zoneout)
         self.dtype = float_dtype(dtype)
         self.backend = backend
         xp = dispatch.array_module_for(backend)

@@ -11,7 +11,7 @@ but the last.
 import numpy as np
 
 from . import dispatch
-from ._checks import check_array, check_lengths
+from ._checks import check_array, check_lengths, probability
 from .kernels.cells import get_cell
 from .kernels.contract import Sequence, State, Weights, weight_fields, weight_shapes
 from .kernels.fingerprint import fingerprint
@@ -177,11 +177,7 @@ def rnn(cell, x, weights, h0=None, c0=None, *, num_layers=1, bidirectional=False
     H, P = _check_weights(weights, spec, D, I, dtype)
     S = P or H  # the state's size
     _check_states(spec, h0, c0, dtype, (L * D, B, S), (L * D, B, H))
-    if not 0.0 <= dropout <= 1.0:
-        raise ValueError(f"dropout: expected a probability in [0, 1], got {dropout}")
-    if isinstance(zoneout, bool) or not isinstance(zoneout, (int, float)) or not (
-            0.0 <= zoneout <= 1.0):
-        raise ValueError(f"zoneout: expected a probability in [0, 1], got {zoneout!r}")
+    dropout, zoneout = probability("dropout", dropout), probability("zoneout", zoneout)
     lengths = check_lengths(lengths, B, T)
     # (the caller's states are copied when saving: the kernels may keep them for backward)
     copy = save and guard
@@ -200,7 +196,7 @@ def rnn(cell, x, weights, h0=None, c0=None, *, num_layers=1, bidirectional=False
             inp = x.copy()
         weight_prints = _needed_weights(weights)
     drop = dropout if training else 0.0
-    zone = _Zoneout(float(zoneout), training, (T, B, S), dtype, rng, xp) if zoneout else None
+    zone = _Zoneout(zoneout, training, (T, B, S), dtype, rng, xp) if zoneout else None
     out, h_n, c_n, saved, masks = _layers(kernel, spec, inp, State(h0, c0), weights, L, D,
                                           lengths, save, drop, rng, xp, zone)
     ctx = None

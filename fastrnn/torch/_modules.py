@@ -9,6 +9,7 @@ takes and returns what torch's does - a Tensor or a ``PackedSequence`` (sorted o
 import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from .._checks import flag, probability
 from ..kernels.contract import INITIAL_VALUES, PARAMETER_NAMES, weight_fields, weight_shapes
 from ._ops import Config, rnn
 from ._step import step
@@ -99,12 +100,8 @@ class _Sequence:
             self._add_layer_norm()
 
     def _options(self, layer_norm, zoneout):
-        if not isinstance(layer_norm, bool):
-            raise TypeError(f"layer_norm: expected True or False, got {layer_norm!r}")
-        if isinstance(zoneout, bool) or not isinstance(zoneout, (int, float)) or not (
-                0 <= zoneout <= 1):
-            raise ValueError(f"zoneout: expected a probability in [0, 1], got {zoneout!r}")
-        self.layer_norm, self.zoneout = layer_norm, float(zoneout)
+        self.layer_norm = flag("layer_norm", layer_norm)
+        self.zoneout = probability("zoneout", zoneout)
 
     def _add_layer_norm(self):
         """The gains of every layer and direction, after torch's parameters, each with its
