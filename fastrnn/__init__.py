@@ -14,10 +14,11 @@ from .kernels.contract import Sequence, State, Weights
 from .layers import GRU, LSTM, RNN
 from .memory import cache_info, empty_cache, set_cache_limit
 from .module import Module, Parameter
+from .quantization import quantize
 
 __all__ = [
     "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "Module", "Parameter",
     "backends", "set_backend", "get_backend", "BackendUnavailableError", "__version__",
     "nn", "optim", "losses", "save", "load", "empty_cache", "set_cache_limit", "cache_info",
-    "Weights", "State", "Sequence",
+    "Weights", "State", "Sequence", "quantize",
 ]

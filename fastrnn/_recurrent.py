@@ -12,6 +12,8 @@ from ._checks import check_array, flag, float_dtype, positive_int, probability
 from .kernels.cells import get_cell
 from .kernels.contract import (INITIAL_VALUES, PARAMETER_NAMES, Weights, weight_fields,
                                weight_shapes)
+from .kernels.quantize import FIELDS as QUANTIZED_FIELDS
+from .kernels.quantize import Quantized, quantize
 from .module import Module, backend_after_move
 
 _RNN_CELLS = {"tanh": "rnn_tanh", "relu": "rnn_relu", "sigmoid": "rnn_sigmoid"}
@@ -163,8 +165,10 @@ class RecurrentBase(Module):
 
     def _weights(self):
         """The :class:`Weights` of :func:`fastrnn.functional.rnn`, one per layer and
-        direction."""
+        direction (a quantized layer's matrices as :class:`~.kernels.quantize.Quantized`)."""
         params = self._parameters
+        if self.quantized:
+            return self._quantized_weights()
         weights = []
         for group in self._groups:  # (positionally: a call's hot path)
             values = [None] * len(Weights._fields)
@@ -172,6 +176,59 @@ class RecurrentBase(Module):
                 values[_FIELD_INDEX[field]] = params[name].data
             weights.append(Weights._make(values))
         return weights
+
+    # -- low-precision inference (fastrnn.quantize) --
+
+    quantized = None  # "int8" or "bfloat16" once quantized (fastrnn.quantize)
+
+    def _quantize(self, fmt):
+        """Hold ``w_ih``, ``w_hh`` (and ``w_hr``) in the low-precision format ``fmt`` from
+        now on, as buffers of the same names (int8's scales as ``<name>_scale``): what
+        :func:`fastrnn.quantize` does to each recurrent layer of its copy."""
+        who = type(self).__name__
+        if self.quantized:
+            raise ValueError(f"{who}: already quantized ({self.quantized})")
+        if self.dtype != np.float32:
+            raise TypeError(f"{who}: quantize a float32 layer (this one is {self.dtype}); "
+                            "convert it with .float() first")
+        if dispatch.array_module(*(p.data for p in self._parameters.values())) is not np:
+            raise ValueError(f"{who}: quantized layers run on the CPU; move the layer with "
+                             ".to('cpu') first")
+        for group in self._groups:
+            for field in QUANTIZED_FIELDS:
+                if field in group:
+                    name = group[field]
+                    q = quantize(self._parameters.pop(name).data, fmt, name)
+                    self.register_buffer(name, q.values)
+                    if q.scale is not None:
+                        self.register_buffer(name + "_scale", q.scale)
+        self.quantized = fmt
+        self._guard = BackwardGuard()
+
+    def _quantized_weights(self):
+        params, buffers, fmt = self._parameters, self._buffers, self.quantized
+        weights = []
+        for group in self._groups:
+            values = {}
+            for field, name in group.items():
+                if field in QUANTIZED_FIELDS:
+                    values[field] = Quantized(buffers[name], buffers.get(name + "_scale"), fmt)
+                else:
+                    values[field] = params[name].data
+            weights.append(Weights(**values))
+        return weights
+
+    def _inference_only(self):
+        """A clear error for training a quantized layer."""
+        raise RuntimeError(f"{type(self).__name__}: a quantized ({self.quantized}) layer runs "
+                           "inference only; call .eval() (training and backward need the "
+                           "float32 layer)")
+
+    def _check_to(self, device, dtype):
+        if self.quantized and (device == "gpu" or (dtype is not None and dtype != np.float32)):
+            raise ValueError(f"{type(self).__name__}: a quantized ({self.quantized}) layer "
+                             "runs float32 on the CPU; to() cannot move it to the GPU or "
+                             "change its dtype")
 
     def _accumulate(self, grads):
         """Add :func:`fastrnn.functional.rnn_backward`'s weight gradients to the
@@ -182,6 +239,8 @@ class RecurrentBase(Module):
                 params[name].accumulate(getattr(g, field))
 
     def _param_module(self):
+        if self.quantized:  # (it may have no parameters left; it runs on the CPU)
+            return np
         return dispatch.array_module(next(iter(self._parameters.values())).data)
 
     def _check_input(self, x, xp, ranks=(2, 3)):
@@ -226,6 +285,8 @@ class RecurrentBase(Module):
             s += ", layer_norm=True"
         if self.zoneout:
             s += f", zoneout={self.zoneout}"
+        if self.quantized:
+            s += f", quantized={self.quantized!r}"
         return s + f", dtype={self.dtype}"
 
     def __repr__(self):

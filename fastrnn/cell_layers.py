@@ -38,6 +38,8 @@ class _StepCell(RecurrentBase):
         return s.reshape(1, 1, -1) if x.ndim == 1 else s[None]
 
     def _step(self, x, h, c, names):
+        if self.quantized and self.training:
+            self._inference_only()
         xp = self._param_module()
         self._check_input(x, xp, ranks=(1, 2))
         h0, c0 = self._state(names[0], h, x), self._state(names[1], c, x)
@@ -71,6 +73,8 @@ class _StepCell(RecurrentBase):
         return last.h[None], None if last.c is None else last.c[None]
 
     def _step_backward(self, grad_h, grad_c):
+        if self.quantized:
+            self._inference_only()
         who = type(self).__name__
         if not self._stack:
             if self._last_eval:

@@ -138,12 +138,12 @@ def load(path, objects):
 
 
 def _check_module(name, module, state):
-    params = dict(module.named_parameters())
-    missing = sorted(set(params) - set(state))
-    extra = sorted(set(state) - set(params))
+    arrays = dict(module._named_state())
+    missing = sorted(set(arrays) - set(state))
+    extra = sorted(set(state) - set(arrays))
     if missing or extra:
         raise KeyError(f"load: {name!r}: missing {missing}, unexpected {extra}")
-    for key, p in params.items():
-        if state[key].shape != tuple(p.shape):
-            raise ValueError(f"load: {name}/{key}: expected shape {tuple(p.shape)}, got "
+    for key, a in arrays.items():
+        if state[key].shape != tuple(a.shape):
+            raise ValueError(f"load: {name}/{key}: expected shape {tuple(a.shape)}, got "
                              f"{state[key].shape}")

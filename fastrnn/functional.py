@@ -15,6 +15,7 @@ from ._checks import check_array, check_lengths, probability
 from .kernels.cells import get_cell
 from .kernels.contract import Sequence, State, Weights, weight_fields, weight_shapes
 from .kernels.fingerprint import fingerprint
+from .kernels.quantize import Quantized, is_quantized
 
 
 class WeightChangedError(RuntimeError):
@@ -64,6 +65,8 @@ def _check_weights(weights, spec, D, I, dtype):
         check_array("weights[0].w_hr", first.w_hr, 2, None)
         H = first.w_hr.shape[1]
     P = first.w_hr.shape[0] if projection else 0
+    if is_quantized(first) and dtype != np.float32:
+        raise TypeError(f"x: quantized weights run float32 inputs, got dtype {dtype}")
     if projection and not 0 < P < H:
         raise ValueError(f"weights[0].w_hr: expected a projection [P,H] with 0 < P < H={H}, "
                          f"got shape {tuple(first.w_hr.shape)}")
@@ -80,8 +83,30 @@ def _check_weights(weights, spec, D, I, dtype):
                              f"(b_ih and b_hh both arrays or both None), got {got}")
         shapes = weight_shapes(spec.name, I if k < D else D * (P or H), H, P)
         for name, a in w.present().items():
+            if isinstance(a, Quantized):  # (its values are checked when it is made)
+                if a.shape != shapes[name]:
+                    raise ValueError(f"weights[{k}].{name}: expected shape {shapes[name]}, "
+                                     f"got {a.shape}")
+                continue
             check_array(f"weights[{k}].{name}", a, len(shapes[name]), dtype, shapes[name])
     return H, P
+
+
+def _arrays(w):
+    """The arrays of a :class:`Weights` (a quantized matrix's values for it)."""
+    return [a.values if isinstance(a, Quantized) else a for a in w if a is not None]
+
+
+def _check_inference(weights, training, save, backend_name):
+    """Quantized weights run inference only, on the numpy and cpu backends."""
+    if not any(is_quantized(w) for w in weights):
+        return
+    if training or save:
+        raise ValueError("weights: quantized weights run inference only; call with "
+                         "training=False and save=False (a quantized layer: .eval())")
+    if backend_name not in ("numpy", "cpu"):
+        raise ValueError(f"weights: quantized weights run on the numpy and cpu backends, "
+                         f"not on {backend_name!r}")
 
 
 def _check_states(spec, h0, c0, dtype, h_shape, c_shape):
@@ -169,12 +194,13 @@ def rnn(cell, x, weights, h0=None, c0=None, *, num_layers=1, bidirectional=False
     if L < 1:
         raise ValueError(f"num_layers: expected an integer >= 1, got {num_layers}")
     _check_weight_list(weights, L, D)
-    xp = dispatch.array_module(x, h0, c0, *[a for w in weights for a in w if a is not None],
+    xp = dispatch.array_module(x, h0, c0, *[a for w in weights for a in _arrays(w)],
                                names=lambda: ["x", "h0", "c0"] + [
                                    f"weights[{k}].{name}" for k, w in enumerate(weights)
                                    for name in w.present()])
     name, kernel = dispatch.resolve(backend, xp)
     H, P = _check_weights(weights, spec, D, I, dtype)
+    _check_inference(weights, training, save, name)
     S = P or H  # the state's size
     _check_states(spec, h0, c0, dtype, (L * D, B, S), (L * D, B, H))
     dropout, zoneout = probability("dropout", dropout), probability("zoneout", zoneout)

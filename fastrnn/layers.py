@@ -39,6 +39,8 @@ class _Sequence(RecurrentBase):
         return s[:, None, :] if unbatched else s
 
     def _run(self, x, h0, c0, lengths):
+        if self.quantized and self.training:
+            self._inference_only()
         xp = self._param_module()
         self._check_input(x, xp)
         unbatched = x.ndim == 2
@@ -63,6 +65,8 @@ class _Sequence(RecurrentBase):
         return out, h_n, c_n
 
     def _run_backward(self, grad_output, grad_h_n, grad_c_n):
+        if self.quantized:
+            self._inference_only()
         saved = self._guard.peek(type(self).__name__)
         unbatched = saved["unbatched"]
         check_array("grad_output", grad_output, len(saved["shape"]), self.dtype,

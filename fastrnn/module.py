@@ -57,13 +57,15 @@ class Module:
 
     def __init__(self):
         self._parameters = OrderedDict()
+        self._buffers = OrderedDict()
         self._modules = OrderedDict()
         self.training = True
 
     def __getattr__(self, name):
-        """Parameters and child modules by name (``lstm.weight_hh_l0``), as in PyTorch."""
+        """Parameters, buffers and child modules by name (``lstm.weight_hh_l0``), as in
+        PyTorch."""
         d = self.__dict__
-        for store in ("_parameters", "_modules"):
+        for store in ("_parameters", "_buffers", "_modules"):
             if store in d and name in d[store]:
                 return d[store][name]
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
@@ -72,6 +74,30 @@ class Module:
         p = Parameter(data)
         self._parameters[name] = p
         return p
+
+    def register_buffer(self, name, data):
+        """An array that is part of the module's state (``state_dict``, save and load) but
+        not trained, as in PyTorch: a quantized layer's low-precision weights. It keeps its
+        dtype: ``to(dtype)`` does not convert it, ``load_state_dict`` takes exactly it."""
+        self._buffers[name] = data
+        return data
+
+    def named_buffers(self, prefix=""):
+        """Yield ``(name, array)`` pairs of every buffer, this module's and its children's."""
+        for name, b in self.__dict__.get("_buffers", {}).items():
+            yield prefix + name, b
+        for child_name, child in self._modules.items():
+            yield from child.named_buffers(f"{prefix}{child_name}.")
+
+    def _named_state(self, prefix=""):
+        """``(name, array)`` of everything :meth:`state_dict` holds (without copies): each
+        module's parameters, then its buffers, then its children's."""
+        for name, p in self._parameters.items():
+            yield prefix + name, p.data
+        for name, b in self.__dict__.get("_buffers", {}).items():
+            yield prefix + name, b
+        for child_name, child in self._modules.items():
+            yield from child._named_state(f"{prefix}{child_name}.")
 
     def add_module(self, name, module):
         self._modules[name] = module
@@ -133,6 +159,8 @@ class Module:
             raise ValueError(f"device: expected 'cpu' or 'gpu', got {device!r}")
         if dtype is not None:
             dtype = float_dtype(dtype)
+        for m in self.modules():
+            m._check_to(device, dtype)
         xp = None if device is None else dispatch.array_module_for(
             "gpu" if device == "gpu" else "numpy")
 
@@ -148,6 +176,10 @@ class Module:
         for p in self.parameters():
             p.data, p.grad = move(p.data), move(p.grad)
         for m in self.modules():
+            buffers = m.__dict__.get("_buffers", {})
+            for name, b in buffers.items():  # (moved, never converted)
+                buffers[name] = b if device is None else xp.asarray(b) if device == "gpu" \
+                    else b.get() if dispatch.is_cupy_array(b) else b
             m._after_to(device, xp, dtype)
         return self
 
@@ -158,6 +190,10 @@ class Module:
     def float(self):
         """Convert parameters and gradients to float32 (``to(np.float32)``)."""
         return self.to(dtype=np.float32)
+
+    def _check_to(self, device, dtype):
+        """Refuse a :meth:`to` this module cannot follow (before anything moves); ``device``
+        and ``dtype`` may be None. Default: any."""
 
     def _after_to(self, device, xp, dtype):
         """Bring this module's own settings in line after :meth:`to` moved (``device``,
@@ -179,8 +215,8 @@ class Module:
         return {}
 
     def state_dict(self):
-        """An ordered mapping of parameter names to copies of their arrays."""
-        return OrderedDict((name, p.data.copy()) for name, p in self.named_parameters())
+        """An ordered mapping of parameter and buffer names to copies of their arrays."""
+        return OrderedDict((name, a.copy()) for name, a in self._named_state())
 
     def load_state_dict(self, state, strict=True):
         """Load parameters from any mapping of names to array-likes.
@@ -195,27 +231,44 @@ class Module:
         missing_keys, unexpected_keys)``, as PyTorch does.
         """
         params = OrderedDict(self.named_parameters())
-        missing = [k for k in params if k not in state]
-        extra = [k for k in state if k not in params]
+        buffers = OrderedDict(self.named_buffers())
+        names = list(params) + list(buffers)
+        missing = [k for k in names if k not in state]
+        extra = [k for k in state if k not in params and k not in buffers]
         if strict and (missing or extra):
             raise KeyError(f"load_state_dict: missing keys {missing}, unexpected keys {extra}")
         staged = {}
-        for name, p in params.items():
+        for name in names:
             if name not in state:
                 continue
             value = state[name]
             if dispatch.is_cupy_array(value):
                 value = value.get()
             value = np.asarray(value)
-            if not np.issubdtype(value.dtype, np.floating):
+            old = params[name].data if name in params else buffers[name]
+            if name in buffers and value.dtype != old.dtype:
+                raise TypeError(f"load_state_dict: {name!r}: expected dtype {old.dtype} (a "
+                                f"buffer keeps its dtype), got {value.dtype}")
+            if not np.issubdtype(value.dtype, np.floating) and name in params:
                 raise TypeError(f"load_state_dict: {name!r}: expected real floating values, "
                                 f"got dtype {value.dtype}")
-            if value.shape != tuple(p.shape):
+            if value.shape != tuple(old.shape):
                 raise ValueError(f"load_state_dict: {name!r}: expected shape "
-                                 f"{tuple(p.shape)}, got {value.shape}")
-            staged[name] = value.astype(p.dtype)
+                                 f"{tuple(old.shape)}, got {value.shape}")
+            staged[name] = value.astype(old.dtype)
         for name, value in staged.items():
-            p = params[name]
-            xp = dispatch.array_module(p.data)
-            p.data = xp.asarray(value)
+            if name in params:
+                p = params[name]
+                p.data = dispatch.array_module(p.data).asarray(value)
+            else:
+                module, key = self._owner(name)
+                module._buffers[key] = dispatch.array_module(buffers[name]).asarray(value)
         return IncompatibleKeys(missing, extra)
+
+    def _owner(self, name):
+        """``(module, key)`` of a dotted state name (``"0.weight_hh_l0"``)."""
+        module = self
+        *path, key = name.split(".")
+        for part in path:
+            module = module._modules[part]
+        return module, key

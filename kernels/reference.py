@@ -18,6 +18,7 @@ import numpy as np
 
 from .cells import get_cell
 from .contract import LN_EPS, Sequence, State, Weights
+from .quantize import dequantized, is_quantized
 
 
 def _quiet(fn):
@@ -171,10 +172,15 @@ def forward(cell, x, state, weights, seq=Sequence(), training=True, zoneout=None
     (``peepholes`` for ``lstm_peephole``, ``w_hr`` for a projected LSTM, the LayerNorm
     gains of a layer-normalised cell); ``seq``: ``Sequence(lengths, reverse)``;
     ``zoneout [T,B,S]``: each step's zoneout factors, or None. Returns ``y [T,B,S]``,
-    ``State(h_n, c_n)`` and :class:`Saved` (None unless ``training``).
+    ``State(h_n, c_n)`` and :class:`Saved` (None unless ``training``). Quantized weights
+    (:mod:`.quantize`, inference only) run as the float32 weights they stand for.
     """
     spec = get_cell(cell)
     w = weights
+    if is_quantized(w):
+        if training:
+            raise ValueError("weights: quantized weights run inference only (training=False)")
+        w = dequantized(w)
     T, B, _ = x.shape
     H = w.w_hh.shape[0] // spec.gates
     S = w.w_hh.shape[1]  # the state's size: H, or P with a projection

@@ -16,9 +16,10 @@ fullgraph=True)`` works. This module imports torch; nothing else in fastrnn does
 import torch
 
 from ._modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
+from ._quantized import Quantized, quantize
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "convert",
-           "SAFE_GLOBALS"]
+           "SAFE_GLOBALS", "quantize", "Quantized"]
 
 # Dynamo refuses to trace any torch.nn.RNN/LSTM/GRU instance unless told it may (its own
 # modules run one opaque kernel); fastrnn's are made of custom ops with fake implementations

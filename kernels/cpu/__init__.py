@@ -24,6 +24,7 @@ from ..cells import get_cell
 from ..contract import Sequence as _Seq
 from ..contract import State, Weights
 from ..gate_grads import input_and_weight_grads
+from ..quantize import Quantized, dequantized, is_quantized
 from ._affinity import plan as _pin_plan
 from ._affinity import pinned, usable_cpus
 from ._alloc import empty
@@ -35,8 +36,9 @@ from ._blas import ONE_THREAD_GEMM, matmul, single_threaded_blas
 from ._caches import L2_BYTES
 from ._fork import child_safe
 from ._fpu import flush_denormals, restore
-from ._gemm import pack, pack_blocks, pack_column_blocks, panel_width
+from ._gemm import VECTOR_LANES32, pack, pack_blocks, pack_column_blocks, panel_width
 from ._jit import CACHE, num_threads
+from ._lowp import project
 from ._jit import start as wait_settings
 from ._loops import backward_loop, forward_loop
 from ._math import CELL_IDS
@@ -203,6 +205,11 @@ def _unit_split(T, B, GH, H, itemsize=4):
     large = B <= _SPLIT_LARGE_MAX_BATCH and GH * H * itemsize >= _SPLIT_LARGE_BYTES
     if not (small or large) or threads < 2 or not enough:
         return None
+    return _unit_bounds(H, threads)
+
+
+def _unit_bounds(H, threads):
+    """``units [threads+1]``: ``H`` units in balanced blocks starting on whole vectors."""
     bounds = [_UNIT_ALIGN * round(H * k / threads / _UNIT_ALIGN) for k in range(threads)]
     return np.asarray(bounds + [H], dtype=np.int64)
 
@@ -295,8 +302,13 @@ def _all_writable(group):
 @child_safe
 def forward(cell, x, state, weights, seq=_SEQUENCE, training=True, zoneout=None):
     """Kernel contract forward (:mod:`fastrnn.kernels.contract`); arrays are NumPy, of
-    ``x``'s dtype."""
+    ``x``'s dtype. Quantized weights (inference only): see :func:`_forward_quantized`."""
     _fresh_cache()
+    if is_quantized(weights):
+        if training:
+            raise ValueError("weights: quantized weights run inference only (training=False)")
+        return _forward_quantized(cell, _writable(x), _all_writable(state), weights, seq,
+                                  zoneout)
     x, w, state = _writable(x), _all_writable(weights), _all_writable(state)
     if w.ln_ih is not None or zoneout is not None:  # (a step's whole row: _norm)
         return _normed(_norm.forward, x.shape, w.w_hh.shape, cell, x, state, w, seq,
@@ -457,6 +469,79 @@ def _forward_step(cell, x, state, w, seq, training, threads):
     return y, state_n, keep
 
 
+# Quantized inference reads the low-precision w_hh in the unit-split loops (a step's
+# product by the row-dot kernel, widening each vector of weights as it loads it) for
+# batches up to this many rows, where a step is bound by reading the weights; larger
+# batches are bound by the products' arithmetic, which float32 GEMMs on the weights read
+# back once per call do faster (docs/performance-notes.md, "Quantized inference").
+_QUANTIZED_MAX_BATCH = 16
+
+
+def _fused_quantized(cell, w, T, B, H, S):
+    """Whether a quantized call runs the low-precision unit-split loop: the cells that loop
+    runs, without LayerNorm or zoneout, at most :data:`_QUANTIZED_MAX_BATCH` rows, the
+    recurrent weights quantized and rows a whole number of vectors (else the float32 path
+    on the weights read back)."""
+    return (isinstance(w.w_hh, Quantized) and w.ln_ih is None and w.w_hr is None
+            and not get_cell(cell).reset_before and B <= _QUANTIZED_MAX_BATCH
+            and S % VECTOR_LANES32 == 0 and T * B > 0)
+
+
+def _values_and_scale(w, dt):
+    """A weight matrix as the quantized loops take it: its values (int8, bfloat16's
+    ``uint16`` or float) and int8's row scales (else empty)."""
+    if not isinstance(w, Quantized):
+        return np.ascontiguousarray(w), np.empty(0, dt)
+    return w.values, np.empty(0, dt) if w.scale is None else w.scale
+
+
+def _forward_quantized(cell, x, state, w, seq, zoneout):
+    """Inference on quantized weights (:mod:`fastrnn.kernels.quantize`): the results of the
+    float32 layer with the weights read back, computed by the low-precision unit-split loop
+    (:func:`_fused_quantized`), or else by the float32 kernels on the weights read back for
+    the call."""
+    (T, B, I), (GH, S) = x.shape, w.w_hh.shape
+    spec = get_cell(cell)
+    H = GH // spec.gates
+    if zoneout is not None or not _fused_quantized(cell, w, T, B, H, S):
+        return forward(cell, x, state, dequantized(w), seq, False, zoneout)
+    threads = min(_threads_for(x.shape, w.w_hh.shape), usable_cpus(), H // _UNIT_ALIGN)
+    units = _unit_bounds(H, threads) if threads > 1 else np.asarray([0, H], np.int64)
+    threads = units.size - 1
+    dt = x.dtype
+    fpu = flush_denormals()
+    try:
+        with single_threaded_blas(), _at_most(threads), pinned(threads):
+            xg = empty((T, B, GH), dt)
+            x2 = np.ascontiguousarray(x).reshape(T * B, I)
+            w_ih, w_ih_scale = _values_and_scale(w.w_ih, dt)
+            if threads == 1:  # (else each thread projects for its units in the loop)
+                project(x2, w_ih, w_ih_scale, xg.reshape(T * B, GH))
+            bias = _biases(w.b_ih, w.b_hh, w.peepholes, GH, dt)
+            lens = _sequence(seq, B, T)
+            y, c_n = empty((T, B, H), dt), np.empty((B, H), dt)
+            c_n[...] = state.c if spec.has_cell_state else 0
+            hbuf = np.empty((2, B, H), dt)
+            hbuf[0] = state.h
+            saved = Saved(empty((1, B, GH), dt), empty((1, B, H), dt), empty((1, B, H), dt),
+                          empty((1, B, H), dt))
+            w_hh, w_hh_scale = _values_and_scale(w.w_hh, dt)
+            weights = UnitWeights(w_hh, np.empty((0, 1, 1), dt), np.zeros(1, np.int64),
+                                  w_hh_scale)
+            hg = np.empty((B, GH), dt)
+            if threads == 1:
+                forward_loop_serial(CELL_IDS[spec.name], xg, weights, bias, hbuf, c_n, hg,
+                                    lens, units, y, saved)
+            else:
+                proj = Projection(xg, x2, w_ih, _UNIT_PROJECTION_STEPS, w_ih_scale)
+                forward_loop_split(CELL_IDS[spec.name], proj, weights, bias, hbuf, c_n, hg,
+                                   lens, units, np.zeros(3, np.int64), y, saved)
+            h_n = hbuf[T % 2].copy()
+    finally:
+        restore(fpu)
+    return y, State(h_n, c_n if spec.has_cell_state else None), None
+
+
 def _forward(cell, x, state, w, seq, training, plan):
     spec = get_cell(cell)
     w_ih, w_hh, w_hr = w.w_ih, w.w_hh, w.w_hr
@@ -496,7 +581,8 @@ def _forward(cell, x, state, w, seq, training, plan):
             wp = pack(w_hh, transpose=True)
             gate_at, second = (0, H, 2 * H, 3 * H), wp.shape[0]
         wr = pack(w_hr, transpose=True) if w_hr is not None else np.empty((0, 1, 1), dt)
-        proj = Projection(xg, x_steps, wx, _projection_steps(B, chunks.size - 1))
+        proj = Projection(xg, x_steps, wx, _projection_steps(B, chunks.size - 1),
+                          np.empty(0, dt))
         forward_loop(CELL_IDS[spec.name], proj, wp, gate_at, second, bias,
                      np.ascontiguousarray(state.h), np.ascontiguousarray(c0_), lens, chunks,
                      Outputs(y, h_n, c_n), saved, wr)
@@ -512,13 +598,14 @@ def _forward(cell, x, state, w, seq, training, plan):
             wp, starts = pack_blocks(w_hh, [(g * H + units[q], g * H + units[q + 1])
                                             for q in range(units.size - 1) for g in range(G)])
             hg = np.empty((B, starts[-1] * panel_width(dt)), dt)
-        weights = UnitWeights(np.ascontiguousarray(w_hh), wp, starts)
+        weights = UnitWeights(np.ascontiguousarray(w_hh), wp, starts, np.empty(0, dt))
         if plan.threads == 1:
             forward_loop_serial(CELL_IDS[spec.name], xg, weights, bias, hbuf, c_n, hg, lens,
                                 units, y, saved)
         else:
             per = _UNIT_PROJECTION_STEPS if projection == "units" else 0
-            forward_loop_split(CELL_IDS[spec.name], Projection(xg, x2, w_ih2, per), weights,
+            forward_loop_split(CELL_IDS[spec.name],
+                               Projection(xg, x2, w_ih2, per, np.empty(0, dt)), weights,
                                bias, hbuf, c_n, hg, lens, units, np.zeros(3, np.int64), y,
                                saved)
         h_n[...] = hbuf[T % 2]
@@ -569,7 +656,8 @@ def _backward(cell, saved, dy, dstate_n, units):
             dhp = np.empty((B, starts[-1] * panel_width(dt)), dt)
         backward_loop_split(CELL_IDS[spec.name],
                             UnitWeights(np.empty((0, H), dt) if blas_dh
-                                        else np.ascontiguousarray(w_hh), wp, starts),
+                                        else np.ascontiguousarray(w_hh), wp, starts,
+                                        np.empty(0, dt)),
                             np.ascontiguousarray(dy), grads.dh0, grads.dc0, saved.c0,
                             saved.seq, units, np.zeros(3, np.int64), kept, grads, dhp,
                             direct, saved.peep)

@@ -37,10 +37,13 @@ Plan = namedtuple("Plan", "threads units projection")
 
 # The input projection: xg [T,B,G*H] (without bias), x the input and w its weights, per
 # the steps a product covers. The batch-split loop computes xg itself when xg is empty (x
-# [T,B,I], w = w_ih.T packed); the unit-split loop when per > 0 (x [T*B,I], w = w_ih).
-Projection = namedtuple("Projection", "xg x w per")
+# [T,B,I], w = w_ih.T packed); the unit-split loop when per > 0 (x [T*B,I], w = w_ih, or
+# its int8 or bfloat16 values with, for int8, its row scales in scale; else empty)
+Projection = namedtuple("Projection", "xg x w per scale")
 
 # The recurrent weights of the unit-split loops: w_hh [G*H,H] as it is (read when packed is
 # empty), or packed: unit block q's gate g in the panels from starts[q*G + g]
-# (forward), or unit block q's columns from starts[q] (backward)
-UnitWeights = namedtuple("UnitWeights", "w_hh packed starts")
+# (forward), or unit block q's columns from starts[q] (backward). Quantized inference
+# passes w_hh's int8 or bfloat16 values (kernels/quantize.py) as it is, and for int8 its
+# scale [G*H] (each row's); scale is empty otherwise
+UnitWeights = namedtuple("UnitWeights", "w_hh packed starts scale")

@@ -22,7 +22,7 @@ from numba.extending import intrinsic
 
 from ._alloc import empty
 from ._jit import AVX512, jit
-from ._math import ROW0, matmul_nt
+from ._math import LOW_PRECISION, ROW0, matmul_nt, widen_ir
 
 _VECTOR_BYTES = 64 if AVX512 else 32
 # Rows per tile: its 2*MR accumulators, 2 weight vectors and 1 broadcast must fit in the
@@ -319,62 +319,100 @@ def _dots(rows, vecs=1):
     :][:K]``, ``K`` a multiple of the vector width. Full-width loads of each weight row
     (Numba's loops used half-width ones here), each weight vector used for every row of
     ``a`` (the product is bound by reading the weights), one accumulator per output, a tree
-    sum at the end."""
+    sum at the end.
+
+    Low-precision weights (kernels/quantize.py): int8 or bfloat16 (``uint16``) ``w`` with
+    float32 ``a`` widen each vector of weights to float32 as they load it; int8 ``w`` with
+    int16 ``a`` (activations quantized per row) multiply in integers, pairs of products
+    summed into 32-bit lanes (``vpmaddwd`` on x86: 16 multiply-adds an instruction, twice
+    float32's FMA), and write the float32 value of each sum."""
 
     @intrinsic
     def dots(typingctx, a, a_off, lda, w, w_off, ldw, out, o_off, ldo, K):
         if not all(isinstance(t, types.Array) for t in (a, w, out)):
             return None
-        if not (a.dtype == w.dtype == out.dtype and a.dtype in (types.float32,
-                                                                types.float64)):
+        integer = a.dtype == types.int16 and w.dtype == types.int8
+        if integer and out.dtype != types.float32:
+            return None
+        if not integer and not (a.dtype == out.dtype and a.dtype in (types.float32,
+                                                                     types.float64)):
+            return None
+        low = LOW_PRECISION.get(w.dtype)  # (int8 or bfloat16 weights of a float32 product)
+        if not integer and w.dtype != a.dtype and not (low and a.dtype == types.float32):
             return None
         sig = types.none(a, types.int64, types.int64, w, types.int64, types.int64, out,
                          types.int64, types.int64, types.int64)
 
         def codegen(context, builder, sig, args):
             a_v, a_off_v, lda_v, w_v, w_off_v, ldw_v, out_v, o_off_v, ldo_v, k_v = args
-            fty = context.get_value_type(sig.args[0].dtype)
-            single = sig.args[0].dtype == types.float32
-            lanes = _VECTOR_BYTES // (4 if single else 8)
-            vty = ir.VectorType(fty, lanes)
-            align = 4 if single else 8
-            i64 = ir.IntType(64)
+            i32, i64 = ir.IntType(32), ir.IntType(64)
+            ety = context.get_value_type(sig.args[0].dtype)
+            wty = context.get_value_type(sig.args[3].dtype)
+            if integer:  # 16 int16 lanes of a, sums in 8 int32 lanes
+                lanes, align = INT16_LANES, 2
+                acc_ty = ir.VectorType(i32, lanes // 2)
+            else:
+                single = sig.args[0].dtype == types.float32
+                lanes, align = _VECTOR_BYTES // (4 if single else 8), (4 if single else 8)
+                acc_ty = ir.VectorType(ety, lanes)
+                fma = cgutils.get_or_insert_function(
+                    builder.module, ir.FunctionType(acc_ty, [acc_ty] * 3),
+                    "llvm.fma.v%d%s" % (lanes, "f32" if single else "f64"))
+            vty = ir.VectorType(ety, lanes)
             pa = context.make_array(sig.args[0])(context, builder, a_v).data
             pw = context.make_array(sig.args[3])(context, builder, w_v).data
             po = context.make_array(sig.args[6])(context, builder, out_v).data
-            fma = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(vty, [vty, vty, vty]),
-                "llvm.fma.v%d%s" % (lanes, "f32" if single else "f64"))
-            zero = ir.Constant(vty, [ir.Constant(fty, 0.0)] * lanes)
+            zero = ir.Constant(acc_ty, [ir.Constant(acc_ty.element, 0)] * acc_ty.count)
             acc = [[cgutils.alloca_once_value(builder, zero) for _ in range(rows)]
                    for _ in range(vecs)]
             n_chunks = builder.udiv(k_v, ir.Constant(i64, lanes))
 
-            def vload(ptr, off):
-                return builder.load(builder.bitcast(builder.gep(ptr, [off]), vty.as_pointer()),
-                                    align=align)
+            def load(ptr, off, ty, alignment):
+                return builder.load(builder.bitcast(builder.gep(ptr, [off]), ty.as_pointer()),
+                                    align=alignment)
+
+            def wload(off):  # a vector of weights, as the products take them
+                if integer:
+                    raw = load(pw, off, ir.VectorType(wty, lanes), 1)
+                    return builder.sext(raw, vty)
+                if low is None:
+                    return load(pw, off, vty, align)
+                return widen_ir(builder, load(pw, off, ir.VectorType(wty, lanes), 1), low)
+
+            def mac(wv, av, total):
+                if not integer:
+                    return builder.call(fma, [wv, av, total])
+                wide = ir.VectorType(i32, lanes)  # products of pairs, summed (vpmaddwd)
+                p = builder.mul(builder.sext(wv, wide), builder.sext(av, wide))
+                half = ir.VectorType(i32, lanes // 2)
+                even, odd = (ir.Constant(half, list(range(j, lanes, 2))) for j in (0, 1))
+                pairs = builder.add(builder.shuffle_vector(p, p, even),
+                                    builder.shuffle_vector(p, p, odd))
+                return builder.add(total, pairs)
+
             with cgutils.for_range(builder, n_chunks) as loop:
                 k = builder.mul(loop.index, ir.Constant(i64, lanes))
-                avs = [vload(pa, builder.add(builder.add(a_off_v, builder.mul(
-                    ir.Constant(i64, v), lda_v)), k)) for v in range(vecs)]
+                avs = [load(pa, builder.add(builder.add(a_off_v, builder.mul(
+                    ir.Constant(i64, v), lda_v)), k), vty, align) for v in range(vecs)]
                 for r in range(rows):
                     row = builder.add(w_off_v, builder.mul(ir.Constant(i64, r), ldw_v))
-                    wv = vload(pw, builder.add(row, k))
+                    wv = wload(builder.add(row, k))
                     for v in range(vecs):
-                        builder.store(builder.call(fma, [wv, avs[v], builder.load(acc[v][r])]),
-                                      acc[v][r])
+                        builder.store(mac(wv, avs[v], builder.load(acc[v][r])), acc[v][r])
             for v in range(vecs):
                 o_row = builder.add(o_off_v, builder.mul(ir.Constant(i64, v), ldo_v))
                 for r in range(rows):
                     s = builder.load(acc[v][r])
-                    width = lanes
+                    width = acc_ty.count
                     while width > 1:  # tree sum: add the upper half onto the lower
                         width //= 2
                         hi = builder.shuffle_vector(s, s, ir.Constant(
-                            ir.VectorType(ir.IntType(32), lanes),
-                            [width + i if i < width else i for i in range(lanes)]))
-                        s = builder.fadd(s, hi)
-                    total = builder.extract_element(s, ir.Constant(ir.IntType(32), 0))
+                            ir.VectorType(i32, acc_ty.count),
+                            [width + i if i < width else i for i in range(acc_ty.count)]))
+                        s = builder.add(s, hi) if integer else builder.fadd(s, hi)
+                    total = builder.extract_element(s, ir.Constant(i32, 0))
+                    if integer:
+                        total = builder.sitofp(total, ir.FloatType())
                     builder.store(total, builder.gep(po, [builder.add(o_row,
                                                                       ir.Constant(i64, r))]))
             return context.get_dummy_value()
@@ -382,10 +420,11 @@ def _dots(rows, vecs=1):
     return dots
 
 
-_d1, _d4 = _dots(1), _dots(4)
+_d1, _d4, _d8 = _dots(1), _dots(4), _dots(8)
 _d4x2, _d4x4 = _dots(4, 2), _dots(4, 4)
 _d1x2, _d1x4 = _dots(1, 2), _dots(1, 4)
 VECTOR_LANES32 = _VECTOR_BYTES // 4
+INT16_LANES = 16  # int16 activations a vector of the integer products (256 bits)
 # Rows of ``a`` per pass over the weights in :func:`matvec`: four weight rows times 4 rows
 # of ``a`` keep 16 accumulators, 4 weight vectors and a row vector in registers, which fits
 # AVX-512's 32 but not AVX2's 16 (2 rows: 13).
@@ -422,7 +461,8 @@ def matvec(a, r0, r1, w, j0, j1, out, back=False):
     :func:`gemm_panels` does, so that a step starts on the rows the previous one read
     last, still in cache)."""
     K = w.shape[1]
-    lanes = VECTOR_LANES32 if w.itemsize == 4 else VECTOR_LANES32 // 2
+    lanes = (VECTOR_LANES32 if a.itemsize == 4 else VECTOR_LANES32 // 2 if a.itemsize == 8
+             else INT16_LANES)
     if K % lanes != 0:
         matmul_nt(a, r0, r1, w, j0, j1, out)
         return
@@ -440,16 +480,20 @@ def matvec(a, r0, r1, w, j0, j1, out, back=False):
 def _dot_rows(a, a_off, lda, w, j0, j1, ldw, out, o_off, ldo, K, vecs, back):
     """``vecs`` (1, 2 or 4) rows of :func:`matvec`'s product, weight rows four at a time
     (from ``j0``, or from the last group of four when ``back``), then the rest one by one."""
-    groups = (j1 - j0) // 4
+    size = 8 if vecs == 1 else 4  # (one row of a: eight accumulators hide FMA latency)
+    groups = (j1 - j0) // size
     for i in range(groups):
-        j = j0 + 4 * (groups - 1 - i if back else i)
+        j = j0 + size * (groups - 1 - i if back else i)
         if vecs == 4:
             _d4x4(a, a_off, lda, w, j * ldw, ldw, out, o_off + j, ldo, K)
         elif vecs == 2:
             _d4x2(a, a_off, lda, w, j * ldw, ldw, out, o_off + j, ldo, K)
         else:
-            _d4(a, a_off, lda, w, j * ldw, ldw, out, o_off + j, ldo, K)
-    j = j0 + 4 * groups
+            _d8(a, a_off, lda, w, j * ldw, ldw, out, o_off + j, ldo, K)
+    j = j0 + size * groups
+    if vecs == 1 and j + 4 <= j1:
+        _d4(a, a_off, lda, w, j * ldw, ldw, out, o_off + j, ldo, K)
+        j += 4
     while j < j1:
         if vecs == 4:
             _d1x4(a, a_off, lda, w, j * ldw, ldw, out, o_off + j, ldo, K)

@@ -38,7 +38,7 @@ def forward_loop(cell, proj, w_packed, gate_at, second, bias, h0, c0, seq, chunk
     when ``xg`` is empty, computed in the loop from ``x`` and ``w_packed`` (``w_ih.T``
     packed) for the thread's own rows, where it never leaves the core's cache: one product
     every ``per`` steps, over those steps' rows copied together."""
-    xg, x, wx_packed, per = proj
+    xg, x, wx_packed, per, _ = proj
     y, h_n, c_n = out
     lengths, reverse = seq
     T, B, S = y.shape  # S: the state's size (H, or the projection's)

@@ -26,6 +26,7 @@ from ._cells import backward_step, forward_step
 from ._fpu import flush_denormals, restore
 from ._gemm import gemm_panels, matvec, vecmat
 from ._jit import jit
+from ._lowp import product_input, scaled_product
 from ._math import GRU, ROW0, copy, has_cell_state
 from ._sync import PARALLEL, barrier, start
 
@@ -39,7 +40,8 @@ def _units_step(cell, t, ts, q, u0, u1, xg, weights, bias, cur, nxt, c, hg, leng
     write ``nxt``. The recurrent products come from :func:`._gemm.matvec` on
     ``weights.w_hh`` when ``weights.packed`` is empty (columns as in ``w_hh``), else from
     the panels of block ``q``; when ``weights.w_hh`` has no rows, ``hg [B,G*H]`` already
-    holds them (a one-step call)."""
+    holds them (a one-step call). Unpacked ``w_hh`` may hold int8 or bfloat16 values
+    (quantized inference, :class:`.UnitWeights`)."""
     B = hg.shape[0]
     H = cur.shape[1]
     G = xg.shape[2] // H
@@ -50,9 +52,11 @@ def _units_step(cell, t, ts, q, u0, u1, xg, weights, bias, cur, nxt, c, hg, leng
         gate_at = (u0, H + u0, 2 * H + u0, 3 * H + u0)
     elif wp.shape[0] == 0:
         back = t % 2 == 1  # alternate: start on the weights the last step read last
+        act, act_scale = product_input(cur, weights.w_hh)  # (float weights: cur)
         for i in range(G):
             g = G - 1 - i if back else i
-            matvec(cur, ROW0, B, weights.w_hh, g * H + u0, g * H + u1, hg, back)
+            scaled_product(act, act_scale, weights.w_hh, weights.scale, g * H + u0,
+                           g * H + u1, hg, back)
         gate_at = (u0, H + u0, 2 * H + u0, 3 * H + u0)
     else:
         gemm_panels(cur, ROW0, B, wp, starts[q * G], starts[q * G + G], hg, t)
@@ -85,8 +89,10 @@ def forward_loop_split(cell, proj, weights, bias, hbuf, c, hg, seq, units, sync,
     ``sync`` is a zeroed ``int64 [3]``. With ``proj.per > 0`` the loop computes ``proj.xg``
     itself: every ``per`` steps each thread projects the next ``per`` steps' rows of
     ``proj.x [T*B,I]`` onto its units' rows of ``proj.w = w_ih`` (:func:`._gemm.matvec`):
-    it reads only its own columns of ``xg``, so no barrier is needed for them."""
-    xg, x2, w_ih, per = proj
+    it reads only its own columns of ``xg``, so no barrier is needed for them. Quantized
+    weights (``proj.w``, ``weights.w_hh``: int8 or bfloat16 values, int8's row scales in
+    ``proj.scale``, ``weights.scale``) run inference the same way."""
+    xg, x2, w_ih, per, w_scale = proj
     lengths, reverse = seq
     T = xg.shape[0]
     B = hbuf.shape[1]
@@ -108,10 +114,12 @@ def forward_loop_split(cell, proj, weights, bias, hbuf, c, hg, seq, units, sync,
                 if per > 0 and s % per == 0:
                     n = min(per, T - s)
                     lo = T - s - n if reverse else s  # the steps' times are lo .. lo+n-1
+                    rows = x2[lo * B:(lo + n) * B]
+                    act, act_scale = product_input(rows, w_ih)  # (float weights: rows)
                     for q in range(q0, q1):
                         for g in range(G):
-                            matvec(x2, lo * B, (lo + n) * B, w_ih, g * H + units[q],
-                                   g * H + units[q + 1], xg2)
+                            scaled_product(act, act_scale, w_ih, w_scale, g * H + units[q],
+                                           g * H + units[q + 1], xg2[lo * B:(lo + n) * B])
                 for q in range(q0, q1):
                     _units_step(cell, t, ts, q, units[q], units[q + 1], xg, weights, bias,
                                 cur, nxt, c, hg, lengths, y, saved)
@@ -175,7 +183,7 @@ def forward_rows(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, peep, lengths, reverse
         copy(hbuf[0, b], h0[b])
         copy(c_n[b], c0[b])
     forward_loop_serial(cell, xg, UnitWeights(w_hh, np.empty((0, 1, 1), dt),
-                                              np.zeros(1, np.int64)),
+                                              np.zeros(1, np.int64), np.empty(0, dt)),
                         Biases(b_ih, b_hh, b_ih + b_hh, peep), hbuf, c_n, hg,
                         Sequence(lens, reverse), units, y, Saved(acts, h_prev, c_all, hn_all))
     for b in range(B):

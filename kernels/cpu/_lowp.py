@@ -1,0 +1,88 @@
+"""Quantized inference's per-step input to the recurrent product (kernels/quantize.py).
+
+int8 weights multiply a state quantized to int16 (one scale per row, :func:`quantize_rows`)
+in integers (:func:`._gemm.matvec`): twice the multiply-adds an instruction of float32
+FMAs, on weights a quarter of float32's size. bfloat16 weights (and float ones) multiply the
+float32 state as it is, widened as they load. :func:`product_input` gives each kind of
+weights its input, chosen when Numba compiles the loop for the weights' type.
+"""
+
+import numpy as np
+from numba import types
+from numba.extending import overload
+
+from ._gemm import matvec
+from ._jit import OPTIONS, jit
+from ._math import ROW0
+
+# The int16 state's largest magnitude: the state's error is at most half a step of its
+# row's max / 16383 (3e-5 relative), and a 32-bit lane of sums (two products of at most
+# 127 * 16383 each per 16 multiply-adds) holds rows of up to 8256 units without overflow.
+ACT_MAX = np.float32(2**14 - 1)
+MAX_UNITS = 8256
+ONE = np.float32(1)
+
+
+@jit()
+def quantize_rows(a, hq, hs):
+    """``hq [B,K]`` int16 and ``hs [B]``: row ``r`` of ``a [B,K]`` is about ``hq[r] *
+    hs[r]``, ``hs[r] = max |a[r]| / ACT_MAX`` (1 for a row of zeros), rounded to
+    nearest."""
+    B, K = a.shape
+    one = np.float32(1)
+    for r in range(B):
+        m = np.float32(0)
+        for k in range(K):
+            v = abs(a[r, k])
+            if v > m:
+                m = v
+        s = m / ACT_MAX if m > 0 else one
+        inv = one / s
+        for k in range(K):
+            hq[r, k] = np.int16(np.rint(a[r, k] * inv))
+        hs[r] = s
+
+
+def product_input(a, w):
+    """``(rows, row_scales)``: what the recurrent product of the state ``a [B,K]`` with
+    weights ``w`` multiplies - for int8 ``w`` and a float32 state, the state quantized to
+    int16 and each row's scale; otherwise ``a`` itself and no scales (empty)."""
+    raise NotImplementedError("product_input runs in compiled code only")
+
+
+@overload(product_input, jit_options=OPTIONS)
+def _product_input(a, w):
+    if isinstance(w, types.Array) and w.dtype == types.int8 and a.dtype == types.float32:
+        def quantized(a, w):
+            hq = np.empty(a.shape, np.int16)
+            hs = np.empty(a.shape[0], np.float32)
+            quantize_rows(a, hq, hs)
+            return hq, hs
+        return quantized
+
+    def as_it_is(a, w):
+        return a, np.empty(0, a.dtype)
+    return as_it_is
+
+
+@jit()
+def scaled_product(act, act_scale, w, scale, j0, j1, out, back=False):
+    """``out[r, j] = (act[r] @ w[j]) * act_scale[r] * scale[j]`` for every row ``r`` of
+    ``act`` and ``j0 <= j < j1`` (:func:`._gemm.matvec`; either scale empty for none):
+    the product of :func:`product_input`'s rows with weights ``w`` (``scale``: int8
+    weights' row scales)."""
+    matvec(act, ROW0, act.shape[0], w, j0, j1, out, back)
+    if scale.size > 0:
+        for r in range(act.shape[0]):
+            sr = act_scale[r] if act_scale.size > 0 else ONE
+            for j in range(j0, j1):
+                out[r, j] *= scale[j] * sr
+
+
+@jit()
+def project(x, w, scale, out):
+    """``out [N,M] = x [N,K] @ w.T`` for weights ``w [M,K]`` of any kind (``scale``: int8
+    weights' row scales, else empty): a quantized layer's input projection on one
+    thread."""
+    act, act_scale = product_input(x, w)
+    scaled_product(act, act_scale, w, scale, ROW0, w.shape[0], out)
