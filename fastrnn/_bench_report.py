@@ -55,24 +55,30 @@ def rows(results):
                         "max_ms": r["max_s"] * 1e3, "runs": r["runs"],
                         "vs_reference": r["speedup_vs_reference"],
                         "vs_peer": r["speedup_vs_peer"], "times_floor": r["times_floor"],
-                        "floor_ms": res["floor_s"] * 1e3})
+                        "floor_ms": res["floor_s"] * 1e3, "error": r.get("error")})
     return out
+
+
+def _fmt_error(e):
+    return "-" if e is None else f"{e:.1e}"
 
 
 def table(results):
     """A plain-text table for the terminal."""
-    head = (f"{'config':<6} {'thr':>3} {'contender':<15} {'median ms':>10} {'min':>9} "
-            f"{'max':>9} {'vs ref':>8} {'vs peer':>8} {'x floor':>8}")
+    head = (f"{'config':<6} {'thr':>3} {'contender':<17} {'median ms':>10} {'min':>9} "
+            f"{'max':>9} {'vs ref':>8} {'vs peer':>8} {'x floor':>8} {'error':>8}")
     from ._blas_info import describe
     lines = [describe(), head, "-" * len(head)]
     for r in rows(results):
-        lines.append(f"{r['config']:<6} {r['threads']:>3} {r['contender']:<15} "
+        lines.append(f"{r['config']:<6} {r['threads']:>3} {r['contender']:<17} "
                      f"{r['median_ms']:>10.3f} "
                      f"{r['min_ms']:>9.3f} {r['max_ms']:>9.3f} {_fmt_ratio(r['vs_reference']):>8}"
-                     f" {_fmt_ratio(r['vs_peer']):>8} {r['times_floor']:>7.1f}x")
+                     f" {_fmt_ratio(r['vs_peer']):>8} {r['times_floor']:>7.1f}x"
+                     f" {_fmt_error(r['error']):>8}")
     lines.append("vs ref, vs peer: the reference's and the fastest peer's median over this "
                  "row's (above 1: faster); x floor: this row's median over the time of its "
-                 "FLOPs at the measured GEMM rate")
+                 "FLOPs at the measured GEMM rate; error: max abs difference from the "
+                 "float32 reference over its max abs value (-int8, -bf16: quantized)")
     return "\n".join(lines)
 
 
@@ -87,14 +93,14 @@ def markdown(results):
         lines.append(f"GEMM rate for the floor: {g['flops_per_s'] / 1e9:.0f} GFLOP/s "
                      f"({g['what']})")
     lines += ["", "| config | shape | threads | contender | median ms | min | max | runs | "
-              "vs reference | vs peer | floor ms | x floor |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "vs reference | vs peer | floor ms | x floor | error |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows(results):
         lines.append(f"| {r['config']} | {r['shape']} | {r['threads']} | {r['contender']} | "
                      f"{r['median_ms']:.3f} | {r['min_ms']:.3f} | {r['max_ms']:.3f} | "
                      f"{r['runs']} | {_fmt_ratio(r['vs_reference'])} | "
                      f"{_fmt_ratio(r['vs_peer'])} | {r['floor_ms']:.3f} | "
-                     f"{r['times_floor']:.2f}x |")
+                     f"{r['times_floor']:.2f}x | {_fmt_error(r['error'])} |")
     return "\n".join(lines) + "\n"
 
 

@@ -110,7 +110,9 @@ def _build_fastrnn_loop(backend, cfg, weights):
     return run, outputs, lambda: None
 
 
-def _build_fastrnn(backend, cfg, weights):
+def _build_fastrnn(backend, cfg, weights, quantize=None):
+    """fastrnn's layer on ``backend``; with ``quantize`` (a format of
+    :func:`fastrnn.quantize`) its quantized copy, for inference."""
     if cfg["loop"]:
         return _build_fastrnn_loop(backend, cfg, weights)
     layer = _layer(cfg, backend)
@@ -123,6 +125,9 @@ def _build_fastrnn(backend, cfg, weights):
     layer.load_state_dict(weights)
     train = cfg["mode"] == "train"
     layer.train(train)
+    if quantize:
+        import fastrnn
+        layer = fastrnn.quantize(layer, quantize)
 
     def run():
         out, hn = layer(x)
@@ -149,15 +154,22 @@ def _build_fastrnn(backend, cfg, weights):
     return run, outputs, sync
 
 
-def _build_onnxruntime(cfg, weights, threads):
+def _build_onnxruntime(cfg, weights, threads, int8=False):
     """ONNX Runtime (CPU execution provider, ``threads`` intra-op threads) running the ONNX
-    model :func:`fastrnn.onnx.export` writes for the configuration's layer (inference)."""
+    model :func:`fastrnn.onnx.export` writes for the configuration's layer (inference);
+    with ``int8``, that model after ONNX Runtime's dynamic quantization (``quantize_dynamic``,
+    int8 weights)."""
     import tempfile
 
     import onnxruntime as ort
     x, _ = _inputs(cfg)
     with tempfile.TemporaryDirectory() as tmp:
         path = _onnx_model(cfg, weights, tmp)
+        if int8:
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+            quantized = os.path.join(tmp, "model.int8.onnx")
+            quantize_dynamic(path, quantized, weight_type=QuantType.QInt8)
+            path = quantized
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
@@ -216,9 +228,10 @@ def _build_openvino(cfg, weights, threads):
     return run, outputs, lambda: None
 
 
-def _build_torch(device, cfg, weights, threads, bridge=False):
+def _build_torch(device, cfg, weights, threads, bridge=False, int8=False):
     """torch.nn's layer, or with ``bridge`` fastrnn.torch's (fastrnn's kernels inside
-    PyTorch, autograd included)."""
+    PyTorch, autograd included); with ``int8``, torch.nn's layer after PyTorch's dynamic
+    quantization (``torch.ao.quantization.quantize_dynamic``, qint8 weights)."""
     import torch
     torch.set_num_threads(threads)
     nn = torch.nn
@@ -240,6 +253,9 @@ def _build_torch(device, cfg, weights, threads, bridge=False):
         model = nn.RNN(cfg["I"], cfg["H"], nonlinearity=cfg["cell"].split("_")[1], **kw)
     model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in weights.items()})
     model = model.to(device)
+    if int8:  # (quantize_dynamic swaps a container's children, not the module it is given)
+        model = torch.ao.quantization.quantize_dynamic(
+            torch.nn.Sequential(model), {nn.LSTM, nn.GRU}, dtype=torch.qint8)[0]
     x, gout = (torch.from_numpy(a).to(device) for a in _inputs(cfg))
     train = cfg["mode"] == "train"
     x.requires_grad_(train)  # fastrnn always returns grad_x: PyTorch does the same work
@@ -365,11 +381,17 @@ def _build_torch_loop(nn, cfg, weights):
 def build_contender(name, cfg, weights, threads):
     """``(run, outputs, sync)`` for a contender name (``fastrnn-<backend>``,
     ``fastrnn-torch``, ``torch-cpu``, ``torch-cudnn``, ``onnxruntime``, ``openvino``) on
-    configuration ``cfg`` (a dict of :class:`fastrnn.bench.Config`)."""
+    configuration ``cfg`` (a dict of :class:`fastrnn.bench.Config`); the quantized
+    ``fastrnn-cpu-int8``, ``fastrnn-cpu-bf16``, ``onnxruntime-int8`` and ``torch-int8``."""
     if name == "fastrnn-torch":
         return _build_torch("cpu", cfg, weights, threads, bridge=True)
-    if name == "onnxruntime":
-        return _build_onnxruntime(cfg, weights, threads)
+    if name in ("onnxruntime", "onnxruntime-int8"):
+        return _build_onnxruntime(cfg, weights, threads, int8=name.endswith("int8"))
+    if name == "torch-int8":
+        return _build_torch("cpu", cfg, weights, threads, int8=True)
+    if name in ("fastrnn-cpu-int8", "fastrnn-cpu-bf16"):
+        return _build_fastrnn("cpu", cfg, weights, {"int8": "int8", "bf16": "bfloat16"}[
+            name.rsplit("-", 1)[1]])
     if name == "openvino":
         return _build_openvino(cfg, weights, threads)
     if name.startswith("fastrnn-"):

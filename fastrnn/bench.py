@@ -164,6 +164,13 @@ def contenders(suite="cpu", backends=None, peer=True):
             names.append("onnxruntime")  # (inference configurations only)
         if suite == "cpu" and _has("onnx") and _has("openvino"):
             names.append("openvino")  # (inference configurations only)
+    if suite == "cpu" and "cpu" in chosen:  # quantized inference (after the float32 peers)
+        names += list(LOW_PRECISION_FASTRNN)
+    if peer and suite == "cpu":
+        if _has("onnx") and _has("onnxruntime"):
+            names.append("onnxruntime-int8")
+        if _has("torch"):
+            names.append("torch-int8")
     return names
 
 
@@ -192,15 +199,32 @@ def _has(module):
 
 # Contenders that only infer (they run the layer's ONNX export)
 INFERENCE_ENGINES = ("onnxruntime", "openvino")
+# Quantized inference (the inference configurations of whole layers): fastrnn's formats,
+# ONNX Runtime's dynamic int8 quantization of the exported model (quantize_dynamic: its
+# LSTM becomes DynamicQuantizeLSTM; GRU and RNN stay float32) and PyTorch's
+# (torch.ao.quantization.quantize_dynamic, qint8 LSTM and GRU)
+LOW_PRECISION_FASTRNN = {"fastrnn-cpu-int8": "int8", "fastrnn-cpu-bf16": "bfloat16"}
+LOW_PRECISION_PEERS = ("onnxruntime-int8", "torch-int8")
+# Agreement of a low-precision contender with the float32 reference (max abs difference
+# over max abs output): fastrnn's against its accuracy targets (int8: with the margin
+# tanh RNNs need, BENCHMARKS.md); the peers' only as a check of the wiring (ONNX
+# Runtime's int8 LSTM also quantizes the activations to uint8: errors of 0.2-0.3)
+LOW_PRECISION_TOL = {"fastrnn-cpu-int8": 1.5e-2, "fastrnn-cpu-bf16": 5e-3,
+                     "onnxruntime-int8": 0.5, "torch-int8": 0.2}
 
 
 def applies(name, config):
-    """Whether contender ``name`` runs ``config``: PyTorch has no sigmoid RNN, and ONNX
-    Runtime and OpenVINO are inference engines of whole layers."""
+    """Whether contender ``name`` runs ``config``: PyTorch has no sigmoid RNN, ONNX Runtime
+    and OpenVINO are inference engines of whole layers, quantized contenders infer whole
+    layers (PyTorch's quantize_dynamic quantizes only LSTM and GRU)."""
     if name in ("torch-cpu", "fastrnn-torch") and config.cell == "rnn_sigmoid":
         return False
     if name == "fastrnn-torch" and config.layer_norm:
         return False  # (fastrnn.torch's layers have no layer_norm)
+    if name in LOW_PRECISION_TOL:
+        if config.mode == "train" or config.loop or config.layer_norm:
+            return False
+        return name != "torch-int8" or config.cell in ("lstm", "gru")
     return not (name in INFERENCE_ENGINES and (config.mode == "train" or config.loop))
 
 
@@ -210,19 +234,26 @@ def _rel_err(a, b):
 
 
 def check_agreement(config, results):
-    """Compare every contender's outputs with the reference's; raise on a disagreement."""
+    """Compare every contender's outputs with the reference's (low-precision contenders
+    within :data:`LOW_PRECISION_TOL`); raise on a disagreement. Returns each contender's
+    largest relative error over the quantities compared."""
     want = results[REFERENCE]
+    errors = {REFERENCE: 0.0}
     for name, got in results.items():
         if name == REFERENCE:
             continue
+        tol = LOW_PRECISION_TOL.get(name, CHECK_TOL)
+        errors[name] = 0.0
         for key, ref in want.items():
             if key not in got:
                 continue  # e.g. a peer without the quantity
             err = _rel_err(got[key], ref)
-            if not np.isfinite(err) or err > CHECK_TOL:
+            if not np.isfinite(err) or err > tol:
                 raise BenchmarkError(
                     f"{config.name}: {name} disagrees with the NumPy reference on {key}: "
-                    f"relative error {err:.3g} > {CHECK_TOL}; no timing was done")
+                    f"relative error {err:.3g} > {tol}; no timing was done")
+            errors[name] = max(errors[name], err)
+    return errors
 
 
 def _progress(done, total, label, stream):
@@ -269,7 +300,7 @@ def run(configs, names, rounds=5, reps=3, reference_reps=1, threads=None, quick=
                 workers[name] = w
             for name, w in workers.items():
                 outs[name] = w.wait_ready()
-            check_agreement(config, outs)
+            errors = check_agreement(config, outs)
             step += 1
             times = {name: [] for name in workers}
             order = list(workers)
@@ -283,7 +314,7 @@ def run(configs, names, rounds=5, reps=3, reference_reps=1, threads=None, quick=
         finally:
             for w in workers.values():
                 w.close()
-        results.append(_summarise(config, times, rate, threads))
+        results.append(_summarise(config, times, rate, threads, errors))
     _progress(total, total, "done", stream)
     if hasattr(stream, "isatty") and stream.isatty():
         stream.write("\n")
@@ -318,10 +349,10 @@ def _weights(config):
     return weights
 
 
-def _summarise(config, times, rate, threads):
+def _summarise(config, times, rate, threads, errors=None):
     floor = config.flops() / rate["flops_per_s"]
     ref = float(np.median(times[REFERENCE])) if times.get(REFERENCE) else None
-    peer_name = next((n for n in times if n.startswith("torch")), None)
+    peer_name = next((n for n in times if n in ("torch-cpu", "torch-cudnn")), None)
     peer = float(np.median(times[peer_name])) if peer_name else None
     rows = {}
     for name, ts in times.items():
@@ -332,6 +363,7 @@ def _summarise(config, times, rate, threads):
             "speedup_vs_reference": ref / med if ref else None,
             "speedup_vs_peer": peer / med if peer else None,
             "times_floor": med / floor,
+            "error": (errors or {}).get(name),
         }
     return {"config": dataclasses.asdict(config), "flops": config.flops(), "floor_s": floor,
             "gemm_rate": rate, "threads": threads, "peer": peer_name, "contenders": rows}

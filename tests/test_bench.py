@@ -251,3 +251,34 @@ def test_a_thread_sweep_reports_each_count(tmp_path):
     text = out.read_text()
     assert "| C8 | gru I=128 H=128 L=1 D=1 B=8 T=500 infer | 1 | fastrnn-cpu |" in text
     assert "| C8 | gru I=128 H=128 L=1 D=1 B=8 T=500 infer | 2 | fastrnn-cpu |" in text
+
+
+def test_quantized_contenders_infer_layers_with_their_errors():
+    """fastrnn's int8 and bfloat16 layers, ONNX Runtime's and PyTorch's dynamic int8
+    quantization: contenders of the inference configurations of whole layers only (torch's
+    of LSTM and GRU), each checked against its own limit and reported with its error."""
+    for name in bench.LOW_PRECISION_TOL:
+        assert not bench.applies(name, bench.SUITES["cpu"]["C2"])  # training
+        assert not bench.applies(name, bench.SUITES["cells"]["K5"])  # a loop of steps
+    assert bench.applies("torch-int8", bench.SUITES["cpu"]["C8"])
+    assert not bench.applies("torch-int8", bench.Config("r", "rnn_tanh", 4, 8, 1, 1, 2, 3,
+                                                        "infer"))
+    cfg = bench.Config("tiny-q", "lstm", 32, 32, 2, 1, 2, 6, "infer")
+    names = bench.contenders("cpu")
+    assert {"fastrnn-cpu-int8", "fastrnn-cpu-bf16"} <= set(names)
+    assert names.index("torch-cpu") < names.index("torch-int8")  # (torch-cpu: the peer)
+    results = bench.run([cfg], names, rounds=1, reps=1, stream=open(os.devnull, "w"),
+                        gap_s=0)
+    rows = results[0]["contenders"]
+    assert results[0]["peer"] == "torch-cpu"
+    for name in ("fastrnn-cpu-int8", "fastrnn-cpu-bf16", "torch-int8", "onnxruntime-int8"):
+        assert 0 < rows[name]["error"] <= bench.LOW_PRECISION_TOL[name], name
+    assert rows["fastrnn-cpu"]["error"] <= bench.CHECK_TOL
+    assert "error" in report.table(results) and "| error |" in report.markdown(results)
+    # a low-precision contender is held to its own limit, not float32's
+    ref = {"output": np.ones(4)}
+    bench.check_agreement(cfg, {bench.REFERENCE: ref, "fastrnn-cpu-int8": {
+        "output": np.ones(4) * 1.01}})
+    with pytest.raises(bench.BenchmarkError, match="fastrnn-cpu-bf16 disagrees"):
+        bench.check_agreement(cfg, {bench.REFERENCE: ref, "fastrnn-cpu-bf16": {
+            "output": np.ones(4) * 1.01}})

@@ -99,22 +99,36 @@ def test_reference_runs_the_weights_read_back(fmt):
 
 # -- the cpu kernels against the reference --------------------------------------------------
 
-SHAPES = [(9, 1, 16, 32), (6, 3, 24, 64), (5, 16, 32, 48), (4, 20, 16, 32), (5, 2, 13, 17)]
+# (T, B, I, H): the fused low-precision loop at batch 1 and 2, for a call of few rows, and
+# at batch 8 with weights too large for float32 in L2; the float32 kernels on the weights
+# read back at batch 16 and 20 with small weights, and for rows that are not whole chunks
+SHAPES = [(9, 1, 32, 32), (6, 2, 64, 64), (4, 12, 32, 32), (20, 8, 32, 384),
+          (10, 16, 32, 96), (8, 20, 16, 32), (5, 2, 13, 17)]
+FUSED = [True, True, True, True, False, False, False]
+
+
+def test_shapes_cover_both_paths():
+    if not fastrnn.backends()["cpu"]["available"]:
+        pytest.skip("cpu backend not available")
+    from fastrnn.kernels import cpu
+    for (T, B, I, H), fused in zip(SHAPES, FUSED):
+        x, weights, _, _ = random_problem("lstm", 1, 1, I, H, dtype=np.float32)
+        w = _quantized(weights, "int8")[0]
+        assert cpu._fused_quantized("lstm", w, T, B, I, H) == fused, (T, B, I, H)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("cell", ALL_CELLS)
 @pytest.mark.parametrize("shape", SHAPES, ids=[f"T{t}B{b}I{i}H{h}" for t, b, i, h in SHAPES])
 def test_cpu_matches_reference(fmt, cell, shape, monkeypatch):
-    """Every cell; batches that the fused kernels run (1-16 rows) and those that read the
-    weights back (20); units that fill whole vectors and that do not; lengths and the
-    reverse direction; one thread and two (a call too small to share, then shared)."""
+    """Every cell, every shape of :data:`SHAPES`; lengths and the reverse direction; one
+    thread and two (a call too small to share, then shared)."""
     if not fastrnn.backends()["cpu"]["available"]:
         pytest.skip("cpu backend not available")
     from fastrnn.kernels import cpu, reference
     T, B, I, H = shape
     x, weights, h0, c0 = random_problem(cell, T, B, I, H, dtype=np.float32, seed=3,
-                                        scale=0.3)
+                                        scale=1 / np.sqrt(H))  # (the standard initialisation)
     w = _quantized(weights, fmt)[0]
     lengths = np.random.default_rng(4).integers(0, T + 1, B)
     for shared in (False, True):

@@ -36,9 +36,9 @@ from ._blas import ONE_THREAD_GEMM, matmul, single_threaded_blas
 from ._caches import L2_BYTES
 from ._fork import child_safe
 from ._fpu import flush_denormals, restore
-from ._gemm import VECTOR_LANES32, pack, pack_blocks, pack_column_blocks, panel_width
+from ._gemm import pack, pack_blocks, pack_column_blocks, panel_width
 from ._jit import CACHE, num_threads
-from ._lowp import project
+from ._lowp import BF16_CHUNK, INT8_CHUNK, project
 from ._jit import start as wait_settings
 from ._loops import backward_loop, forward_loop
 from ._math import CELL_IDS
@@ -469,22 +469,24 @@ def _forward_step(cell, x, state, w, seq, training, threads):
     return y, state_n, keep
 
 
-# Quantized inference reads the low-precision w_hh in the unit-split loops (a step's
-# product by the row-dot kernel, widening each vector of weights as it loads it) for
-# batches up to this many rows, where a step is bound by reading the weights; larger
-# batches are bound by the products' arithmetic, which float32 GEMMs on the weights read
-# back once per call do faster (docs/performance-notes.md, "Quantized inference").
-_QUANTIZED_MAX_BATCH = 16
+# Rows of the low-precision products are whole chunks of this many elements (_lowp)
+_QUANTIZED_CHUNK = max(INT8_CHUNK, BF16_CHUNK)
 
 
-def _fused_quantized(cell, w, T, B, H, S):
-    """Whether a quantized call runs the low-precision unit-split loop: the cells that loop
-    runs, without LayerNorm or zoneout, at most :data:`_QUANTIZED_MAX_BATCH` rows, the
-    recurrent weights quantized and rows a whole number of vectors (else the float32 path
-    on the weights read back)."""
+def _fused_quantized(cell, w, T, B, I, S):
+    """Whether a quantized call runs the low-precision unit-split loop, reading ``w_hh``'s
+    values as they are each step: where the float32 plan splits the units too (batches of
+    1-2 rows, calls of a few rows, and batches up to 16 rows when float32 weights would not
+    fit a core's L2), a step is bound by reading the weights. Larger batches are bound by
+    the products' arithmetic, which the float32 kernels on the weights read back for the
+    call do faster (docs/performance-notes.md, "Quantized inference"); so do the cells and
+    options that loop does not run (LayerNorm, a projection, the reset-before GRU) and rows
+    that are not whole chunks of the low-precision products."""
+    GH = w.w_hh.shape[0]
     return (isinstance(w.w_hh, Quantized) and w.ln_ih is None and w.w_hr is None
-            and not get_cell(cell).reset_before and B <= _QUANTIZED_MAX_BATCH
-            and S % VECTOR_LANES32 == 0 and T * B > 0)
+            and not get_cell(cell).reset_before and T * B > 0
+            and S % _QUANTIZED_CHUNK == 0 and I % _QUANTIZED_CHUNK == 0
+            and _unit_split(T, B, GH, S) is not None)
 
 
 def _values_and_scale(w, dt):
@@ -503,7 +505,7 @@ def _forward_quantized(cell, x, state, w, seq, zoneout):
     (T, B, I), (GH, S) = x.shape, w.w_hh.shape
     spec = get_cell(cell)
     H = GH // spec.gates
-    if zoneout is not None or not _fused_quantized(cell, w, T, B, H, S):
+    if zoneout is not None or not _fused_quantized(cell, w, T, B, I, S):
         return forward(cell, x, state, dequantized(w), seq, False, zoneout)
     threads = min(_threads_for(x.shape, w.w_hh.shape), usable_cpus(), H // _UNIT_ALIGN)
     units = _unit_bounds(H, threads) if threads > 1 else np.asarray([0, H], np.int64)

@@ -14,6 +14,7 @@ matrix-vector product is bound by reading the weights, and packing them costs mo
 saves there (docs/performance-notes.md, "The per-step product").
 """
 
+import numba
 import numpy as np
 from llvmlite import ir
 from numba import prange, types
@@ -22,7 +23,7 @@ from numba.extending import intrinsic
 
 from ._alloc import empty
 from ._jit import AVX512, jit
-from ._math import LOW_PRECISION, ROW0, matmul_nt, widen_ir
+from ._math import ROW0, matmul_nt
 
 _VECTOR_BYTES = 64 if AVX512 else 32
 # Rows per tile: its 2*MR accumulators, 2 weight vectors and 1 broadcast must fit in the
@@ -316,29 +317,27 @@ def _dots(rows, vecs=1):
     """An intrinsic computing the ``rows * vecs`` dot products of ``rows`` consecutive rows
     of ``w`` with ``vecs`` rows of ``a``: ``dots(a, a_off, lda, w, w_off, ldw, out, o_off,
     ldo, K)`` sets ``out[o_off + v*ldo + r] = a[a_off + v*lda :][:K] @ w[w_off + r*ldw
-    :][:K]``, ``K`` a multiple of the vector width. Full-width loads of each weight row
+    :][:K]``, ``K`` a multiple of :func:`chunk`. Full-width loads of each weight row
     (Numba's loops used half-width ones here), each weight vector used for every row of
     ``a`` (the product is bound by reading the weights), one accumulator per output, a tree
     sum at the end.
 
-    Low-precision weights (kernels/quantize.py): int8 or bfloat16 (``uint16``) ``w`` with
-    float32 ``a`` widen each vector of weights to float32 as they load it; int8 ``w`` with
-    int16 ``a`` (activations quantized per row) multiply in integers, pairs of products
-    summed into 32-bit lanes (``vpmaddwd`` on x86: 16 multiply-adds an instruction, twice
-    float32's FMA), and write the float32 value of each sum."""
+    Low-precision weights (kernels/quantize.py): bfloat16 (``uint16``) with float32 ``a``
+    loads a full vector of values and splits it in place into its even and odd elements,
+    widened by a shift and a mask within each 32-bit lane, never across lanes (2 uops a
+    vector of float32 instead of a lane-crossing widening load each half); ``a`` comes
+    with each :func:`chunk` of its elements in that order, the even ones then the odd ones
+    (:func:`._lowp.interleave`). int8 with int16 ``a`` (the state quantized per row)
+    multiplies in integers: weights sign-extended to 16 bits as they load, pairs of
+    products summed into 32-bit lanes (``vpmaddwd`` on x86, 16 multiply-adds an
+    instruction), each sum written as float32."""
 
     @intrinsic
     def dots(typingctx, a, a_off, lda, w, w_off, ldw, out, o_off, ldo, K):
         if not all(isinstance(t, types.Array) for t in (a, w, out)):
             return None
-        integer = a.dtype == types.int16 and w.dtype == types.int8
-        if integer and out.dtype != types.float32:
-            return None
-        if not integer and not (a.dtype == out.dtype and a.dtype in (types.float32,
-                                                                     types.float64)):
-            return None
-        low = LOW_PRECISION.get(w.dtype)  # (int8 or bfloat16 weights of a float32 product)
-        if not integer and w.dtype != a.dtype and not (low and a.dtype == types.float32):
+        kind = _product_kind(a.dtype, w.dtype)
+        if kind is None or out.dtype != (types.float32 if kind != "float" else a.dtype):
             return None
         sig = types.none(a, types.int64, types.int64, w, types.int64, types.int64, out,
                          types.int64, types.int64, types.int64)
@@ -347,8 +346,7 @@ def _dots(rows, vecs=1):
             a_v, a_off_v, lda_v, w_v, w_off_v, ldw_v, out_v, o_off_v, ldo_v, k_v = args
             i32, i64 = ir.IntType(32), ir.IntType(64)
             ety = context.get_value_type(sig.args[0].dtype)
-            wty = context.get_value_type(sig.args[3].dtype)
-            if integer:  # 16 int16 lanes of a, sums in 8 int32 lanes
+            if kind == "int8":  # 16 int16 lanes of a a vector, sums in 8 int32 lanes
                 lanes, align = INT16_LANES, 2
                 acc_ty = ir.VectorType(i32, lanes // 2)
             else:
@@ -358,6 +356,7 @@ def _dots(rows, vecs=1):
                 fma = cgutils.get_or_insert_function(
                     builder.module, ir.FunctionType(acc_ty, [acc_ty] * 3),
                     "llvm.fma.v%d%s" % (lanes, "f32" if single else "f64"))
+            parts = 2 if kind == "bfloat16" else 1  # (vectors of a per load of weights)
             vty = ir.VectorType(ety, lanes)
             pa = context.make_array(sig.args[0])(context, builder, a_v).data
             pw = context.make_array(sig.args[3])(context, builder, w_v).data
@@ -365,22 +364,27 @@ def _dots(rows, vecs=1):
             zero = ir.Constant(acc_ty, [ir.Constant(acc_ty.element, 0)] * acc_ty.count)
             acc = [[cgutils.alloca_once_value(builder, zero) for _ in range(rows)]
                    for _ in range(vecs)]
-            n_chunks = builder.udiv(k_v, ir.Constant(i64, lanes))
+            n_chunks = builder.udiv(k_v, ir.Constant(i64, lanes * parts))
 
             def load(ptr, off, ty, alignment):
                 return builder.load(builder.bitcast(builder.gep(ptr, [off]), ty.as_pointer()),
                                     align=alignment)
 
-            def wload(off):  # a vector of weights, as the products take them
-                if integer:
-                    raw = load(pw, off, ir.VectorType(wty, lanes), 1)
-                    return builder.sext(raw, vty)
-                if low is None:
-                    return load(pw, off, vty, align)
-                return widen_ir(builder, load(pw, off, ir.VectorType(wty, lanes), 1), low)
+            def wload(off):
+                """The weights at ``off`` as the products take them: one vector, or the
+                even and odd elements of a vector's worth of low-precision values."""
+                if kind == "float":
+                    return [load(pw, off, vty, align)]
+                if kind == "int8":  # (vpmovsxbw: in-lane shifts measured slower here)
+                    v = load(pw, off, ir.VectorType(ir.IntType(8), lanes), 1)
+                    return [builder.sext(v, ir.VectorType(ir.IntType(16), lanes))]
+                v = load(pw, off, ir.VectorType(i32, lanes), 2)  # bfloat16 pairs in 32 bits
+                even = builder.shl(v, ir.Constant(v.type, [16] * lanes))
+                odd = builder.and_(v, ir.Constant(v.type, [0xFFFF0000] * lanes))
+                return [builder.bitcast(even, vty), builder.bitcast(odd, vty)]
 
             def mac(wv, av, total):
-                if not integer:
+                if kind != "int8":
                     return builder.call(fma, [wv, av, total])
                 wide = ir.VectorType(i32, lanes)  # products of pairs, summed (vpmaddwd)
                 p = builder.mul(builder.sext(wv, wide), builder.sext(av, wide))
@@ -391,14 +395,18 @@ def _dots(rows, vecs=1):
                 return builder.add(total, pairs)
 
             with cgutils.for_range(builder, n_chunks) as loop:
-                k = builder.mul(loop.index, ir.Constant(i64, lanes))
-                avs = [load(pa, builder.add(builder.add(a_off_v, builder.mul(
-                    ir.Constant(i64, v), lda_v)), k), vty, align) for v in range(vecs)]
+                k = builder.mul(loop.index, ir.Constant(i64, lanes * parts))
+                avs = [[load(pa, builder.add(builder.add(a_off_v, builder.mul(
+                    ir.Constant(i64, v), lda_v)), builder.add(k, ir.Constant(i64, lanes * h))),
+                    vty, align) for h in range(parts)] for v in range(vecs)]
                 for r in range(rows):
                     row = builder.add(w_off_v, builder.mul(ir.Constant(i64, r), ldw_v))
-                    wv = wload(builder.add(row, k))
+                    wvs = wload(builder.add(row, k))
                     for v in range(vecs):
-                        builder.store(mac(wv, avs[v], builder.load(acc[v][r])), acc[v][r])
+                        total = builder.load(acc[v][r])
+                        for h in range(parts):
+                            total = mac(wvs[h], avs[v][h], total)
+                        builder.store(total, acc[v][r])
             for v in range(vecs):
                 o_row = builder.add(o_off_v, builder.mul(ir.Constant(i64, v), ldo_v))
                 for r in range(rows):
@@ -409,15 +417,39 @@ def _dots(rows, vecs=1):
                         hi = builder.shuffle_vector(s, s, ir.Constant(
                             ir.VectorType(i32, acc_ty.count),
                             [width + i if i < width else i for i in range(acc_ty.count)]))
-                        s = builder.add(s, hi) if integer else builder.fadd(s, hi)
+                        s = builder.add(s, hi) if kind == "int8" else builder.fadd(s, hi)
                     total = builder.extract_element(s, ir.Constant(i32, 0))
-                    if integer:
+                    if kind == "int8":
                         total = builder.sitofp(total, ir.FloatType())
                     builder.store(total, builder.gep(po, [builder.add(o_row,
                                                                       ir.Constant(i64, r))]))
             return context.get_dummy_value()
         return sig, codegen
     return dots
+
+
+def _product_kind(a, w):
+    """``"float"`` (float32 or float64, both the same), ``"bfloat16"`` (``uint16`` weights,
+    float32 ``a``), ``"int8"`` (int8 weights, int16 ``a``) or None: what :func:`_dots`
+    computes for these dtypes."""
+    if a == w and a in (types.float32, types.float64):
+        return "float"
+    if a == types.float32 and w == types.uint16:
+        return "bfloat16"
+    if a == types.int16 and w == types.int8:
+        return "int8"
+    return None
+
+
+def chunk(a_dtype, w_dtype):
+    """Elements of a row per step of :func:`_dots` (and :func:`matvec`): a vector of
+    ``a``'s for float and int8 weights, two for bfloat16 (their even and odd elements);
+    NumPy dtypes."""
+    kind = _product_kind(*(numba.from_dtype(np.dtype(d)) for d in (a_dtype, w_dtype)))
+    if kind == "int8":
+        return INT16_LANES
+    lanes = _VECTOR_BYTES // np.dtype(a_dtype).itemsize
+    return lanes if kind == "float" else 2 * lanes
 
 
 _d1, _d4, _d8 = _dots(1), _dots(4), _dots(8)
@@ -459,11 +491,13 @@ def matvec(a, r0, r1, w, j0, j1, out, back=False):
     :func:`._math.matmul_nt`), bound by reading ``w``: ``_ROWS_PER_PASS`` rows of ``a``
     a pass over it. ``back``: walk ``w``'s rows from the last (a time loop alternates, as
     :func:`gemm_panels` does, so that a step starts on the rows the previous one read
-    last, still in cache)."""
+    last, still in cache). Low-precision ``w`` takes ``a`` as :func:`_dots` says, with rows
+    a whole number of chunks (:func:`chunk`)."""
     K = w.shape[1]
-    lanes = (VECTOR_LANES32 if a.itemsize == 4 else VECTOR_LANES32 // 2 if a.itemsize == 8
-             else INT16_LANES)
-    if K % lanes != 0:
+    if w.itemsize < a.itemsize or w.itemsize == 1:  # (low-precision weights: see _dots)
+        if K % (INT16_LANES if w.itemsize == 1 else 2 * VECTOR_LANES32) != 0:
+            raise ValueError("matvec: low-precision rows must be a whole number of chunks")
+    elif K % (VECTOR_LANES32 if a.itemsize == 4 else VECTOR_LANES32 // 2) != 0:
         matmul_nt(a, r0, r1, w, j0, j1, out)
         return
     lda = a.strides[0] // a.itemsize

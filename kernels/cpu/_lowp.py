@@ -1,17 +1,19 @@
 """Quantized inference's per-step input to the recurrent product (kernels/quantize.py).
 
-int8 weights multiply a state quantized to int16 (one scale per row, :func:`quantize_rows`)
-in integers (:func:`._gemm.matvec`): twice the multiply-adds an instruction of float32
-FMAs, on weights a quarter of float32's size. bfloat16 weights (and float ones) multiply the
-float32 state as it is, widened as they load. :func:`product_input` gives each kind of
-weights its input, chosen when Numba compiles the loop for the weights' type.
+The bfloat16 product of :func:`._gemm.matvec` splits each vector of weights in place into
+its even and odd elements (widening within lanes, never across them), so it takes the
+float32 state with each chunk's elements in that order (:func:`interleave`); the int8
+product takes the state quantized to int16, one scale per row (:func:`quantize_rows`),
+and multiplies in integers - twice the multiply-adds an instruction of float32 FMAs, on
+weights a quarter of float32's size. :func:`product_input` gives each kind of weights its
+input, chosen when Numba compiles the loop for the weights' type.
 """
 
 import numpy as np
 from numba import types
 from numba.extending import overload
 
-from ._gemm import matvec
+from ._gemm import INT16_LANES, VECTOR_LANES32, matvec
 from ._jit import OPTIONS, jit
 from ._math import ROW0
 
@@ -19,8 +21,22 @@ from ._math import ROW0
 # row's max / 16383 (3e-5 relative), and a 32-bit lane of sums (two products of at most
 # 127 * 16383 each per 16 multiply-adds) holds rows of up to 8256 units without overflow.
 ACT_MAX = np.float32(2**14 - 1)
-MAX_UNITS = 8256
 ONE = np.float32(1)
+INT8_CHUNK = INT16_LANES  # elements a step of the int8 product takes
+BF16_CHUNK = 2 * VECTOR_LANES32  # ... of the bfloat16 product
+
+
+@jit()
+def interleave(a, out, chunk):
+    """``out [B,K]``: each row of ``a [B,K]`` with each ``chunk`` of its elements as its
+    even ones, then its odd ones (``K`` a whole number of chunks)."""
+    B, K = a.shape
+    half = chunk // 2
+    for r in range(B):
+        for c0 in range(0, K, chunk):
+            for i in range(half):
+                out[r, c0 + i] = a[r, c0 + 2 * i]
+                out[r, c0 + half + i] = a[r, c0 + 2 * i + 1]
 
 
 @jit()
@@ -29,15 +45,14 @@ def quantize_rows(a, hq, hs):
     hs[r]``, ``hs[r] = max |a[r]| / ACT_MAX`` (1 for a row of zeros), rounded to
     nearest."""
     B, K = a.shape
-    one = np.float32(1)
     for r in range(B):
         m = np.float32(0)
         for k in range(K):
             v = abs(a[r, k])
             if v > m:
                 m = v
-        s = m / ACT_MAX if m > 0 else one
-        inv = one / s
+        s = m / ACT_MAX if m > 0 else ONE
+        inv = ONE / s
         for k in range(K):
             hq[r, k] = np.int16(np.rint(a[r, k] * inv))
         hs[r] = s
@@ -45,20 +60,28 @@ def quantize_rows(a, hq, hs):
 
 def product_input(a, w):
     """``(rows, row_scales)``: what the recurrent product of the state ``a [B,K]`` with
-    weights ``w`` multiplies - for int8 ``w`` and a float32 state, the state quantized to
-    int16 and each row's scale; otherwise ``a`` itself and no scales (empty)."""
+    weights ``w`` multiplies - for int8 ``w`` the state quantized to int16 and each row's
+    scale, for bfloat16 ``w`` (``uint16``) the state interleaved, as :func:`._gemm.matvec`
+    takes them; for float ``w``, ``a`` itself. ``row_scales`` is
+    empty but for int8."""
     raise NotImplementedError("product_input runs in compiled code only")
 
 
 @overload(product_input, jit_options=OPTIONS)
 def _product_input(a, w):
-    if isinstance(w, types.Array) and w.dtype == types.int8 and a.dtype == types.float32:
+    if isinstance(w, types.Array) and w.dtype == types.int8:
         def quantized(a, w):
             hq = np.empty(a.shape, np.int16)
             hs = np.empty(a.shape[0], np.float32)
             quantize_rows(a, hq, hs)
             return hq, hs
         return quantized
+    if isinstance(w, types.Array) and w.dtype == types.uint16:
+        def interleaved(a, w):
+            out = np.empty(a.shape, a.dtype)
+            interleave(a, out, BF16_CHUNK)
+            return out, np.empty(0, np.float32)
+        return interleaved
 
     def as_it_is(a, w):
         return a, np.empty(0, a.dtype)

@@ -53,40 +53,6 @@ LSTM, GRU, GRU_RB = CELL_IDS["lstm"], CELL_IDS["gru"], CELL_IDS["gru_reset_befor
 LSTM_P = CELL_IDS["lstm_peephole"]
 
 
-def widen_ir(builder, value, kind):
-    """LLVM IR of a low-precision weight (a scalar or a vector) read as float32: ``kind``
-    ``"int8"`` converts the integer, ``"bfloat16"`` (``uint16`` bits) puts them in the upper
-    half of a float32's."""
-    vector = isinstance(value.type, ir.VectorType)
-    lanes = value.type.count if vector else None
-
-    def of(element):
-        return ir.VectorType(element, lanes) if vector else element
-    if kind == "int8":
-        return builder.sitofp(value, of(ir.FloatType()))
-    wide = builder.zext(value, of(ir.IntType(32)))
-    shift = ir.Constant(of(ir.IntType(32)), [16] * lanes if vector else 16)
-    return builder.bitcast(builder.shl(wide, shift), of(ir.FloatType()))
-
-
-# The low-precision weight formats (kernels/quantize.py) by their storage types
-LOW_PRECISION = {types.int8: "int8", types.uint16: "bfloat16"}
-
-
-@intrinsic
-def widen(typingctx, v):
-    """A weight's value as the kernels compute with it: a float unchanged, an ``int8`` as a
-    float32 (its scale is applied to the product), a ``uint16`` as the bfloat16 it
-    holds."""
-    if isinstance(v, types.Float):
-        return v(v), lambda context, builder, sig, args: args[0]
-    if v in LOW_PRECISION:
-        kind = LOW_PRECISION[v]
-        return types.float32(v), lambda context, builder, sig, args: widen_ir(
-            builder, args[0], kind)
-    return None
-
-
 @jit()
 def has_cell_state(cell):
     """Whether ``cell`` carries a cell state (the LSTMs)."""
@@ -224,8 +190,7 @@ def matmul_nt(a, r0, r1, w, j0, j1, out):
     """``out[r, j] = a[r, :] @ w[j, :]`` for rows ``r0 <= r < r1`` and ``j0 <= j < j1``:
     ``a [*,K]``, ``w [M,K]``, ``out [*,M]``.
 
-    ``w`` may hold low-precision weights (:func:`widen`). Register-blocked four rows of
-    ``w`` by four rows of ``a``; the inner reduction over
+    Register-blocked four rows of ``w`` by four rows of ``a``; the inner reduction over
     ``K`` runs along contiguous memory of both and vectorises under FASTMATH. Now only the
     fallback of :func:`._gemm.matvec` when ``K`` is not a whole number of vectors.
     """
@@ -240,8 +205,7 @@ def matmul_nt(a, r0, r1, w, j0, j1, out):
             c20 = c21 = c22 = c23 = zero
             c30 = c31 = c32 = c33 = zero
             for k in range(K):
-                w0, w1, w2, w3 = (widen(w[j, k]), widen(w[j + 1, k]), widen(w[j + 2, k]),
-                                  widen(w[j + 3, k]))
+                w0, w1, w2, w3 = w[j, k], w[j + 1, k], w[j + 2, k], w[j + 3, k]
                 a0, a1, a2, a3 = a[r, k], a[r + 1, k], a[r + 2, k], a[r + 3, k]
                 c00 += a0 * w0
                 c01 += a0 * w1
@@ -271,10 +235,10 @@ def matmul_nt(a, r0, r1, w, j0, j1, out):
             c0 = c1 = c2 = c3 = zero
             for k in range(K):
                 ak = a[r, k]
-                c0 += ak * widen(w[j, k])
-                c1 += ak * widen(w[j + 1, k])
-                c2 += ak * widen(w[j + 2, k])
-                c3 += ak * widen(w[j + 3, k])
+                c0 += ak * w[j, k]
+                c1 += ak * w[j + 1, k]
+                c2 += ak * w[j + 2, k]
+                c3 += ak * w[j + 3, k]
             out[r, j], out[r, j + 1], out[r, j + 2], out[r, j + 3] = c0, c1, c2, c3
             r += 1
         j += 4
@@ -282,6 +246,6 @@ def matmul_nt(a, r0, r1, w, j0, j1, out):
         for r in range(r0, r1):
             c = zero
             for k in range(K):
-                c += a[r, k] * widen(w[j, k])
+                c += a[r, k] * w[j, k]
             out[r, j] = c
         j += 1
