@@ -99,22 +99,29 @@ def test_reference_runs_the_weights_read_back(fmt):
 
 # -- the cpu kernels against the reference --------------------------------------------------
 
-# (T, B, I, H): the fused low-precision loop at batch 1 and 2, for a call of few rows, and
-# at batch 8 with weights too large for float32 in L2; the float32 kernels on the weights
-# read back at batch 16 and 20 with small weights, and for rows that are not whole chunks
+# (T, B, I, H): the fused low-precision unit-split loop at batch 1 and 2, for a call of
+# few rows, and at batch 8 with weights too large for float32 in L2; at batch 16 and 20
+# with small weights the batch-split loop on int8 panels (bfloat16: the float32 kernels on
+# the weights read back), as for rows that are not whole chunks (int8: of an odd length)
 SHAPES = [(9, 1, 32, 32), (6, 2, 64, 64), (4, 12, 32, 32), (20, 8, 32, 384),
           (10, 16, 32, 96), (8, 20, 16, 32), (5, 2, 13, 17)]
-FUSED = [True, True, True, True, False, False, False]
+PATHS = ["units"] * 4 + ["batch"] * 2 + ["float32"]
 
 
-def test_shapes_cover_both_paths():
+def _path(cpu, fmt, T, B, I, H):
+    w = _quantized(random_problem("lstm", 1, 1, I, H, dtype=np.float32)[1], fmt)[0]
+    if cpu._fused_quantized("lstm", w, T, B, I, H):
+        return "units"
+    return "batch" if cpu._batch_quantized(w, I, H) else "float32"
+
+
+def test_shapes_cover_every_path():
     if not fastrnn.backends()["cpu"]["available"]:
         pytest.skip("cpu backend not available")
     from fastrnn.kernels import cpu
-    for (T, B, I, H), fused in zip(SHAPES, FUSED):
-        x, weights, _, _ = random_problem("lstm", 1, 1, I, H, dtype=np.float32)
-        w = _quantized(weights, "int8")[0]
-        assert cpu._fused_quantized("lstm", w, T, B, I, H) == fused, (T, B, I, H)
+    for shape, path in zip(SHAPES, PATHS):
+        assert _path(cpu, "int8", *shape) == path, shape
+        assert _path(cpu, "bfloat16", *shape) == path.replace("batch", "float32"), shape
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

@@ -36,7 +36,8 @@ from ._blas import ONE_THREAD_GEMM, matmul, single_threaded_blas
 from ._caches import L2_BYTES
 from ._fork import child_safe
 from ._fpu import flush_denormals, restore
-from ._gemm import pack, pack_blocks, pack_column_blocks, panel_width
+from ._gemm import (PAIR_COLUMNS, pack, pack_blocks, pack_column_blocks, pack_pairs,
+                    panel_width)
 from ._jit import CACHE, num_threads
 from ._lowp import BF16_CHUNK, INT8_CHUNK, project
 from ._jit import start as wait_settings
@@ -489,6 +490,16 @@ def _fused_quantized(cell, w, T, B, I, S):
             and _unit_split(T, B, GH, S) is not None)
 
 
+def _batch_quantized(w, I, S):
+    """Whether a quantized call that :func:`_fused_quantized` leaves runs the batch-split
+    loop on int8 panels (:func:`._gemm.pack_pairs`: twice float32's multiply-adds an
+    instruction): int8 weights without LayerNorm, rows of an even length; bfloat16 has no
+    faster arithmetic than float32's here, so it runs the float32 kernels on the weights
+    read back."""
+    return (isinstance(w.w_hh, Quantized) and w.w_hh.format == "int8" and w.ln_ih is None
+            and I % 2 == 0 and S % 2 == 0)
+
+
 def _values_and_scale(w, dt):
     """A weight matrix as the quantized loops take it: its values (int8, bfloat16's
     ``uint16`` or float) and int8's row scales (else empty)."""
@@ -500,12 +511,27 @@ def _values_and_scale(w, dt):
 def _forward_quantized(cell, x, state, w, seq, zoneout):
     """Inference on quantized weights (:mod:`fastrnn.kernels.quantize`): the results of the
     float32 layer with the weights read back, computed by the low-precision unit-split loop
-    (:func:`_fused_quantized`), or else by the float32 kernels on the weights read back for
-    the call."""
+    (:func:`_fused_quantized`), the batch-split loop on int8 panels
+    (:func:`_batch_quantized`), or else by the float32 kernels on the weights read back
+    for the call."""
     (T, B, I), (GH, S) = x.shape, w.w_hh.shape
     spec = get_cell(cell)
     H = GH // spec.gates
-    if zoneout is not None or not _fused_quantized(cell, w, T, B, I, S):
+    fused = zoneout is None and _fused_quantized(cell, w, T, B, I, S)
+    if not fused and zoneout is None and _batch_quantized(w, I, S):
+        if w.w_hr is not None:  # (the projection's product stays float32)
+            w = w._replace(w_hr=w.w_hr.dequantize())
+        # (the input projection in the loop on int8 panels too: at C4i's shape 40 ms
+        # against 50 with a float32 BLAS GEMM before it)
+        threads = _threads_for(x.shape, w.w_hh.shape)
+        plan = Plan(threads, None, "batch")
+        fpu = flush_denormals()
+        try:
+            with single_threaded_blas(), _at_most(threads), pinned(threads):
+                return _forward(cell, x, state, w, seq, False, plan)
+        finally:
+            restore(fpu)
+    if not fused:
         return forward(cell, x, state, dequantized(w), seq, False, zoneout)
     threads = min(_threads_for(x.shape, w.w_hh.shape), usable_cpus(), H // _UNIT_ALIGN)
     units = _unit_bounds(H, threads) if threads > 1 else np.asarray([0, H], np.int64)
@@ -544,6 +570,20 @@ def _forward_quantized(cell, x, state, w, seq, zoneout):
     return y, State(h_n, c_n if spec.has_cell_state else None), None
 
 
+def _panels(w, blocks, dt):
+    """``(wp, starts, scale)``: row blocks of ``w`` packed for the batch-split loop, float
+    (:func:`._gemm.pack_blocks`) or int8 quantized (:func:`._gemm.pack_pairs`, with its
+    rows' scales in the panels' column order; empty for float)."""
+    if not isinstance(w, Quantized):
+        wp, starts = pack_blocks(w, blocks)
+        return wp, starts, np.empty(0, dt)
+    wp, starts = pack_pairs(w.values, blocks)
+    scale = np.zeros(starts[-1] * PAIR_COLUMNS, np.float32)
+    for (lo, hi), first in zip(blocks, starts):
+        scale[first * PAIR_COLUMNS:first * PAIR_COLUMNS + hi - lo] = w.scale[lo:hi]
+    return wp, starts, scale
+
+
 def _forward(cell, x, state, w, seq, training, plan):
     spec = get_cell(cell)
     w_ih, w_hh, w_hr = w.w_ih, w.w_hh, w.w_hr
@@ -552,10 +592,14 @@ def _forward(cell, x, state, w, seq, training, plan):
     H = GH // spec.gates
     dt = x.dtype
     units, projection = plan.units, plan.projection
+    wx_scale = np.empty(0, dt)
     if projection == "batch":
-        xg, wx = np.empty((0, B, GH), dt), pack(w_ih, transpose=True)
+        xg = np.empty((0, B, GH), dt)
+        wx, _, wx_scale = _panels(w_ih, [(0, GH)], dt)
     else:
         xg, wx = empty((T, B, GH), dt), np.empty((0, 1, 1), dt)
+        if isinstance(w_ih, Quantized):  # (a BLAS GEMM below, on the weights read back)
+            w_ih = w_ih.dequantize(empty((GH, I), dt))
     if projection == "units":  # (the row-dot kernel reads rows with unit stride)
         x2, w_ih2 = np.ascontiguousarray(x).reshape(T * B, I), np.ascontiguousarray(w_ih)
     else:
@@ -577,17 +621,17 @@ def _forward(cell, x, state, w, seq, training, plan):
         x_steps = np.ascontiguousarray(x) if projection == "batch" else xg  # (else unread)
         chunks = _chunks(T, B, GH, H)
         if spec.reset_before:  # r, z panels, then n's (a second product, over r * h)
-            wp, starts = pack_blocks(w_hh, [(0, 2 * H), (2 * H, 3 * H)])
-            gate_at, second = (0, H, int(starts[1]) * panel_width(dt), 0), int(starts[1])
+            wp, starts, w_scale = _panels(w_hh, [(0, 2 * H), (2 * H, 3 * H)], dt)
+            cols = PAIR_COLUMNS if isinstance(w_hh, Quantized) else panel_width(dt)
+            gate_at, second = (0, H, int(starts[1]) * cols, 0), int(starts[1])
         else:
-            wp = pack(w_hh, transpose=True)
+            wp, _, w_scale = _panels(w_hh, [(0, GH)], dt)
             gate_at, second = (0, H, 2 * H, 3 * H), wp.shape[0]
         wr = pack(w_hr, transpose=True) if w_hr is not None else np.empty((0, 1, 1), dt)
-        proj = Projection(xg, x_steps, wx, _projection_steps(B, chunks.size - 1),
-                          np.empty(0, dt))
+        proj = Projection(xg, x_steps, wx, _projection_steps(B, chunks.size - 1), wx_scale)
         forward_loop(CELL_IDS[spec.name], proj, wp, gate_at, second, bias,
                      np.ascontiguousarray(state.h), np.ascontiguousarray(c0_), lens, chunks,
-                     Outputs(y, h_n, c_n), saved, wr)
+                     Outputs(y, h_n, c_n), saved, wr, w_scale)
     else:
         hbuf = np.empty((2, B, H), dt)
         hbuf[0] = state.h

@@ -167,8 +167,10 @@ def _tile(rows, prefetch=False):
     def typing(a, wp, out):
         if not all(isinstance(t, types.Array) for t in (a, wp, out)):
             return None
-        if not (a.dtype == wp.dtype == out.dtype and a.dtype in (types.float32,
-                                                                 types.float64)):
+        pairs = (a.dtype == types.int16 and wp.dtype == types.int8
+                 and out.dtype == types.float32)
+        if not pairs and not (a.dtype == wp.dtype == out.dtype and a.dtype in (
+                types.float32, types.float64)):
             return None
         return types.none(a, types.int64, types.int64, wp, types.int64, out, types.int64,
                           types.int64, types.int64, *((types.int64,) * 2 if prefetch else ()))
@@ -185,6 +187,8 @@ def _tile(rows, prefetch=False):
             return None if sig is None else (sig, codegen)
 
     def codegen(context, builder, sig, args):
+        if sig.args[0].dtype == types.int16:
+            return _pair_tile_codegen(context, builder, sig, args, rows, prefetch)
         a_v, a_off_v, lda_v, wp_v, w_off_v, out_v, o_off_v, ldo_v, k_v = args[:9]
         fty = context.get_value_type(sig.args[0].dtype)
         lanes = _VECTOR_BYTES // (4 if sig.args[0].dtype == types.float32 else 8)
@@ -240,6 +244,106 @@ def _tile(rows, prefetch=False):
     return tile
 
 
+def _pair_tile_codegen(context, builder, sig, args, rows, prefetch):
+    """:func:`_tile` of an integer product: ``a`` int16 (a state quantized per row), ``wp``
+    int8 panels of :func:`pack_pairs` (``k`` in pairs: a panel's row ``kk`` holds
+    ``w[j, 2kk], w[j, 2kk+1]`` for each of its ``PAIR_COLUMNS`` columns ``j``), ``out``
+    float32; ``K`` counts the pairs. Per pair: the two int16 of each row of ``a`` broadcast
+    as one 32-bit value, two vectors of the panel, and per row and vector one ``vpmaddwd``
+    (16 multiply-adds into 8 int32 sums) and an add: twice the multiply-adds of the float32
+    tile's FMAs. The sums are written as float32 (scales are the caller's)."""
+    a_v, a_off_v, lda_v, wp_v, w_off_v, out_v, o_off_v, ldo_v, k_v = args[:9]
+    i16, i32, i64 = ir.IntType(16), ir.IntType(32), ir.IntType(64)
+    lanes = 8  # int32 sums a vector (256 bits)
+    wty, acc_ty, wide = ir.VectorType(ir.IntType(8), 2 * lanes), ir.VectorType(i32, lanes), \
+        ir.VectorType(i32, 2 * lanes)
+    pa = context.make_array(sig.args[0])(context, builder, a_v).data
+    pw = context.make_array(sig.args[3])(context, builder, wp_v).data
+    po = context.make_array(sig.args[5])(context, builder, out_v).data
+    zero = ir.Constant(acc_ty, [ir.Constant(i32, 0)] * lanes)
+    acc = [[cgutils.alloca_once_value(builder, zero) for _ in range(2)] for _ in range(rows)]
+    undef = ir.Constant(acc_ty, ir.Undefined)
+    splat = ir.Constant(acc_ty, [0] * lanes)
+    even, odd = (ir.Constant(acc_ty, list(range(j, 2 * lanes, 2))) for j in (0, 1))
+    if prefetch:
+        i8p = ir.IntType(8).as_pointer()
+        pf_fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+            "llvm.prefetch.p0")
+    with cgutils.for_range(builder, k_v) as loop:
+        kk = loop.index
+        if prefetch:
+            ptr = builder.gep(pw, [builder.add(args[9], builder.mul(kk, args[10]))])
+            builder.call(pf_fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 0),
+                                 ir.Constant(i32, 2), ir.Constant(i32, 1)])
+        wbase = builder.add(w_off_v, builder.mul(kk, ir.Constant(i64, 4 * lanes)))
+        wvec = []
+        for h in range(2):
+            ptr = builder.gep(pw, [builder.add(wbase, ir.Constant(i64, h * 2 * lanes))])
+            wvec.append(builder.sext(builder.load(builder.bitcast(ptr, wty.as_pointer()),
+                                                  align=1), wide))
+        for r in range(rows):
+            off = builder.add(builder.add(a_off_v, builder.mul(ir.Constant(i64, r), lda_v)),
+                              builder.mul(kk, ir.Constant(i64, 2)))
+            pair = builder.load(builder.bitcast(builder.gep(pa, [off]), i32.as_pointer()),
+                                align=2)
+            v = builder.shuffle_vector(builder.insert_element(undef, pair, ir.Constant(i32, 0)),
+                                       undef, splat)
+            v = builder.sext(builder.bitcast(v, ir.VectorType(i16, 2 * lanes)), wide)
+            for h in range(2):
+                p = builder.mul(wvec[h], v)
+                sums = builder.add(builder.shuffle_vector(p, p, even),
+                                   builder.shuffle_vector(p, p, odd))
+                builder.store(builder.add(builder.load(acc[r][h]), sums), acc[r][h])
+    fty = ir.VectorType(ir.FloatType(), lanes)
+    for r in range(rows):
+        row = builder.add(o_off_v, builder.mul(ir.Constant(i64, r), ldo_v))
+        for h in range(2):
+            ptr = builder.gep(po, [builder.add(row, ir.Constant(i64, h * lanes))])
+            builder.store(builder.sitofp(builder.load(acc[r][h]), fty),
+                          builder.bitcast(ptr, fty.as_pointer()), align=4)
+    return context.get_dummy_value()
+
+
+# Columns of a panel of int8 weights packed in pairs (pack_pairs): two vectors of 8 sums
+PAIR_COLUMNS = 16
+
+
+def pack_pairs(values, blocks):
+    """Pack row blocks ``[r0, r1)`` of int8 ``values [M,K]`` (``K`` even) as
+    :func:`pack_blocks` does, for the integer tile: ``wp [P, K/2, 2*PAIR_COLUMNS]`` int8,
+    panel ``p``'s row ``kk`` holding ``w[j, 2kk], w[j, 2kk+1]`` for its columns ``j``
+    (zero past a block's end). Returns ``wp`` and ``starts``."""
+    starts = [0]
+    for lo, hi in blocks:
+        starts.append(starts[-1] + -(-(hi - lo) // PAIR_COLUMNS))
+    wp = empty((starts[-1], values.shape[1] // 2, 2 * PAIR_COLUMNS), np.int8)
+    starts = np.array(starts, np.int64)
+    _pack_pairs(values, np.array(blocks, np.int64).reshape(-1, 2), starts, wp)
+    return wp, starts
+
+
+@jit(parallel=True)
+def _pack_pairs(values, bounds, starts, wp):
+    K2, NR = wp.shape[1], wp.shape[2] // 2
+    for gp in prange(wp.shape[0]):
+        i = 0
+        while starts[i + 1] <= gp:
+            i += 1
+        lo, hi = bounds[i, 0], bounds[i, 1]
+        r0 = lo + (gp - starts[i]) * NR
+        panel = wp[gp]
+        for c in range(NR):
+            j = r0 + c
+            for kk in range(K2):
+                if j < hi:
+                    panel[kk, 2 * c] = values[j, 2 * kk]
+                    panel[kk, 2 * c + 1] = values[j, 2 * kk + 1]
+                else:
+                    panel[kk, 2 * c] = 0
+                    panel[kk, 2 * c + 1] = 0
+
+
 _t1, _t2, _t4, _tmr = (_tile(r) for r in (1, 2, 4, MR))
 _tmr_p, _t4_p = _tile(MR, prefetch=True), _tile(4, prefetch=True)
 # With MR = 6 (AVX2), a block whose last MR-row tile would leave 2 or 3 rows takes its last
@@ -272,8 +376,12 @@ def gemm_panels(a, r0, r1, wp, p0, p1, out, step=0):
     it computes the current one, the panel's ``MR``- and 4-row tiles each asking for an
     equal share of it, so the panel's first tile no longer waits on L3 (weights larger than a
     core's L2, or sharing it with a step's other arrays). Measurements of both: see
-    docs/performance-notes.md, "The per-step product"."""
+    docs/performance-notes.md, "The per-step product".
+
+    int16 ``a`` (a state quantized per row) with panels of :func:`pack_pairs` computes the
+    integer product (:func:`_pair_tile_codegen`), ``PAIR_COLUMNS`` columns a panel."""
     K, NR = wp.shape[1], wp.shape[2]
+    cols = NR // 2 if a.itemsize == 2 else NR  # (output columns a panel: pack_pairs)
     lda = a.strides[0] // a.itemsize
     ldo = out.strides[0] // out.itemsize
     fetch = (p1 - p0) * K * NR * wp.itemsize >= _PREFETCH_BYTES
@@ -296,21 +404,21 @@ def gemm_panels(a, r0, r1, wp, p0, p1, out, step=0):
             rows = MR if tile < full else 4
             pf_off = nxt * K * NR + tile * K * pf_step
             if rows == MR and pf:
-                _tmr_p(a, r * lda, lda, wp, w_off, out, r * ldo + p * NR, ldo, K, pf_off,
+                _tmr_p(a, r * lda, lda, wp, w_off, out, r * ldo + p * cols, ldo, K, pf_off,
                        pf_step)
             elif rows == MR:
-                _tmr(a, r * lda, lda, wp, w_off, out, r * ldo + p * NR, ldo, K)
+                _tmr(a, r * lda, lda, wp, w_off, out, r * ldo + p * cols, ldo, K)
             elif pf:
-                _t4_p(a, r * lda, lda, wp, w_off, out, r * ldo + p * NR, ldo, K, pf_off,
+                _t4_p(a, r * lda, lda, wp, w_off, out, r * ldo + p * cols, ldo, K, pf_off,
                       pf_step)
             else:
-                _t4(a, r * lda, lda, wp, w_off, out, r * ldo + p * NR, ldo, K)
+                _t4(a, r * lda, lda, wp, w_off, out, r * ldo + p * cols, ldo, K)
             r += rows
         if r + 2 <= r1:
-            _t2(a, r * lda, lda, wp, w_off, out, r * ldo + p * NR, ldo, K)
+            _t2(a, r * lda, lda, wp, w_off, out, r * ldo + p * cols, ldo, K)
             r += 2
         if r < r1:
-            _t1(a, r * lda, lda, wp, w_off, out, r * ldo + p * NR, ldo, K)
+            _t1(a, r * lda, lda, wp, w_off, out, r * ldo + p * cols, ldo, K)
 
 
 def _dots(rows, vecs=1):

@@ -16,8 +16,9 @@ from numba import prange
 
 from ._cells import backward_first, backward_step, forward_first, forward_step
 from ._fpu import flush_denormals, restore
-from ._gemm import gemm_packed, gemm_panels
+from ._gemm import PAIR_COLUMNS, gemm_packed
 from ._jit import jit, wide_vectors
+from ._lowp import scaled_panels
 from ._math import GRU, GRU_RB, ROW0, copy, has_cell_state
 
 ZERO = np.float32(0)  # unifies with float64 in float64 kernels
@@ -25,7 +26,7 @@ ZERO = np.float32(0)  # unifies with float64 in float64 kernels
 
 @jit(parallel=True)
 def forward_loop(cell, proj, w_packed, gate_at, second, bias, h0, c0, seq, chunks, out,
-                 saved, wr_packed):
+                 saved, wr_packed, w_scale):
     """Run the recurrence over the row blocks ``chunks [threads+1]``; ``out``: :class:`Outputs`
     (``h_n``, ``c_n`` written at the end), ``saved``: :class:`Saved`. The recurrent product
     of gate ``g`` starts at column ``gate_at[g]`` of a step's product; for
@@ -37,13 +38,19 @@ def forward_loop(cell, proj, w_packed, gate_at, second, bias, h0, c0, seq, chunk
     ``proj = (xg, x, w_packed, per)``: the input projection is either given (``xg``) or,
     when ``xg`` is empty, computed in the loop from ``x`` and ``w_packed`` (``w_ih.T``
     packed) for the thread's own rows, where it never leaves the core's cache: one product
-    every ``per`` steps, over those steps' rows copied together."""
-    xg, x, wx_packed, per, _ = proj
+    every ``per`` steps, over those steps' rows copied together.
+
+    Quantized inference: ``w_packed`` (and ``proj.w``) may be int8 panels of
+    :func:`._gemm.pack_pairs`, with their rows' scales in column order in ``w_scale`` (and
+    ``proj.scale``); empty for float panels (:func:`._lowp.scaled_panels`)."""
+    xg, x, wx_packed, per, wx_scale = proj
     y, h_n, c_n = out
     lengths, reverse = seq
     T, B, S = y.shape  # S: the state's size (H, or the projection's)
     H = c0.shape[1]
     P, _, NR = w_packed.shape
+    NR = PAIR_COLUMNS if w_packed.itemsize == 1 else NR  # (columns a panel)
+    NX = PAIR_COLUMNS if wx_packed.itemsize == 1 else wx_packed.shape[2]
     fused = xg.shape[0] == 0
     keep = saved.acts.shape[0] == T
     projected = wr_packed.shape[0] > 0
@@ -54,10 +61,10 @@ def forward_loop(cell, proj, w_packed, gate_at, second, bias, h0, c0, seq, chunk
         h = h0.copy()  # each thread reads and writes only its rows
         c = c0.copy()
         hg = np.empty((B, P * NR), y.dtype)
-        hr = np.empty((B, wr_packed.shape[0] * NR), y.dtype)  # the projection's product
+        hr = np.empty((B, wr_packed.shape[0] * wr_packed.shape[2]), y.dtype)  # (w_hr's)
         nr = r1 - r0
         xa = np.empty((per * nr if fused else 0, x.shape[2]), y.dtype)
-        xs = np.empty((per * nr if fused else 0, wx_packed.shape[0] * NR), y.dtype)
+        xs = np.empty((per * nr if fused else 0, wx_packed.shape[0] * NX), y.dtype)
         for s in range(T):
             t = T - 1 - s if reverse else s
             ts = t if keep else 0
@@ -71,9 +78,10 @@ def forward_loop(cell, proj, w_packed, gate_at, second, bias, h0, c0, seq, chunk
                     tk = T - 1 - s - kk if reverse else s + kk
                     for b in range(nr):
                         copy(xa[kk * nr + b], x[tk, r0 + b])
-                gemm_packed(xa, ROW0, steps * nr, wx_packed, xs, s // per)
+                scaled_panels(xa, ROW0, steps * nr, wx_packed, ROW0, wx_packed.shape[0], xs,
+                              s // per, wx_scale)
             if cell == GRU_RB:
-                gemm_panels(h, r0, r1, w_packed, ROW0, second, hg, s)
+                scaled_panels(h, r0, r1, w_packed, ROW0, second, hg, s, w_scale)
                 rh = saved.hn_all[ts]  # r * h, the second product's input
                 for b in range(r0, r1):
                     if t >= lengths[b]:
@@ -83,9 +91,9 @@ def forward_loop(cell, proj, w_packed, gate_at, second, bias, h0, c0, seq, chunk
                     xr = xs[k * nr + b - r0] if fused else xg[t, b]
                     forward_first(ROW0, H, H, hg[b], gate_at, xr, bias, h[b], saved.acts[ts, b],
                                   rh[b])
-                gemm_panels(rh, r0, r1, w_packed, second, P, hg, s)
+                scaled_panels(rh, r0, r1, w_packed, second, P, hg, s, w_scale)
             else:
-                gemm_packed(h, r0, r1, w_packed, hg, s)
+                scaled_panels(h, r0, r1, w_packed, ROW0, P, hg, s, w_scale)
             mo = saved.hn_all[ts]  # (with a projection: o * tanh c')
             for b in range(r0, r1):
                 if t >= lengths[b]:

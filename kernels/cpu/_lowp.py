@@ -13,7 +13,7 @@ import numpy as np
 from numba import types
 from numba.extending import overload
 
-from ._gemm import INT16_LANES, VECTOR_LANES32, matvec
+from ._gemm import INT16_LANES, PAIR_COLUMNS, VECTOR_LANES32, gemm_panels, matvec
 from ._jit import OPTIONS, jit
 from ._math import ROW0
 
@@ -109,3 +109,41 @@ def project(x, w, scale, out):
     thread."""
     act, act_scale = product_input(x, w)
     scaled_product(act, act_scale, w, scale, ROW0, w.shape[0], out)
+
+
+def product_rows(a, r0, r1, wp):
+    """:func:`product_input` for rows ``r0 <= r < r1`` of ``a [B,K]`` and packed weights
+    ``wp``: for int8 panels (:func:`._gemm.pack_pairs`) those rows quantized to int16 in
+    an array like ``a`` (other rows unset) and every row's scale; for float panels ``a``
+    itself and no scales."""
+    raise NotImplementedError("product_rows runs in compiled code only")
+
+
+@overload(product_rows, jit_options=OPTIONS)
+def _product_rows(a, r0, r1, wp):
+    if isinstance(wp, types.Array) and wp.dtype == types.int8:
+        def quantized(a, r0, r1, wp):
+            hq = np.empty(a.shape, np.int16)
+            hs = np.empty(a.shape[0], np.float32)
+            quantize_rows(a[r0:r1], hq[r0:r1], hs[r0:r1])
+            return hq, hs
+        return quantized
+
+    def as_it_is(a, r0, r1, wp):
+        return a, np.empty(0, a.dtype)
+    return as_it_is
+
+
+@jit()
+def scaled_panels(a, r0, r1, wp, p0, p1, out, step, scale):
+    """:func:`._gemm.gemm_panels` of rows ``r0 <= r < r1`` of ``a`` with panels ``p0 <= p <
+    p1`` of ``wp``, float or int8 (:func:`._gemm.pack_pairs`: ``a``'s rows quantized by
+    :func:`product_rows`, then each product scaled by its row's scale and ``scale``, the
+    weights' row scales in the panels' column order; empty for float)."""
+    act, act_scale = product_rows(a, r0, r1, wp)
+    gemm_panels(act, r0, r1, wp, p0, p1, out, step)
+    if scale.size > 0:
+        for r in range(r0, r1):
+            sr = act_scale[r]
+            for j in range(p0 * PAIR_COLUMNS, p1 * PAIR_COLUMNS):
+                out[r, j] *= scale[j] * sr
