@@ -248,6 +248,10 @@ def test_inference_only_and_clear_errors():
         fastrnn.quantize(fastrnn.nn.Linear(3, 4), "int8")
     with pytest.raises(TypeError, match="fastrnn.torch.quantize"):
         fastrnn.quantize(object(), "int8")
+    pytest.importorskip("onnx")
+    from fastrnn import onnx as fonnx
+    with pytest.raises(ValueError, match="is quantized \\(int8\\); export the float32"):
+        fonnx.export(q, "never-written.onnx")
     qw = q._weights()
     with pytest.raises(ValueError, match="run inference only"):
         F.rnn("lstm", x, qw, training=True)

@@ -215,6 +215,11 @@ def export(model, path, *, lengths=True, initial_states=False, opset=OPSET):
         raise ValueError("model: an empty Sequential has nothing to export")
     meta = [_describe(m) for m in modules]
     recurrent = [m for m in modules if isinstance(m, (RNN, GRU, LSTM))]
+    for m in recurrent:
+        if m.quantized:
+            raise ValueError(f"model: {type(m).__name__} is quantized ({m.quantized}); export "
+                             "the float32 model (ONNX Runtime's quantize_dynamic quantizes "
+                             "an exported model)")
     if initial_states and (isinstance(model, Sequential) or not recurrent):
         raise ValueError("initial_states: only a single recurrent layer takes initial states")
     dtype = np.dtype(modules[0].dtype)
