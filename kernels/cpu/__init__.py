@@ -47,6 +47,7 @@ from ._split import (backward_loop_split, forward_loop_serial, forward_loop_spli
                      forward_rows)
 from ._warm import warm as _warm
 from ._warm import warm_norm as _warm_norm
+from ._warm import warm_quantized as _warm_quantized
 
 __all__ = ["forward", "backward", "cache_dir", "num_threads", "pinned_cpus",
            "wait_settings", "L2_BYTES", "empty_cache", "cache_info", "set_cache_limit",
@@ -74,6 +75,8 @@ def warm(dtype):
     wait_settings()  # (the loops below run parallel regions without asking num_threads)
     _warm(dtype, _forward, _backward, _forward_rows)
     _warm_norm(dtype, forward, backward)
+    if np.dtype(dtype) == np.float32:
+        _warm_quantized(_forward_quantized)
 
 
 def cache_dir():
@@ -508,12 +511,13 @@ def _values_and_scale(w, dt):
     return w.values, np.empty(0, dt) if w.scale is None else w.scale
 
 
-def _forward_quantized(cell, x, state, w, seq, zoneout):
+def _forward_quantized(cell, x, state, w, seq, zoneout, threads=None):
     """Inference on quantized weights (:mod:`fastrnn.kernels.quantize`): the results of the
     float32 layer with the weights read back, computed by the low-precision unit-split loop
     (:func:`_fused_quantized`), the batch-split loop on int8 panels
     (:func:`_batch_quantized`), or else by the float32 kernels on the weights read back
-    for the call."""
+    for the call. ``threads``: the threads to use instead of the call's size's (compiling
+    ahead of time, :mod:`._warm`)."""
     (T, B, I), (GH, S) = x.shape, w.w_hh.shape
     spec = get_cell(cell)
     H = GH // spec.gates
@@ -523,7 +527,7 @@ def _forward_quantized(cell, x, state, w, seq, zoneout):
             w = w._replace(w_hr=w.w_hr.dequantize())
         # (the input projection in the loop on int8 panels too: at C4i's shape 40 ms
         # against 50 with a float32 BLAS GEMM before it)
-        threads = _threads_for(x.shape, w.w_hh.shape)
+        threads = threads or _threads_for(x.shape, w.w_hh.shape)
         plan = Plan(threads, None, "batch")
         fpu = flush_denormals()
         try:
@@ -533,7 +537,8 @@ def _forward_quantized(cell, x, state, w, seq, zoneout):
             restore(fpu)
     if not fused:
         return forward(cell, x, state, dequantized(w), seq, False, zoneout)
-    threads = min(_threads_for(x.shape, w.w_hh.shape), usable_cpus(), H // _UNIT_ALIGN)
+    threads = min(threads or _threads_for(x.shape, w.w_hh.shape), usable_cpus(),
+                  H // _UNIT_ALIGN)
     units = _unit_bounds(H, threads) if threads > 1 else np.asarray([0, H], np.int64)
     threads = units.size - 1
     dt = x.dtype

@@ -21,7 +21,7 @@ _T, _B, _I, _H = 3, 4, 8, 32  # small: the work is compiling, not computing
 _UNITS = np.array([0, 16, 32], np.int64)  # two unit blocks
 
 
-def _problem(cell, dtype, B, T=_T):
+def _problem(cell, dtype, B, T=_T, I=_I):
     """Random input ``x``, :class:`State` and :class:`Weights` of a small layer."""
     spec = get_cell(cell)
     rng = np.random.default_rng(0)
@@ -31,9 +31,9 @@ def _problem(cell, dtype, B, T=_T):
         return rng.uniform(-0.5, 0.5, shape).astype(dtype)
 
     state = State(r(B, _H), r(B, _H) if spec.has_cell_state else None)
-    weights = Weights(r(G * _H, _I), r(G * _H, _H), r(G * _H), r(G * _H),
+    weights = Weights(r(G * _H, I), r(G * _H, _H), r(G * _H), r(G * _H),
                       r(3, _H) if spec.peepholes else None)
-    return r(T, B, _I), state, weights
+    return r(T, B, I), state, weights
 
 
 def _forward_backward(forward, backward, cell, problem, plan, units):
@@ -77,3 +77,17 @@ def warm_norm(dtype, forward, backward):
     zoneout = np.full((_T, _B, _H), 0.5, dtype)
     y, _, saved = forward("lstm", x, state, weights, Sequence(), True, zoneout)
     backward("lstm", saved, np.ones_like(y), State(None, None))
+
+
+def warm_quantized(forward_quantized):
+    """Compile the quantized inference loops (float32 only): int8 and bfloat16 weights in
+    the unit-split loop on one thread and on two blocks, and int8 panels in the batch split,
+    through the backend's ``forward_quantized(cell, x, state, weights, seq, zoneout,
+    threads)`` (``threads`` chosen here instead of by the call's size)."""
+    from ..quantize import quantize
+    for fmt in ("int8", "bfloat16"):
+        for B, threads in ((1, 1), (1, 2), (24, 2)):
+            x, state, weights = _problem("lstm", np.float32, B, T=40, I=_H)
+            w = weights._replace(w_ih=quantize(weights.w_ih, fmt),
+                                 w_hh=quantize(weights.w_hh, fmt))
+            forward_quantized("lstm", x, state, w, Sequence(), None, threads)
