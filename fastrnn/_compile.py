@@ -2,7 +2,8 @@
 build step, a cluster's shared image), so that a process's first call loads its kernels
 instead of compiling them.
 
-Every cell runs in the same compiled loops, one set per dtype: each dtype compiles in a
+Every cell runs in the same compiled loops, one set per dtype (and per quantized format,
+``int8`` and ``bfloat16``: the loops of ``fastrnn.quantize``'d layers): each compiles in a
 process of its own, as many at once as asked; a last pass in this process loads them all
 again, which also compiles anything a concurrent writer dropped from a shared cache index.
 """
@@ -13,7 +14,7 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
-DTYPES = ("float32", "float64")
+DTYPES = ("float32", "float64", "int8", "bfloat16")
 
 
 def _one(dtype):

@@ -58,6 +58,8 @@ def info_lines():
                  "torch.nn.LSTM's")
     lines.append("layer options (every backend, and fastrnn.torch): layer_norm=True (every "
                  "cell but the GRU with reset_after=False), zoneout=p")
+    lines.append("quantized inference (numpy and cpu backends, fastrnn.quantize and "
+                 "fastrnn.torch.quantize): int8, bfloat16")
     if backends()["cpu"]["available"]:
         from .kernels import cpu
         try:
@@ -224,9 +226,10 @@ def main(argv=None):
     c = sub.add_parser("compile", help="compile the cpu kernels ahead of time into the "
                        "on-disk cache, so that first calls load them instead")
     c.add_argument("--all", action="store_true",
-                   help="float32 and float64 (the default); every cell runs in the same "
-                   "compiled loops")
-    c.add_argument("--dtypes", help="float32, float64 or both, comma-separated (default: both)")
+                   help="float32, float64 and the quantized formats int8 and bfloat16 (the "
+                   "default); every cell runs in the same compiled loops")
+    c.add_argument("--dtypes", help="some of float32, float64, int8, bfloat16 "
+                   "(fastrnn.quantize's formats), comma-separated (default: all)")
     c.add_argument("--jobs", type=int, help="processes compiling at once, one dtype each "
                    "(default: one per usable CPU)")
     args = parser.parse_args(argv)

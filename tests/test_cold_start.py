@@ -87,3 +87,18 @@ def test_fastrnn_compile_fills_the_cache_and_info_lists_it():
     both = subprocess.run([sys.executable, "-m", "fastrnn.cli", "compile", "--all",
                            "--dtypes", "float32"], capture_output=True, text=True)
     assert both.returncode != 0 and "give --all or --dtypes, not both" in both.stderr
+
+
+def test_fastrnn_compile_fills_the_cache_for_quantized_layers():
+    """``fastrnn compile --dtypes int8`` compiles the loops of ``fastrnn.quantize``'d
+    int8 layers (the unit split and the batch split), and ``fastrnn info`` lists them."""
+    out = subprocess.run([sys.executable, "-m", "fastrnn.cli", "compile", "--dtypes", "int8",
+                          "--jobs", "1"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "compiled every loop kind in int8 in" in out.stdout
+    info = subprocess.run([sys.executable, "-m", "fastrnn.cli", "info"], check=True,
+                          capture_output=True, text=True).stdout
+    line = next(l for l in info.splitlines() if "compiled loops (every cell)" in l)
+    for loop in ("batch split", "unit split", "one thread"):
+        assert re.search(loop + r" [a-z0-9, ]*int8", line), line
+    assert "quantized inference" in info

@@ -24,6 +24,7 @@ from ..cells import get_cell
 from ..contract import Sequence as _Seq
 from ..contract import State, Weights
 from ..gate_grads import input_and_weight_grads
+from ..quantize import FORMATS as QUANTIZED_FORMATS
 from ..quantize import Quantized, dequantized, is_quantized
 from ._affinity import plan as _pin_plan
 from ._affinity import pinned, usable_cpus
@@ -70,13 +71,15 @@ def _fresh_cache():
 
 def warm(dtype):
     """Compile, or load from the on-disk cache, every kernel in ``dtype``: each loop kind
-    once on small arrays (``fastrnn compile``)."""
+    once on small arrays (``fastrnn compile``); ``dtype`` ``"int8"`` or ``"bfloat16"``:
+    the quantized inference loops of that format (float32 activations)."""
     _fresh_cache()
     wait_settings()  # (the loops below run parallel regions without asking num_threads)
+    if dtype in QUANTIZED_FORMATS:
+        _warm_quantized(_forward_quantized, dtype)
+        return
     _warm(dtype, _forward, _backward, _forward_rows)
     _warm_norm(dtype, forward, backward)
-    if np.dtype(dtype) == np.float32:
-        _warm_quantized(_forward_quantized)
 
 
 def cache_dir():

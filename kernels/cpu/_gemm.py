@@ -206,18 +206,10 @@ def _tile(rows, prefetch=False):
         fma = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(vty, [vty, vty, vty]),
             "llvm.fma.v%d%s" % (lanes, "f32" if align == 4 else "f64"))
-        if prefetch:
-            i8p = ir.IntType(8).as_pointer()
-            i32 = ir.IntType(32)
-            pf_fn = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
-                "llvm.prefetch.p0")
         with cgutils.for_range(builder, k_v) as loop:
             k = loop.index
-            if prefetch:  # read, locality 2 (prefetcht1: into L2), data
-                ptr = builder.gep(pw, [builder.add(args[9], builder.mul(k, args[10]))])
-                builder.call(pf_fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 0),
-                                     ir.Constant(i32, 2), ir.Constant(i32, 1)])
+            if prefetch:
+                _prefetch(builder, pw, args, k)
             wbase = builder.add(w_off_v, builder.mul(k, ir.Constant(i64, 2 * lanes)))
             wvec = []
             for h in range(2):
@@ -244,6 +236,18 @@ def _tile(rows, prefetch=False):
     return tile
 
 
+def _prefetch(builder, pw, args, k):
+    """A tile's prefetch for step ``k``: the cache line of ``wp``'s element ``pf_off +
+    k*pf_step`` (the tile's arguments 9 and 10) into L2 (read, locality 2: prefetcht1)."""
+    i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+    fn = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+        "llvm.prefetch.p0")
+    ptr = builder.gep(pw, [builder.add(args[9], builder.mul(k, args[10]))])
+    builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 0), ir.Constant(i32, 2),
+                      ir.Constant(i32, 1)])
+
+
 def _pair_tile_codegen(context, builder, sig, args, rows, prefetch):
     """:func:`_tile` of an integer product: ``a`` int16 (a state quantized per row), ``wp``
     int8 panels of :func:`pack_pairs` (``k`` in pairs: a panel's row ``kk`` holds
@@ -265,17 +269,10 @@ def _pair_tile_codegen(context, builder, sig, args, rows, prefetch):
     undef = ir.Constant(acc_ty, ir.Undefined)
     splat = ir.Constant(acc_ty, [0] * lanes)
     even, odd = (ir.Constant(acc_ty, list(range(j, 2 * lanes, 2))) for j in (0, 1))
-    if prefetch:
-        i8p = ir.IntType(8).as_pointer()
-        pf_fn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
-            "llvm.prefetch.p0")
     with cgutils.for_range(builder, k_v) as loop:
         kk = loop.index
         if prefetch:
-            ptr = builder.gep(pw, [builder.add(args[9], builder.mul(kk, args[10]))])
-            builder.call(pf_fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 0),
-                                 ir.Constant(i32, 2), ir.Constant(i32, 1)])
+            _prefetch(builder, pw, args, kk)
         wbase = builder.add(w_off_v, builder.mul(kk, ir.Constant(i64, 4 * lanes)))
         wvec = []
         for h in range(2):

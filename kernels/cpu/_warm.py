@@ -79,15 +79,15 @@ def warm_norm(dtype, forward, backward):
     backward("lstm", saved, np.ones_like(y), State(None, None))
 
 
-def warm_quantized(forward_quantized):
-    """Compile the quantized inference loops (float32 only): int8 and bfloat16 weights in
-    the unit-split loop on one thread and on two blocks, and int8 panels in the batch split,
-    through the backend's ``forward_quantized(cell, x, state, weights, seq, zoneout,
-    threads)`` (``threads`` chosen here instead of by the call's size)."""
+def warm_quantized(forward_quantized, fmt):
+    """Compile the quantized inference loops of ``fmt`` (``"int8"`` or ``"bfloat16"``;
+    float32 activations): the unit-split loop on one thread and on two blocks, and for int8
+    the batch split on int8 panels, through the backend's ``forward_quantized(cell, x,
+    state, weights, seq, zoneout, threads)`` (``threads`` chosen here instead of by the
+    call's size)."""
     from ..quantize import quantize
-    for fmt in ("int8", "bfloat16"):
-        for B, threads in ((1, 1), (1, 2), (24, 2)):
-            x, state, weights = _problem("lstm", np.float32, B, T=40, I=_H)
-            w = weights._replace(w_ih=quantize(weights.w_ih, fmt),
-                                 w_hh=quantize(weights.w_hh, fmt))
-            forward_quantized("lstm", x, state, w, Sequence(), None, threads)
+    for B, threads in ((1, 1), (1, 2), (24, 2)):
+        x, state, weights = _problem("lstm", np.float32, B, T=40, I=_H)
+        w = weights._replace(w_ih=quantize(weights.w_ih, fmt),
+                             w_hh=quantize(weights.w_hh, fmt))
+        forward_quantized("lstm", x, state, w, Sequence(), None, threads)
