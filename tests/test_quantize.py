@@ -357,3 +357,23 @@ def test_torch_quantize_model_cells_and_errors():
         ft.quantize(torch.nn.Linear(3, 4), "int8")
     with pytest.raises(ValueError, match="dtype: expected one of"):
         ft.quantize(torch.nn.LSTM(3, 4), "int4")
+
+
+@pytest.mark.parametrize("ih,hh", [(None, "int8"), ("bfloat16", "int8"), ("int8", "bfloat16"),
+                                   (None, "bfloat16")])
+@pytest.mark.parametrize("B", [1, 20])
+def test_weights_of_mixed_kinds(ih, hh, B):
+    """Weights made by hand may quantize w_ih and w_hh differently, or only w_hh: every
+    path agrees with the reference."""
+    if not fastrnn.backends()["cpu"]["available"]:
+        pytest.skip("cpu backend not available")
+    from fastrnn.kernels import cpu, reference
+    x, weights, h0, c0 = random_problem("gru", 6, B, 32, 32, dtype=np.float32, seed=8,
+                                        scale=1 / np.sqrt(32))
+    w = weights[0]
+    w = w._replace(w_hh=Q.quantize(w.w_hh, hh),
+                   w_ih=w.w_ih if ih is None else Q.quantize(w.w_ih, ih))
+    state = State(h0[0], None)
+    want = reference.forward("gru", x, state, w, training=False)
+    got = cpu.forward("gru", x, state, w, training=False)
+    assert rel_err(got[0], want[0]) <= TOL["int8"]

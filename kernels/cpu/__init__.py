@@ -502,8 +502,10 @@ def _batch_quantized(w, I, S):
     instruction): int8 weights without LayerNorm, rows of an even length; bfloat16 has no
     faster arithmetic than float32's here, so it runs the float32 kernels on the weights
     read back."""
-    return (isinstance(w.w_hh, Quantized) and w.w_hh.format == "int8" and w.ln_ih is None
-            and I % 2 == 0 and S % 2 == 0)
+    int8 = [isinstance(a, Quantized) and a.format == "int8" for a in (w.w_ih, w.w_hh)]
+    float_ih = not isinstance(w.w_ih, Quantized)  # (Weights made by hand may mix kinds)
+    return (int8[1] and (int8[0] or float_ih) and w.ln_ih is None and I % 2 == 0
+            and S % 2 == 0)
 
 
 def _values_and_scale(w, dt):
