@@ -154,6 +154,23 @@ def _build_fastrnn(backend, cfg, weights, quantize=None):
     return run, outputs, sync
 
 
+@contextlib.contextmanager
+def _quiet():
+    """Silence a peer's warnings and log messages while it prepares its quantized model
+    (they would interleave with the benchmark's progress)."""
+    import logging
+    import warnings
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        root.setLevel(level)
+
+
 def _build_onnxruntime(cfg, weights, threads, int8=False):
     """ONNX Runtime (CPU execution provider, ``threads`` intra-op threads) running the ONNX
     model :func:`fastrnn.onnx.export` writes for the configuration's layer (inference);
@@ -168,7 +185,8 @@ def _build_onnxruntime(cfg, weights, threads, int8=False):
         if int8:
             from onnxruntime.quantization import QuantType, quantize_dynamic
             quantized = os.path.join(tmp, "model.int8.onnx")
-            quantize_dynamic(path, quantized, weight_type=QuantType.QInt8)
+            with _quiet():  # (its advice on pre-processing, through the root logger)
+                quantize_dynamic(path, quantized, weight_type=QuantType.QInt8)
             path = quantized
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
@@ -254,8 +272,9 @@ def _build_torch(device, cfg, weights, threads, bridge=False, int8=False):
     model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in weights.items()})
     model = model.to(device)
     if int8:  # (quantize_dynamic swaps a container's children, not the module it is given)
-        model = torch.ao.quantization.quantize_dynamic(
-            torch.nn.Sequential(model), {nn.LSTM, nn.GRU}, dtype=torch.qint8)[0]
+        with _quiet():  # (torch's notices that these APIs move to torchao)
+            model = torch.ao.quantization.quantize_dynamic(
+                torch.nn.Sequential(model), {nn.LSTM, nn.GRU}, dtype=torch.qint8)[0]
     x, gout = (torch.from_numpy(a).to(device) for a in _inputs(cfg))
     train = cfg["mode"] == "train"
     x.requires_grad_(train)  # fastrnn always returns grad_x: PyTorch does the same work
