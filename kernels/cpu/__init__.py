@@ -483,8 +483,8 @@ _QUANTIZED_CHUNK = max(INT8_CHUNK, BF16_CHUNK)
 def _fused_quantized(cell, w, T, B, I, S):
     """Whether a quantized call runs the low-precision unit-split loop, reading ``w_hh``'s
     values as they are each step: where the float32 plan splits the units too (batches of
-    1-2 rows, calls of a few rows, and batches up to 16 rows when float32 weights would not
-    fit a core's L2), a step is bound by reading the weights. Larger batches are bound by
+    1-2 rows, calls of a few rows, and batches up to 16 rows when ``w_hh`` in float32 is
+    2 MB or more), a step is bound by reading the weights. Larger batches are bound by
     the products' arithmetic, which the float32 kernels on the weights read back for the
     call do faster (docs/performance-notes.md, "Quantized inference"); so do the cells and
     options that loop does not run (LayerNorm, a projection, the reset-before GRU) and rows
