@@ -20,7 +20,6 @@ import numpy as np
 
 FORMATS = ("int8", "bfloat16")
 FIELDS = ("w_ih", "w_hh", "w_hr")  # the weights a quantized layer holds in low precision
-_STORAGE = {"int8": np.dtype(np.int8), "bfloat16": np.dtype(np.uint16)}
 
 
 class Quantized(NamedTuple):
@@ -44,10 +43,6 @@ class Quantized(NamedTuple):
     def dtype(self):
         """The dtype the matrix stands for (what :meth:`dequantize` gives): float32."""
         return np.dtype(np.float32)
-
-    @property
-    def nbytes(self):
-        return self.values.nbytes + (0 if self.scale is None else self.scale.nbytes)
 
     def dequantize(self, out=None):
         """The float32 matrix these values stand for (into ``out [M,K]`` when given)."""
@@ -86,30 +81,6 @@ def quantize(w, fmt, name="w"):
     bits = w.view(np.uint32).astype(np.uint64)  # (no overflow while rounding)
     rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
     return Quantized(rounded.astype(np.uint16), None, fmt)
-
-
-def from_storage(values, scale, fmt, name="weight"):
-    """:class:`Quantized` from stored arrays (a state dict's), checked: ``values`` of
-    ``fmt``'s storage type, ``scale`` float32 ``[M]`` for int8 and None for bfloat16."""
-    check_format("format", fmt)
-    values = np.asarray(values)
-    if values.ndim != 2 or values.dtype != _STORAGE[fmt]:
-        raise ValueError(f"{name}: expected a {_STORAGE[fmt]} matrix for {fmt} weights, got "
-                         f"{values.dtype} of shape {values.shape}")
-    if fmt == "bfloat16":
-        if scale is not None:
-            raise ValueError(f"{name}: bfloat16 weights have no scale, got one")
-        return Quantized(values, None, fmt)
-    scale = np.asarray(scale)
-    if scale.dtype != np.float32 or scale.shape != values.shape[:1]:
-        raise ValueError(f"{name}: expected a float32 scale of shape {values.shape[:1]}, got "
-                         f"{scale.dtype} of shape {scale.shape}")
-    return Quantized(values, scale, fmt)
-
-
-def storage_dtype(fmt):
-    """The NumPy dtype a format's values are stored in."""
-    return _STORAGE[check_format("format", fmt)]
 
 
 def is_quantized(weights):

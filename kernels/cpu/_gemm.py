@@ -14,7 +14,6 @@ matrix-vector product is bound by reading the weights, and packing them costs mo
 saves there (docs/performance-notes.md, "The per-step product").
 """
 
-import numba
 import numpy as np
 from llvmlite import ir
 from numba import prange, types
@@ -422,7 +421,8 @@ def _dots(rows, vecs=1):
     """An intrinsic computing the ``rows * vecs`` dot products of ``rows`` consecutive rows
     of ``w`` with ``vecs`` rows of ``a``: ``dots(a, a_off, lda, w, w_off, ldw, out, o_off,
     ldo, K)`` sets ``out[o_off + v*ldo + r] = a[a_off + v*lda :][:K] @ w[w_off + r*ldw
-    :][:K]``, ``K`` a multiple of :func:`chunk`. Full-width loads of each weight row
+    :][:K]``, ``K`` a whole number of steps (a vector of ``a``'s elements; two for bfloat16
+    weights: ``_lowp.BF16_CHUNK``). Full-width loads of each weight row
     (Numba's loops used half-width ones here), each weight vector used for every row of
     ``a`` (the product is bound by reading the weights), one accumulator per output, a tree
     sum at the end.
@@ -431,7 +431,7 @@ def _dots(rows, vecs=1):
     loads a full vector of values and splits it in place into its even and odd elements,
     widened by a shift and a mask within each 32-bit lane, never across lanes (2 uops a
     vector of float32 instead of a lane-crossing widening load each half); ``a`` comes
-    with each :func:`chunk` of its elements in that order, the even ones then the odd ones
+    with each step's elements in that order, the even ones then the odd ones
     (:func:`._lowp.interleave`). int8 with int16 ``a`` (the state quantized per row)
     multiplies in integers: weights sign-extended to 16 bits as they load, pairs of
     products summed into 32-bit lanes (``vpmaddwd`` on x86, 16 multiply-adds an
@@ -546,17 +546,6 @@ def _product_kind(a, w):
     return None
 
 
-def chunk(a_dtype, w_dtype):
-    """Elements of a row per step of :func:`_dots` (and :func:`matvec`): a vector of
-    ``a``'s for float and int8 weights, two for bfloat16 (their even and odd elements);
-    NumPy dtypes."""
-    kind = _product_kind(*(numba.from_dtype(np.dtype(d)) for d in (a_dtype, w_dtype)))
-    if kind == "int8":
-        return INT16_LANES
-    lanes = _VECTOR_BYTES // np.dtype(a_dtype).itemsize
-    return lanes if kind == "float" else 2 * lanes
-
-
 _d1, _d4, _d8 = _dots(1), _dots(4), _dots(8)
 _d4x2, _d4x4 = _dots(4, 2), _dots(4, 4)
 _d1x2, _d1x4 = _dots(1, 2), _dots(1, 4)
@@ -597,7 +586,7 @@ def matvec(a, r0, r1, w, j0, j1, out, back=False):
     a pass over it. ``back``: walk ``w``'s rows from the last (a time loop alternates, as
     :func:`gemm_panels` does, so that a step starts on the rows the previous one read
     last, still in cache). Low-precision ``w`` takes ``a`` as :func:`_dots` says, with rows
-    a whole number of chunks (:func:`chunk`)."""
+    a whole number of its steps."""
     K = w.shape[1]
     if w.itemsize < a.itemsize or w.itemsize == 1:  # (low-precision weights: see _dots)
         if K % (INT16_LANES if w.itemsize == 1 else 2 * VECTOR_LANES32) != 0:
