@@ -329,3 +329,42 @@ def test_an_empty_batch_or_sequence(backend, cell, T, B):
     for w, g in zip(weights, dws):
         assert list(g.present()) == list(w.present())
         assert all(not np.any(a) for a in g.present().values())
+
+
+@pytest.mark.parametrize("cell,proj_size,layer_norm", CASES,
+                         ids=[f"{c}-P{p}-ln{int(n)}" for c, p, n in CASES])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_cpu_loops_split_rows_between_threads(cell, proj_size, layer_norm, reverse):
+    """The cpu loops with the batch in uneven row blocks, one a thread (small layers run
+    on one thread): equal to the reference, forward and every gradient, with lengths
+    (one of them zero) and zoneout."""
+    pytest.importorskip("numba")
+    from fastrnn.kernels import reference
+    from fastrnn.kernels.contract import Sequence, State
+    from fastrnn.kernels.cpu import _norm
+    T, B, I, H = 6, 5, 4, 16
+    x, weights, h0, c0 = _problem(cell, T, B, I, H, seed=3, proj_size=proj_size,
+                                  layer_norm=layer_norm)
+    rng = np.random.default_rng(8)
+    S = proj_size or H
+    seq = Sequence(np.array([6, 2, 0, 5, 6]), reverse)
+    zoneout = (rng.random((T, B, S)) < 0.3).astype(np.float64)
+    state = State(h0[0], None if c0 is None else c0[0])
+    dy = rng.standard_normal((T, B, S))
+    dstate = State(rng.standard_normal((B, S)), None if c0 is None else
+                   rng.standard_normal((B, H)))
+    want_y, want_state, saved = reference.forward(cell, x, state, weights[0], seq, True,
+                                                  zoneout)
+    want = reference.backward(cell, saved, dy, dstate)
+    blocks = np.array([0, 1, 3, 5])
+    y, got_state, kept = _norm.forward(cell, x, state, weights[0], seq, True, zoneout, blocks)
+    got = _norm.backward(cell, kept, dy, dstate, blocks)
+    assert_close(y, want_y, np.float64, "output")
+    for name, a, b in [("h_n", got_state.h, want_state.h), ("c_n", got_state.c, want_state.c),
+                       ("dx", got[0], want[0]), ("dh0", got[1].h, want[1].h),
+                       ("dc0", got[1].c, want[1].c)] + [
+            (f, got[2].present()[f], g) for f, g in want[2].present().items()]:
+        if b is None:
+            assert a is None, name
+        else:
+            assert_close(a, b, np.float64, name)

@@ -104,8 +104,8 @@ def compiled_kernels():
         "batch split": forward_loop, "batch split backward": backward_loop,
         "unit split": forward_loop_split, "unit split backward": backward_loop_split,
         "one thread": forward_loop_serial, "a few rows": forward_rows,
-        "layer_norm and zoneout": _norm._forward_step,
-        "layer_norm and zoneout backward": _norm._backward_step})
+        "layer_norm and zoneout": _norm._forward_loop,
+        "layer_norm and zoneout backward": _norm._backward_loop})
 
 
 def pinned_cpus():

@@ -2,13 +2,14 @@
 
 A LayerNorm needs its product's whole row (every gate of every unit) before any gate, and
 zoneout mixes each step's new state with the old one; both sit between a step's recurrent
-product and the next step's. A call with either runs here: per step, ``W_hh h`` by the
-batch-split loops' packed product (each thread its row block, on weights packed once a
-call), then one compiled pass over the rows (the normalisation's statistics, the biases,
-the cell, ``LN(c)``), the projection's product when there is one, and one compiled pass
-for zoneout, lengths and the output. Backward walks the steps in reverse the same way; the
-input projection and the weight gradients are GEMMs over all steps (:mod:`._blas`), as in
-the other loops. The equations are the reference's (:mod:`fastrnn.kernels.reference`).
+product and the next step's. Everything a step does is local to a batch row, so a call with
+either runs as one compiled call that splits the batch: each thread walks every step for
+its row block (as :mod:`._loops` does) - ``W_hh h`` by the packed product on weights packed
+once a call, then one pass over its rows (the normalisation's statistics, the biases, the
+cell, ``LN(c)``), the projection's product when there is one, and one pass for zoneout,
+lengths and the output. Backward walks the steps in reverse the same way; the input
+projection and the weight gradients are GEMMs over all steps (:mod:`._blas`), as in the
+other loops. The equations are the reference's (:mod:`fastrnn.kernels.reference`).
 Call inside the backend's thread setting (``single_threaded_blas``, ``pinned``).
 """
 
@@ -21,36 +22,27 @@ from ..cells import get_cell
 from ..contract import LN_EPS, State, Weights
 from ._alloc import empty
 from ._blas import matmul
+from ._fpu import flush_denormals, restore
 from ._gemm import gemm_packed, pack
-from ._jit import jit
-from ._math import (CELL_IDS, GRU, LSTM_P, has_cell_state, rnn_activation,
+from ._jit import jit, wide_vectors
+from ._math import (CELL_IDS, GRU, GRU_RB, LSTM_P, has_cell_state, rnn_activation,
                     rnn_activation_grad, sigmoid, tanh)
 
 ONE = np.float32(1)
 ZERO = np.float32(0)
 
 
-@jit(parallel=True)
-def _products(v, w_packed, out, chunks, s):
-    """``out[:, :N] = v @ W`` for ``W`` packed by :func:`._gemm.pack` (``out`` as wide as
-    the panels): each of ``chunks``' row blocks on its own thread."""
-    for ci in prange(chunks.size - 1):
-        gemm_packed(v, chunks[ci], chunks[ci + 1], w_packed, out, s)
+def _packed(w, transpose, dt):
+    """``W = w.T`` (``transpose``) or ``w`` in the panels of :func:`._gemm.pack`; an empty
+    ``[0,1,1]`` for a product the layer has not (``w`` None)."""
+    if w is None:
+        return np.empty((0, 1, 1), dt)
+    return pack(np.ascontiguousarray(w), transpose=transpose)
 
 
-class _Product:
-    """``v @ W`` for one weight matrix, packed once, each step into the same buffer."""
-
-    def __init__(self, w, transpose, rows, chunks):
-        self.packed = pack(np.ascontiguousarray(w), transpose=transpose)
-        P, _, NR = self.packed.shape
-        self.out = np.empty((rows, P * NR), w.dtype)
-        self.n = w.shape[0] if transpose else w.shape[1]
-        self.chunks = chunks
-
-    def __call__(self, v, step):
-        _products(v, self.packed, self.out, self.chunks, step)
-        return self.out[:, :self.n]
+def _panel_buffer(rows, wp):
+    """Room for ``rows`` rows of a product with panels ``wp`` (whole panels)."""
+    return np.empty((rows, wp.shape[0] * wp.shape[2]), wp.dtype)
 
 
 class Params(NamedTuple):
@@ -98,11 +90,12 @@ class Kept(NamedTuple):
 
 
 @jit()
-def _normalize(v, gain, hat, rstd):
-    """Each row of ``v [R,N]`` in place to ``(v - mean) / sqrt(var + eps) * gain``;
-    ``hat [R,N]``, ``rstd [R]`` receive the normalised row and ``1 / sqrt(var + eps)``."""
-    R, N = v.shape
-    for r in range(R):
+def _normalize(v, gain, hat, rstd, r0, r1):
+    """Rows ``r0 <= r < r1`` of ``v [R,>=N]`` in place to ``(v - mean) / sqrt(var + eps) *
+    gain`` over their first ``N = gain.size`` entries; ``hat [R,N]``, ``rstd [R]`` receive
+    the normalised row and ``1 / sqrt(var + eps)``."""
+    N = gain.size
+    for r in range(r0, r1):
         row, hr = v[r], hat[r]
         mean = 0.0
         for j in range(N):
@@ -121,11 +114,11 @@ def _normalize(v, gain, hat, rstd):
 
 
 @jit()
-def _normalize_grad(d, hat, rstd, gain, out):
+def _normalize_grad(d, hat, rstd, gain, out, r0, r1):
     """``out [R,N]``: the gradient reaching the rows :func:`_normalize` read, from ``d``
-    the one reaching its results."""
-    R, N = d.shape
-    for r in range(R):
+    the one reaching its results (rows ``r0 <= r < r1``)."""
+    N = gain.size
+    for r in range(r0, r1):
         dr, hr, o = d[r], hat[r], out[r]
         s1 = 0.0
         s2 = 0.0
@@ -140,39 +133,76 @@ def _normalize_grad(d, hat, rstd, gain, out):
             o[j] = rs * (dr[j] * gain[j] - s1 - hr[j] * s2)
 
 
+@jit(parallel=True)
+def _normalize_rows(v, gain, hat, rstd, blocks):
+    """:func:`_normalize` of every row, each row block of ``blocks`` on its own thread."""
+    for i in prange(blocks.size - 1):
+        _normalize(v, gain, hat, rstd, blocks[i], blocks[i + 1])
+
+
+@jit(parallel=True)
+def _normalize_grad_rows(d, hat, rstd, gain, out, blocks):
+    """:func:`_normalize_grad` of every row, each row block of ``blocks`` on its own
+    thread."""
+    for i in prange(blocks.size - 1):
+        _normalize_grad(d, hat, rstd, gain, out, blocks[i], blocks[i + 1])
+
+
+def _rows(rows, chunks):
+    """As many equal blocks of ``rows`` as ``chunks`` has, as boundaries."""
+    n = chunks.size - 1
+    return np.asarray([rows * k // n for k in range(n + 1)], np.int64)
+
+
 @jit()
-def _column_sums(d, hat, sums, sums_hat):
-    """``sums = d.sum(0)`` and, when ``hat`` has rows, ``sums_hat = (d * hat).sum(0)``
-    over the rows of ``d [R,N]`` (one pass, no temporaries)."""
-    R, N = d.shape
-    with_hat = hat.shape[0] > 0
+def _sum_rows(d, hat, r0, r1, sums, sums_hat):
+    """``sums = d[r0:r1].sum(0)`` and, when ``hat`` has rows, ``sums_hat = (d *
+    hat)[r0:r1].sum(0)`` (one pass, no temporaries)."""
+    N = d.shape[1]
     for j in range(N):
         sums[j] = 0
         sums_hat[j] = 0
-    for r in range(R):
+    for r in range(r0, r1):
         dr = d[r]
         for j in range(N):
             sums[j] += dr[j]
-        if with_hat:
+        if hat.shape[0] > 0:
             hr = hat[r]
             for j in range(N):
                 sums_hat[j] += dr[j] * hr[j]
 
 
+@jit(parallel=True)
+def _column_sums(d, hat, sums, sums_hat, blocks):
+    """:func:`_sum_rows` of all rows of ``d [R,N]``, each row block of ``blocks`` on its
+    own thread, the blocks' sums added at the end."""
+    n, N = blocks.size - 1, d.shape[1]
+    part = np.empty((n, 2, N), sums.dtype)
+    for i in prange(n):
+        _sum_rows(d, hat, blocks[i], blocks[i + 1], part[i, 0], part[i, 1])
+    for j in range(N):
+        sums[j] = 0
+        sums_hat[j] = 0
+    for i in range(n):
+        for j in range(N):
+            sums[j] += part[i, 0, j]
+            sums_hat[j] += part[i, 1, j]
+
+
 @jit()
-def _forward_step(cell, t, ts, xg, hg, h, c, lengths, p, s, new):
-    """Step ``t`` of every row (``ts``: where the step's saved arrays are): ``xg [B,G*H]``
-    the normalised input side with ``b_ih``, ``hg [B,G*H]`` ``W_hh h`` (normalised in
-    place), ``h [B,H]`` the state, ``c [B,H]`` the LSTMs' cell state (updated where the
-    row has a step); ``new [B,H]`` receives the cell's output ``h~`` (the LSTMs' before a
-    projection)."""
-    B, GH = hg.shape
+def _forward_step(cell, t, ts, xg, hg, h, c, lengths, p, s, new, r0, r1):
+    """Step ``t`` of rows ``r0 <= b < r1`` (``ts``: where the step's saved arrays are):
+    ``xg [B,G*H]`` the normalised input side with ``b_ih``, ``hg [B,>=G*H]`` ``W_hh h``
+    (normalised in place), ``h [B,H]`` the state, ``c [B,H]`` the LSTMs' cell state
+    (updated where the row has a step); ``new [B,H]`` receives the cell's output ``h~`` (the
+    LSTMs' before a projection)."""
+    GH = p.b_hh.size
     H = new.shape[1]
     ln = p.ln_hh.size > 0
     if ln:
-        _normalize(hg, p.ln_hh, s.h_hat[ts], s.h_rstd[ts, :, 0])
+        _normalize(hg, p.ln_hh, s.h_hat[ts], s.h_rstd[ts, :, 0], r0, r1)
     lstm = has_cell_state(cell)
-    for b in range(B):
+    for b in range(r0, r1):
         a, x_, g_, nw = s.acts[ts, b], xg[b], hg[b], new[b]
         bh = p.b_hh
         for j in range(GH):
@@ -208,9 +238,9 @@ def _forward_step(cell, t, ts, xg, hg, h, c, lengths, p, s, new):
                 ao[j] = sigmoid(ao[j])
             s.c_out[ts, b] = cb
             if p.ln_c.size > 0:  # h~ = o * tanh(LN(c'))
-                nw[:] = cb
-                _normalize(new[b:b + 1], p.ln_c, s.c_hat[ts, b:b + 1],
-                           s.c_rstd[ts, b:b + 1, 0])
+                for j in range(H):
+                    nw[j] = cb[j]
+                _normalize(new, p.ln_c, s.c_hat[ts], s.c_rstd[ts, :, 0], b, b + 1)
                 lb = p.ln_c_bias
                 for j in range(H):
                     nw[j] = tanh(nw[j] + lb[j])
@@ -240,11 +270,12 @@ def _forward_step(cell, t, ts, xg, hg, h, c, lengths, p, s, new):
 
 
 @jit()
-def _reset_gates(t, ts, xg, hg, h, lengths, p, s):
-    """The reset-before GRU's first part of step ``t``: ``r``, ``z`` into the activations
-    and ``r * h`` into ``s.hn`` (the second product's input; zero past a row's length)."""
-    B, H = h.shape
-    for b in range(B):
+def _reset_gates(t, ts, xg, hg, h, lengths, p, s, r0, r1):
+    """The reset-before GRU's first part of step ``t`` (rows ``r0 <= b < r1``): ``r``,
+    ``z`` into the activations and ``r * h`` into ``s.hn`` (the second product's input; zero
+    past a row's length)."""
+    H = h.shape[1]
+    for b in range(r0, r1):
         rh = s.hn[ts, b]
         if t >= lengths[b]:
             for j in range(H):
@@ -258,11 +289,11 @@ def _reset_gates(t, ts, xg, hg, h, lengths, p, s):
 
 
 @jit()
-def _reset_before_n(t, ts, xg, hrn, h, lengths, p, s, new):
+def _reset_before_n(t, ts, xg, hrn, h, lengths, p, s, new, r0, r1):
     """Its second part: ``n = tanh(W_in x + b_in + W_hn (r * h) + b_hn)`` from the second
-    product ``hrn [B,H]``, and ``new = (1 - z) * n + z * h``."""
-    B, H = h.shape
-    for b in range(B):
+    product ``hrn [B,>=H]``, and ``new = (1 - z) * n + z * h``."""
+    H = h.shape[1]
+    for b in range(r0, r1):
         if t >= lengths[b]:
             continue
         a, x_, g_, hb, nw = s.acts[ts, b], xg[b], hrn[b], h[b], new[b]
@@ -273,13 +304,13 @@ def _reset_before_n(t, ts, xg, hrn, h, lengths, p, s, new):
 
 
 @jit()
-def _finish_step(t, new, h, zoneout, lengths, y):
-    """The state after step ``t``: ``h = m * h + (1 - m) * new`` (``zoneout [T,B,S]`` the
-    factors ``m``, or empty for none) where the row has a step, the output ``y[t]`` that
-    state (zero past the row's length)."""
-    B, S = h.shape
+def _finish_step(t, new, h, zoneout, lengths, y, r0, r1):
+    """The state after step ``t`` (rows ``r0 <= b < r1``): ``h = m * h + (1 - m) * new``
+    (``zoneout [T,B,S]`` the factors ``m``, or empty for none) where the row has a step, the
+    output ``y[t]`` that state (zero past the row's length)."""
+    S = h.shape[1]
     zone = zoneout.shape[0] > 0
-    for b in range(B):
+    for b in range(r0, r1):
         yb, hb, nb = y[t, b], h[b], new[b]
         if t >= lengths[b]:
             for j in range(S):
@@ -303,10 +334,12 @@ def _zeros(shape, dt):
     return a
 
 
-def _scratch(shape, wanted, dt):
+def _scratch(shape, wanted, dt, zero=True):
     """Zeros (a padded row's entries stay zero: the gradient sums multiply them by zero
-    gradients), or one step's scratch when not ``wanted``."""
-    return _zeros(shape if wanted else (1,) + tuple(shape[1:]), dt)
+    gradients; ``zero=False`` for arrays every row of which is written or that only rows
+    with a step read), or one step's scratch when not ``wanted``."""
+    shape = shape if wanted else (1,) + tuple(shape[1:])
+    return _zeros(shape, dt) if zero else empty(shape, dt)
 
 
 def _params(w, GH, H, dt):
@@ -333,14 +366,15 @@ def forward(cell, x, state, w, seq, training, zoneout, chunks):
     x_hat = x_rstd = None
     if w.ln_ih is not None:
         x_hat, x_rstd = empty((T * B, GH), dt), np.empty((T * B, 1), dt)
-        _normalize(xg, np.ascontiguousarray(w.ln_ih), x_hat, x_rstd[:, 0])
+        _normalize_rows(xg, np.ascontiguousarray(w.ln_ih), x_hat, x_rstd[:, 0],
+                        _rows(T * B, chunks))
     if w.b_ih is not None:
         xg += w.b_ih
     xg = xg.reshape(T, B, GH)
     lstm, ln = spec.has_cell_state, w.ln_hh is not None
     steps = T if training else 1
-    s = Steps(_zeros((steps, B, GH), dt), _scratch((steps, B, H), lstm, dt),
-              _scratch((steps, B, H), lstm, dt), _scratch((steps, B, GH), ln, dt),
+    s = Steps(empty((steps, B, GH), dt), _scratch((steps, B, H), lstm, dt),
+              _scratch((steps, B, H), lstm, dt), _scratch((steps, B, GH), ln, dt, zero=False),
               _scratch((steps, B, 1), ln, dt), _scratch((steps, B, H), lstm and ln, dt),
               _scratch((steps, B, 1), lstm and ln, dt),
               _scratch((steps, B, H), spec.family == "gru", dt),
@@ -351,42 +385,73 @@ def forward(cell, x, state, w, seq, training, zoneout, chunks):
     c = np.array(state.c, dt) if lstm else np.empty((B, H), dt)
     y = empty((T, B, S), dt)
     h_prev = empty((T if training else 0, B, S), dt)
-    new = np.zeros((B, H), dt)
-    cell_id = CELL_IDS[spec.name]
-    recurrent = _Product(w.w_hh, True, B, chunks)
-    projection = None if w.w_hr is None else _Product(w.w_hr, True, B, chunks)
+    new = np.zeros((B, H), dt)  # (each step's h~)
     # (the reset-before GRU: a second product a step, of W_hn with r * h)
-    second = _Product(w.w_hh[2 * H:], True, B, chunks) if spec.reset_before else None
-    for k in range(T):
-        t = T - 1 - k if seq.reverse else k
-        ts = t if training else 0
-        if training:
-            h_prev[t] = h
-        if second is not None:
-            _reset_gates(t, ts, xg[t], recurrent(h, k), h, lengths, p, s)
-            _reset_before_n(t, ts, xg[t], second(s.hn[ts], k), h, lengths, p, s, new)
-        else:
-            _forward_step(cell_id, t, ts, xg[t], recurrent(h, k), h, c, lengths, p, s, new)
-        _finish_step(t, new if projection is None else projection(new, k), h, zone, lengths,
-                     y)
+    packed = (_packed(w.w_hh, True, dt),
+              _packed(w.w_hh[2 * H:] if spec.reset_before else None, True, dt),
+              _packed(w.w_hr, True, dt))
+    _forward_loop(CELL_IDS[spec.name], xg, h, c, (lengths, bool(seq.reverse)), p, s, zone, y,
+                  h_prev, new, packed, chunks)
     kept = None
     if training:
         kept = Kept(x, w, lengths, bool(seq.reverse), zoneout, x_hat, x_rstd, h_prev, s)
     return y, State(h, c if lstm else None), kept
 
 
+@jit(parallel=True)
+def _forward_loop(cell, xg, h, c, seq, p, s, zone, y, h_prev, new, packed, chunks):
+    """Every step of :func:`forward`, each row block of ``chunks [threads+1]`` on its own
+    thread: ``packed = (W_hh^T, W_hn^T, W_hr^T)`` in panels (the last two empty where the
+    cell has no second product or no projection); ``h_prev [T,B,S]`` receives each step's
+    starting state when training (empty when not); ``h``, ``c`` are updated to the final
+    states."""
+    lengths, reverse = seq
+    w_packed, wn_packed, wr_packed = packed
+    T, B = y.shape[0], y.shape[1]
+    S = h.shape[1]
+    keep = h_prev.shape[0] > 0
+    projected = wr_packed.shape[0] > 0
+    for ci in prange(chunks.size - 1):
+        wide_vectors()
+        fpu = flush_denormals()
+        r0, r1 = chunks[ci], chunks[ci + 1]
+        hg = np.empty((B, w_packed.shape[0] * w_packed.shape[2]), y.dtype)
+        hn = np.empty((B, wn_packed.shape[0] * wn_packed.shape[2]), y.dtype)
+        hr = np.empty((B, wr_packed.shape[0] * wr_packed.shape[2]), y.dtype)
+        for k in range(T):
+            t = T - 1 - k if reverse else k
+            ts = t if keep else 0
+            if keep:
+                for b in range(r0, r1):
+                    for j in range(S):
+                        h_prev[t, b, j] = h[b, j]
+            gemm_packed(h, r0, r1, w_packed, hg, k)
+            if cell == GRU_RB:
+                _reset_gates(t, ts, xg[t], hg, h, lengths, p, s, r0, r1)
+                gemm_packed(s.hn[ts], r0, r1, wn_packed, hn, k)
+                _reset_before_n(t, ts, xg[t], hn, h, lengths, p, s, new, r0, r1)
+            else:
+                _forward_step(cell, t, ts, xg[t], hg, h, c, lengths, p, s, new, r0, r1)
+            if projected:
+                gemm_packed(new, r0, r1, wr_packed, hr, k)
+                _finish_step(t, hr, h, zone, lengths, y, r0, r1)
+            else:
+                _finish_step(t, new, h, zone, lengths, y, r0, r1)
+        restore(fpu)
+
+
 @jit()
-def _backward_step(cell, t, d, dc, hp, lengths, p, s, gx, gh, direct, dlnc):
-    """Step ``t`` backwards for every row: ``d [B,H]`` the gradient reaching the cell's
+def _backward_step(cell, t, d, dc, hp, lengths, p, s, gx, gh, direct, dlnc, r0, r1):
+    """Step ``t`` backwards for rows ``r0 <= b < r1``: ``d [B,>=H]`` the gradient reaching
+    the cell's
     output (``h~``; the LSTMs' ``o * tanh(LN(c'))``), ``dc [B,H]`` the one reaching ``c'``
     (updated to ``c``'s), ``hp [B,H]`` the state the step started from; ``gx``, ``gh
     [B,G*H]`` receive the gate pre-activations'
     gradients (input and recurrent side), ``direct [B,H]`` the part of ``dh_prev`` not
     through ``w_hh`` and ``dlnc [B,H]`` the gradient reaching ``LN(c')``; zero past a
     row's length."""
-    B, GH = gx.shape
-    H = d.shape[1]
-    for b in range(B):
+    GH, H = gx.shape[1], direct.shape[1]
+    for b in range(r0, r1):
         db_, gxb, ghb, dirb, dl = d[b], gx[b], gh[b], direct[b], dlnc[b]
         if t >= lengths[b]:
             for j in range(GH):
@@ -409,8 +474,8 @@ def _backward_step(cell, t, d, dc, hp, lengths, p, s, gx, gh, direct, dlnc):
                 gxb[3 * H + j] = db_[j] * tc * o * (ONE - o)
                 dl[j] = db_[j] * o * (ONE - tc * tc)
             if ln_c:  # the gradient reaching c' through LN (dirb: scratch)
-                _normalize_grad(dlnc[b:b + 1], s.c_hat[t, b:b + 1], s.c_rstd[t, b:b + 1, 0],
-                                p.ln_c, direct[b:b + 1])
+                _normalize_grad(dlnc, s.c_hat[t], s.c_rstd[t, :, 0], p.ln_c, direct, b,
+                                b + 1)
             else:
                 for j in range(H):
                     dirb[j] = dl[j]
@@ -455,14 +520,15 @@ def _backward_step(cell, t, d, dc, hp, lengths, p, s, gx, gh, direct, dlnc):
 
 
 @jit()
-def _finish_grad(t, dh, dy, zoneout, lengths, d_new):
-    """Where the gradient ``dh [B,S]`` reaching step ``t``'s state goes: ``dh += dy[t]``
+def _finish_grad(t, dh, dy, zoneout, lengths, d_new, r0, r1):
+    """Where the gradient ``dh [B,S]`` reaching step ``t``'s state goes (rows ``r0 <= b <
+    r1``): ``dh += dy[t]``
     (the row's output gradient, where it has a step), ``d_new`` receives the part that
     reaches the cell's output (``(1 - m) dh``), ``dh`` keeps the part that passes to the
     previous state directly (``m dh``; all of it past the row's length)."""
-    B, S = dh.shape
+    S = dh.shape[1]
     zone = zoneout.shape[0] > 0
-    for b in range(B):
+    for b in range(r0, r1):
         hb, nb = dh[b], d_new[b]
         if t >= lengths[b]:
             for j in range(S):
@@ -483,11 +549,12 @@ def _finish_grad(t, dh, dy, zoneout, lengths, d_new):
 
 
 @jit()
-def _reset_before_dn(t, d, lengths, s, gx, gh):
-    """The reset-before GRU's backward, first part: ``n``'s gradient into both gate
-    gradients' ``n`` blocks (every gate zero past a row's length)."""
-    B, H = d.shape
-    for b in range(B):
+def _reset_before_dn(t, d, lengths, s, gx, gh, r0, r1):
+    """The reset-before GRU's backward, first part (rows ``r0 <= b < r1``): ``n``'s
+    gradient into both gate gradients' ``n`` blocks (every gate zero past a row's
+    length)."""
+    H = gx.shape[1] // 3
+    for b in range(r0, r1):
         gxb, ghb = gx[b], gh[b]
         if t >= lengths[b]:
             for j in range(3 * H):
@@ -503,11 +570,11 @@ def _reset_before_dn(t, d, lengths, s, gx, gh):
 
 
 @jit()
-def _reset_before_grads(t, d, drh, hp, lengths, s, gx, gh, direct):
+def _reset_before_grads(t, d, drh, hp, lengths, s, gx, gh, direct, r0, r1):
     """Its second part, from ``drh = dn @ W_hn`` (the gradient reaching ``r * h``): ``r``'s
     and ``z``'s gradients, and ``direct = z * d + drh * r``."""
-    B, H = d.shape
-    for b in range(B):
+    H = direct.shape[1]
+    for b in range(r0, r1):
         dirb = direct[b]
         if t >= lengths[b]:
             for j in range(H):
@@ -526,10 +593,10 @@ def _reset_before_grads(t, d, drh, hp, lengths, s, gx, gh, direct):
 
 
 @jit()
-def _add_rows(dh, prod, direct, lengths, t):
-    """``dh += prod + direct`` for the rows with a step ``t``."""
-    B, S = dh.shape
-    for b in range(B):
+def _add_rows(dh, prod, direct, lengths, t, r0, r1):
+    """``dh += prod + direct`` for the rows ``r0 <= b < r1`` with a step ``t``."""
+    S = dh.shape[1]
+    for b in range(r0, r1):
         if t < lengths[b]:
             hb, pb, db_ = dh[b], prod[b], direct[b]
             for j in range(S):
@@ -556,43 +623,78 @@ def backward(cell, saved, dy, dstate_n, chunks):
     dgh_raw = empty((T, B, GH), dt) if ln else dgh
     dlnc = _zeros((T, B, H), dt)
     dhs = _zeros((T if w.w_hr is not None else 0, B, S), dt)
-    d_new, direct = np.empty((B, S), dt), np.empty((B, H), dt)
-    cell_id = CELL_IDS[spec.name]
     rb = spec.reset_before
-    recurrent = _Product(w.w_hh[:2 * H] if rb else w.w_hh, False, B, chunks)
-    projection = None if w.w_hr is None else _Product(w.w_hr, False, B, chunks)
-    second = _Product(w.w_hh[2 * H:], False, B, chunks) if rb else None
-    for k in range(T):
-        t = k if saved.reverse else T - 1 - k
-        _finish_grad(t, dh, dy, zone, lengths, d_new)
-        d_cell = d_new
-        if projection is not None:
-            dhs[t] = d_new
-            d_cell = projection(d_new, k)
-        if rb:  # dn, then d(r * h) = dn @ W_hn, then the rest; w_hh[:2H] sees [dr dz]
-            _reset_before_dn(t, d_cell, lengths, s, dgx[t], dgh[t])
-            _reset_before_grads(t, d_cell, second(dgh[t][:, 2 * H:], k), saved.h_prev[t],
-                                lengths, s, dgx[t], dgh[t], direct)
-            _add_rows(dh, recurrent(dgh[t][:, :2 * H], k), direct, lengths, t)
-            continue
-        _backward_step(cell_id, t, d_cell, dc, saved.h_prev[t], lengths, p, s, dgx[t],
-                       dgh[t], direct, dlnc[t])
-        if ln:
-            _normalize_grad(dgh[t], s.h_hat[t], s.h_rstd[t, :, 0], w.ln_hh, dgh_raw[t])
-        _add_rows(dh, recurrent(dgh_raw[t], k), direct, lengths, t)
+    packed = (_packed(w.w_hh[:2 * H] if rb else w.w_hh, False, dt),
+              _packed(w.w_hh[2 * H:] if rb else None, False, dt),
+              _packed(w.w_hr, False, dt))
+    _backward_loop(CELL_IDS[spec.name], dh, dc, dy, saved.h_prev, (lengths, saved.reverse), p,
+                   s, zone, (dgx, dgh, dgh_raw, dlnc, dhs), packed, chunks)
     dgx_raw = dgx
     if w.ln_ih is not None:
         dgx_raw = empty((T * B, GH), dt)
-        _normalize_grad(dgx.reshape(T * B, GH), saved.x_hat, saved.x_rstd[:, 0],
-                        np.ascontiguousarray(w.ln_ih), dgx_raw)
+        _normalize_grad_rows(dgx.reshape(T * B, GH), saved.x_hat, saved.x_rstd[:, 0],
+                             np.ascontiguousarray(w.ln_ih), dgx_raw, _rows(T * B, chunks))
         dgx_raw = dgx_raw.reshape(T, B, GH)
     return (matmul(dgx_raw.reshape(T * B, GH), w.w_ih, empty((T * B, I), dt)).reshape(
                 T, B, I), State(dh, dc if lstm else None),
-            _weight_grads(spec, saved, dgx, dgh, dgx_raw, dgh_raw, dlnc, dhs))
+            _weight_grads(spec, saved, dgx, dgh, dgx_raw, dgh_raw, dlnc, dhs, chunks))
 
 
-def _weight_grads(spec, saved, dgx, dgh, dgx_raw, dgh_raw, dlnc, dhs):
-    """Every weight's gradient from the gate gradients of all steps."""
+@jit(parallel=True)
+def _backward_loop(cell, dh, dc, dy, h_prev, seq, p, s, zone, grads, packed, chunks):
+    """Every step of :func:`backward` in reverse, each row block of ``chunks`` on its own
+    thread: ``packed = (W_hh, W_hn, W_hr)`` in panels (the reset-before GRU's ``W_hh`` its
+    ``r``, ``z`` rows, ``W_hn`` the rest; empty where the cell has none); ``grads = (dgx,
+    dgh, dgh_raw, dlnc, dhs)`` receive the gate gradients of every step (``dgh_raw`` before
+    the recurrent side's norm: ``dgh`` itself without one), the gradients reaching ``LN(c')``
+    and, with a projection, the projected state's; ``dh``, ``dc`` end as the initial
+    states'."""
+    lengths, reverse = seq
+    dgx, dgh, dgh_raw, dlnc, dhs = grads
+    w_packed, wn_packed, wr_packed = packed
+    T, B, GH = dgx.shape
+    S, H = dh.shape[1], dc.shape[1]
+    projected = wr_packed.shape[0] > 0
+    ln = p.ln_hh.size > 0
+    for ci in prange(chunks.size - 1):
+        wide_vectors()
+        fpu = flush_denormals()
+        r0, r1 = chunks[ci], chunks[ci + 1]
+        prod = np.empty((B, w_packed.shape[0] * w_packed.shape[2]), dh.dtype)
+        drh = np.empty((B, wn_packed.shape[0] * wn_packed.shape[2]), dh.dtype)
+        d_cell = np.empty((B, wr_packed.shape[0] * wr_packed.shape[2]), dh.dtype)
+        d_new = np.empty((B, S), dh.dtype)
+        direct = np.empty((B, H), dh.dtype)
+        for k in range(T):
+            t = k if reverse else T - 1 - k
+            _finish_grad(t, dh, dy, zone, lengths, d_new, r0, r1)
+            d = d_new
+            if projected:
+                for b in range(r0, r1):
+                    for j in range(S):
+                        dhs[t, b, j] = d_new[b, j]
+                gemm_packed(d_new, r0, r1, wr_packed, d_cell, k)
+                d = d_cell
+            if cell == GRU_RB:  # dn, d(r * h) = dn @ W_hn, then the rest; W_hh: [dr dz]
+                _reset_before_dn(t, d, lengths, s, dgx[t], dgh[t], r0, r1)
+                gemm_packed(dgh[t][:, 2 * H:], r0, r1, wn_packed, drh, k)
+                _reset_before_grads(t, d, drh, h_prev[t], lengths, s, dgx[t], dgh[t],
+                                    direct, r0, r1)
+                gemm_packed(dgh[t][:, :2 * H], r0, r1, w_packed, prod, k)
+            else:
+                _backward_step(cell, t, d, dc, h_prev[t], lengths, p, s, dgx[t], dgh[t],
+                               direct, dlnc[t], r0, r1)
+                if ln:
+                    _normalize_grad(dgh[t], s.h_hat[t], s.h_rstd[t, :, 0], p.ln_hh,
+                                    dgh_raw[t], r0, r1)
+                gemm_packed(dgh_raw[t], r0, r1, w_packed, prod, k)
+            _add_rows(dh, prod, direct, lengths, t, r0, r1)
+        restore(fpu)
+
+
+def _weight_grads(spec, saved, dgx, dgh, dgx_raw, dgh_raw, dlnc, dhs, chunks):
+    """Every weight's gradient from the gate gradients of all steps (``chunks``: only their
+    number counts, the threads')."""
     x, w, s = saved.x, saved.weights, saved.steps
     T, B, I = x.shape
     GH, S = w.w_hh.shape
@@ -606,9 +708,10 @@ def _weight_grads(spec, saved, dgx, dgh, dgx_raw, dgh_raw, dlnc, dhs):
     ln = w.ln_ih is not None
     no_rows = np.empty((0, GH), dt)
     sx, sx_hat, sh, sh_hat = (np.empty(GH, dt) for _ in range(4))
-    _column_sums(dgx.reshape(rows, GH), saved.x_hat if ln else no_rows, sx, sx_hat)
+    blocks = _rows(rows, chunks)
+    _column_sums(dgx.reshape(rows, GH), saved.x_hat if ln else no_rows, sx, sx_hat, blocks)
     _column_sums(dgh.reshape(rows, GH), s.h_hat.reshape(rows, GH) if ln else no_rows, sh,
-                 sh_hat)
+                 sh_hat, blocks)
     bias = w.b_ih is not None
     dw_hh = gemm_t(dgh_raw, saved.h_prev)
     if spec.reset_before:  # W_hn multiplied r * h
