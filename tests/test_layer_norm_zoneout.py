@@ -368,3 +368,63 @@ def test_cpu_loops_split_rows_between_threads(cell, proj_size, layer_norm, rever
             assert a is None, name
         else:
             assert_close(a, b, np.float64, name)
+
+
+UNIT_CASES = [c for c in CASES if c[1] == 0 and c[0] != "gru_reset_before"]
+
+
+@pytest.mark.parametrize("cell,proj_size,layer_norm", UNIT_CASES,
+                         ids=[f"{c}-P{p}-ln{int(n)}" for c, p, n in UNIT_CASES])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("units", [[0, 16, 48], [0, 16, 32, 48]], ids=["2blocks", "3blocks"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_cpu_inference_splits_units_between_threads(cell, proj_size, layer_norm, dtype, units,
+                                                    reverse):
+    """The cpu backend's inference loop for one or two rows, the hidden units in uneven
+    blocks (one a thread; more blocks than threads too), the norms' statistics combined
+    across blocks: equal to the reference, with lengths and zoneout factors."""
+    pytest.importorskip("numba")
+    from fastrnn.kernels import reference
+    from fastrnn.kernels.contract import Sequence, State
+    from fastrnn.kernels.cpu import _norm_split
+    T, B, I, H = 6, 2, 5, 48
+    x, weights, h0, c0 = _problem(cell, T, B, I, H, dtype=dtype, seed=4,
+                                  layer_norm=layer_norm)
+    rng = np.random.default_rng(6)
+    seq = Sequence(np.array([6, 3]), reverse)
+    zoneout = rng.random((T, B, H)).astype(dtype)
+    state = State(h0[0], None if c0 is None else c0[0])
+    want_y, want_state, _ = reference.forward(cell, x, state, weights[0], seq, False, zoneout)
+    y, got_state, kept = _norm_split.forward(cell, x, state, weights[0], seq, zoneout,
+                                             np.array(units))
+    assert kept is None
+    assert_close(y, want_y, dtype, "output")
+    assert_close(got_state.h, want_state.h, dtype, "h_n")
+    if c0 is not None:
+        assert_close(got_state.c, want_state.c, dtype, "c_n")
+
+
+@pytest.mark.parametrize("cls", ["LSTM", "GRU"])
+def test_cpu_layer_inference_at_batch_one_takes_the_unit_split(cls):
+    """A layer-normalised layer with zoneout in eval mode at batch 1 and 2 (weights large
+    enough to share between threads) takes the unit-split loop and equals the reference
+    backend; training and larger batches take the batch split."""
+    pytest.importorskip("numba")
+    from fastrnn.kernels import cpu
+    from fastrnn.kernels.contract import Weights
+    T, H = 150, 160
+    layer = getattr(fastrnn, cls)(24, H, layer_norm=True, zoneout=0.2, backend="cpu")
+    ref = getattr(fastrnn, cls)(24, H, layer_norm=True, zoneout=0.2, backend="numpy")
+    ref.load_state_dict(layer.state_dict())
+    layer.eval()
+    ref.eval()
+    rng = np.random.default_rng(2)
+    for B in (1, 2):
+        x = rng.standard_normal((40, B, 24)).astype(np.float32)
+        got, want = layer(x), ref(x)
+        assert_close(got[0], want[0], np.float32, "output")
+    weights = Weights(None, np.zeros(((3 if cls == "GRU" else 4) * H, H), np.float32))
+    cell = cls.lower()
+    if cpu.num_threads() > 1 and cpu.usable_cpus() > 1:
+        assert cpu._normed_units(cell, (T, 1, 24), weights) is not None
+    assert cpu._normed_units(cell, (T, 32, 24), weights) is None

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import numba
 import numpy as np
 
-from . import _compiled, _norm, _stale
+from . import _compiled, _norm, _norm_split, _stale
 from ..cells import get_cell
 from ..contract import Sequence as _Seq
 from ..contract import State, Weights
@@ -79,7 +79,7 @@ def warm(dtype):
         _warm_quantized(_forward_quantized, dtype)
         return
     _warm(dtype, _forward, _backward, _forward_rows)
-    _warm_norm(dtype, forward, backward)
+    _warm_norm(dtype, forward, backward, _norm_split.forward)
 
 
 def cache_dir():
@@ -105,7 +105,8 @@ def compiled_kernels():
         "unit split": forward_loop_split, "unit split backward": backward_loop_split,
         "one thread": forward_loop_serial, "a few rows": forward_rows,
         "layer_norm and zoneout": _norm._forward_loop,
-        "layer_norm and zoneout backward": _norm._backward_loop})
+        "layer_norm and zoneout backward": _norm._backward_loop,
+        "layer_norm and zoneout, units split": _norm_split.forward_units})
 
 
 def pinned_cpus():
@@ -318,6 +319,10 @@ def forward(cell, x, state, weights, seq=_SEQUENCE, training=True, zoneout=None)
                                   zoneout)
     x, w, state = _writable(x), _all_writable(weights), _all_writable(state)
     if w.ln_ih is not None or zoneout is not None:  # (a step's whole row: _norm)
+        units = None if training else _normed_units(cell, x.shape, w)
+        if units is not None:
+            return _in_threads(units.size - 1, _norm_split.forward, cell, x, state, w, seq,
+                               zoneout, units)
         return _normed(_norm.forward, x.shape, w.w_hh.shape, cell, x, state, w, seq,
                        training, zoneout)
     (T, B, I), (GH, H) = x.shape, w.w_hh.shape
@@ -366,13 +371,32 @@ def backward(cell, saved, dy, dstate_n):
 def _normed(fn, x_shape, w_hh_shape, *args):
     """``fn(*args, chunks)`` of :mod:`._norm` with the batch split's threads and setting."""
     (T, B, _), (GH, S) = x_shape, w_hh_shape
-    threads = _threads_for(x_shape, w_hh_shape)
+    return _in_threads(_threads_for(x_shape, w_hh_shape), fn, *args, _chunks(T, B, GH, S))
+
+
+def _in_threads(threads, fn, *args):
+    """``fn(*args)`` on ``threads`` threads, BLAS on one, denormals flushed."""
     fpu = flush_denormals()
     try:
         with single_threaded_blas(), _at_most(threads), pinned(threads):
-            return fn(*args, _chunks(T, B, GH, S))
+            return fn(*args)
     finally:
         restore(fpu)
+
+
+def _normed_units(cell, x_shape, w):
+    """The unit blocks for an inference call of :mod:`._norm_split`, or None for the batch
+    split of :mod:`._norm`: calls of one or two rows a step (or a few rows in all), where
+    the batch split would leave threads idle, on weights large enough to share
+    (:func:`_unit_split`); not the reset-before GRU or a projection (a second product a
+    step over every unit's result)."""
+    T, B, _ = x_shape
+    GH = w.w_hh.shape[0]
+    H = GH // get_cell(cell).gates
+    if not _rowdot(T, B):
+        return None
+    units = _units_for(cell, T, B, GH, H, w.w_hh.dtype.itemsize, w.w_hr is not None)
+    return units if units is not None and units.size > 2 else None
 
 
 def _peep(peepholes, dt):

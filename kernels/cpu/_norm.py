@@ -90,26 +90,44 @@ class Kept(NamedTuple):
 
 
 @jit()
+def moments(row, H, G, u0, u1):
+    """``(mean, sum of squared deviations)`` of ``row``'s entries ``g*H + u0 <= j < g*H +
+    u1`` for ``g < G`` (a block of units of every gate), in float64."""
+    total = 0.0
+    for g in range(G):
+        for j in range(g * H + u0, g * H + u1):
+            total += row[j]
+    mean = total / (G * (u1 - u0))
+    m2 = 0.0
+    for g in range(G):
+        for j in range(g * H + u0, g * H + u1):
+            d = row[j] - mean
+            m2 += d * d
+    return mean, m2
+
+
+@jit()
+def scale_units(row, gain, hat, H, G, u0, u1, mean, rs):
+    """``hat = (row - mean) * rs`` and ``row = hat * gain`` on the entries of
+    :func:`moments`."""
+    for g in range(G):
+        j0, j1 = g * H + u0, g * H + u1
+        for j in range(j0, j1):
+            hat[j] = (row[j] - mean) * rs
+        for j in range(j0, j1):
+            row[j] = hat[j] * gain[j]
+
+
+@jit()
 def _normalize(v, gain, hat, rstd, r0, r1):
     """Rows ``r0 <= r < r1`` of ``v [R,>=N]`` in place to ``(v - mean) / sqrt(var + eps) *
     gain`` over their first ``N = gain.size`` entries; ``hat [R,N]``, ``rstd [R]`` receive
     the normalised row and ``1 / sqrt(var + eps)``."""
     N = gain.size
     for r in range(r0, r1):
-        row, hr = v[r], hat[r]
-        mean = 0.0
-        for j in range(N):
-            mean += row[j]
-        mean /= N
-        var = 0.0
-        for j in range(N):
-            d = row[j] - mean
-            var += d * d
-        rs = 1.0 / np.sqrt(var / N + LN_EPS)
-        for j in range(N):
-            hr[j] = (row[j] - mean) * rs
-        for j in range(N):
-            row[j] = hr[j] * gain[j]
+        mean, m2 = moments(v[r], N, 1, 0, N)
+        rs = 1.0 / np.sqrt(m2 / N + LN_EPS)
+        scale_units(v[r], gain, hat[r], N, 1, 0, N, mean, rs)
         rstd[r] = rs
 
 
@@ -148,9 +166,8 @@ def _normalize_grad_rows(d, hat, rstd, gain, out, blocks):
         _normalize_grad(d, hat, rstd, gain, out, blocks[i], blocks[i + 1])
 
 
-def _rows(rows, chunks):
-    """As many equal blocks of ``rows`` as ``chunks`` has, as boundaries."""
-    n = chunks.size - 1
+def _rows(rows, n):
+    """``rows`` in ``n`` equal blocks, as boundaries."""
     return np.asarray([rows * k // n for k in range(n + 1)], np.int64)
 
 
@@ -196,77 +213,112 @@ def _forward_step(cell, t, ts, xg, hg, h, c, lengths, p, s, new, r0, r1):
     (normalised in place), ``h [B,H]`` the state, ``c [B,H]`` the LSTMs' cell state
     (updated where the row has a step); ``new [B,H]`` receives the cell's output ``h~`` (the
     LSTMs' before a projection)."""
-    GH = p.b_hh.size
     H = new.shape[1]
-    ln = p.ln_hh.size > 0
-    if ln:
+    if p.ln_hh.size > 0:
         _normalize(hg, p.ln_hh, s.h_hat[ts], s.h_rstd[ts, :, 0], r0, r1)
-    lstm = has_cell_state(cell)
     for b in range(r0, r1):
-        a, x_, g_, nw = s.acts[ts, b], xg[b], hg[b], new[b]
-        bh = p.b_hh
-        for j in range(GH):
+        cell_units(cell, t, ts, b, xg, hg, h, c, lengths, p, s, new, 0, H)
+        if has_cell_state(cell) and p.ln_c.size > 0 and t < lengths[b]:
+            mean, m2 = moments(c[b], H, 1, 0, H)
+            rs = 1.0 / np.sqrt(m2 / H + LN_EPS)
+            s.c_rstd[ts, b, 0] = rs
+            lstm_output(ts, b, c, p, s, new, 0, H, mean, rs)
+
+
+@jit()
+def cell_units(cell, t, ts, b, xg, hg, h, c, lengths, p, s, new, u0, u1):
+    """Row ``b``'s cell at step ``t`` for hidden units ``u0 <= j < u1`` (every gate's),
+    ``hg`` already normalised (``b_hh`` is added here): the LSTMs' ``c'`` (and, without
+    ``LN(c')``, their output), the other cells' output ``h~`` into ``new``. An LSTM with
+    ``LN(c')`` finishes in :func:`lstm_output` once the norm's statistics are known."""
+    H = new.shape[1]
+    G = p.b_hh.size // H
+    a, x_, g_, nw = s.acts[ts, b], xg[b], hg[b], new[b]
+    bh = p.b_hh
+    for g in range(G):
+        for j in range(g * H + u0, g * H + u1):
             g_[j] += bh[j]
-        if lstm:
-            cb = c[b]
-            s.c_prev[ts, b] = cb
-            if t >= lengths[b]:
-                s.c_out[ts, b] = cb
-                continue
-            for j in range(GH):  # (one pass per few arrays: LLVM vectorises these)
+    if has_cell_state(cell):
+        cb, cp, co = c[b], s.c_prev[ts, b], s.c_out[ts, b]
+        for j in range(u0, u1):
+            cp[j] = cb[j]
+        if t >= lengths[b]:
+            for j in range(u0, u1):
+                co[j] = cb[j]
+            return
+        for g in range(4):  # (one pass per few arrays: LLVM vectorises these)
+            for j in range(g * H + u0, g * H + u1):
                 a[j] = x_[j] + g_[j]
-            ai, af, ag, ao = a[0:H], a[H:2 * H], a[2 * H:3 * H], a[3 * H:4 * H]
-            if cell == LSTM_P:
-                p0, p1 = p.peep[0], p.peep[1]
-                for j in range(H):
-                    ai[j] += p0[j] * cb[j]
-                for j in range(H):
-                    af[j] += p1[j] * cb[j]
-            for j in range(H):
-                ai[j] = sigmoid(ai[j])
-            for j in range(H):
-                af[j] = sigmoid(af[j])
-            for j in range(H):
-                ag[j] = tanh(ag[j])
-            for j in range(H):
-                cb[j] = af[j] * cb[j] + ai[j] * ag[j]
-            if cell == LSTM_P:
-                p2 = p.peep[2]
-                for j in range(H):
-                    ao[j] += p2[j] * cb[j]
-            for j in range(H):
-                ao[j] = sigmoid(ao[j])
-            s.c_out[ts, b] = cb
-            if p.ln_c.size > 0:  # h~ = o * tanh(LN(c'))
-                for j in range(H):
-                    nw[j] = cb[j]
-                _normalize(new, p.ln_c, s.c_hat[ts], s.c_rstd[ts, :, 0], b, b + 1)
-                lb = p.ln_c_bias
-                for j in range(H):
-                    nw[j] = tanh(nw[j] + lb[j])
-            else:
-                for j in range(H):
-                    nw[j] = tanh(cb[j])
-            for j in range(H):
-                nw[j] *= ao[j]
-            s.m[ts if s.m.shape[0] > 1 else 0, b] = nw
-        elif cell == GRU:
-            if t >= lengths[b]:
-                continue
-            hn = s.hn[ts, b]
-            for j in range(H):
-                a[j] = sigmoid(x_[j] + g_[j])
-                a[H + j] = sigmoid(x_[H + j] + g_[H + j])
-                hn[j] = g_[2 * H + j]
-                n = tanh(x_[2 * H + j] + a[j] * hn[j])
-                a[2 * H + j] = n
-                nw[j] = n + a[H + j] * (h[b, j] - n)
-        else:
-            if t >= lengths[b]:
-                continue
-            for j in range(H):
-                a[j] = rnn_activation(cell, x_[j] + g_[j])
-                nw[j] = a[j]
+        ai, af = a[u0:u1], a[H + u0:H + u1]
+        ag, ao = a[2 * H + u0:2 * H + u1], a[3 * H + u0:3 * H + u1]
+        cu, n = cb[u0:u1], u1 - u0
+        if cell == LSTM_P:
+            p0, p1 = p.peep[0, u0:u1], p.peep[1, u0:u1]
+            for j in range(n):
+                ai[j] += p0[j] * cu[j]
+            for j in range(n):
+                af[j] += p1[j] * cu[j]
+        for j in range(n):
+            ai[j] = sigmoid(ai[j])
+        for j in range(n):
+            af[j] = sigmoid(af[j])
+        for j in range(n):
+            ag[j] = tanh(ag[j])
+        for j in range(n):
+            cu[j] = af[j] * cu[j] + ai[j] * ag[j]
+        if cell == LSTM_P:
+            p2 = p.peep[2, u0:u1]
+            for j in range(n):
+                ao[j] += p2[j] * cu[j]
+        for j in range(n):
+            ao[j] = sigmoid(ao[j])
+        for j in range(u0, u1):
+            co[j] = cb[j]
+        if p.ln_c.size == 0:
+            for j in range(u0, u1):
+                nw[j] = tanh(cb[j])
+            _lstm_m(ts, b, a, s, new, u0, u1)
+    elif cell == GRU:
+        if t >= lengths[b]:
+            return
+        hn = s.hn[ts, b]
+        for j in range(u0, u1):
+            a[j] = sigmoid(x_[j] + g_[j])
+            a[H + j] = sigmoid(x_[H + j] + g_[H + j])
+            hn[j] = g_[2 * H + j]
+            n_ = tanh(x_[2 * H + j] + a[j] * hn[j])
+            a[2 * H + j] = n_
+            nw[j] = n_ + a[H + j] * (h[b, j] - n_)
+    else:
+        if t >= lengths[b]:
+            return
+        for j in range(u0, u1):
+            a[j] = rnn_activation(cell, x_[j] + g_[j])
+            nw[j] = a[j]
+
+
+@jit()
+def lstm_output(ts, b, c, p, s, new, u0, u1, mean, rs):
+    """An LSTM's ``h~ = o * tanh(LN(c'))`` for row ``b``'s units ``u0 <= j < u1``, the
+    norm's ``mean`` and ``rs = 1 / sqrt(var + eps)`` given."""
+    nw, cb, ch = new[b], c[b], s.c_hat[ts, b]
+    for j in range(u0, u1):
+        ch[j] = (cb[j] - mean) * rs
+    lw, lb = p.ln_c, p.ln_c_bias
+    for j in range(u0, u1):
+        nw[j] = tanh(ch[j] * lw[j] + lb[j])
+    _lstm_m(ts, b, s.acts[ts, b], s, new, u0, u1)
+
+
+@jit()
+def _lstm_m(ts, b, a, s, new, u0, u1):
+    """``new *= o`` on row ``b``'s units, kept in ``s.m`` (a projection's input)."""
+    H = new.shape[1]
+    nw, m = new[b], s.m[ts if s.m.shape[0] > 1 else 0, b]
+    for j in range(u0, u1):
+        nw[j] *= a[3 * H + j]
+    for j in range(u0, u1):
+        m[j] = nw[j]
 
 
 @jit()
@@ -305,26 +357,34 @@ def _reset_before_n(t, ts, xg, hrn, h, lengths, p, s, new, r0, r1):
 
 @jit()
 def _finish_step(t, new, h, zoneout, lengths, y, r0, r1):
-    """The state after step ``t`` (rows ``r0 <= b < r1``): ``h = m * h + (1 - m) * new``
-    (``zoneout [T,B,S]`` the factors ``m``, or empty for none) where the row has a step, the
-    output ``y[t]`` that state (zero past the row's length)."""
-    S = h.shape[1]
-    zone = zoneout.shape[0] > 0
+    """The state after step ``t`` (rows ``r0 <= b < r1``): :func:`finish_units` in
+    place, every unit."""
     for b in range(r0, r1):
-        yb, hb, nb = y[t, b], h[b], new[b]
-        if t >= lengths[b]:
-            for j in range(S):
-                yb[j] = ZERO
-            continue
-        if zone:
-            zb = zoneout[t, b]
-            for j in range(S):
-                hb[j] = zb[j] * hb[j] + (ONE - zb[j]) * nb[j]
-        else:
-            for j in range(S):
-                hb[j] = nb[j]
-        for j in range(S):
-            yb[j] = hb[j]
+        finish_units(t, b, new, h, h, zoneout, lengths, y, 0, h.shape[1])
+
+
+@jit()
+def finish_units(t, b, new, h, h_next, zoneout, lengths, y, u0, u1):
+    """Row ``b``'s state after step ``t`` for units ``u0 <= j < u1``: ``h_next = m * h +
+    (1 - m) * new`` (``zoneout [T,B,S]`` the factors ``m``, or empty for none) where the
+    row has a step, else ``h``; the output ``y[t]`` that state (zero past the row's
+    length). ``h_next`` may be ``h``."""
+    yb, hb, hx, nb = y[t, b], h[b], h_next[b], new[b]
+    if t >= lengths[b]:
+        for j in range(u0, u1):
+            yb[j] = ZERO
+        for j in range(u0, u1):
+            hx[j] = hb[j]
+        return
+    if zoneout.shape[0] > 0:
+        zb = zoneout[t, b]
+        for j in range(u0, u1):
+            hx[j] = zb[j] * hb[j] + (ONE - zb[j]) * nb[j]
+    else:
+        for j in range(u0, u1):
+            hx[j] = nb[j]
+    for j in range(u0, u1):
+        yb[j] = hx[j]
 
 
 def _zeros(shape, dt):
@@ -352,10 +412,50 @@ def _params(w, GH, H, dt):
                   empty if w.ln_c_bias is None else w.ln_c_bias)
 
 
+class Call(NamedTuple):
+    """What a forward call's loop takes, made by :func:`prepare`: ``xg [T,B,G*H]`` the
+    input side (normalised, with ``b_ih``) and its norm's ``x_hat``, ``x_rstd`` (None
+    without), ``lengths [B]``, :class:`Params`, :class:`Steps`, the zoneout factors
+    ``zone`` (``[0,B,S]`` for none), the states ``h``, ``c`` (copies, updated by the
+    loop), the output ``y``, ``h_prev`` (each step's starting state when training, else
+    empty) and ``new [B,H]`` scratch."""
+
+    xg: Any
+    x_hat: Any
+    x_rstd: Any
+    lengths: Any
+    p: Params
+    s: Steps
+    zone: Any
+    h: Any
+    c: Any
+    y: Any
+    h_prev: Any
+    new: Any
+
+
 def forward(cell, x, state, w, seq, training, zoneout, chunks):
     """Kernel contract forward (:mod:`fastrnn.kernels.contract`) of a layer-normalised
     cell or one with zoneout; ``chunks``: the threads' row blocks."""
     spec = get_cell(cell)
+    H = w.w_hh.shape[0] // spec.gates
+    a = prepare(spec, x, state, w, seq, training, zoneout, chunks.size - 1)
+    # (the reset-before GRU: a second product a step, of W_hn with r * h)
+    packed = (_packed(w.w_hh, True, x.dtype),
+              _packed(w.w_hh[2 * H:] if spec.reset_before else None, True, x.dtype),
+              _packed(w.w_hr, True, x.dtype))
+    _forward_loop(CELL_IDS[spec.name], a.xg, a.h, a.c, (a.lengths, bool(seq.reverse)), a.p,
+                  a.s, a.zone, a.y, a.h_prev, a.new, packed, chunks)
+    kept = None
+    if training:
+        kept = Kept(x, w, a.lengths, bool(seq.reverse), zoneout, a.x_hat, a.x_rstd, a.h_prev,
+                    a.s)
+    return a.y, State(a.h, a.c if spec.has_cell_state else None), kept
+
+
+def prepare(spec, x, state, w, seq, training, zoneout, threads):
+    """:class:`Call` for :func:`forward`'s arguments (cell ``spec``), the input side's
+    norm on ``threads`` threads."""
     T, B, I = x.shape
     GH, S = w.w_hh.shape
     H = GH // spec.gates
@@ -367,7 +467,7 @@ def forward(cell, x, state, w, seq, training, zoneout, chunks):
     if w.ln_ih is not None:
         x_hat, x_rstd = empty((T * B, GH), dt), np.empty((T * B, 1), dt)
         _normalize_rows(xg, np.ascontiguousarray(w.ln_ih), x_hat, x_rstd[:, 0],
-                        _rows(T * B, chunks))
+                        _rows(T * B, threads))
     if w.b_ih is not None:
         xg += w.b_ih
     xg = xg.reshape(T, B, GH)
@@ -385,17 +485,7 @@ def forward(cell, x, state, w, seq, training, zoneout, chunks):
     c = np.array(state.c, dt) if lstm else np.empty((B, H), dt)
     y = empty((T, B, S), dt)
     h_prev = empty((T if training else 0, B, S), dt)
-    new = np.zeros((B, H), dt)  # (each step's h~)
-    # (the reset-before GRU: a second product a step, of W_hn with r * h)
-    packed = (_packed(w.w_hh, True, dt),
-              _packed(w.w_hh[2 * H:] if spec.reset_before else None, True, dt),
-              _packed(w.w_hr, True, dt))
-    _forward_loop(CELL_IDS[spec.name], xg, h, c, (lengths, bool(seq.reverse)), p, s, zone, y,
-                  h_prev, new, packed, chunks)
-    kept = None
-    if training:
-        kept = Kept(x, w, lengths, bool(seq.reverse), zoneout, x_hat, x_rstd, h_prev, s)
-    return y, State(h, c if lstm else None), kept
+    return Call(xg, x_hat, x_rstd, lengths, p, s, zone, h, c, y, h_prev, np.zeros((B, H), dt))
 
 
 @jit(parallel=True)
@@ -633,7 +723,8 @@ def backward(cell, saved, dy, dstate_n, chunks):
     if w.ln_ih is not None:
         dgx_raw = empty((T * B, GH), dt)
         _normalize_grad_rows(dgx.reshape(T * B, GH), saved.x_hat, saved.x_rstd[:, 0],
-                             np.ascontiguousarray(w.ln_ih), dgx_raw, _rows(T * B, chunks))
+                             np.ascontiguousarray(w.ln_ih), dgx_raw,
+                             _rows(T * B, chunks.size - 1))
         dgx_raw = dgx_raw.reshape(T, B, GH)
     return (matmul(dgx_raw.reshape(T * B, GH), w.w_ih, empty((T * B, I), dt)).reshape(
                 T, B, I), State(dh, dc if lstm else None),
@@ -708,7 +799,7 @@ def _weight_grads(spec, saved, dgx, dgh, dgx_raw, dgh_raw, dlnc, dhs, chunks):
     ln = w.ln_ih is not None
     no_rows = np.empty((0, GH), dt)
     sx, sx_hat, sh, sh_hat = (np.empty(GH, dt) for _ in range(4))
-    blocks = _rows(rows, chunks)
+    blocks = _rows(rows, chunks.size - 1)
     _column_sums(dgx.reshape(rows, GH), saved.x_hat if ln else no_rows, sx, sx_hat, blocks)
     _column_sums(dgh.reshape(rows, GH), s.h_hat.reshape(rows, GH) if ln else no_rows, sh,
                  sh_hat, blocks)

@@ -65,10 +65,11 @@ def warm(dtype, forward, backward, forward_rows):
     pack_column_blocks(big, [(0, 300), (300, 600)])
 
 
-def warm_norm(dtype, forward, backward):
-    """Compile the layer-normalised and zoneout loop (:mod:`._norm`) in ``dtype`` through
-    the backend's contract ``forward`` and ``backward``: an LSTM with both (every cell
-    runs in the same compiled passes)."""
+def warm_norm(dtype, forward, backward, forward_units):
+    """Compile the layer-normalised and zoneout loops (:mod:`._norm`, :mod:`._norm_split`)
+    in ``dtype`` through the backend's contract ``forward`` and ``backward`` and the unit
+    split's ``forward_units(cell, x, state, weights, seq, zoneout, units)``: an LSTM with
+    both (every cell runs in the same compiled passes)."""
     dtype = np.dtype(dtype)
     x, state, weights = _problem("lstm", dtype, _B)
     G = get_cell("lstm").gates
@@ -77,6 +78,8 @@ def warm_norm(dtype, forward, backward):
     zoneout = np.full((_T, _B, _H), 0.5, dtype)
     y, _, saved = forward("lstm", x, state, weights, Sequence(), True, zoneout)
     backward("lstm", saved, np.ones_like(y), State(None, None))
+    forward_units("lstm", x[:, :1], State(state.h[:1], state.c[:1]), weights, Sequence(),
+                  zoneout[:, :1], np.array([0, _H // 2, _H], np.int64))
 
 
 def warm_quantized(forward_quantized, fmt):
