@@ -64,8 +64,19 @@ class _Step(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_h, grad_c=None):
         ctx.saved_tensors  # (the version check)
-        dx, dh, dc, *dws = _StepBackward.apply(ctx.step, grad_h, grad_c)
+        if torch.is_grad_enabled() or _legacy_batched(grad_h, grad_c):
+            # (create_graph=True: a node whose own backward refuses, with our message;
+            # gradcheck's batched check: a loop over the batch)
+            dx, dh, dc, *dws = _StepBackward.apply(ctx.step, grad_h, grad_c)
+        else:
+            dx, dh, dc, *dws = _grads(ctx.step, grad_h, grad_c)
         return (None, dx, dh, dc, *dws)
+
+
+def _legacy_batched(*grads):
+    """Whether any of ``grads`` is a batched tensor of the older vmap (gradcheck's)."""
+    return any(g is not None and torch._C._functorch.is_legacy_batchedtensor(g)
+               for g in grads)
 
 
 class _StepBackward(torch.autograd.Function):
@@ -73,8 +84,7 @@ class _StepBackward(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, step, grad_h, grad_c):
-        if any(g is not None and torch._C._functorch.is_legacy_batchedtensor(g)
-               for g in (grad_h, grad_c)):  # gradcheck's batched check
+        if _legacy_batched(grad_h, grad_c):  # gradcheck's batched check
             return tuple(legacy_vmap_map(lambda gh, gc: _grads(step, gh, gc),
                                          (grad_h, grad_c)))
         return tuple(_grads(step, grad_h, grad_c))

@@ -4,7 +4,7 @@ Every call allocates its outputs and what forward saves for backward afresh; gli
 large blocks to the OS on free, so each new array would be faulted in page by page again
 (~20% of a C7 training call). Arrays from :func:`empty` of at least ``MIN_BYTES`` are views
 of blocks this pool keeps: when the last view of an array is gone, its block goes back to
-the pool (``weakref.finalize`` on the array's base object) and the next call of a similar
+the pool (the ``__del__`` of the array's base object) and the next call of a similar
 size reuses it, already mapped. Blocks come in size classes of eighths of a power of two.
 
 The pool keeps at most :func:`limit` bytes of idle blocks (``FASTRNN_CACHE_LIMIT`` or
@@ -16,7 +16,6 @@ import math
 import os
 import re
 import threading
-import weakref
 
 import numpy as np
 
@@ -85,9 +84,16 @@ def info():
 
 
 class _Base:
-    """The base object of a pooled array: exposes one block, releases it when collected."""
+    """The base object of a pooled array: exposes one block of ``size`` bytes, releases it
+    when collected (``__del__``: a few times cheaper than ``weakref.finalize``)."""
 
-    __slots__ = ("__array_interface__", "__weakref__")
+    __slots__ = ("__array_interface__", "size", "block")
+
+    def __del__(self):
+        try:
+            _release(self.size, self.block)
+        except Exception:  # noqa: BLE001 - at interpreter exit the module may be gone
+            pass
 
 
 def _size_class(nbytes):
@@ -126,12 +132,13 @@ def empty(shape, dtype):
     with _lock:
         block = _take(size)
         _stats["hits" if block is not None else "misses"] += 1
-    if block is None:
-        block = np.empty(size, np.uint8)
+    if block is None:  # (the memory and its address, read once: ndarray.ctypes is slow)
+        memory = np.empty(size, np.uint8)
+        block = (memory, memory.ctypes.data)
     base = _Base()
+    base.size, base.block = size, block
     base.__array_interface__ = {"shape": tuple(shape), "typestr": dtype.str, "version": 3,
-                                "data": (block.ctypes.data, False)}
-    weakref.finalize(base, _release, size, block).atexit = False
+                                "data": (block[1], False)}
     return np.asarray(base)
 
 
