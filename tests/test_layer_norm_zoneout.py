@@ -334,10 +334,12 @@ def test_an_empty_batch_or_sequence(backend, cell, T, B):
 @pytest.mark.parametrize("cell,proj_size,layer_norm", CASES,
                          ids=[f"{c}-P{p}-ln{int(n)}" for c, p, n in CASES])
 @pytest.mark.parametrize("reverse", [False, True])
-def test_cpu_loops_split_rows_between_threads(cell, proj_size, layer_norm, reverse):
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "unpacked"])
+def test_cpu_loops_split_rows_between_threads(cell, proj_size, layer_norm, reverse, packed):
     """The cpu loops with the batch in uneven row blocks, one a thread (small layers run
-    on one thread): equal to the reference, forward and every gradient, with lengths
-    (one of them zero) and zoneout."""
+    on one thread), the per-step products on packed weights and on the weights as they
+    are: equal to the reference, forward and every gradient, with lengths (one of them
+    zero) and zoneout."""
     pytest.importorskip("numba")
     from fastrnn.kernels import reference
     from fastrnn.kernels.contract import Sequence, State
@@ -357,8 +359,9 @@ def test_cpu_loops_split_rows_between_threads(cell, proj_size, layer_norm, rever
                                                   zoneout)
     want = reference.backward(cell, saved, dy, dstate)
     blocks = np.array([0, 1, 3, 5])
-    y, got_state, kept = _norm.forward(cell, x, state, weights[0], seq, True, zoneout, blocks)
-    got = _norm.backward(cell, kept, dy, dstate, blocks)
+    y, got_state, kept = _norm.forward(cell, x, state, weights[0], seq, True, zoneout, blocks,
+                                       packed)
+    got = _norm.backward(cell, kept, dy, dstate, blocks, packed)
     assert_close(y, want_y, np.float64, "output")
     for name, a, b in [("h_n", got_state.h, want_state.h), ("c_n", got_state.c, want_state.c),
                        ("dx", got[0], want[0]), ("dh0", got[1].h, want[1].h),

@@ -368,10 +368,20 @@ def backward(cell, saved, dy, dstate_n):
         restore(fpu)
 
 
+# A layer-normalised or zoneout call of at most this many rows in all (T * B: a cell's
+# step, a few steps), or of one or two rows a step, reads its weights as they are in the
+# per-step products instead of packing them: packing costs more than it saves there
+# (docs/performance-notes.md, "LayerNorm cells and zoneout").
+_NORM_UNPACKED_ROWS = 16
+
+
 def _normed(fn, x_shape, w_hh_shape, *args):
-    """``fn(*args, chunks)`` of :mod:`._norm` with the batch split's threads and setting."""
+    """``fn(*args, chunks, packed)`` of :mod:`._norm` with the batch split's threads and
+    setting."""
     (T, B, _), (GH, S) = x_shape, w_hh_shape
-    return _in_threads(_threads_for(x_shape, w_hh_shape), fn, *args, _chunks(T, B, GH, S))
+    packed = B > _SPLIT_MAX_BATCH and T * B > _NORM_UNPACKED_ROWS
+    return _in_threads(_threads_for(x_shape, w_hh_shape), fn, *args, _chunks(T, B, GH, S),
+                       packed)
 
 
 def _in_threads(threads, fn, *args):

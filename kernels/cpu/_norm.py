@@ -23,7 +23,7 @@ from ..contract import LN_EPS, State, Weights
 from ._alloc import empty
 from ._blas import matmul
 from ._fpu import flush_denormals, restore
-from ._gemm import gemm_packed, pack
+from ._gemm import gemm_packed, matvec, pack, vecmat
 from ._jit import jit, wide_vectors
 from ._math import (CELL_IDS, GRU, GRU_RB, LSTM_P, has_cell_state, rnn_activation,
                     rnn_activation_grad, sigmoid, tanh)
@@ -32,17 +32,49 @@ ONE = np.float32(1)
 ZERO = np.float32(0)
 
 
-def _packed(w, transpose, dt):
-    """``W = w.T`` (``transpose``) or ``w`` in the panels of :func:`._gemm.pack`; an empty
-    ``[0,1,1]`` for a product the layer has not (``w`` None)."""
+class Product(NamedTuple):
+    """One weight matrix of the loops' per-step products: ``packed`` its panels
+    (:func:`._gemm.pack`), or empty ``[0,1,1]`` to read ``w`` as it is (a call of a few
+    rows, where packing costs more than the products: :func:`._gemm.matvec` forward,
+    :func:`._gemm.vecmat` backward); ``w`` the matrix (``[0,0]`` for one the layer has
+    not)."""
+
+    packed: Any
+    w: Any
+
+
+def _product(w, transpose, dt, packed):
+    """:class:`Product` of ``w`` (None: none) for ``W = w.T`` (``transpose``, forward) or
+    ``W = w``, packed or not."""
     if w is None:
-        return np.empty((0, 1, 1), dt)
-    return pack(np.ascontiguousarray(w), transpose=transpose)
+        return Product(np.empty((0, 1, 1), dt), np.empty((0, 0), dt))
+    w = np.ascontiguousarray(w)
+    return Product(pack(w, transpose=transpose) if packed else np.empty((0, 1, 1), dt), w)
 
 
-def _panel_buffer(rows, wp):
-    """Room for ``rows`` rows of a product with panels ``wp`` (whole panels)."""
-    return np.empty((rows, wp.shape[0] * wp.shape[2]), wp.dtype)
+@jit()
+def _width(prod, n):
+    """Columns a buffer for ``prod``'s results needs: whole panels, or ``n``."""
+    return max(prod.packed.shape[0] * prod.packed.shape[2], n)
+
+
+@jit()
+def _forward_product(v, r0, r1, prod, out, k):
+    """``out[r, :] = v[r] @ w.T`` for rows ``r0 <= r < r1`` (``k``: the step, for the
+    packed product's walk)."""
+    if prod.packed.shape[0] > 0:
+        gemm_packed(v, r0, r1, prod.packed, out, k)
+    else:
+        matvec(v, r0, r1, prod.w, 0, prod.w.shape[0], out)
+
+
+@jit()
+def _backward_product(v, r0, r1, prod, out, k):
+    """``out[r, :] = v[r] @ w`` for rows ``r0 <= r < r1``."""
+    if prod.packed.shape[0] > 0:
+        gemm_packed(v, r0, r1, prod.packed, out, k)
+    else:
+        vecmat(v, r0, r1, prod.w, 0, prod.w.shape[1], out)
 
 
 class Params(NamedTuple):
@@ -434,18 +466,19 @@ class Call(NamedTuple):
     new: Any
 
 
-def forward(cell, x, state, w, seq, training, zoneout, chunks):
+def forward(cell, x, state, w, seq, training, zoneout, chunks, packed=True):
     """Kernel contract forward (:mod:`fastrnn.kernels.contract`) of a layer-normalised
-    cell or one with zoneout; ``chunks``: the threads' row blocks."""
+    cell or one with zoneout; ``chunks``: the threads' row blocks; ``packed``: pack the
+    weights of the per-step products (else read them as they are)."""
     spec = get_cell(cell)
     H = w.w_hh.shape[0] // spec.gates
     a = prepare(spec, x, state, w, seq, training, zoneout, chunks.size - 1)
     # (the reset-before GRU: a second product a step, of W_hn with r * h)
-    packed = (_packed(w.w_hh, True, x.dtype),
-              _packed(w.w_hh[2 * H:] if spec.reset_before else None, True, x.dtype),
-              _packed(w.w_hr, True, x.dtype))
+    products = (_product(w.w_hh, True, x.dtype, packed),
+                _product(w.w_hh[2 * H:] if spec.reset_before else None, True, x.dtype, packed),
+                _product(w.w_hr, True, x.dtype, packed))
     _forward_loop(CELL_IDS[spec.name], a.xg, a.h, a.c, (a.lengths, bool(seq.reverse)), a.p,
-                  a.s, a.zone, a.y, a.h_prev, a.new, packed, chunks)
+                  a.s, a.zone, a.y, a.h_prev, a.new, *products, chunks)
     kept = None
     if training:
         kept = Kept(x, w, a.lengths, bool(seq.reverse), zoneout, a.x_hat, a.x_rstd, a.h_prev,
@@ -489,25 +522,24 @@ def prepare(spec, x, state, w, seq, training, zoneout, threads):
 
 
 @jit(parallel=True)
-def _forward_loop(cell, xg, h, c, seq, p, s, zone, y, h_prev, new, packed, chunks):
+def _forward_loop(cell, xg, h, c, seq, p, s, zone, y, h_prev, new, w_hh, w_hn, w_hr, chunks):
     """Every step of :func:`forward`, each row block of ``chunks [threads+1]`` on its own
-    thread: ``packed = (W_hh^T, W_hn^T, W_hr^T)`` in panels (the last two empty where the
-    cell has no second product or no projection); ``h_prev [T,B,S]`` receives each step's
-    starting state when training (empty when not); ``h``, ``c`` are updated to the final
-    states."""
+    thread: the products' weights ``W_hh``, ``W_hn``, ``W_hr`` as :class:`Product` (the
+    last two without rows where the cell has no second product or no projection); ``h_prev
+    [T,B,S]`` receives each step's starting state when training (empty when not); ``h``,
+    ``c`` are updated to the final states."""
     lengths, reverse = seq
-    w_packed, wn_packed, wr_packed = packed
     T, B = y.shape[0], y.shape[1]
     S = h.shape[1]
     keep = h_prev.shape[0] > 0
-    projected = wr_packed.shape[0] > 0
+    projected = w_hr.w.shape[0] > 0
     for ci in prange(chunks.size - 1):
         wide_vectors()
         fpu = flush_denormals()
         r0, r1 = chunks[ci], chunks[ci + 1]
-        hg = np.empty((B, w_packed.shape[0] * w_packed.shape[2]), y.dtype)
-        hn = np.empty((B, wn_packed.shape[0] * wn_packed.shape[2]), y.dtype)
-        hr = np.empty((B, wr_packed.shape[0] * wr_packed.shape[2]), y.dtype)
+        hg = np.empty((B, _width(w_hh, w_hh.w.shape[0])), y.dtype)
+        hn = np.empty((B, _width(w_hn, w_hn.w.shape[0])), y.dtype)
+        hr = np.empty((B, _width(w_hr, w_hr.w.shape[0])), y.dtype)
         for k in range(T):
             t = T - 1 - k if reverse else k
             ts = t if keep else 0
@@ -515,15 +547,15 @@ def _forward_loop(cell, xg, h, c, seq, p, s, zone, y, h_prev, new, packed, chunk
                 for b in range(r0, r1):
                     for j in range(S):
                         h_prev[t, b, j] = h[b, j]
-            gemm_packed(h, r0, r1, w_packed, hg, k)
+            _forward_product(h, r0, r1, w_hh, hg, k)
             if cell == GRU_RB:
                 _reset_gates(t, ts, xg[t], hg, h, lengths, p, s, r0, r1)
-                gemm_packed(s.hn[ts], r0, r1, wn_packed, hn, k)
+                _forward_product(s.hn[ts], r0, r1, w_hn, hn, k)
                 _reset_before_n(t, ts, xg[t], hn, h, lengths, p, s, new, r0, r1)
             else:
                 _forward_step(cell, t, ts, xg[t], hg, h, c, lengths, p, s, new, r0, r1)
             if projected:
-                gemm_packed(new, r0, r1, wr_packed, hr, k)
+                _forward_product(new, r0, r1, w_hr, hr, k)
                 _finish_step(t, hr, h, zone, lengths, y, r0, r1)
             else:
                 _finish_step(t, new, h, zone, lengths, y, r0, r1)
@@ -693,9 +725,9 @@ def _add_rows(dh, prod, direct, lengths, t, r0, r1):
                 hb[j] += pb[j] + db_[j]
 
 
-def backward(cell, saved, dy, dstate_n, chunks):
+def backward(cell, saved, dy, dstate_n, chunks, packed=True):
     """Kernel contract backward (:mod:`fastrnn.kernels.contract`) of :func:`forward`;
-    ``chunks``: the threads' row blocks."""
+    ``chunks``: the threads' row blocks; ``packed``: as :func:`forward`'s."""
     spec = get_cell(cell)
     x, w, s, lengths = saved.x, saved.weights, saved.steps, saved.lengths
     T, B, I = x.shape
@@ -714,11 +746,11 @@ def backward(cell, saved, dy, dstate_n, chunks):
     dlnc = _zeros((T, B, H), dt)
     dhs = _zeros((T if w.w_hr is not None else 0, B, S), dt)
     rb = spec.reset_before
-    packed = (_packed(w.w_hh[:2 * H] if rb else w.w_hh, False, dt),
-              _packed(w.w_hh[2 * H:] if rb else None, False, dt),
-              _packed(w.w_hr, False, dt))
+    products = (_product(w.w_hh[:2 * H] if rb else w.w_hh, False, dt, packed),
+                _product(w.w_hh[2 * H:] if rb else None, False, dt, packed),
+                _product(w.w_hr, False, dt, packed))
     _backward_loop(CELL_IDS[spec.name], dh, dc, dy, saved.h_prev, (lengths, saved.reverse), p,
-                   s, zone, (dgx, dgh, dgh_raw, dlnc, dhs), packed, chunks)
+                   s, zone, (dgx, dgh, dgh_raw, dlnc, dhs), *products, chunks)
     dgx_raw = dgx
     if w.ln_ih is not None:
         dgx_raw = empty((T * B, GH), dt)
@@ -732,28 +764,29 @@ def backward(cell, saved, dy, dstate_n, chunks):
 
 
 @jit(parallel=True)
-def _backward_loop(cell, dh, dc, dy, h_prev, seq, p, s, zone, grads, packed, chunks):
+def _backward_loop(cell, dh, dc, dy, h_prev, seq, p, s, zone, grads, w_hh, w_hn, w_hr,
+                   chunks):
     """Every step of :func:`backward` in reverse, each row block of ``chunks`` on its own
-    thread: ``packed = (W_hh, W_hn, W_hr)`` in panels (the reset-before GRU's ``W_hh`` its
-    ``r``, ``z`` rows, ``W_hn`` the rest; empty where the cell has none); ``grads = (dgx,
+    thread: the products' weights ``W_hh``, ``W_hn``, ``W_hr`` as :class:`Product` (the
+    reset-before GRU's ``W_hh`` its ``r``, ``z`` rows, ``W_hn`` the rest; without rows where
+    the cell has none); ``grads = (dgx,
     dgh, dgh_raw, dlnc, dhs)`` receive the gate gradients of every step (``dgh_raw`` before
     the recurrent side's norm: ``dgh`` itself without one), the gradients reaching ``LN(c')``
     and, with a projection, the projected state's; ``dh``, ``dc`` end as the initial
     states'."""
     lengths, reverse = seq
     dgx, dgh, dgh_raw, dlnc, dhs = grads
-    w_packed, wn_packed, wr_packed = packed
     T, B, GH = dgx.shape
     S, H = dh.shape[1], dc.shape[1]
-    projected = wr_packed.shape[0] > 0
+    projected = w_hr.w.shape[0] > 0
     ln = p.ln_hh.size > 0
     for ci in prange(chunks.size - 1):
         wide_vectors()
         fpu = flush_denormals()
         r0, r1 = chunks[ci], chunks[ci + 1]
-        prod = np.empty((B, w_packed.shape[0] * w_packed.shape[2]), dh.dtype)
-        drh = np.empty((B, wn_packed.shape[0] * wn_packed.shape[2]), dh.dtype)
-        d_cell = np.empty((B, wr_packed.shape[0] * wr_packed.shape[2]), dh.dtype)
+        prod = np.empty((B, _width(w_hh, w_hh.w.shape[1])), dh.dtype)
+        drh = np.empty((B, _width(w_hn, w_hn.w.shape[1])), dh.dtype)
+        d_cell = np.empty((B, _width(w_hr, w_hr.w.shape[1])), dh.dtype)
         d_new = np.empty((B, S), dh.dtype)
         direct = np.empty((B, H), dh.dtype)
         for k in range(T):
@@ -764,21 +797,21 @@ def _backward_loop(cell, dh, dc, dy, h_prev, seq, p, s, zone, grads, packed, chu
                 for b in range(r0, r1):
                     for j in range(S):
                         dhs[t, b, j] = d_new[b, j]
-                gemm_packed(d_new, r0, r1, wr_packed, d_cell, k)
+                _backward_product(d_new, r0, r1, w_hr, d_cell, k)
                 d = d_cell
             if cell == GRU_RB:  # dn, d(r * h) = dn @ W_hn, then the rest; W_hh: [dr dz]
                 _reset_before_dn(t, d, lengths, s, dgx[t], dgh[t], r0, r1)
-                gemm_packed(dgh[t][:, 2 * H:], r0, r1, wn_packed, drh, k)
+                _backward_product(dgh[t][:, 2 * H:], r0, r1, w_hn, drh, k)
                 _reset_before_grads(t, d, drh, h_prev[t], lengths, s, dgx[t], dgh[t],
                                     direct, r0, r1)
-                gemm_packed(dgh[t][:, :2 * H], r0, r1, w_packed, prod, k)
+                _backward_product(dgh[t][:, :2 * H], r0, r1, w_hh, prod, k)
             else:
                 _backward_step(cell, t, d, dc, h_prev[t], lengths, p, s, dgx[t], dgh[t],
                                direct, dlnc[t], r0, r1)
                 if ln:
                     _normalize_grad(dgh[t], s.h_hat[t], s.h_rstd[t, :, 0], p.ln_hh,
                                     dgh_raw[t], r0, r1)
-                gemm_packed(dgh_raw[t], r0, r1, w_packed, prod, k)
+                _backward_product(dgh_raw[t], r0, r1, w_hh, prod, k)
             _add_rows(dh, prod, direct, lengths, t, r0, r1)
         restore(fpu)
 
