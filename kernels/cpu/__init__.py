@@ -104,9 +104,9 @@ def compiled_kernels():
         "batch split": forward_loop, "batch split backward": backward_loop,
         "unit split": forward_loop_split, "unit split backward": backward_loop_split,
         "one thread": forward_loop_serial, "a few rows": forward_rows,
-        "layer_norm and zoneout": _norm._forward_loop,
-        "layer_norm and zoneout backward": _norm._backward_loop,
-        "layer_norm and zoneout, units split": _norm_split.forward_units})
+        "layer_norm and zoneout": _norm._forward_rows,
+        "layer_norm and zoneout backward": _norm._backward_rows,
+        "layer_norm and zoneout, units split": _norm_split._units_part})
 
 
 def pinned_cpus():

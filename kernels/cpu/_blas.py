@@ -113,6 +113,24 @@ def _get_pool(n):
     return _pool
 
 
+def on_threads(fn, parts):
+    """``fn(*args)`` for every ``args`` of ``parts``: the first on the calling thread, the
+    others on the pool's threads (``fn`` compiled without the GIL); returns when all are
+    done. For compiled loops whose parts run a whole call each: a Numba parallel region
+    would compile the loop a second time as its body, for seconds (docs/performance-notes.md,
+    "Compilation"), where a pool thread costs a wake-up a call."""
+    if len(parts) == 1:
+        fn(*parts[0])
+        return
+    pool = _get_pool(max(1, num_threads() - 1))
+    futures = [pool.submit(fn, *args) for args in parts[1:]]
+    try:
+        fn(*parts[0])
+    finally:
+        for f in futures:
+            f.result()
+
+
 def pin_pool(cpus):
     """Pin the pool's threads, one to each of ``cpus`` (see :mod:`._affinity`)."""
     pool = _get_pool(len(cpus))

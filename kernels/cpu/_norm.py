@@ -16,16 +16,17 @@ Call inside the backend's thread setting (``single_threaded_blas``, ``pinned``).
 from typing import Any, NamedTuple
 
 import numpy as np
-from numba import prange
-
 from ..cells import get_cell
 from ..contract import LN_EPS, State, Weights
 from ._alloc import empty
-from ._blas import matmul
+from ._blas import matmul, on_threads
 from ._fpu import flush_denormals, restore
 from ._gemm import gemm_packed, matvec, pack, vecmat
-from ._jit import jit, wide_vectors
-from ._math import (CELL_IDS, GRU, GRU_RB, LSTM_P, has_cell_state, rnn_activation,
+from numba import types
+from numba.extending import overload
+
+from ._jit import OPTIONS, jit, wide_vectors
+from ._math import (CELL_IDS, GRU, LSTM_P, has_cell_state, rnn_activation,
                     rnn_activation_grad, sigmoid, tanh)
 
 ONE = np.float32(1)
@@ -34,47 +35,73 @@ ZERO = np.float32(0)
 
 class Product(NamedTuple):
     """One weight matrix of the loops' per-step products: ``packed`` its panels
-    (:func:`._gemm.pack`), or empty ``[0,1,1]`` to read ``w`` as it is (a call of a few
-    rows, where packing costs more than the products: :func:`._gemm.matvec` forward,
-    :func:`._gemm.vecmat` backward); ``w`` the matrix (``[0,0]`` for one the layer has
-    not)."""
+    (:func:`._gemm.pack`), or None to read ``w`` as it is (a call of a few rows, where
+    packing costs more than the products: :func:`._gemm.matvec` forward,
+    :func:`._gemm.vecmat` backward); ``w`` the matrix. A layer without the product passes
+    None for the whole Product. Which kind is chosen when the loops are compiled, so a
+    process compiles only the kinds it runs."""
 
     packed: Any
     w: Any
 
 
-def _product(w, transpose, dt, packed):
-    """:class:`Product` of ``w`` (None: none) for ``W = w.T`` (``transpose``, forward) or
-    ``W = w``, packed or not."""
+def _product(w, transpose, packed):
+    """:class:`Product` of ``w`` (None for none) for ``W = w.T`` (``transpose``, forward)
+    or ``W = w``, packed or not."""
     if w is None:
-        return Product(np.empty((0, 1, 1), dt), np.empty((0, 0), dt))
+        return None
     w = np.ascontiguousarray(w)
-    return Product(pack(w, transpose=transpose) if packed else np.empty((0, 1, 1), dt), w)
+    return Product(pack(w, transpose=transpose) if packed else None, w)
 
 
-@jit()
+def width(prod, n):
+    """Columns a buffer for the results of ``prod`` (``n`` of them) needs: whole panels,
+    or ``n``; 0 for None."""
+    raise NotImplementedError("width runs in compiled code only")
+
+
+@overload(width, jit_options=OPTIONS)
 def _width(prod, n):
-    """Columns a buffer for ``prod``'s results needs: whole panels, or ``n``."""
-    return max(prod.packed.shape[0] * prod.packed.shape[2], n)
+    if isinstance(prod, types.NoneType):  # (no such product)
+        return lambda prod, n: 0
+    if isinstance(prod.types[0], types.NoneType):
+        return lambda prod, n: n
+    return lambda prod, n: max(prod.packed.shape[0] * prod.packed.shape[2], n)
 
 
-@jit()
-def _forward_product(v, r0, r1, prod, out, k):
+def forward_product(v, r0, r1, prod, out, k):
     """``out[r, :] = v[r] @ w.T`` for rows ``r0 <= r < r1`` (``k``: the step, for the
     packed product's walk)."""
-    if prod.packed.shape[0] > 0:
+    raise NotImplementedError("forward_product runs in compiled code only")
+
+
+@overload(forward_product, jit_options=OPTIONS)
+def _forward_product(v, r0, r1, prod, out, k):
+    if isinstance(prod.types[0], types.NoneType):
+        def as_it_is(v, r0, r1, prod, out, k):
+            matvec(v, r0, r1, prod.w, 0, prod.w.shape[0], out)
+        return as_it_is
+
+    def panels(v, r0, r1, prod, out, k):
         gemm_packed(v, r0, r1, prod.packed, out, k)
-    else:
-        matvec(v, r0, r1, prod.w, 0, prod.w.shape[0], out)
+    return panels
 
 
-@jit()
-def _backward_product(v, r0, r1, prod, out, k):
+def backward_product(v, r0, r1, prod, out, k):
     """``out[r, :] = v[r] @ w`` for rows ``r0 <= r < r1``."""
-    if prod.packed.shape[0] > 0:
+    raise NotImplementedError("backward_product runs in compiled code only")
+
+
+@overload(backward_product, jit_options=OPTIONS)
+def _backward_product(v, r0, r1, prod, out, k):
+    if isinstance(prod.types[0], types.NoneType):
+        def as_it_is(v, r0, r1, prod, out, k):
+            vecmat(v, r0, r1, prod.w, 0, prod.w.shape[1], out)
+        return as_it_is
+
+    def panels(v, r0, r1, prod, out, k):
         gemm_packed(v, r0, r1, prod.packed, out, k)
-    else:
-        vecmat(v, r0, r1, prod.w, 0, prod.w.shape[1], out)
+    return panels
 
 
 class Params(NamedTuple):
@@ -183,19 +210,10 @@ def _normalize_grad(d, hat, rstd, gain, out, r0, r1):
             o[j] = rs * (dr[j] * gain[j] - s1 - hr[j] * s2)
 
 
-@jit(parallel=True)
-def _normalize_rows(v, gain, hat, rstd, blocks):
-    """:func:`_normalize` of every row, each row block of ``blocks`` on its own thread."""
-    for i in prange(blocks.size - 1):
-        _normalize(v, gain, hat, rstd, blocks[i], blocks[i + 1])
-
-
-@jit(parallel=True)
-def _normalize_grad_rows(d, hat, rstd, gain, out, blocks):
-    """:func:`_normalize_grad` of every row, each row block of ``blocks`` on its own
+def _by_rows(fn, args, blocks):
+    """``fn(*args, r0, r1)`` for each row block ``[r0, r1)`` of ``blocks``, one a
     thread."""
-    for i in prange(blocks.size - 1):
-        _normalize_grad(d, hat, rstd, gain, out, blocks[i], blocks[i + 1])
+    on_threads(fn, [args + (blocks[i], blocks[i + 1]) for i in range(blocks.size - 1)])
 
 
 def _rows(rows, n):
@@ -221,22 +239,14 @@ def _sum_rows(d, hat, r0, r1, sums, sums_hat):
                 sums_hat[j] += dr[j] * hr[j]
 
 
-@jit(parallel=True)
 def _column_sums(d, hat, sums, sums_hat, blocks):
     """:func:`_sum_rows` of all rows of ``d [R,N]``, each row block of ``blocks`` on its
     own thread, the blocks' sums added at the end."""
-    n, N = blocks.size - 1, d.shape[1]
-    part = np.empty((n, 2, N), sums.dtype)
-    for i in prange(n):
-        _sum_rows(d, hat, blocks[i], blocks[i + 1], part[i, 0], part[i, 1])
-    for j in range(N):
-        sums[j] = 0
-        sums_hat[j] = 0
-    for i in range(n):
-        for j in range(N):
-            sums[j] += part[i, 0, j]
-            sums_hat[j] += part[i, 1, j]
-
+    part = np.empty((blocks.size - 1, 2, d.shape[1]), sums.dtype)
+    on_threads(_sum_rows, [(d, hat, blocks[i], blocks[i + 1], part[i, 0], part[i, 1])
+                           for i in range(blocks.size - 1)])
+    part[:, 0].sum(axis=0, out=sums)
+    part[:, 1].sum(axis=0, out=sums_hat)
 
 @jit()
 def _forward_step(cell, t, ts, xg, hg, h, c, lengths, p, s, new, r0, r1):
@@ -474,11 +484,12 @@ def forward(cell, x, state, w, seq, training, zoneout, chunks, packed=True):
     H = w.w_hh.shape[0] // spec.gates
     a = prepare(spec, x, state, w, seq, training, zoneout, chunks.size - 1)
     # (the reset-before GRU: a second product a step, of W_hn with r * h)
-    products = (_product(w.w_hh, True, x.dtype, packed),
-                _product(w.w_hh[2 * H:] if spec.reset_before else None, True, x.dtype, packed),
-                _product(w.w_hr, True, x.dtype, packed))
-    _forward_loop(CELL_IDS[spec.name], a.xg, a.h, a.c, (a.lengths, bool(seq.reverse)), a.p,
-                  a.s, a.zone, a.y, a.h_prev, a.new, *products, chunks)
+    products = (_product(w.w_hh, True, packed),
+                _product(w.w_hh[2 * H:] if spec.reset_before else None, True, packed),
+                _product(w.w_hr, True, packed))
+    _by_rows(_forward_rows, (CELL_IDS[spec.name], a.xg, a.h, a.c,
+                             (a.lengths, bool(seq.reverse)), a.p, a.s, a.zone, a.y, a.h_prev,
+                             a.new, *products), chunks)
     kept = None
     if training:
         kept = Kept(x, w, a.lengths, bool(seq.reverse), zoneout, a.x_hat, a.x_rstd, a.h_prev,
@@ -499,8 +510,8 @@ def prepare(spec, x, state, w, seq, training, zoneout, threads):
     x_hat = x_rstd = None
     if w.ln_ih is not None:
         x_hat, x_rstd = empty((T * B, GH), dt), np.empty((T * B, 1), dt)
-        _normalize_rows(xg, np.ascontiguousarray(w.ln_ih), x_hat, x_rstd[:, 0],
-                        _rows(T * B, threads))
+        _by_rows(_normalize, (xg, np.ascontiguousarray(w.ln_ih), x_hat, x_rstd[:, 0]),
+                 _rows(T * B, threads))
     if w.b_ih is not None:
         xg += w.b_ih
     xg = xg.reshape(T, B, GH)
@@ -521,45 +532,43 @@ def prepare(spec, x, state, w, seq, training, zoneout, threads):
     return Call(xg, x_hat, x_rstd, lengths, p, s, zone, h, c, y, h_prev, np.zeros((B, H), dt))
 
 
-@jit(parallel=True)
-def _forward_loop(cell, xg, h, c, seq, p, s, zone, y, h_prev, new, w_hh, w_hn, w_hr, chunks):
-    """Every step of :func:`forward`, each row block of ``chunks [threads+1]`` on its own
-    thread: the products' weights ``W_hh``, ``W_hn``, ``W_hr`` as :class:`Product` (the
-    last two without rows where the cell has no second product or no projection); ``h_prev
-    [T,B,S]`` receives each step's starting state when training (empty when not); ``h``,
-    ``c`` are updated to the final states."""
+@jit()
+def _forward_rows(cell, xg, h, c, seq, p, s, zone, y, h_prev, new, w_hh, w_hn, w_hr, r0,
+                  r1):
+    """Every step of :func:`forward` for rows ``r0 <= b < r1`` (a thread's block): the
+    products' weights ``W_hh``, ``W_hn``, ``W_hr`` as :class:`Product` (the last two None
+    where the cell has no second product or no projection: their code is then not
+    compiled); ``h_prev [T,B,S]`` receives each step's starting state when training (empty
+    when not); ``h``, ``c`` are updated to the final states."""
+    wide_vectors()
+    fpu = flush_denormals()
     lengths, reverse = seq
     T, B = y.shape[0], y.shape[1]
-    S = h.shape[1]
+    S, H = h.shape[1], new.shape[1]
     keep = h_prev.shape[0] > 0
-    projected = w_hr.w.shape[0] > 0
-    for ci in prange(chunks.size - 1):
-        wide_vectors()
-        fpu = flush_denormals()
-        r0, r1 = chunks[ci], chunks[ci + 1]
-        hg = np.empty((B, _width(w_hh, w_hh.w.shape[0])), y.dtype)
-        hn = np.empty((B, _width(w_hn, w_hn.w.shape[0])), y.dtype)
-        hr = np.empty((B, _width(w_hr, w_hr.w.shape[0])), y.dtype)
-        for k in range(T):
-            t = T - 1 - k if reverse else k
-            ts = t if keep else 0
-            if keep:
-                for b in range(r0, r1):
-                    for j in range(S):
-                        h_prev[t, b, j] = h[b, j]
-            _forward_product(h, r0, r1, w_hh, hg, k)
-            if cell == GRU_RB:
-                _reset_gates(t, ts, xg[t], hg, h, lengths, p, s, r0, r1)
-                _forward_product(s.hn[ts], r0, r1, w_hn, hn, k)
-                _reset_before_n(t, ts, xg[t], hn, h, lengths, p, s, new, r0, r1)
-            else:
-                _forward_step(cell, t, ts, xg[t], hg, h, c, lengths, p, s, new, r0, r1)
-            if projected:
-                _forward_product(new, r0, r1, w_hr, hr, k)
-                _finish_step(t, hr, h, zone, lengths, y, r0, r1)
-            else:
-                _finish_step(t, new, h, zone, lengths, y, r0, r1)
-        restore(fpu)
+    hg = np.empty((B, width(w_hh, xg.shape[2])), y.dtype)
+    hn = np.empty((B, width(w_hn, H)), y.dtype)
+    hr = np.empty((B, width(w_hr, S)), y.dtype)
+    for k in range(T):
+        t = T - 1 - k if reverse else k
+        ts = t if keep else 0
+        if keep:
+            for b in range(r0, r1):
+                for j in range(S):
+                    h_prev[t, b, j] = h[b, j]
+        forward_product(h, r0, r1, w_hh, hg, k)
+        if w_hn is not None:  # the reset-before GRU
+            _reset_gates(t, ts, xg[t], hg, h, lengths, p, s, r0, r1)
+            forward_product(s.hn[ts], r0, r1, w_hn, hn, k)
+            _reset_before_n(t, ts, xg[t], hn, h, lengths, p, s, new, r0, r1)
+        else:
+            _forward_step(cell, t, ts, xg[t], hg, h, c, lengths, p, s, new, r0, r1)
+        if w_hr is not None:
+            forward_product(new, r0, r1, w_hr, hr, k)
+            _finish_step(t, hr, h, zone, lengths, y, r0, r1)
+        else:
+            _finish_step(t, new, h, zone, lengths, y, r0, r1)
+    restore(fpu)
 
 
 @jit()
@@ -746,74 +755,72 @@ def backward(cell, saved, dy, dstate_n, chunks, packed=True):
     dlnc = _zeros((T, B, H), dt)
     dhs = _zeros((T if w.w_hr is not None else 0, B, S), dt)
     rb = spec.reset_before
-    products = (_product(w.w_hh[:2 * H] if rb else w.w_hh, False, dt, packed),
-                _product(w.w_hh[2 * H:] if rb else None, False, dt, packed),
-                _product(w.w_hr, False, dt, packed))
-    _backward_loop(CELL_IDS[spec.name], dh, dc, dy, saved.h_prev, (lengths, saved.reverse), p,
-                   s, zone, (dgx, dgh, dgh_raw, dlnc, dhs), *products, chunks)
+    products = (_product(w.w_hh[:2 * H] if rb else w.w_hh, False, packed),
+                _product(w.w_hh[2 * H:] if rb else None, False, packed),
+                _product(w.w_hr, False, packed))
+    _by_rows(_backward_rows, (CELL_IDS[spec.name], dh, dc, dy, saved.h_prev,
+                              (lengths, saved.reverse), p, s, zone,
+                              (dgx, dgh, dgh_raw, dlnc, dhs), *products), chunks)
     dgx_raw = dgx
     if w.ln_ih is not None:
         dgx_raw = empty((T * B, GH), dt)
-        _normalize_grad_rows(dgx.reshape(T * B, GH), saved.x_hat, saved.x_rstd[:, 0],
-                             np.ascontiguousarray(w.ln_ih), dgx_raw,
-                             _rows(T * B, chunks.size - 1))
+        _by_rows(_normalize_grad, (dgx.reshape(T * B, GH), saved.x_hat, saved.x_rstd[:, 0],
+                                   np.ascontiguousarray(w.ln_ih), dgx_raw),
+                 _rows(T * B, chunks.size - 1))
         dgx_raw = dgx_raw.reshape(T, B, GH)
     return (matmul(dgx_raw.reshape(T * B, GH), w.w_ih, empty((T * B, I), dt)).reshape(
                 T, B, I), State(dh, dc if lstm else None),
             _weight_grads(spec, saved, dgx, dgh, dgx_raw, dgh_raw, dlnc, dhs, chunks))
 
 
-@jit(parallel=True)
-def _backward_loop(cell, dh, dc, dy, h_prev, seq, p, s, zone, grads, w_hh, w_hn, w_hr,
-                   chunks):
-    """Every step of :func:`backward` in reverse, each row block of ``chunks`` on its own
-    thread: the products' weights ``W_hh``, ``W_hn``, ``W_hr`` as :class:`Product` (the
-    reset-before GRU's ``W_hh`` its ``r``, ``z`` rows, ``W_hn`` the rest; without rows where
-    the cell has none); ``grads = (dgx,
-    dgh, dgh_raw, dlnc, dhs)`` receive the gate gradients of every step (``dgh_raw`` before
-    the recurrent side's norm: ``dgh`` itself without one), the gradients reaching ``LN(c')``
-    and, with a projection, the projected state's; ``dh``, ``dc`` end as the initial
-    states'."""
+@jit()
+def _backward_rows(cell, dh, dc, dy, h_prev, seq, p, s, zone, grads, w_hh, w_hn, w_hr, r0,
+                   r1):
+    """Every step of :func:`backward` in reverse for rows ``r0 <= b < r1`` (a thread's
+    block): the products' weights ``W_hh``, ``W_hn``, ``W_hr`` as :class:`Product` (the
+    reset-before GRU's ``W_hh`` its ``r``, ``z`` rows, ``W_hn`` the rest; None where the
+    cell has none); ``grads = (dgx, dgh, dgh_raw, dlnc, dhs)`` receive the gate
+    gradients of every step (``dgh_raw`` before the recurrent side's norm: ``dgh`` itself
+    without one), the gradients reaching ``LN(c')`` and, with a projection, the projected
+    state's; ``dh``, ``dc`` end as the initial states'."""
+    wide_vectors()
+    fpu = flush_denormals()
     lengths, reverse = seq
     dgx, dgh, dgh_raw, dlnc, dhs = grads
     T, B, GH = dgx.shape
     S, H = dh.shape[1], dc.shape[1]
-    projected = w_hr.w.shape[0] > 0
     ln = p.ln_hh.size > 0
-    for ci in prange(chunks.size - 1):
-        wide_vectors()
-        fpu = flush_denormals()
-        r0, r1 = chunks[ci], chunks[ci + 1]
-        prod = np.empty((B, _width(w_hh, w_hh.w.shape[1])), dh.dtype)
-        drh = np.empty((B, _width(w_hn, w_hn.w.shape[1])), dh.dtype)
-        d_cell = np.empty((B, _width(w_hr, w_hr.w.shape[1])), dh.dtype)
-        d_new = np.empty((B, S), dh.dtype)
-        direct = np.empty((B, H), dh.dtype)
-        for k in range(T):
-            t = k if reverse else T - 1 - k
-            _finish_grad(t, dh, dy, zone, lengths, d_new, r0, r1)
-            d = d_new
-            if projected:
-                for b in range(r0, r1):
-                    for j in range(S):
-                        dhs[t, b, j] = d_new[b, j]
-                _backward_product(d_new, r0, r1, w_hr, d_cell, k)
-                d = d_cell
-            if cell == GRU_RB:  # dn, d(r * h) = dn @ W_hn, then the rest; W_hh: [dr dz]
-                _reset_before_dn(t, d, lengths, s, dgx[t], dgh[t], r0, r1)
-                _backward_product(dgh[t][:, 2 * H:], r0, r1, w_hn, drh, k)
-                _reset_before_grads(t, d, drh, h_prev[t], lengths, s, dgx[t], dgh[t],
-                                    direct, r0, r1)
-                _backward_product(dgh[t][:, :2 * H], r0, r1, w_hh, prod, k)
-            else:
-                _backward_step(cell, t, d, dc, h_prev[t], lengths, p, s, dgx[t], dgh[t],
-                               direct, dlnc[t], r0, r1)
-                if ln:
-                    _normalize_grad(dgh[t], s.h_hat[t], s.h_rstd[t, :, 0], p.ln_hh,
-                                    dgh_raw[t], r0, r1)
-                _backward_product(dgh_raw[t], r0, r1, w_hh, prod, k)
-            _add_rows(dh, prod, direct, lengths, t, r0, r1)
-        restore(fpu)
+    prod = np.empty((B, width(w_hh, S)), dh.dtype)
+    drh = np.empty((B, width(w_hn, S)), dh.dtype)
+    d_cell = np.empty((B, width(w_hr, H)), dh.dtype)
+    d_new = np.empty((B, S), dh.dtype)
+    direct = np.empty((B, H), dh.dtype)
+    for k in range(T):
+        t = k if reverse else T - 1 - k
+        _finish_grad(t, dh, dy, zone, lengths, d_new, r0, r1)
+        d = d_new
+        if w_hr is not None:
+            for b in range(r0, r1):
+                for j in range(S):
+                    dhs[t, b, j] = d_new[b, j]
+            backward_product(d_new, r0, r1, w_hr, d_cell, k)
+            d = d_cell
+        if w_hn is not None:  # the reset-before GRU: dn, d(r * h) = dn @ W_hn, then the
+            # rest; W_hh: [dr dz]
+            _reset_before_dn(t, d, lengths, s, dgx[t], dgh[t], r0, r1)
+            backward_product(dgh[t][:, 2 * H:], r0, r1, w_hn, drh, k)
+            _reset_before_grads(t, d, drh, h_prev[t], lengths, s, dgx[t], dgh[t],
+                                direct, r0, r1)
+            backward_product(dgh[t][:, :2 * H], r0, r1, w_hh, prod, k)
+        else:
+            _backward_step(cell, t, d, dc, h_prev[t], lengths, p, s, dgx[t], dgh[t],
+                           direct, dlnc[t], r0, r1)
+            if ln:
+                _normalize_grad(dgh[t], s.h_hat[t], s.h_rstd[t, :, 0], p.ln_hh,
+                                dgh_raw[t], r0, r1)
+            backward_product(dgh_raw[t], r0, r1, w_hh, prod, k)
+        _add_rows(dh, prod, direct, lengths, t, r0, r1)
+    restore(fpu)
 
 
 def _weight_grads(spec, saved, dgx, dgh, dgx_raw, dgh_raw, dlnc, dhs, chunks):
