@@ -69,15 +69,19 @@ def warm_norm(dtype, forward, backward, forward_units):
     """Compile the layer-normalised and zoneout loops (:mod:`._norm`, :mod:`._norm_split`)
     in ``dtype`` through the backend's contract ``forward`` and ``backward`` and the unit
     split's ``forward_units(cell, x, state, weights, seq, zoneout, units)``: an LSTM with
-    both (every cell runs in the same compiled passes)."""
+    both, on packed weights (a call of many rows) and on weights as they are (a few rows).
+    Every cell runs in these compiled loops but the reset-before GRU and a projected LSTM,
+    whose loops compile when first called."""
     dtype = np.dtype(dtype)
-    x, state, weights = _problem("lstm", dtype, _B)
     G = get_cell("lstm").gates
     ones = np.ones(G * _H, dtype)
-    weights = weights._replace(ln_ih=ones, ln_hh=ones, ln_c=ones[:_H], ln_c_bias=ones[:_H])
-    zoneout = np.full((_T, _B, _H), 0.5, dtype)
-    y, _, saved = forward("lstm", x, state, weights, Sequence(), True, zoneout)
-    backward("lstm", saved, np.ones_like(y), State(None, None))
+    for B, T in ((_B, _T), (_B, 8 * _T)):  # (12 rows: unpacked; 96: packed)
+        x, state, weights = _problem("lstm", dtype, B, T=T)
+        weights = weights._replace(ln_ih=ones, ln_hh=ones, ln_c=ones[:_H],
+                                   ln_c_bias=ones[:_H])
+        zoneout = np.full((T, B, _H), 0.5, dtype)
+        y, _, saved = forward("lstm", x, state, weights, Sequence(), True, zoneout)
+        backward("lstm", saved, np.ones_like(y), State(None, None))
     forward_units("lstm", x[:, :1], State(state.h[:1], state.c[:1]), weights, Sequence(),
                   zoneout[:, :1], np.array([0, _H // 2, _H], np.int64))
 
