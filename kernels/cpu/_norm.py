@@ -3,11 +3,12 @@
 A LayerNorm needs its product's whole row (every gate of every unit) before any gate, and
 zoneout mixes each step's new state with the old one; both sit between a step's recurrent
 product and the next step's. Everything a step does is local to a batch row, so a call with
-either runs as one compiled call that splits the batch: each thread walks every step for
-its row block (as :mod:`._loops` does) - ``W_hh h`` by the packed product on weights packed
-once a call, then one pass over its rows (the normalisation's statistics, the biases, the
-cell, ``LN(c)``), the projection's product when there is one, and one pass for zoneout,
-lengths and the output. Backward walks the steps in reverse the same way; the input
+either splits the batch: each thread walks every step for its row block in one compiled
+call (as :mod:`._loops` does; the threads are the GEMM pool's, see
+:func:`._blas.on_threads`) - ``W_hh h`` by the packed product on weights packed once a
+call (or on the weights as they are, for a call of a few rows), then one pass over its
+rows (the normalisation's statistics, the biases, the cell, ``LN(c)``), the projection's
+product when there is one, and one pass for zoneout, lengths and the output. Backward walks the steps in reverse the same way; the input
 projection and the weight gradients are GEMMs over all steps (:mod:`._blas`), as in the
 other loops. The equations are the reference's (:mod:`fastrnn.kernels.reference`).
 Call inside the backend's thread setting (``single_threaded_blas``, ``pinned``).
